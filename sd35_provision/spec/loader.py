@@ -1,0 +1,327 @@
+"""Load a host spec: YAML -> JSON Schema -> semantic checks -> typed settings.
+
+Every problem is collected (not just the first) and reported as
+``FILE:LINE: path.to.field: message``; a spec with any problem raises
+SpecError before anything touches a host.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import re
+from dataclasses import fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from sd35_provision.errors import SpecError
+from sd35_provision.spec import model
+from sd35_provision.spec.yamlsource import PathKey, SourceDocument, format_path, load_yaml_document
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "host-spec.schema.json"
+
+# Settings that name files on the control machine: resolved relative to the spec.
+LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {
+    "ssh": ("key", "known_hosts"),
+    "python": ("wheelhouse",),
+    "model": ("token_file", "path"),
+    "service": ("api_key_file",),
+}
+
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def load_spec(path: str | Path, *, check_local_files: bool = True) -> model.FleetSpec:
+    """Parse and validate ``path``; raise SpecError listing every problem."""
+    spec_path = Path(path)
+    document = load_yaml_document(spec_path)
+
+    problems = schema_problems(document)
+    if problems:
+        # Semantic checks assume the shapes the schema guarantees.
+        raise SpecError(problems)
+
+    problems = semantic_problems(document)
+    hosts = []
+    for name in document.data["hosts"]:
+        merged, merge_problems = merged_host_settings(document, name)
+        problems.extend(merge_problems)
+        if merge_problems:
+            continue
+        problems.extend(_host_setting_problems(document, name, merged, check_local_files))
+        hosts.append(_build_host(document, name, merged))
+    if problems:
+        raise SpecError(problems)
+
+    groups: dict[str, tuple[str, ...]] = {name: () for name in document.data.get("groups") or {}}
+    for host in hosts:
+        for group in host.groups:
+            groups[group] = (*groups[group], host.name)
+    return model.FleetSpec(path=spec_path, hosts=tuple(hosts), groups=groups, raw=document.data)
+
+
+def schema_problems(document: SourceDocument) -> list[str]:
+    validator = Draft202012Validator(load_schema())
+    problems: list[tuple[int, str]] = []
+    for error in validator.iter_errors(document.data):
+        for path, message in _explain(error):
+            line = document.line_of(path)
+            problems.append((line, f"{document.path}:{line}: {format_path(path)}: {message}"))
+    return [text for _, text in sorted(problems)]
+
+
+def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
+    """Turn one jsonschema error into user-facing (path, message) pairs."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = [key for key in error.instance if key not in allowed]
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return [((*path, key), f"unknown key{hint}") for key in unknown]
+    if error.validator == "required":
+        return [(path, error.message.replace("is a required property", "is required"))]
+    if error.validator == "enum":
+        choices = ", ".join(str(choice) for choice in error.validator_value)
+        return [(path, f"{error.instance!r} is not one of: {choices}")]
+    if error.validator == "pattern":
+        return [(path, f"{error.instance!r} is not valid: {error.schema.get('description', 'bad format')}")]
+    if error.validator == "maximum":
+        return [(path, f"{error.instance} is above {error.validator_value}")]
+    if error.validator == "minimum":
+        return [(path, f"{error.instance} is below {error.validator_value}")]
+    if error.validator == "propertyNames":
+        return [((*path, error.instance), "name may only use letters, digits, '.', '_' and '-'")]
+    return [(path, error.message)]
+
+
+def semantic_problems(document: SourceDocument) -> list[str]:
+    data = document.data
+    groups = data.get("groups") or {}
+    problems: list[str] = []
+    seen_endpoints: dict[tuple[str, int], str] = {}
+    lowered_names: dict[str, str] = {}
+    for name, host in data["hosts"].items():
+        if name.lower() in lowered_names:
+            problems.append(document.problem(
+                ("hosts", name),
+                f"duplicate host name (same as {lowered_names[name.lower()]!r} ignoring case)",
+            ))
+        lowered_names[name.lower()] = name
+
+        address = host["address"]
+        if not is_valid_address(address):
+            problems.append(document.problem(
+                ("hosts", name, "address"), f"{address!r} is not a host name or IP address",
+            ))
+        for position, group in enumerate(host.get("groups", [])):
+            if group not in groups:
+                known = ", ".join(groups) or "none defined"
+                problems.append(document.problem(
+                    ("hosts", name, "groups", position), f"unknown group {group!r} (groups: {known})",
+                ))
+        port = host.get("ssh", {}).get("port") or _get(data, ("defaults", "ssh", "port")) or 22
+        endpoint = (address.lower(), port)
+        if endpoint in seen_endpoints:
+            problems.append(document.problem(
+                ("hosts", name, "address"),
+                f"{address}:{port} is already host {seen_endpoints[endpoint]!r}",
+            ))
+        seen_endpoints.setdefault(endpoint, name)
+    return problems
+
+
+def is_valid_address(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        pass
+    if len(address) > 253 or address.endswith("."):
+        return False
+    labels = address.split(".")
+    if all(label.isdigit() for label in labels):
+        return False  # looks like a broken IPv4 address, e.g. 10.0.0.300
+    return all(_HOSTNAME_LABEL.match(label) for label in labels)
+
+
+def merged_host_settings(
+    document: SourceDocument, name: str
+) -> tuple[dict[str, Any], list[str]]:
+    """defaults < groups (in the host's order) < host, plus schema defaults.
+
+    Two groups of one host that set the same field to different values are a
+    conflict unless the host sets that field itself.
+    """
+    data = document.data
+    host = data["hosts"][name]
+    merged = copy.deepcopy(data.get("defaults") or {})
+    problems: list[str] = []
+
+    group_values: dict[PathKey, tuple[str, Any]] = {}
+    host_leaves = dict(_leaves(_settings_only(host)))
+    for group in host.get("groups", []):
+        group_settings = _settings_only((data.get("groups") or {}).get(group, {}))
+        for leaf, value in _leaves(group_settings):
+            earlier = group_values.get(leaf)
+            if earlier and earlier[1] != value and leaf not in host_leaves:
+                problems.append(document.problem(
+                    ("hosts", name, "groups"),
+                    f"groups {earlier[0]!r} and {group!r} set {format_path(leaf)} differently "
+                    f"({earlier[1]!r} vs {value!r}); set it on the host to choose",
+                ))
+            group_values.setdefault(leaf, (group, value))
+        _deep_merge(merged, group_settings)
+    _deep_merge(merged, _settings_only(host))
+    _fill_schema_defaults(merged)
+    return merged, problems
+
+
+def _settings_only(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in mapping.items() if key in model.SECTIONS}
+
+
+def _leaves(mapping: dict[str, Any], prefix: PathKey = ()) -> list[tuple[PathKey, Any]]:
+    found: list[tuple[PathKey, Any]] = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            found.extend(_leaves(value, (*prefix, key)))
+        else:
+            found.append(((*prefix, key), value))
+    return found
+
+
+def _deep_merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def _fill_schema_defaults(merged: dict[str, Any]) -> None:
+    definitions = load_schema()["$defs"]
+
+    def fill(target: dict[str, Any], schema: dict[str, Any]) -> None:
+        for key, subschema in schema.get("properties", {}).items():
+            if subschema.get("type") == "object":
+                fill(target.setdefault(key, {}), subschema)
+            elif "default" in subschema and key not in target:
+                target[key] = subschema["default"]
+
+    for section in model.SECTIONS:
+        fill(merged.setdefault(section, {}), definitions[section])
+
+
+def _origin(document: SourceDocument, name: str, section: str, key: str) -> PathKey:
+    """Where a merged value was set: on the host, a group, or the defaults."""
+    data = document.data
+    candidates: list[PathKey] = [("hosts", name, section, key)]
+    for group in reversed(data["hosts"][name].get("groups", [])):
+        candidates.append(("groups", group, section, key))
+    candidates.append(("defaults", section, key))
+    for candidate in candidates:
+        if _get(data, candidate) is not None:
+            return candidate
+    return ("hosts", name)
+
+
+def _host_setting_problems(
+    document: SourceDocument, name: str, merged: dict[str, Any], check_local_files: bool
+) -> list[str]:
+    problems: list[str] = []
+
+    def problem(section: str, key: str, message: str) -> None:
+        problems.append(document.problem(_origin(document, name, section, key), f"{message} (host {name})"))
+
+    service = merged["service"]
+    if not is_loopback(service["bind"]) and "api_key_file" not in service:
+        problem("service", "bind", f"{service['bind']} is not loopback, so service.api_key_file is required")
+    if service["bind"] not in ("0.0.0.0", "::") and not is_valid_address(service["bind"]):
+        problem("service", "bind", f"{service['bind']!r} is not an IP address or host name")
+
+    model_settings = merged["model"]
+    needed = {"git": "url", "push": "path"}.get(model_settings["source"])
+    if needed and needed not in model_settings:
+        problem("model", "source", f"source {model_settings['source']!r} needs model.{needed}")
+    if model_settings["source"] in ("hf", "git") and "revision" not in model_settings:
+        problem("model", "source", "a pinned model.revision (commit sha) is required so every host gets the same weights")
+
+    smoke = merged["smoke"]
+    width, height = (int(part) for part in smoke["size"].split("x"))
+    if width % 16 or height % 16:
+        problem("smoke", "size", f"{smoke['size']} is not a multiple of 16 on both sides")
+    elif max(width, height) > service["max_side"]:
+        problem("smoke", "size", f"{smoke['size']} is larger than service.max_side {service['max_side']}")
+
+    base = document.path.resolve().parent
+    for section, keys in LOCAL_PATH_FIELDS.items():
+        for key in keys:
+            if key not in merged[section]:
+                continue
+            resolved = resolve_local_path(base, merged[section][key])
+            merged[section][key] = resolved
+            if check_local_files and not resolved.exists():
+                problem(section, key, f"{resolved} does not exist on this machine")
+    return problems
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_local_path(base: Path, value: str | Path) -> Path:
+    expanded = Path(value).expanduser()
+    return expanded if expanded.is_absolute() else (base / expanded)
+
+
+def _get(data: Any, path: PathKey) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> model.HostSettings:
+    def build(cls: type, values: dict[str, Any]) -> Any:
+        kwargs = {}
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            if f.name == "driver":
+                value = build(model.DriverSettings, value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    host = document.data["hosts"][name]
+    return model.HostSettings(
+        name=name,
+        address=host["address"],
+        groups=tuple(host.get("groups", [])),
+        ssh=build(model.SshSettings, merged["ssh"]),
+        gpu=build(model.GpuSettings, merged["gpu"]),
+        cache=build(model.CacheSettings, merged["cache"]),
+        python=build(model.PythonSettings, merged["python"]),
+        model=build(model.ModelSettings, merged["model"]),
+        service=build(model.ServiceSettings, merged["service"]),
+        smoke=build(model.SmokeSettings, merged["smoke"]),
+    )
+
+
+__all__ = ["load_spec", "is_loopback", "is_valid_address", "merged_host_settings", "format_path"]

@@ -1,0 +1,142 @@
+"""The validated host spec as typed, immutable settings.
+
+The JSON Schema (schemas/host-spec.schema.json) is the single source of the
+defaults: the loader fills them in before these dataclasses are built, so the
+defaults below only matter for code that builds settings by hand (unit tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("ssh", "gpu", "cache", "python", "model", "service", "smoke")
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    user: str = "root"
+    port: int = 22
+    key: Path | None = None
+    known_hosts: Path | None = None
+    sudo: bool = False
+    connect_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    mode: str = "verify"  # verify | install | skip
+    branch: str = "570"
+    flavor: str = "default"  # default | server | open | server-open
+    allow_reboot: bool = False
+    reboot_timeout_s: int = 600
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    accelerator: str = "nvidia"  # nvidia | cpu
+    require_fp8: bool = False
+    driver: DriverSettings = field(default_factory=DriverSettings)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    root: str = "/var/lib/sd35"
+    require_ssd: bool = False
+    min_free_gb: float = 25.0
+
+    @property
+    def hf_home(self) -> str:
+        return f"{self.root}/huggingface"
+
+    @property
+    def torch_home(self) -> str:
+        return f"{self.root}/torch"
+
+    @property
+    def pip_cache(self) -> str:
+        return f"{self.root}/pip"
+
+
+@dataclass(frozen=True)
+class PythonSettings:
+    min_version: str = "3.10"
+    torch_flavour: str = "auto"  # auto | cpu | cu126 | cu128
+    wheelhouse: Path | None = None
+    venv_root: str = "/opt/sd35"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    source: str = "hf"  # hf | git | push
+    repo: str = "stabilityai/stable-diffusion-3.5-large"
+    revision: str | None = None
+    endpoint: str | None = None
+    token_file: Path | None = None
+    url: str | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    user: str = "sd35"
+    bind: str = "127.0.0.1"
+    port: int = 8000
+    api_key_file: Path | None = None
+    precision: str = "auto"  # auto | fp8 | fp8-dynamic | fp8-storage | bf16 | fp32
+    compile: str = "auto"  # auto | on | off
+    queue_size: int = 4
+    max_side: int = 1536
+    max_steps: int = 60
+    max_n: int = 4
+    start_timeout_s: int = 900
+
+
+@dataclass(frozen=True)
+class SmokeSettings:
+    enabled: bool = True
+    size: str = "512x512"
+    steps: int = 4
+    prompt: str = "a lighthouse on a cliff at sunset, photograph"
+    timeout_s: int = 600
+
+    @property
+    def width(self) -> int:
+        return int(self.size.split("x")[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.size.split("x")[1])
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Everything one host should look like, after defaults < groups < host."""
+
+    name: str
+    address: str
+    groups: tuple[str, ...] = ()
+    ssh: SshSettings = field(default_factory=SshSettings)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    python: PythonSettings = field(default_factory=PythonSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    smoke: SmokeSettings = field(default_factory=SmokeSettings)
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """A loaded, validated spec file."""
+
+    path: Path
+    hosts: tuple[HostSettings, ...]
+    groups: dict[str, tuple[str, ...]]  # group name -> host names, in spec order
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def host(self, name: str) -> HostSettings:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
