@@ -1,0 +1,61 @@
+"""Turn a validated spec into a pyinfra Inventory.
+
+Each host's merged settings travel as ``host.data.sd35`` (a HostSettings), so
+deploys read typed settings and plain ``pyinfra`` (deploys/inventory.py) gets
+exactly the same inventory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra.api import Inventory
+
+from sd35_provision.errors import Sd35Error
+from sd35_provision.spec.model import FleetSpec, HostSettings
+
+
+def select_hosts(spec: FleetSpec, limit: tuple[str, ...] = ()) -> list[HostSettings]:
+    """Hosts named by ``limit`` (host or group names); all hosts when empty."""
+    if not limit:
+        return list(spec.hosts)
+    wanted: set[str] = set()
+    for name in limit:
+        if name in spec.groups:
+            wanted.update(spec.groups[name])
+        elif any(host.name == name for host in spec.hosts):
+            wanted.add(name)
+        else:
+            known = ", ".join([host.name for host in spec.hosts] + list(spec.groups))
+            raise Sd35Error(f"{spec.path}: --limit {name}: no such host or group (known: {known})")
+    return [host for host in spec.hosts if host.name in wanted]
+
+
+def connection_data(settings: HostSettings, accept_new_host_keys: bool = False) -> dict[str, Any]:
+    ssh = settings.ssh
+    data: dict[str, Any] = {
+        "ssh_hostname": settings.address,
+        "ssh_port": ssh.port,
+        "ssh_user": ssh.user,
+        # pyinfra's default is accept-new; we verify host keys unless asked.
+        "ssh_strict_host_key_checking": "accept-new" if accept_new_host_keys else "yes",
+        "ssh_paramiko_connect_kwargs": {"timeout": ssh.connect_timeout, "banner_timeout": ssh.connect_timeout},
+        "_sudo": ssh.sudo,
+        "sd35": settings,
+    }
+    if ssh.key:
+        data["ssh_key"] = str(ssh.key)
+    if ssh.known_hosts:
+        data["ssh_known_hosts_file"] = str(ssh.known_hosts)
+    return data
+
+
+def build_inventory(
+    hosts: list[HostSettings], accept_new_host_keys: bool = False
+) -> Inventory:
+    names = [(host.name, connection_data(host, accept_new_host_keys)) for host in hosts]
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    for host in hosts:
+        for group in host.groups:
+            groups.setdefault(group, ([], {}))[0].append(host.name)
+    return Inventory((names, {}), **groups)

@@ -1,0 +1,48 @@
+"""Where things live on a provisioned host, derived from its settings.
+
+One place for these paths so the deploys, the service unit and ``status``
+agree on them.
+"""
+
+from __future__ import annotations
+
+from sd35_provision.spec.model import HostSettings
+
+CONFIG_DIR = "/etc/sd35"
+ENV_FILE = f"{CONFIG_DIR}/env"
+PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
+
+
+def cache_environment(settings: HostSettings) -> dict[str, str]:
+    """The variables that point every tool at the SSD caches."""
+    cache = settings.cache
+    return {
+        "HF_HOME": cache.hf_home,
+        "HF_HUB_CACHE": f"{cache.hf_home}/hub",
+        "TORCH_HOME": cache.torch_home,
+        "PIP_CACHE_DIR": cache.pip_cache,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
+def cache_directories(settings: HostSettings) -> list[str]:
+    env = cache_environment(settings)
+    return [settings.cache.root, env["HF_HOME"], env["HF_HUB_CACHE"], env["TORCH_HOME"], env["PIP_CACHE_DIR"]]
+
+
+def render_env_file(settings: HostSettings) -> str:
+    lines = ["# Managed by sd35-provision; edits are reverted on the next apply."]
+    lines += [f"{key}={value}" for key, value in cache_environment(settings).items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_profile_snippet() -> str:
+    # Same file the service reads, so a human shell and the service share caches.
+    return (
+        "# Managed by sd35-provision.\n"
+        f"if [ -r {ENV_FILE} ]; then\n"
+        "    set -a\n"
+        f"    . {ENV_FILE}\n"
+        "    set +a\n"
+        "fi\n"
+    )

@@ -1,0 +1,94 @@
+"""Operations shared by the deploys.
+
+``managed_file`` is pyinfra's ``files.put`` plus a standard unified diff that
+``plan`` and ``drift`` show per host. Secret files never show content: their
+diff is a one-line notice, and their content is compared by hash only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+from collections import defaultdict
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import FileContents, Sha256File
+from pyinfra.operations import apt, files
+
+SECRET_NOTICE = "(secret file: content not shown)"
+
+
+def file_diffs_of(state) -> dict[str, dict[str, str]]:
+    """Per-host ``{path: unified diff}`` recorded while preparing ``state``."""
+    if not hasattr(state, "sd35_file_diffs"):
+        state.sd35_file_diffs = defaultdict(dict)
+    return state.sd35_file_diffs
+
+
+def unified_diff(path: str, current: list[str] | None, wanted: str) -> str:
+    before = [line + "\n" for line in current] if current is not None else []
+    after = wanted.splitlines(keepends=True)
+    return "".join(
+        difflib.unified_diff(
+            before,
+            after,
+            fromfile=f"{path} (on host)" if current is not None else "/dev/null",
+            tofile=f"{path} (wanted)",
+        )
+    )
+
+
+@operation()
+def managed_file(
+    path: str,
+    content: str,
+    user: str | None = None,
+    group: str | None = None,
+    mode: str | None = None,
+    secret: bool = False,
+):
+    """
+    Make a remote text file hold ``content``.
+
+    + path: remote path
+    + content: the wanted text
+    + user/group/mode: ownership and permissions
+    + secret: never read, diff or log the content (tokens, API keys)
+    """
+    data = content.encode()
+    if host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest():
+        if not host.state.is_executing:
+            if secret:
+                diff = f"--- {path}\n+++ {path}\n{SECRET_NOTICE}\n"
+            else:
+                diff = unified_diff(path, host.get_fact(FileContents, path=path), content)
+            file_diffs_of(host.state)[host.name][path] = diff
+    yield from files.put._inner(
+        src=io.BytesIO(data),
+        dest=path,
+        user=user,
+        group=group,
+        mode=mode,
+    )
+
+
+@operation()
+def apt_packages_present(packages: list[str]):
+    """
+    Install Debian/Ubuntu packages that are missing.
+
+    Unlike ``apt.packages(update=True, cache_time=...)`` this refreshes the
+    package lists only when something must be installed, so a host that has
+    everything never reports a change (no drift from an ageing apt cache).
+
+    + packages: package names
+    """
+    installed = host.get_fact(DebPackages) or {}
+    missing = [name for name in packages if name not in installed]
+    if not missing:
+        return
+    yield from apt.update._inner()
+    yield from apt.packages._inner(packages=missing)

@@ -1,0 +1,119 @@
+"""Results of a run, and how they are shown: a table, diffs, or JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class OperationOutcome:
+    name: str
+    changed: bool
+    error: str | None = None
+
+
+@dataclass
+class HostOutcome:
+    name: str
+    operations: list[OperationOutcome] = field(default_factory=list)
+    diffs: dict[str, str] = field(default_factory=dict)
+    failed: bool = False
+    unreachable: bool = False
+    step: str | None = None
+    error: str | None = None
+    executed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> list[OperationOutcome]:
+        return [op for op in self.operations if op.changed]
+
+    @property
+    def status(self) -> str:
+        if self.unreachable:
+            return "unreachable"
+        if self.failed:
+            return "failed"
+        if self.changes:
+            return "changed" if self.executed else "would change"
+        return "unchanged"
+
+
+@dataclass
+class RunReport:
+    mode: str  # plan | apply | drift
+    hosts: list[HostOutcome]
+
+    @property
+    def ok(self) -> bool:
+        return not any(host.failed for host in self.hosts)
+
+    @property
+    def drifted(self) -> bool:
+        return any(host.changes for host in self.hosts)
+
+    def to_json(self) -> str:
+        hosts = []
+        for host in self.hosts:
+            entry = asdict(host)
+            entry["status"] = host.status
+            entry["changes"] = [
+                {"operation": op.name, "change": "would change" if not host.executed else "changed",
+                 "diff": _diff_for(host, op.name)}
+                for op in host.changes
+            ]
+            hosts.append(entry)
+        return json.dumps({"mode": self.mode, "ok": self.ok, "drift": self.drifted, "hosts": hosts}, indent=2)
+
+
+def _diff_for(host: HostOutcome, operation_name: str) -> str | None:
+    # Diffs are keyed by path; operations that manage a file name it.
+    for path, diff in host.diffs.items():
+        if path in operation_name:
+            return diff
+    return None
+
+
+def render_table(report: RunReport) -> str:
+    rows = [("HOST", "STATUS", "CHANGES", "DETAIL")]
+    for host in report.hosts:
+        detail = ""
+        if host.failed:
+            first_line = (host.error or "").strip().splitlines()
+            detail = f"{host.step}: {first_line[-1] if first_line else ''}"
+        elif host.notes:
+            detail = "; ".join(host.notes)
+        rows.append((host.name, host.status, str(len(host.changes)), detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}".rstrip()
+        for row in rows
+    )
+
+
+def render_plan(report: RunReport) -> str:
+    """Per host: the operations that would change, with unified diffs of files."""
+    blocks: list[str] = []
+    for host in report.hosts:
+        if host.failed:
+            blocks.append(f"== {host.name}: {host.status} at {host.step}\n{host.error}")
+            continue
+        if not host.changes:
+            blocks.append(f"== {host.name}: no changes")
+            continue
+        lines = [f"== {host.name}: {len(host.changes)} operation(s) would change"]
+        lines += [f"  ~ {op.name}" for op in host.changes]
+        for diff in host.diffs.values():
+            lines.append("")
+            lines += ["    " + line for line in diff.rstrip("\n").splitlines()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def render_failures(report: RunReport) -> str:
+    blocks = []
+    for host in report.hosts:
+        if host.failed:
+            blocks.append(f"{host.name}: {host.step}:\n" + "\n".join("  " + l for l in (host.error or "").splitlines()))
+    return "\n".join(blocks)
