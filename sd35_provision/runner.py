@@ -20,6 +20,7 @@ from pyinfra.api.operations import run_ops
 from pyinfra.api.state import BaseStateCallback, StateStage
 from pyinfra.context import ctx_host, ctx_state
 
+from sd35_provision.errors import HostError
 from sd35_provision.inventory import build_inventory
 from sd35_provision.operations import file_diffs_of
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
@@ -177,5 +178,7 @@ class FleetRun:
 
 
 def _describe(error: BaseException) -> str:
+    if isinstance(error, HostError):
+        return error.message
     text = str(error).strip()
     return text or error.__class__.__name__

@@ -64,6 +64,9 @@ def load_yaml_document(path: Path) -> SourceDocument:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
+        if error.context_mark and mark and mark.line >= len(text.splitlines()):
+            # Hit the end of the file: where the unclosed construct began is more useful.
+            mark = error.context_mark
         line = mark.line + 1 if mark else 1
         reason = " ".join(filter(None, [error.context, error.problem]))
         raise SpecError([f"{path}:{line}: YAML syntax error: {reason}"]) from error

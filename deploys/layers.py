@@ -1,0 +1,11 @@
+"""The deploy layers, in the order a host is brought up.
+
+The runner adds these one by one; ``deploys/site.py`` calls them for plain
+``pyinfra``. Later layers rely on what earlier ones put in place.
+"""
+
+from deploys.system import system_layer
+
+LAYERS = [
+    system_layer,
+]
