@@ -1,0 +1,257 @@
+"""Which numeric precision the SD3.5 service runs in, and how it is applied.
+
+This module ships to GPU hosts with the service, alone: it imports only the
+standard library and torch at module level; torchao and diffusers are imported
+inside the functions that need them.
+
+Modes:
+  fp8-dynamic  real FP8 matmuls (torchao, weights and activations in e4m3,
+               per-row scales); needs compute capability >= 8.9 and, to beat
+               bf16, torch.compile.
+  fp8-storage  weights stored in e4m3 and upcast to bf16 layer by layer
+               (diffusers layerwise casting): halves weight memory, not time.
+  bf16         plain bfloat16.
+  fp32         float32 (CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+MODES = ("fp8-dynamic", "fp8-storage", "bf16", "fp32")
+REQUESTS = ("auto", "fp8") + MODES
+COMPILE_REQUESTS = ("auto", "on", "off")
+
+# Hardware FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards.
+FP8_MIN_CAPABILITY = (8, 9)
+# Native bf16 tensor cores: Ampere (8.0) onwards; below that bf16 is emulated.
+BF16_MIN_CAPABILITY = (8, 0)
+# The seed document demands torch >= 2.3 for FP8 (float8 types exist from 2.1).
+FP8_MIN_TORCH = (2, 3)
+# FP8 GEMM kernels (torch._scaled_mm) take only dims that are multiples of 16.
+FP8_DIM_MULTIPLE = 16
+# Linears smaller than this (weight elements) stay bf16: the per-call activation
+# quantization costs more than the FP8 matmul saves (timestep embedders, proj_out).
+FP8_MIN_LINEAR_ELEMENTS = 1 << 20
+# VRAM kept free beyond the weights: activations, the VAE decode and the CUDA
+# context. Measured on the H100 (docs/benchmarks.md): SD3.5 Large needs about
+# 2-3 GiB over its weights at 1024x1024 with CFG.
+VRAM_HEADROOM_BYTES = 4 << 30
+VRAM_HEADROOM_FRACTION = 0.10
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device the pipeline runs on."""
+
+    kind: str  # "cuda" | "cpu"
+    name: str
+    compute_capability: tuple[int, int] | None
+    total_memory_bytes: int | None
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision mode picked for a device, and why."""
+
+    mode: str  # "fp8-dynamic" | "fp8-storage" | "bf16" | "fp32"
+    compute_dtype: "torch.dtype"
+    compile: bool
+    reason: str
+
+
+def detect_device() -> DeviceInfo:
+    """Describe CUDA device 0, or the CPU when there is no usable GPU."""
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return DeviceInfo(
+            kind="cuda",
+            name=props.name,
+            compute_capability=(props.major, props.minor),
+            total_memory_bytes=int(props.total_memory),
+        )
+    import platform
+
+    return DeviceInfo(kind="cpu", name=platform.processor() or platform.machine() or "cpu",
+                      compute_capability=None, total_memory_bytes=None)
+
+
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the installed torch."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def torch_has_float8() -> bool:
+    """Whether this torch has the float8 types and is new enough to rely on them."""
+    return hasattr(torch, "float8_e4m3fn") and torch_version() >= FP8_MIN_TORCH
+
+
+def torchao_available() -> bool:
+    """Whether torchao can be imported (without importing it)."""
+    return importlib.util.find_spec("torchao") is not None
+
+
+def _fits(model_bytes: int | None, total: int | None, weight_scale: float) -> bool:
+    """Whether ``model_bytes`` of bf16 weights, scaled, leave the activation headroom free."""
+    if model_bytes is None or total is None:
+        return True
+    headroom = max(VRAM_HEADROOM_BYTES, int(total * VRAM_HEADROOM_FRACTION))
+    return model_bytes * weight_scale + headroom <= total
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def choose_precision(
+    requested: str,
+    device: DeviceInfo,
+    compile: str = "auto",
+    model_bytes: int | None = None,
+) -> PrecisionChoice:
+    """Pick the precision mode for ``device``.
+
+    + requested: "auto" | "fp8" (best FP8 the GPU can do) | "fp8-dynamic" |
+      "fp8-storage" | "bf16" | "fp32"
+    + device: from ``detect_device()``
+    + compile: "auto" | "on" | "off"
+    + model_bytes: size of the weights kept on the GPU in bf16; used to fall
+      back to FP8 storage when they would not fit
+
+    Raises ValueError when an explicit request cannot run on this device.
+    """
+    if requested not in REQUESTS:
+        raise ValueError(f"precision {requested!r} is not one of {', '.join(REQUESTS)}")
+    if compile not in COMPILE_REQUESTS:
+        raise ValueError(f"compile {compile!r} is not one of {', '.join(COMPILE_REQUESTS)}")
+
+    mode, reason = _pick_mode(requested, device, model_bytes)
+    compute_dtype = torch.float32 if mode == "fp32" else torch.bfloat16
+    use_compile, compile_reason = _pick_compile(compile, mode, device)
+    return PrecisionChoice(mode=mode, compute_dtype=compute_dtype, compile=use_compile,
+                           reason=f"{reason}; {compile_reason}")
+
+
+def _pick_mode(requested: str, device: DeviceInfo, model_bytes: int | None) -> tuple[str, str]:
+    cc = device.compute_capability
+    where = f"this GPU ({device.name}) has {cc[0]}.{cc[1]}" if cc else f"this device ({device.name}) is a CPU"
+    fp8_hw = device.kind == "cuda" and cc is not None and cc >= FP8_MIN_CAPABILITY
+    has_f8 = torch_has_float8()
+    has_ao = torchao_available()
+    torch_v = ".".join(map(str, torch_version()))
+    need_torch = ".".join(map(str, FP8_MIN_TORCH))
+
+    if requested == "fp32":
+        return "fp32", "fp32 requested"
+
+    if requested == "bf16":
+        if device.kind == "cuda" and cc is not None and cc < BF16_MIN_CAPABILITY:
+            return "bf16", f"bf16 requested ({where}: below 8.0 bf16 is emulated and slow)"
+        return "bf16", "bf16 requested"
+
+    if requested in ("fp8", "fp8-dynamic", "fp8-storage"):
+        if not has_f8:
+            raise ValueError(f"{requested} needs torch >= {need_torch} with float8 types; "
+                             f"this torch is {torch.__version__}")
+        if device.kind != "cuda":
+            raise ValueError(f"{requested} needs a CUDA GPU; {where}")
+        if requested == "fp8-storage":
+            return "fp8-storage", "fp8-storage requested"
+        if requested == "fp8-dynamic" or fp8_hw:
+            if not fp8_hw:
+                raise ValueError(f"fp8-dynamic needs compute capability >= "
+                                 f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}; {where}")
+            if not has_ao:
+                raise ValueError("fp8-dynamic needs torchao (pip install torchao); it is not installed")
+            return "fp8-dynamic", f"{requested} requested; FP8 tensor cores ({where})"
+        return "fp8-storage", (f"fp8 requested; no FP8 tensor cores ({where}, need 8.9), "
+                               "so weights are stored in FP8 and computed in bf16")
+
+    # auto
+    if device.kind != "cuda":
+        return "fp32", f"auto: {where}, fp32"
+    if fp8_hw and has_f8 and has_ao:
+        return "fp8-dynamic", f"auto: FP8 tensor cores ({where}) and torchao installed"
+    missing = ("torchao not installed" if fp8_hw and has_f8 else
+               f"torch {torch_v} < {need_torch}" if fp8_hw else f"no FP8 tensor cores, {where}")
+    if not _fits(model_bytes, device.total_memory_bytes, 1.0):
+        if has_f8:
+            return "fp8-storage", (f"auto: {_gib(model_bytes)} of bf16 weights do not fit "
+                                   f"{_gib(device.total_memory_bytes)} with headroom ({missing}); "
+                                   "FP8 weight storage")
+        return "bf16", (f"auto: bf16 ({missing}); {_gib(model_bytes)} of weights may not fit "
+                        f"{_gib(device.total_memory_bytes)} and this torch has no FP8 storage")
+    return "bf16", f"auto: bf16 ({missing})"
+
+
+def _pick_compile(compile: str, mode: str, device: DeviceInfo) -> tuple[bool, str]:
+    if compile == "on":
+        return True, "compile requested"
+    if compile == "off":
+        if mode == "fp8-dynamic":
+            return False, "compile off (dynamic FP8 without compile is slower than bf16)"
+        return False, "compile off"
+    # auto: compile where it pays on a GPU. Layerwise casting runs Python hooks per
+    # layer, which break the graph, so fp8-storage stays eager.
+    if device.kind != "cuda":
+        return False, "no compile on CPU"
+    if mode == "fp8-dynamic":
+        return True, "compiled (dynamic FP8 needs compile to beat bf16)"
+    if mode == "bf16":
+        return True, "compiled"
+    return False, "eager (layerwise casting hooks do not compile)"
+
+
+def fp8_linear_filter(module: torch.nn.Module, fqn: str = "") -> bool:
+    """Whether a layer gets FP8 dynamic quantization: linears whose dims FP8 kernels take."""
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    n_out, n_in = module.weight.shape
+    if n_in % FP8_DIM_MULTIPLE or n_out % FP8_DIM_MULTIPLE:
+        return False
+    return n_in * n_out >= FP8_MIN_LINEAR_ELEMENTS
+
+
+def quantize_fp8_dynamic(module: torch.nn.Module) -> int:
+    """Quantize ``module``'s eligible linears in place to torchao dynamic FP8 (per-row); returns how many."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    count = sum(1 for m in module.modules() if fp8_linear_filter(m))
+    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+              filter_fn=fp8_linear_filter)
+    return count
+
+
+def store_fp8(module: torch.nn.Module, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+    """Store ``module``'s weights in FP8 (e4m3), upcast to ``compute_dtype`` per layer when used.
+
+    Works on diffusers models and on plain torch modules (the transformers text
+    encoders) alike; norms and embeddings keep their dtype.
+    """
+    from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
+                            skip_modules_pattern="auto")
+
+
+def apply_precision(pipe, choice: PrecisionChoice) -> None:
+    """Apply ``choice`` to a loaded pipeline, in place, on its device.
+
+    The transformer is what runs every step, so that is what gets FP8 and
+    compile; the text encoders and the VAE keep the compute dtype (see
+    ``apply_memory_plan`` for their memory).
+    """
+    transformer = pipe.transformer
+    if choice.mode == "fp8-dynamic":
+        quantize_fp8_dynamic(transformer)
+    elif choice.mode == "fp8-storage":
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                             compute_dtype=choice.compute_dtype)
+    if choice.compile:
+        # In place (nn.Module.compile), so pipe.transformer stays the same object
+        # and its .config, .dtype and hooks keep working.
+        transformer.compile(fullgraph=choice.mode != "fp8-storage")
