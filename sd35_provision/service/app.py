@@ -1,0 +1,271 @@
+"""The HTTP service: OpenAI-compatible image generation, health, readiness and metrics.
+
+``create_app`` builds the FastAPI app; the model is loaded once, on the GPU
+worker thread, after the server starts listening, so /healthz answers during a
+long load and /readyz says when generation can start.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .api import EngineLoader, LoadedEngine, RequestError, error_body, parse_generation_request
+from .config import ServiceConfig
+from .metrics import ServiceMetrics
+from .worker import GPUWorker, QueueFull
+
+log = logging.getLogger("sd35.service")
+
+GENERATIONS_PATH = "/v1/images/generations"
+# Route labels for metrics; anything else is "other" so scanners cannot blow up label cardinality.
+KNOWN_ROUTES = frozenset({GENERATIONS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
+UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+NOT_READY_RETRY_AFTER_S = 10
+
+
+class ServiceState:
+    """Where start-up stands; written by the GPU thread, read by request handlers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.phase = "starting"
+        self.loaded: LoadedEngine | None = None
+
+    def set_phase(self, phase: str) -> None:
+        with self._lock:
+            self.phase = phase
+
+    def set_loaded(self, loaded: LoadedEngine) -> None:
+        with self._lock:
+            self.loaded = loaded
+            self.phase = "ready"
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(message, kind, **extra), status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without reading it all into memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def create_app(
+    config: ServiceConfig,
+    load_engine: EngineLoader | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_fatal: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The service app. ``load_engine`` defaults to loading ``config.model_dir`` (tests pass their own)."""
+    if load_engine is None:
+        from .pipeline import engine_loader
+
+        load_engine = engine_loader(config)
+
+    state = ServiceState()
+    worker = GPUWorker(config.queue_size)
+    metrics = ServiceMetrics(queue_depth=lambda: worker.waiting, in_progress=lambda: worker.running)
+    body_limit = 16 * 1024 + 8 * config.limits.max_prompt_chars
+
+    def loaded(future: Any) -> None:
+        # Runs on the GPU thread when loading ends, successfully or not.
+        exc = future.exception()
+        if exc is not None:
+            state.set_phase("failed")
+            log.error("model load failed: %s", exc, exc_info=exc)
+            if on_fatal is not None:
+                on_fatal()
+            return
+        result: LoadedEngine = future.result()
+        state.set_loaded(result)
+        metrics.ready.set(1)
+        metrics.info.info(result.description)
+        log.info("ready: serving %s", config.model_dir)
+        if on_ready is not None:
+            on_ready()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        begin = time.monotonic()
+
+        def load() -> LoadedEngine:
+            result = load_engine(state.set_phase)
+            metrics.load_seconds.set(time.monotonic() - begin)
+            return result
+
+        state.set_phase("loading")
+        worker.submit(load).add_done_callback(loaded)
+        try:
+            yield
+        finally:
+            worker.shutdown()
+
+    app = FastAPI(
+        title="sd35 inference",
+        lifespan=lifespan,
+        docs_url=None,  # no CDN for the docs UI on the hosts; /openapi.json stays
+        redoc_url=None,
+    )
+    app.state.service = state
+    app.state.worker = worker
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        key = config.api_key
+        if key is None or request.url.path in UNAUTHENTICATED_PATHS:
+            return await call_next(request)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), key.reveal()):
+            metrics.errors.labels("auth").inc()
+            return _error(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                "authentication_error",
+                headers={"WWW-Authenticate": "Bearer"},
+                code="invalid_api_key",
+            )
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        route = request.url.path if request.url.path in KNOWN_ROUTES else "other"
+        begin = time.monotonic()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            metrics.latency.labels(route).observe(time.monotonic() - begin)
+            metrics.requests.labels(route, request.method, str(status)).inc()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error", headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        metrics.errors.labels("internal").inc()
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal error; the service logged the details", "server_error")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive", "phase": state.phase}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if state.loaded is None:
+            return JSONResponse(
+                {"status": state.phase}, status_code=503, headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)}
+            )
+        return JSONResponse({"status": "ready", **state.loaded.description})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    @app.post(
+        GENERATIONS_PATH,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object", "required": ["prompt"]}}},
+            }
+        },
+    )
+    async def generations(request: Request) -> JSONResponse:
+        try:
+            return await _generate(request)
+        except RequestError as exc:
+            metrics.errors.labels("invalid").inc()
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def _generate(request: Request) -> JSONResponse:
+        if not _is_json(request.headers.get("content-type", "")):
+            raise RequestError(415, "the request body must be JSON (Content-Type: application/json)")
+        body = await _read_body(request, body_limit)
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
+
+        loaded_engine = state.loaded
+        if loaded_engine is None:
+            metrics.errors.labels("not_ready").inc()
+            return _error(
+                503,
+                f"the model is not ready ({state.phase}); retry later",
+                "server_error",
+                headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)},
+            )
+        engine = loaded_engine.engine
+        job = parse_generation_request(
+            data, config.limits, engine.limits, config.default_steps, config.default_guidance
+        )
+
+        def draw() -> tuple[list[str], float]:
+            begin = time.monotonic()
+            pngs = engine.generate(job)
+            elapsed = time.monotonic() - begin
+            return [base64.b64encode(png).decode("ascii") for png in pngs], elapsed
+
+        try:
+            images, elapsed = await worker.run(draw)
+        except QueueFull as exc:
+            metrics.errors.labels("queue_full").inc()
+            return _error(
+                429,
+                f"the service is busy ({config.queue_size} requests waiting); retry after {exc.retry_after_s} s",
+                "rate_limit_error",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
+        except Exception:
+            metrics.errors.labels("internal").inc()
+            log.exception(
+                "generation failed (%dx%d, n=%d, %d steps)", job.width, job.height, job.n, job.num_inference_steps
+            )
+            return _error(500, "image generation failed; the service logged the details", "server_error")
+
+        metrics.generation.observe(elapsed)
+        metrics.images.inc(len(images))
+        return JSONResponse(
+            {
+                "created": int(time.time()),
+                "data": [{"b64_json": image, "seed": job.seed + i} for i, image in enumerate(images)],
+                "size": f"{job.width}x{job.height}",
+                "output_format": "png",
+            }
+        )
+
+    return app

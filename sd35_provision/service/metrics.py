@@ -1,0 +1,82 @@
+"""Prometheus metrics of one service instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+
+class CudaMemoryCollector:
+    """GPU memory as seen by torch's caching allocator, read at scrape time (only with CUDA)."""
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            import torch
+
+            if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+                return []
+            device = torch.cuda.current_device()
+            free, total = torch.cuda.mem_get_info(device)
+            values = {
+                "sd35_gpu_memory_allocated_bytes": ("Bytes held by live tensors.", torch.cuda.memory_allocated(device)),
+                "sd35_gpu_memory_reserved_bytes": ("Bytes reserved by torch's allocator.", torch.cuda.memory_reserved(device)),
+                "sd35_gpu_memory_peak_allocated_bytes": (
+                    "Most bytes held by live tensors since start.",
+                    torch.cuda.max_memory_allocated(device),
+                ),
+                "sd35_gpu_memory_free_bytes": ("Free device memory (all processes).", free),
+                "sd35_gpu_memory_total_bytes": ("Total device memory.", total),
+            }
+        except Exception:  # a scrape must never fail because the GPU query did
+            return []
+        return [GaugeMetricFamily(name, doc, value=float(value)) for name, (doc, value) in values.items()]
+
+
+class ServiceMetrics:
+    def __init__(self, queue_depth: Callable[[], float], in_progress: Callable[[], float]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sd35_http_requests", "HTTP requests answered, by route and status.", ["route", "method", "status"], registry=r
+        )
+        self.errors = Counter(
+            "sd35_errors",
+            "Requests that did not produce images, by kind (invalid, auth, queue_full, not_ready, internal).",
+            ["kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "sd35_http_request_duration_seconds", "Time to answer, by route.", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.generation = Histogram(
+            "sd35_generation_duration_seconds",
+            "Pipeline time of one generation request (all its images), excluding queueing.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter("sd35_images_generated", "Images returned to clients.", registry=r)
+        self.queue_depth = Gauge("sd35_queue_depth", "Generation requests waiting for the GPU.", registry=r)
+        self.queue_depth.set_function(queue_depth)
+        self.in_progress = Gauge("sd35_generations_in_progress", "Generation requests on the GPU now.", registry=r)
+        self.in_progress.set_function(in_progress)
+        self.ready = Gauge("sd35_model_ready", "1 once the model is loaded and warmed up.", registry=r)
+        self.load_seconds = Gauge("sd35_model_load_seconds", "Time spent loading and warming up the model.", registry=r)
+        self.info = Info("sd35_model", "The precision and device the model runs with.", registry=r)
+        ProcessCollector(registry=r)
+        r.register(CudaMemoryCollector())
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
