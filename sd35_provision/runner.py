@@ -51,8 +51,9 @@ class _Recorder(BaseStateCallback):
         self.connect_errors[host.name] = str(error) or error.__class__.__name__
 
     def operation_host_success(self, state: State, host: Host, op_hash, retry_count: int = 0) -> None:
+        # Called before pyinfra marks the operation complete: use the prepared verdict.
         meta = state.ops[host][op_hash].operation_meta
-        if self.progress and meta.did_change():
+        if self.progress and meta._maybe_is_change:
             self.progress(f"{host.name}: changed: {_op_name(state, op_hash)}")
 
     def operation_host_error(self, state: State, host: Host, op_hash, retry_count: int = 0, max_retries: int = 0) -> None:

@@ -1,0 +1,367 @@
+"""A local fleet of real Debian 12 hosts for demos and integration tests.
+
+Each host is a ``systemd-nspawn -b`` container (systemd as PID 1) booted from a
+cached debootstrap rootfs, with its own copy of the filesystem, its own
+hostname and its own sshd on 127.0.2.N:22 (the containers share this
+machine's network namespace, so each host binds its own loopback address).
+Host keys are generated here, before boot, and recorded in a known_hosts file
+so every connection verifies them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import paramiko
+import yaml
+
+from sd35_provision.errors import Sd35Error
+
+DEFAULT_STATE_DIR = Path(os.environ.get("SD35_TESTFLEET_DIR", "/var/lib/sd35-provision/testfleet"))
+ROOTFS_CACHE = Path(os.environ.get("SD35_ROOTFS_CACHE", "/var/cache/sd35-provision"))
+SUITE = "bookworm"
+PACKAGES = [
+    "systemd", "systemd-sysv", "openssh-server", "python3", "sudo", "iproute2", "dbus",
+    "ca-certificates", "procps",
+]
+SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+
+
+class TestFleetError(Sd35Error):
+    """The local test fleet could not be built, booted or stopped."""
+
+
+@dataclass
+class FleetHost:
+    name: str
+    address: str
+    root: str
+    pid: int | None = None
+
+    def running(self) -> bool:
+        return self.pid is not None and _alive(self.pid)
+
+
+@dataclass
+class Fleet:
+    state_dir: Path
+    hosts: list[FleetHost] = field(default_factory=list)
+    binds: list[str] = field(default_factory=list)
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.state_dir / "fleet.yaml"
+
+    def host(self, name: str) -> FleetHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise TestFleetError(f"no test host {name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
+
+    def save(self) -> None:
+        data = {"hosts": [asdict(host) for host in self.hosts], "binds": self.binds}
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.state_dir / "state.json")
+
+    @classmethod
+    def load(cls, state_dir: Path = DEFAULT_STATE_DIR) -> Fleet:
+        state_file = state_dir / "state.json"
+        if not state_file.exists():
+            return cls(state_dir=state_dir)
+        data = json.loads(state_file.read_text())
+        return cls(state_dir=state_dir, hosts=[FleetHost(**h) for h in data["hosts"]], binds=data.get("binds", []))
+
+    # -- SSH ------------------------------------------------------------------
+
+    def ssh(self, name: str, timeout: float = 10) -> paramiko.SSHClient:
+        """A verified root SSH connection to one host (RejectPolicy on unknown keys)."""
+        host = self.host(name)
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.known_hosts_path))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(
+            host.address, username="root", key_filename=str(self.key_path),
+            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+            allow_agent=False, look_for_keys=False,
+        )
+        return client
+
+    def run(self, name: str, command: str, timeout: float = 120) -> tuple[int, str, str]:
+        """Run ``command`` on a host over SSH: (exit status, stdout, stderr)."""
+        client = self.ssh(name)
+        try:
+            _, stdout, stderr = client.exec_command(command, timeout=timeout)
+            out, err = stdout.read().decode(), stderr.read().decode()
+            return stdout.channel.recv_exit_status(), out, err
+        finally:
+            client.close()
+
+    # -- spec -----------------------------------------------------------------
+
+    def render_spec(self, extra_defaults: dict | None = None, groups: dict | None = None,
+                    host_overrides: dict | None = None) -> str:
+        """The fleet as an sd35-provision spec; paths are relative to the state dir."""
+        defaults: dict = {
+            "ssh": {"user": "root", "key": self.key_path.name, "known_hosts": self.known_hosts_path.name},
+            "gpu": {"accelerator": "cpu"},
+        }
+        _deep_merge(defaults, extra_defaults or {})
+        hosts = {}
+        for host in self.hosts:
+            entry: dict = {"address": host.address, "service": {"bind": host.address}}
+            _deep_merge(entry, (host_overrides or {}).get(host.name, {}))
+            hosts[host.name] = entry
+        spec: dict = {"defaults": defaults}
+        if groups:
+            spec["groups"] = groups
+        spec["hosts"] = hosts
+        header = f"# Generated by sd35-provision testfleet ({len(self.hosts)} hosts); regenerated on every `up`.\n"
+        return header + yaml.safe_dump(spec, sort_keys=False)
+
+    def write_spec(self, path: Path | None = None, **kwargs) -> Path:
+        path = path or self.spec_path
+        path.write_text(self.render_spec(**kwargs))
+        return path
+
+
+def _deep_merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _run(command: list[str], log: Path | None = None, **kwargs) -> None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError as error:
+        raise TestFleetError(f"{command[0]} is not installed: {error}") from error
+    if log:
+        log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        where = f"see {log}" if log else (result.stderr.strip()[-2000:] or "no output")
+        raise TestFleetError(f"{' '.join(command[:2])} failed (exit {result.returncode}): {where}")
+
+
+# -- tools and rootfs ---------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    missing = [pkg for tool, pkg in (("debootstrap", "debootstrap"), ("systemd-nspawn", "systemd-container"),
+                                     ("ssh-keygen", "openssh-client")) if not shutil.which(tool)]
+    if missing:
+        _run(["apt-get", "update", "-qq"])
+        _run(["apt-get", "install", "-y", "-qq", *missing], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def debian_mirror() -> str:
+    if SOURCES.exists():
+        for line in SOURCES.read_text().splitlines():
+            if line.startswith("URIs:") and "security" not in line:
+                return line.split()[1]
+    return "http://deb.debian.org/debian"
+
+
+def rootfs_recipe() -> str:
+    return json.dumps({"suite": SUITE, "packages": PACKAGES, "mirror": debian_mirror(), "v": 1}, sort_keys=True)
+
+
+def ensure_rootfs() -> Path:
+    """The cached base rootfs, built once per recipe; a half build is never used."""
+    digest = hashlib.sha256(rootfs_recipe().encode()).hexdigest()[:12]
+    rootfs = ROOTFS_CACHE / f"rootfs-{SUITE}-{digest}"
+    if rootfs.is_dir():
+        return rootfs
+    ensure_tools()
+    ROOTFS_CACHE.mkdir(parents=True, exist_ok=True)
+    building = ROOTFS_CACHE / f"building-{digest}-{os.getpid()}"
+    log = ROOTFS_CACHE / f"build-{digest}.log"
+    shutil.rmtree(building, ignore_errors=True)
+    _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building),
+          debian_mirror()], log=log)
+    # Apt inside the hosts uses the same mirror this machine uses.
+    sources = building / "etc/apt/sources.list"
+    sources.write_text(f"deb {debian_mirror()} {SUITE} main\ndeb {debian_mirror()} {SUITE}-updates main\n")
+    for key in (building / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()  # each host gets its own keys at `up`
+    (building / "etc/machine-id").write_text("")
+    building.rename(rootfs)
+    return rootfs
+
+
+# -- lifecycle ------------------------------------------------------------------
+
+
+def _keygen(path: Path, comment: str) -> str:
+    if not path.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return path.with_suffix(".pub").read_text().strip() if path.suffix else Path(f"{path}.pub").read_text().strip()
+
+
+def up(count: int, state_dir: Path = DEFAULT_STATE_DIR, binds: list[str] | None = None,
+       first_address: str = "127.0.2.1", wait_s: float = 90) -> Fleet:
+    """Boot ``count`` fresh hosts (any running fleet in ``state_dir`` is stopped first)."""
+    if count < 1:
+        raise TestFleetError("a test fleet needs at least one host")
+    start = ipaddress.ip_address(first_address)
+    if not start.is_loopback or not (start + count - 1).is_loopback:
+        raise TestFleetError(f"test hosts must stay on 127.0.0.0/8; {first_address} + {count} leaves it")
+    for bind in binds or []:
+        source = bind.split(":", 1)[0]
+        if ":" not in bind or not Path(source).exists():
+            raise TestFleetError(f"--bind-ro {bind}: expected SRC:DST with an existing SRC")
+
+    down(state_dir)
+    rootfs = ensure_rootfs()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(state_dir=state_dir, binds=list(binds or []))
+    client_key = Path(f"{fleet.key_path}")
+    public_key = _keygen(client_key, "sd35-testfleet")
+
+    known_hosts = []
+    for index in range(count):
+        name, address = f"node{index + 1}", str(start + index)
+        root = state_dir / "hosts" / name
+        shutil.rmtree(root, ignore_errors=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _run(["cp", "-a", "--reflink=auto", str(rootfs), str(root)])
+        (root / "etc/hostname").write_text(name + "\n")
+        (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n{address} {name}\n")
+        (root / "etc/ssh/sshd_config.d/listen.conf").write_text(
+            f"ListenAddress {address}\nPasswordAuthentication no\n"
+        )
+        ssh_dir = root / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(public_key + "\n")
+        os.chmod(ssh_dir / "authorized_keys", 0o600)
+        host_key = root / "etc/ssh/ssh_host_ed25519_key"
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(host_key)])
+        key_type, key_data = Path(f"{host_key}.pub").read_text().split()[:2]
+        known_hosts.append(f"{address} {key_type} {key_data}")
+        fleet.hosts.append(FleetHost(name=name, address=address, root=str(root)))
+
+    fleet.known_hosts_path.write_text("\n".join(known_hosts) + "\n")
+    for host in fleet.hosts:
+        _boot(fleet, host)
+    fleet.save()
+    fleet.write_spec()
+    for host in fleet.hosts:
+        _wait_for_ssh(fleet, host, wait_s)
+    return fleet
+
+
+def _boot(fleet: Fleet, host: FleetHost) -> None:
+    log = fleet.state_dir / f"{host.name}.log"
+    command = ["systemd-nspawn", "-D", host.root, "-b", "--register=no", "--keep-unit",
+               "-M", host.name, "--console=passive"]
+    command += [f"--bind-ro={bind}" for bind in fleet.binds]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                   start_new_session=True)
+    host.pid = process.pid
+
+
+def _wait_for_ssh(fleet: Fleet, host: FleetHost, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if not host.running():
+            raise TestFleetError(f"{host.name}: container exited during boot; see {fleet.state_dir}/{host.name}.log")
+        try:
+            fleet.ssh(host.name, timeout=3).close()
+            return
+        except (OSError, paramiko.SSHException) as error:
+            last_error = error
+            time.sleep(0.3)
+    raise TestFleetError(f"{host.name}: sshd on {host.address}:22 not ready after {wait_s:.0f}s ({last_error})")
+
+
+def stop_host(fleet: Fleet, name: str, timeout: float = 20) -> None:
+    """Shut one host down, keeping its disk (as a box that went away)."""
+    host = fleet.host(name)
+    if host.pid and host.running():
+        os.kill(host.pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off
+        deadline = time.monotonic() + timeout
+        while host.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if host.running():
+            os.killpg(host.pid, signal.SIGKILL)
+            while host.running():
+                time.sleep(0.1)
+    _reap(host.pid)
+    host.pid = None
+    fleet.save()
+
+
+def start_host(fleet: Fleet, name: str, wait_s: float = 90) -> None:
+    host = fleet.host(name)
+    if host.running():
+        return
+    _boot(fleet, host)
+    fleet.save()
+    _wait_for_ssh(fleet, host, wait_s)
+
+
+def _reap(pid: int | None) -> None:
+    if pid:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def down(state_dir: Path = DEFAULT_STATE_DIR) -> None:
+    """Stop every host and remove their disks; leaves no process or mount behind."""
+    fleet = Fleet.load(state_dir)
+    for host in fleet.hosts:
+        stop_host(fleet, host.name)
+    leftovers = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                 if line.split()[1].startswith(str(state_dir))]
+    for mount in reversed(leftovers):
+        subprocess.run(["umount", "-l", mount], check=False)
+    shutil.rmtree(state_dir / "hosts", ignore_errors=True)
+    (state_dir / "state.json").unlink(missing_ok=True)
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[dict]:
+    fleet = Fleet.load(state_dir)
+    rows = []
+    for host in fleet.hosts:
+        reachable = False
+        if host.running():
+            try:
+                fleet.ssh(host.name, timeout=3).close()
+                reachable = True
+            except (OSError, paramiko.SSHException):
+                pass
+        rows.append({"name": host.name, "address": host.address, "pid": host.pid,
+                     "state": "running" if host.running() else "stopped", "ssh": reachable})
+    return rows
