@@ -12,6 +12,7 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -47,6 +48,8 @@ class CudaMemoryCollector:
 
 class ServiceMetrics:
     def __init__(self, queue_depth: Callable[[], float], in_progress: Callable[[], float]):
+        # The *_created series double every counter's lines and nobody graphs them.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

@@ -1,0 +1,134 @@
+"""The systemd unit of the inference service, rendered by a pure function.
+
+Hardening is as strict as CUDA allows: no MemoryDenyWriteExecute (torch.compile,
+Triton and the CUDA driver's JIT map memory writable and executable), no
+PrivateDevices and the default DevicePolicy (the GPU is /dev/nvidia*), and no
+SystemCallFilter (the NVIDIA user-space driver's syscalls have not been
+audited here; a filter that kills the process mid-load is worse than none).
+The whole file system is read-only except the cache directories.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+
+DEFAULT_ENV_FILE = "/etc/sd35/env"
+# Exit status 2 is a configuration error (see __main__): restarting cannot fix it.
+EXIT_BAD_CONFIG = 2
+
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _check_path(name: str, value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{name}: {value!r} is not an absolute path")
+    if any(c in value for c in "\n\r\t ") or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{name}: {value!r} contains whitespace or control characters")
+    return str(PurePosixPath(value))
+
+
+def render_unit(
+    venv_dir: str,
+    working_dir: str,
+    cache_dirs: Sequence[str],
+    service_env_file: str | None = None,
+    env_file: str = DEFAULT_ENV_FILE,
+    user: str = "sd35",
+    group: str | None = None,
+    timeout_start_s: int = 900,
+    restart_sec: int = 10,
+    description: str = "Stable Diffusion 3.5 inference service",
+) -> str:
+    """The text of ``sd35-inference.service``.
+
+    + venv_dir: the pinned virtual environment; runs ``<venv_dir>/bin/python -m sd35_provision.service``
+    + working_dir: directory holding ``sd35_provision/service/``
+    + cache_dirs: the only writable paths (Hugging Face, torch.compile and Triton caches)
+    + service_env_file: the service's own SD35_* settings, read after ``env_file``
+    + env_file: host-wide settings
+    + user, group: the unprivileged account it runs as (group defaults to user)
+    + timeout_start_s: how long loading and warming up the model may take before systemd gives up
+    + restart_sec: pause before a restart after a failure
+
+    Raises ValueError for values that would break or inject into the unit file.
+    """
+    for name, value in (("user", user), ("group", group or user)):
+        if not _USER_RE.match(value):
+            raise ValueError(f"{name}: {value!r} is not a valid account name")
+    if not cache_dirs:
+        raise ValueError("cache_dirs: at least one writable cache directory is needed")
+    if timeout_start_s < 1 or restart_sec < 0:
+        raise ValueError("timeout_start_s must be positive and restart_sec not negative")
+    if any(c in description for c in "\n\r"):
+        raise ValueError("description: must be one line")
+    venv = _check_path("venv_dir", venv_dir)
+    work = _check_path("working_dir", working_dir)
+    caches = [_check_path("cache_dirs", d) for d in cache_dirs]
+    env_files = [_check_path("env_file", env_file)]
+    if service_env_file is not None:
+        env_files.append(_check_path("service_env_file", service_env_file))
+    cache_root = caches[0]
+
+    lines = [
+        "# Managed by sd35-provision; local changes are overwritten.",
+        "[Unit]",
+        f"Description={description}",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "StartLimitIntervalSec=600",
+        "StartLimitBurst=5",
+        "",
+        "[Service]",
+        # notify: the unit becomes active only once the model is loaded and warmed up.
+        "Type=notify",
+        "NotifyAccess=main",
+        f"User={user}",
+        f"Group={group or user}",
+        f"WorkingDirectory={work}",
+        *(f"EnvironmentFile={path}" for path in env_files),
+        # Caches must live in the writable paths: the rest of the file system is read-only.
+        f"Environment=HF_HOME={cache_root}/huggingface",
+        "Environment=HF_HUB_OFFLINE=1",
+        f"Environment=TORCHINDUCTOR_CACHE_DIR={cache_root}/torchinductor",
+        f"Environment=TRITON_CACHE_DIR={cache_root}/triton",
+        f"Environment=XDG_CACHE_HOME={cache_root}",
+        "Environment=PYTHONUNBUFFERED=1",
+        "Environment=PYTHONDONTWRITEBYTECODE=1",
+        f"ExecStart={venv}/bin/python -m sd35_provision.service",
+        "Restart=on-failure",
+        f"RestartSec={restart_sec}",
+        f"RestartPreventExitStatus={EXIT_BAD_CONFIG}",
+        f"TimeoutStartSec={timeout_start_s}",
+        "TimeoutStopSec=60",
+        "KillMode=mixed",
+        "LimitNOFILE=65536",
+        "UMask=0077",
+        "# Hardening (see sd35_provision/service/unit.py for what is left out and why).",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        f"ReadWritePaths={' '.join(caches)}",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "RestrictSUIDSGID=yes",
+        "RestrictRealtime=yes",
+        "RestrictNamespaces=yes",
+        "LockPersonality=yes",
+        "RemoveIPC=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "SystemCallArchitectures=native",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
