@@ -209,6 +209,11 @@ def generate_tiny_pipeline(out_dir: Path, seed: int = 0) -> Path:
     The directory loads with ``StableDiffusion3Pipeline.from_pretrained(out_dir,
     local_files_only=True)``.
     """
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = build_tiny_pipeline(seed)

@@ -45,6 +45,10 @@ class RequestError(Exception):
         return error_body(self.message, "invalid_request_error", self.param, self.code)
 
 
+class CapacityError(Exception):
+    """A valid request that the device cannot run now (out of GPU memory); the message is for the client."""
+
+
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """The OpenAI error shape, which the openai client turns into its exception's message."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}

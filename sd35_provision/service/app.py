@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import EngineLoader, LoadedEngine, RequestError, error_body, parse_generation_request
+from .api import CapacityError, EngineLoader, LoadedEngine, RequestError, error_body, parse_generation_request
 from .config import ServiceConfig
 from .metrics import ServiceMetrics
 from .worker import GPUWorker, QueueFull
@@ -250,6 +250,9 @@ def create_app(
                 "rate_limit_error",
                 headers={"Retry-After": str(exc.retry_after_s)},
             )
+        except CapacityError as exc:
+            metrics.errors.labels("capacity").inc()
+            return _error(503, str(exc), "server_error", headers={"Retry-After": str(worker.retry_after_s())})
         except Exception:
             metrics.errors.labels("internal").inc()
             log.exception(

@@ -57,7 +57,7 @@ class ServiceMetrics:
         )
         self.errors = Counter(
             "sd35_errors",
-            "Requests that did not produce images, by kind (invalid, auth, queue_full, not_ready, internal).",
+            "Requests that did not produce images, by kind (invalid, auth, queue_full, not_ready, capacity, internal).",
             ["kind"],
             registry=r,
         )

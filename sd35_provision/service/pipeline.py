@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .api import EngineLoader, GenerationJob, LoadedEngine, ModelLimits
+from .api import CapacityError, EngineLoader, GenerationJob, LoadedEngine, ModelLimits
 from .config import ServiceConfig
 from .precision import DeviceInfo, PrecisionChoice, apply_precision, choose_precision, detect_device
 
@@ -64,6 +64,7 @@ def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo) 
     elif device.kind == "cuda":
         log.warning("accelerate is not installed: the model passes through host memory before moving to the GPU")
 
+    _quiet_progress_bars()
     pipe = StableDiffusion3Pipeline.from_pretrained(str(model_dir), **kwargs)
     if device.kind == "cuda" and not direct_to_gpu:
         # One component at a time, so host memory holds at most the rest of the
@@ -74,6 +75,15 @@ def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo) 
     pipe.set_progress_bar_config(disable=True)
     apply_precision(pipe, choice)
     return pipe
+
+
+def _quiet_progress_bars() -> None:
+    """No tqdm bars in the journal: they are one line per refresh there."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def model_limits(pipe: Any) -> ModelLimits:
@@ -152,7 +162,18 @@ class PipelineEngine:
         self.limits = model_limits(pipe)
 
     def generate(self, job: GenerationJob) -> list[bytes]:
-        return [encode_png(image) for image in run_pipeline(self.pipe, job)]
+        import torch
+
+        try:
+            images = run_pipeline(self.pipe, job)
+        except torch.cuda.OutOfMemoryError:
+            # Give the cached blocks back so the next, smaller request can run.
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory: %dx%d, n=%d", job.width, job.height, job.n)
+            raise CapacityError(
+                f"out of GPU memory for {job.n} image(s) of {job.width}x{job.height}; retry later or ask for less"
+            ) from None
+        return [encode_png(image) for image in images]
 
 
 def engine_loader(config: ServiceConfig) -> EngineLoader:

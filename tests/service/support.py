@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from sd35_provision.service.api import GenerationJob, LoadedEngine, ModelLimits
+from sd35_provision.service.api import CapacityError, GenerationJob, LoadedEngine, ModelLimits
 from sd35_provision.service.config import ServiceConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,6 +135,7 @@ class FakeEngine:
     gate: threading.Event | None = None
     started: threading.Event = field(default_factory=threading.Event)
     fail_on_prompt: str | None = None
+    out_of_memory_on_prompt: str | None = None
     calls: int = 0
 
     def generate(self, job: GenerationJob) -> list[bytes]:
@@ -144,6 +145,8 @@ class FakeEngine:
             assert self.gate.wait(timeout=30), "test gate never opened"
         if self.fail_on_prompt is not None and job.prompt == self.fail_on_prompt:
             raise RuntimeError("CUDA error: simulated failure with a secret path /root/.cache")
+        if self.out_of_memory_on_prompt is not None and job.prompt == self.out_of_memory_on_prompt:
+            raise CapacityError(f"out of GPU memory for {job.n} image(s) of {job.width}x{job.height}")
         return [noise_png(job.width, job.height, job.seed + i) for i in range(job.n)]
 
     def loader(self, gate: threading.Event | None = None):

@@ -181,6 +181,16 @@ def test_engine_exception_is_a_generic_500_and_service_survives(tiny_model_dir: 
         assert 'sd35_errors_total{kind="internal"} 1.0' in client.get("/metrics").text
 
 
+def test_out_of_gpu_memory_is_503_with_a_hint(tiny_model_dir: Path) -> None:
+    engine = FakeEngine(out_of_memory_on_prompt="huge")
+    with TestClient(fake_app(tiny_model_dir, engine)) as client:
+        wait_ready(client)
+        response = client.post("/v1/images/generations", json={**GOOD, "prompt": "huge", "n": 4})
+        assert response.status_code == 503 and "Retry-After" in response.headers
+        assert "out of GPU memory for 4 image(s) of 64x64" in response.json()["error"]["message"]
+        assert client.post("/v1/images/generations", json=GOOD).status_code == 200
+
+
 def test_not_ready_while_loading(tiny_model_dir: Path) -> None:
     load_gate = threading.Event()
     engine = FakeEngine()
