@@ -2,9 +2,11 @@
 
 Hardening is as strict as CUDA allows: no MemoryDenyWriteExecute (torch.compile,
 Triton and the CUDA driver's JIT map memory writable and executable), no
-PrivateDevices and the default DevicePolicy (the GPU is /dev/nvidia*), and no
-SystemCallFilter (the NVIDIA user-space driver's syscalls have not been
-audited here; a filter that kills the process mid-load is worse than none).
+PrivateDevices and the default DevicePolicy (the GPU is /dev/nvidia*), no
+ProcSubset=pid (the driver reads /proc/driver/nvidia), and the system call
+filter is a deny list of groups a GPU server never needs, answered with EPERM
+rather than a kill (the NVIDIA user-space driver's calls have not been audited
+under systemd here; an error beats a SIGSYS in the middle of a model load).
 The whole file system is read-only except the cache directories.
 """
 
@@ -126,6 +128,10 @@ def render_unit(
         "AmbientCapabilities=",
         "SystemCallArchitectures=native",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "PrivateMounts=yes",
+        "ProtectProc=invisible",
+        "SystemCallFilter=~@clock @cpu-emulation @debug @module @mount @obsolete @raw-io @reboot @swap",
+        "SystemCallErrorNumber=EPERM",
         "",
         "[Install]",
         "WantedBy=multi-user.target",

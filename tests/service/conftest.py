@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +31,16 @@ def shipped_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def live_service(shipped_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """A real uvicorn service without auth, on loopback."""
+    """A real uvicorn service without auth, on loopback, with a systemd-style notify socket."""
     logs = tmp_path_factory.mktemp("live-service")
-    service = start_service(shipped_dir, base_env(tiny_model_dir), logs / "service.log")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(logs / "notify.sock"))
+    env = base_env(tiny_model_dir, NOTIFY_SOCKET=str(logs / "notify.sock"))
+    service = start_service(shipped_dir, env, logs / "service.log")
+    service.notify_socket = notify
     yield service
     stop_service(service)
+    notify.close()
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,7 @@ class RunningService:
     log_path: Path
     key: str | None = None
     key_file: Path | None = None
+    notify_socket: socket.socket | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -14,7 +14,7 @@ import openai
 import pytest
 from PIL import Image
 
-from .support import TEST_KEY, RunningService, base_env, subprocess_env, write_key_file
+from .support import TEST_KEY, RunningService, base_env, free_port, subprocess_env, write_key_file
 
 
 def run_smoke(shipped_dir: Path, url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -80,6 +80,25 @@ def test_start_up_log_says_precision_and_why(live_service: RunningService) -> No
     log = live_service.log()
     lines = [line for line in log.splitlines() if "precision: " in line]
     assert len(lines) == 1 and "fp32" in lines[0] and "CPU" in lines[0], log
+
+
+def test_tells_systemd_when_ready(live_service: RunningService) -> None:
+    sock = live_service.notify_socket
+    assert sock is not None
+    sock.settimeout(5)
+    messages = [sock.recv(4096).decode(), sock.recv(4096).decode()]
+    assert messages == ["STATUS=loading model", "READY=1\nSTATUS=ready"]
+
+
+def test_model_that_does_not_load_exits_1(shipped_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text((tiny_model_dir / "model_index.json").read_text())
+    env = subprocess_env(base_env(broken, SD35_PORT=str(free_port())))
+    result = subprocess.run([sys.executable, "-m", "sd35_provision.service"], cwd=shipped_dir, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "model load failed" in result.stderr
 
 
 def test_non_loopback_bind_without_key_refuses_to_start(shipped_dir: Path, tiny_model_dir: Path) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from sd35_provision.service.unit import render_unit
@@ -81,3 +87,20 @@ def test_options() -> None:
 def test_bad_values_are_refused(override: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         render_unit(**{**ARGS, **override})
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_accepts_the_unit_and_rates_it_hardened(tmp_path: Path) -> None:
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "app").mkdir()
+    unit = tmp_path / "sd35-inference.service"
+    unit.write_text(render_unit(str(tmp_path / "venv"), str(tmp_path / "app"), [str(tmp_path / "cache")]))
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    assert str(unit) not in verify.stderr, verify.stderr  # no warnings about our file
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
+                              capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert match, security.stdout[-500:]
+    assert float(match.group(1)) <= 2.5, security.stdout
