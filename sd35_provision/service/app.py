@@ -97,6 +97,8 @@ def create_app(
 
     def loaded(future: Any) -> None:
         # Runs on the GPU thread when loading ends, successfully or not.
+        if future.cancelled():  # shut down before the load began
+            return
         exc = future.exception()
         if exc is not None:
             state.set_phase("failed")

@@ -5,6 +5,24 @@ argv, and the API key is read from a file (``SD35_API_KEY_FILE``) so it never
 sits in the environment or a process listing.
 
 Every problem is reported at once, each as ``VAR: what is wrong``.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| SD35_MODEL_DIR | diffusers pipeline directory (model_index.json, safetensors) | required |
+| SD35_BIND | address to listen on; not loopback needs SD35_API_KEY_FILE | 127.0.0.1 |
+| SD35_PORT | TCP port | 8000 |
+| SD35_PRECISION | auto, fp8 (best FP8 the GPU has), fp8-dynamic, fp8-storage, bf16, fp32 | auto |
+| SD35_COMPILE | torch.compile the transformer: auto, on, off | auto |
+| SD35_QUEUE_SIZE | requests that may wait behind the running one; more get 429 | 8 |
+| SD35_MIN_SIDE, SD35_MAX_SIDE | image side limits in pixels (the model's own limit also applies) | 64, 2048 |
+| SD35_MAX_PIXELS | width x height limit | 2359296 (1536x1536) |
+| SD35_MAX_STEPS, SD35_MAX_N | inference steps and images per request | 100, 4 |
+| SD35_MAX_PROMPT_CHARS | prompt and negative prompt length | 4000 |
+| SD35_DEFAULT_STEPS, SD35_DEFAULT_GUIDANCE | when a request does not say (Large: 28, 3.5; Turbo: 4, 0) | 28, 3.5 |
+| SD35_WARMUP_STEPS | steps of the start-up generation; 0 skips warm-up | 2 |
+| SD35_WARMUP_SIZES | sizes to warm up (and compile) for, e.g. 1024x1024,768x1344 | the model's native size |
+| SD35_API_KEY_FILE | file (mode 0600 or 0400) holding the bearer key, 16+ characters | none: no auth |
+| SD35_LOG_LEVEL | DEBUG, INFO, WARNING, ERROR | INFO |
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Everything here runs on the GPU worker thread (see worker.py).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,8 +27,18 @@ WARMUP_PROMPT = "warm-up: a lighthouse on a cliff at dusk"
 
 
 def model_bytes(model_dir: Path) -> int:
-    """Size of the weights on disk: what choose_precision weighs against device memory."""
-    return sum(p.stat().st_size for p in Path(model_dir).rglob("*.safetensors") if p.is_file())
+    """Size of the pipeline's weights on disk: what choose_precision weighs against device memory.
+
+    Only the component folders named in model_index.json count: the published
+    SD3.5 repositories also hold single-file checkpoints (sd3.5_large.safetensors,
+    text_encoders/) that the pipeline never loads.
+    """
+    model_dir = Path(model_dir)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    components = [name for name, value in index.items() if isinstance(value, list) and not name.startswith("_")]
+    return sum(
+        p.stat().st_size for name in components for p in (model_dir / name).glob("*.safetensors") if p.is_file()
+    )
 
 
 def _accelerate_available() -> bool:

@@ -236,3 +236,17 @@ def test_auth_in_process(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert denied.status_code == 401 and denied.headers["WWW-Authenticate"] == "Bearer"
         assert client.post("/v1/images/generations", json=GOOD, headers={"Authorization": TEST_KEY}).status_code == 401
         assert client.post("/v1/images/generations", json=GOOD, headers=good).status_code == 200
+
+
+def test_model_bytes_counts_only_pipeline_components(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sd35_provision.service.pipeline import model_bytes
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    expected = sum(p.stat().st_size for p in tiny_model_dir.rglob("*.safetensors"))
+    (copy / "sd3.5_large.safetensors").write_bytes(b"x" * 1000)  # a single-file checkpoint beside the folders
+    (copy / "text_encoders").mkdir()
+    (copy / "text_encoders" / "t5xxl_fp8.safetensors").write_bytes(b"x" * 1000)
+    assert model_bytes(copy) == expected > 1_000_000
