@@ -27,6 +27,22 @@ TINY_WIDTH = 32
 CLIP_MAX_LENGTH = 77
 T5_MAX_LENGTH = 256
 
+# The tiny SD3 transformer; public so the benchmark can size its cost model from it.
+TINY_TRANSFORMER_CONFIG: dict[str, object] = dict(
+    sample_size=TINY_SAMPLE_SIZE,
+    patch_size=TINY_PATCH_SIZE,
+    in_channels=16,
+    num_layers=1,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    joint_attention_dim=TINY_WIDTH,
+    caption_projection_dim=TINY_WIDTH,
+    pooled_projection_dim=2 * TINY_WIDTH,  # the two CLIP projections, concatenated
+    out_channels=16,
+    pos_embed_max_size=TINY_POS_EMBED_MAX_SIZE,
+    qk_norm="rms_norm",
+)
+
 # A few merges so the BPE actually merges something; the rest of the text is
 # tokenized byte by byte, which is all a random-weight model needs.
 _CLIP_WORD_MERGES = ["a", "the", "cat", "dog", "red", "blue", "photo", "of", "an", "astronaut"]
@@ -81,8 +97,9 @@ def t5_unigram_vocab() -> list[tuple[str, float]]:
     return vocab
 
 
-def _build_tokenizers(work_dir: Path):
-    """CLIP tokenizer loaded from hand-written vocab.json + merges.txt, T5 from a Unigram vocab."""
+def build_tokenizers(work_dir: Path):
+    """(clip, t5, clip_vocab_size, t5_vocab_size): CLIP loaded from hand-written vocab.json + merges.txt
+    written to ``work_dir``, T5 from a Unigram vocabulary."""
     from transformers import CLIPTokenizer, T5TokenizerFast
 
     vocab, merges = clip_vocab_and_merges()
@@ -94,6 +111,10 @@ def _build_tokenizers(work_dir: Path):
     t5_vocab = t5_unigram_vocab()
     t5 = T5TokenizerFast(vocab=t5_vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
     return clip, t5, len(vocab), len(t5_vocab)
+
+
+# The old private name, still imported by sd35_provision/bench/models.py.
+_build_tokenizers = build_tokenizers
 
 
 def build_tiny_pipeline(seed: int = 0):
@@ -110,7 +131,7 @@ def build_tiny_pipeline(seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     with tempfile.TemporaryDirectory() as tmp:
-        clip_tok, t5_tok, clip_vocab_size, t5_vocab_size = _build_tokenizers(Path(tmp) / "clip")
+        clip_tok, t5_tok, clip_vocab_size, t5_vocab_size = build_tokenizers(Path(tmp) / "clip")
 
     def seeded(offset: int) -> None:
         # Each component gets its own seed so changing one never reshuffles the others.
@@ -155,20 +176,7 @@ def build_tiny_pipeline(seed: int = 0):
     ).eval()
 
     seeded(4)
-    transformer = SD3Transformer2DModel(
-        sample_size=TINY_SAMPLE_SIZE,
-        patch_size=TINY_PATCH_SIZE,
-        in_channels=16,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        joint_attention_dim=TINY_WIDTH,
-        caption_projection_dim=TINY_WIDTH,
-        pooled_projection_dim=2 * TINY_WIDTH,  # the two CLIP projections, concatenated
-        out_channels=16,
-        pos_embed_max_size=TINY_POS_EMBED_MAX_SIZE,
-        qk_norm="rms_norm",
-    ).eval()
+    transformer = SD3Transformer2DModel(**TINY_TRANSFORMER_CONFIG).eval()
 
     seeded(5)
     vae = AutoencoderKL(
