@@ -1,7 +1,8 @@
 """``python -m sd35_provision.service``: run the inference service (configured by SD35_* variables).
 
 Exit codes: 0 stopped normally, 1 the model could not be loaded, 2 the
-configuration is invalid (the unit does not restart on 2: it would not help).
+configuration is invalid or cannot run on this machine (e.g. SD35_PRECISION=fp8
+on a CPU); the unit does not restart on 2: it would not help.
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ def main() -> int:
 
     from .app import create_app
     from .notify import sd_notify
+    from .pipeline import StartupError
 
-    failed = False
+    exit_code = 0
     server: uvicorn.Server | None = None
 
     def on_ready() -> None:
         sd_notify("READY=1\nSTATUS=ready")
 
-    def on_fatal() -> None:
-        nonlocal failed
-        failed = True
+    def on_fatal(exc: BaseException) -> None:
+        nonlocal exit_code
+        exit_code = EXIT_BAD_CONFIG if isinstance(exc, StartupError) else EXIT_LOAD_FAILED
         sd_notify("STATUS=model load failed")
         if server is not None:
             server.should_exit = True
@@ -69,7 +71,7 @@ def main() -> int:
     )
     sd_notify("STATUS=loading model")
     server.run()
-    return EXIT_LOAD_FAILED if failed else 0
+    return exit_code
 
 
 if __name__ == "__main__":

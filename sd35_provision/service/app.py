@@ -82,7 +82,7 @@ def create_app(
     config: ServiceConfig,
     load_engine: EngineLoader | None = None,
     on_ready: Callable[[], None] | None = None,
-    on_fatal: Callable[[], None] | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """The service app. ``load_engine`` defaults to loading ``config.model_dir`` (tests pass their own)."""
     if load_engine is None:
@@ -104,7 +104,7 @@ def create_app(
             state.set_phase("failed")
             log.error("model load failed: %s", exc, exc_info=exc)
             if on_fatal is not None:
-                on_fatal()
+                on_fatal(exc)
             return
         result: LoadedEngine = future.result()
         state.set_loaded(result)

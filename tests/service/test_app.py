@@ -208,13 +208,19 @@ def test_not_ready_while_loading(tiny_model_dir: Path) -> None:
 
 def test_load_failure_is_reported_and_fatal(tiny_model_dir: Path) -> None:
     fatal = threading.Event()
+    errors: list[BaseException] = []
 
     def failing_loader(set_phase):
         raise RuntimeError("no such weights")
 
-    app = create_app(make_config(tiny_model_dir), load_engine=failing_loader, on_fatal=fatal.set)
+    def on_fatal(exc: BaseException) -> None:
+        errors.append(exc)
+        fatal.set()
+
+    app = create_app(make_config(tiny_model_dir), load_engine=failing_loader, on_fatal=on_fatal)
     with TestClient(app) as client:
         assert fatal.wait(10)
+        assert str(errors[0]) == "no such weights"
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
 

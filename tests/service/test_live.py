@@ -101,6 +101,14 @@ def test_model_that_does_not_load_exits_1(shipped_dir: Path, tiny_model_dir: Pat
     assert "model load failed" in result.stderr
 
 
+def test_precision_this_machine_cannot_run_exits_2(shipped_dir: Path, tiny_model_dir: Path) -> None:
+    env = subprocess_env(base_env(tiny_model_dir, SD35_PRECISION="fp8", SD35_PORT=str(free_port())))
+    result = subprocess.run([sys.executable, "-m", "sd35_provision.service"], cwd=shipped_dir, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "SD35_PRECISION=fp8, SD35_COMPILE=auto: fp8 needs a CUDA GPU" in result.stderr
+
+
 def test_non_loopback_bind_without_key_refuses_to_start(shipped_dir: Path, tiny_model_dir: Path) -> None:
     env = subprocess_env(base_env(tiny_model_dir, SD35_BIND="0.0.0.0", SD35_PORT="1"))
     result = subprocess.run(
