@@ -221,21 +221,35 @@ def quantize_fp8_dynamic(module: torch.nn.Module) -> int:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     count = sum(1 for m in module.modules() if fp8_linear_filter(m))
-    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-              filter_fn=fp8_linear_filter)
+    # set_inductor_config=False: torchao would turn on inductor's coordinate-descent
+    # tuning process-wide, which multiplies the compile warm-up for little gain here.
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(module, config, filter_fn=fp8_linear_filter)
     return count
 
 
-def store_fp8(module: torch.nn.Module, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+# T5's feed-forward casts its input to ``wo.weight.dtype``: with ``wo`` stored in
+# FP8 that would cast the activations to FP8 too, so ``wo`` keeps its dtype.
+TEXT_ENCODER_FP8_SKIP = (r"(^|\.)wo$",)
+
+
+def store_fp8(module: torch.nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
+              skip: tuple[str, ...] = ()) -> None:
     """Store ``module``'s weights in FP8 (e4m3), upcast to ``compute_dtype`` per layer when used.
 
     Works on diffusers models and on plain torch modules (the transformers text
-    encoders) alike; norms and embeddings keep their dtype.
+    encoders) alike; norms, embeddings and layers whose names match a regex in
+    ``skip`` keep their dtype.
     """
     from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
+    # Embeddings stay: besides their precision, transformers reads a model's dtype off
+    # its first parameter (the token embedding), and the SD3 pipeline casts the
+    # prompt embeddings to it.
     apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
-                            skip_modules_pattern="auto")
+                            skip_modules_pattern=tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(skip),
+                            skip_modules_classes=(torch.nn.Embedding,))
 
 
 def apply_precision(pipe, choice: PrecisionChoice) -> None:
@@ -243,7 +257,7 @@ def apply_precision(pipe, choice: PrecisionChoice) -> None:
 
     The transformer is what runs every step, so that is what gets FP8 and
     compile; the text encoders and the VAE keep the compute dtype (see
-    ``apply_memory_plan`` for their memory).
+    ``choose_memory_plan``/``apply_memory_plan`` for their memory).
     """
     transformer = pipe.transformer
     if choice.mode == "fp8-dynamic":
@@ -255,3 +269,94 @@ def apply_precision(pipe, choice: PrecisionChoice) -> None:
         # In place (nn.Module.compile), so pipe.transformer stays the same object
         # and its .config, .dtype and hooks keep working.
         transformer.compile(fullgraph=choice.mode != "fp8-storage")
+
+
+# VAE decode tile (pixels) when tiling: half of SD3.5's 1024, so a 1024x1024
+# decode runs as overlapping 512x512 tiles and its activations shrink about 4x.
+VAE_TILE_PIXELS = 512
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where the components other than the transformer keep their weights."""
+
+    text_encoders_fp8: bool  # CLIP-L, CLIP-G and T5-XXL linears stored in FP8 (per-row scales)
+    vae_tiling: bool  # decode in 512-pixel tiles
+    reason: str
+
+
+def choose_memory_plan(
+    choice: PrecisionChoice,
+    device: DeviceInfo,
+    transformer_bytes: int | None,
+    text_encoder_bytes: int | None,
+) -> MemoryPlan:
+    """Keep everything resident in the compute dtype when it fits the GPU; else shrink the rest.
+
+    + transformer_bytes, text_encoder_bytes: bf16 weight sizes (the three text
+      encoders together). The transformer counts at half size in the FP8 modes.
+
+    Shrinking means FP8 storage of the text encoders (T5-XXL goes from 9.5 to
+    4.8 GB; they run once per image, so the upcast costs little) and a tiled VAE
+    decode. Both are what the H100 measurements showed are needed for SD3.5
+    Large to fit 16 GB (docs/benchmarks.md).
+    """
+    if device.kind != "cuda" or transformer_bytes is None or text_encoder_bytes is None:
+        return MemoryPlan(False, False, "resident: sizes or GPU unknown")
+    total = device.total_memory_bytes
+    scale = {"fp8-dynamic": 0.5, "fp8-storage": 0.5, "fp32": 2.0}.get(choice.mode, 1.0)
+    transformer = int(transformer_bytes * scale)
+    if _fits(transformer + text_encoder_bytes, total, 1.0):
+        return MemoryPlan(False, False, f"resident: {_gib(transformer + text_encoder_bytes)} of weights "
+                                        f"fit {_gib(total)}")
+    return MemoryPlan(True, True, f"lean: {_gib(transformer + text_encoder_bytes)} of weights do not fit "
+                                  f"{_gib(total)} with headroom; text encoders in FP8, tiled VAE decode")
+
+
+def text_encoders(pipe) -> list[torch.nn.Module]:
+    """The pipeline's text encoders that are present (SD3 has up to three)."""
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    return [m for m in (getattr(pipe, n, None) for n in names) if m is not None]
+
+
+def store_fp8_scaled(module: torch.nn.Module) -> None:
+    """Store ``module``'s linears in FP8 with per-row scales, computed in their own dtype.
+
+    Per-row scales keep small-magnitude weights (T5's attention projections are
+    initialised near 2e-3, at the edge of e4m3's subnormals) from flushing to
+    zero, which plain casting (``store_fp8``) would do. Uses torchao's weight-only
+    FP8 when installed, else falls back to plain layerwise casting.
+    """
+    if not torchao_available():
+        dtype = next(module.parameters()).dtype
+        store_fp8(module, compute_dtype=dtype, skip=TEXT_ENCODER_FP8_SKIP)
+        return
+    from torchao.quantization import Float8WeightOnlyConfig, PerRow, quantize_
+
+    def eligible(m: torch.nn.Module, fqn: str = "") -> bool:
+        return (isinstance(m, torch.nn.Linear) and m.weight.shape[0] % FP8_DIM_MULTIPLE == 0
+                and m.weight.shape[1] % FP8_DIM_MULTIPLE == 0)
+
+    quantize_(module, Float8WeightOnlyConfig(granularity=PerRow(), set_inductor_config=False),
+              filter_fn=eligible)
+
+
+def apply_memory_plan(pipe, plan: MemoryPlan) -> None:
+    """Apply ``plan`` to a loaded pipeline, in place."""
+    if plan.text_encoders_fp8:
+        for encoder in text_encoders(pipe):
+            store_fp8_scaled(encoder)
+    if plan.vae_tiling and getattr(pipe, "vae", None) is not None:
+        vae = pipe.vae
+        vae.enable_tiling()
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_sample_min_size = VAE_TILE_PIXELS
+        vae.tile_latent_min_size = VAE_TILE_PIXELS // scale
+
+
+def module_bytes(module: torch.nn.Module | None, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes of ``module``'s parameters and buffers if stored in ``dtype``."""
+    if module is None:
+        return 0
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return sum(t.numel() for t in (*module.parameters(), *module.buffers())) * itemsize

@@ -16,6 +16,7 @@ RTX4090 = DeviceInfo("cuda", "NVIDIA GeForce RTX 4090", (8, 9), 24 * GiB)
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-80GB", (8, 0), 80 * GiB)
 A10G = DeviceInfo("cuda", "NVIDIA A10G", (8, 6), 24 * GiB)
 T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 16 * GiB)
+RTX4060TI = DeviceInfo("cuda", "NVIDIA GeForce RTX 4060 Ti", (8, 9), 16 * GiB)
 # bf16 weights of the whole SD3.5 Large pipeline (transformer 8.1 B + encoders 5.6 B params).
 LARGE_BYTES = int(27.5e9)
 MEDIUM_BYTES = int(15.0e9)
@@ -200,3 +201,55 @@ def test_apply_fp8_storage_on_cpu():
     assert torch.isfinite(image).all()
     rel = (image - ref_image).norm() / ref_image.norm()
     assert rel < 0.5, rel
+
+
+# Whole-pipeline weights in bf16: SD3.5 Large's transformer and its three text encoders.
+LARGE_TRANSFORMER = 16_110_000_000
+TEXT_ENCODERS = 11_160_000_000
+
+
+@pytest.mark.parametrize(
+    "device,mode,lean",
+    [
+        (H100, "bf16", False),
+        (H100, "fp8-dynamic", False),
+        (RTX4090, "fp8-dynamic", False),  # 8 GB transformer + 11 GB encoders + headroom fit 24 GB
+        (RTX4060TI, "fp8-dynamic", True),  # but not 16 GB
+        (T4, "fp8-storage", True),
+        (A100, "bf16", False),
+        (CPU, "fp32", False),
+    ],
+)
+def test_memory_plan(env, device, mode, lean):
+    choice = PrecisionChoice(mode, torch.bfloat16, False, "test")
+    plan = precision.choose_memory_plan(choice, device, LARGE_TRANSFORMER, TEXT_ENCODERS)
+    assert (plan.text_encoders_fp8, plan.vae_tiling) == (lean, lean), plan.reason
+
+
+def test_memory_plan_without_sizes_keeps_everything_resident():
+    choice = PrecisionChoice("fp8-dynamic", torch.bfloat16, True, "test")
+    assert not precision.choose_memory_plan(choice, RTX4090, None, None).text_encoders_fp8
+
+
+def test_apply_memory_plan_without_torchao(monkeypatch):
+    # Without torchao the text encoders fall back to plain layerwise FP8 casting.
+    pytest.importorskip("diffusers")
+    from sd35_provision.tinymodel import build_tiny_pipeline
+
+    monkeypatch.setattr(precision, "torchao_available", lambda: False)
+    pipe = build_tiny_pipeline(seed=0).to(torch.bfloat16)
+    reference = _generate(build_tiny_pipeline(seed=0).to(torch.bfloat16)).float()
+    precision.apply_memory_plan(pipe, precision.MemoryPlan(True, True, "test"))
+    t5_linear = pipe.text_encoder_3.encoder.block[0].layer[0].SelfAttention.q
+    assert t5_linear.weight.dtype == torch.float8_e4m3fn
+    assert pipe.vae.use_tiling and pipe.vae.tile_sample_min_size == precision.VAE_TILE_PIXELS
+    image = _generate(pipe).float()
+    assert torch.isfinite(image).all()
+    assert (image - reference).norm() / reference.norm() < 0.5
+
+
+def test_module_bytes():
+    layer = torch.nn.Linear(16, 32)
+    assert precision.module_bytes(layer) == (16 * 32 + 32) * 2
+    assert precision.module_bytes(layer, torch.float32) == (16 * 32 + 32) * 4
+    assert precision.module_bytes(None) == 0
