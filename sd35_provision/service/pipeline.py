@@ -15,7 +15,17 @@ from typing import Any
 
 from .api import CapacityError, EngineLoader, GenerationJob, LoadedEngine, ModelLimits
 from .config import ServiceConfig
-from .precision import DeviceInfo, PrecisionChoice, apply_precision, choose_precision, detect_device
+from .precision import (
+    DeviceInfo,
+    PrecisionChoice,
+    apply_memory_plan,
+    apply_precision,
+    choose_memory_plan,
+    choose_precision,
+    detect_device,
+    module_bytes,
+    text_encoders,
+)
 
 log = logging.getLogger("sd35.service")
 
@@ -59,7 +69,10 @@ def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo) 
 
     Weights are read in the compute dtype (never a full fp32 copy), and on CUDA
     each component is placed straight on the GPU (``device_map="cuda"``, needs
-    accelerate) so host memory never holds the whole model at once.
+    accelerate) so host memory never holds the whole model at once. When the
+    weights leave too little GPU memory free, precision's memory plan then
+    stores the text encoders in FP8 and tiles the VAE decode; the bf16 weights
+    must still fit the GPU while loading.
     """
     import torch
     from diffusers import StableDiffusion3Pipeline
@@ -84,7 +97,13 @@ def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo) 
             if isinstance(component, torch.nn.Module):
                 component.to("cuda")
     pipe.set_progress_bar_config(disable=True)
+    # Sizes in bf16, taken before apply_precision changes the transformer's storage.
+    plan = choose_memory_plan(
+        choice, device, module_bytes(pipe.transformer), sum(module_bytes(m) for m in text_encoders(pipe))
+    )
+    log.info("memory plan: %s", plan.reason)
     apply_precision(pipe, choice)
+    apply_memory_plan(pipe, plan)
     return pipe
 
 
