@@ -121,6 +121,30 @@ def drift(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
         sys.exit(EXIT_DRIFT)
 
 
+@cli.command()
+@spec_argument
+@limit_option
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
+    """Gather and print per-host facts: OS, GPU, driver, FP8, disk, SSD."""
+    import json
+
+    from sd35_provision import workflow
+    from sd35_provision.facts.report import facts_row, render_facts_table
+    from sd35_provision.report import render_failures
+
+    gathered, report = workflow.gather_facts(_load(spec), limit, _options(False, quiet=True))
+    if as_json:
+        payload = {name: host_facts.to_dict() for name, host_facts in gathered.items()}
+        payload.update({h.name: {"error": f"{h.step}: {h.error}"} for h in report.hosts if h.failed})
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(render_facts_table([facts_row(name, f) for name, f in gathered.items()]))
+    if not report.ok:
+        click.echo(render_failures(report), err=True)
+        sys.exit(EXIT_FAILED)
+
+
 def _mount_optional_commands() -> None:
     # Subcommand groups owned by their own subpackages.
     from sd35_provision.testfleet.cli import testfleet

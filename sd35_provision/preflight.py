@@ -25,7 +25,7 @@ def check_preflight(settings: HostSettings, facts: HostFacts) -> list[str]:
 
 def _os(facts: HostFacts) -> list[str]:
     if facts.os_id and facts.os_id not in SUPPORTED_OS:
-        return [f"preflight: {facts.os_name} {facts.os_version} is not supported (Debian or Ubuntu needed)"]
+        return [f"{facts.os_name} {facts.os_version} is not supported (Debian or Ubuntu needed)"]
     return []
 
 
@@ -33,9 +33,9 @@ def _python(settings: HostSettings, facts: HostFacts) -> list[str]:
     wanted = version_tuple(settings.python.min_version)
     found = facts.python_versions.get("python3")
     if found is None:
-        return [f"preflight: no python3 on the host; {settings.python.min_version}+ required (python.min_version)"]
+        return [f"no python3 on the host; {settings.python.min_version}+ required (python.min_version)"]
     if version_tuple(found)[:2] < wanted:
-        return [f"preflight: python3 is {found}, {settings.python.min_version}+ required (python.min_version)"]
+        return [f"python3 is {found}, {settings.python.min_version}+ required (python.min_version)"]
     return []
 
 
@@ -46,13 +46,13 @@ def _disk(settings: HostSettings, facts: HostFacts) -> list[str]:
     if free["free_bytes"] < need * GB:
         nearest = "" if free["path"] == settings.cache.root else f" (nearest existing: {free['path']})"
         failures.append(
-            f"preflight: {free['free_bytes'] / GB:.1f} GB free at {settings.cache.root}{nearest}, "
+            f"{free['free_bytes'] / GB:.1f} GB free at {settings.cache.root}{nearest}, "
             f"{need:g} GB required (cache.min_free_gb)"
         )
     storage = facts.cache_storage
     if settings.cache.require_ssd and storage["kind"] != "ssd":
         failures.append(
-            f"preflight: cache root {settings.cache.root} is not known to be on an SSD "
+            f"cache root {settings.cache.root} is not known to be on an SSD "
             f"({storage['kind']}: {storage['reason']}); set cache.require_ssd: false to accept it"
         )
     return failures
@@ -68,7 +68,7 @@ def _gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
         if unbound:
             slots = ", ".join(f"{d['slot']} ({d['driver'] or 'no driver'})" for d in unbound)
             detail += f"; NVIDIA devices without a working driver: {slots} (gpu.driver.mode: install fixes this)"
-        return [f"preflight: no working NVIDIA GPU ({detail}); set gpu.accelerator: cpu for CPU-only hosts"]
+        return [f"no working NVIDIA GPU ({detail}); set gpu.accelerator: cpu for CPU-only hosts"]
 
     failures = []
     flavour = settings.python.torch_flavour
@@ -77,19 +77,19 @@ def _gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
         if pick_flavour(driver) is None and driver_mode != "install":
             oldest = min((f for f in FLAVOUR_CUDA if FLAVOUR_CUDA[f]), key=lambda f: version_tuple(FLAVOUR_CUDA[f]))
             failures.append(
-                f"preflight: NVIDIA driver {driver} is too old for every supported CUDA build of torch "
+                f"NVIDIA driver {driver} is too old for every supported CUDA build of torch "
                 f"(oldest: {oldest} needs {min_driver_for(oldest)})"
             )
     elif FLAVOUR_CUDA.get(flavour) and version_tuple(driver) < version_tuple(min_driver_for(flavour)) and driver_mode != "install":
         failures.append(
-            f"preflight: NVIDIA driver {driver} is too old for torch {flavour} "
+            f"NVIDIA driver {driver} is too old for torch {flavour} "
             f"(CUDA {FLAVOUR_CUDA[flavour]} needs {min_driver_for(flavour)}+)"
         )
     if settings.gpu.require_fp8 and not facts.fp8_capable:
         weakest = min(facts.gpus, key=lambda g: tuple(g["compute_capability"]))
         capability = ".".join(map(str, weakest["compute_capability"]))
         failures.append(
-            f"preflight: {weakest['name']} has compute capability {capability}; FP8 needs "
+            f"{weakest['name']} has compute capability {capability}; FP8 needs "
             f"{'.'.join(map(str, FP8_MIN_CAPABILITY))}+ (gpu.require_fp8)"
         )
     return failures

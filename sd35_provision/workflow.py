@@ -47,3 +47,19 @@ def apply(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | No
     run.execute()
     run.disconnect()
     return run.report("apply")
+
+
+def gather_facts(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None):
+    """Facts per host: ``({host: HostFacts}, RunReport)``; changes nothing."""
+    from sd35_provision.facts import gather_host_facts
+
+    run = FleetRun(select_hosts(spec, limit), options)
+    run.connect()
+    gathered = {}
+
+    def collect(host: Host, settings: HostSettings) -> None:
+        gathered[host.name] = gather_host_facts(host, settings)
+
+    run.for_each_active_host("facts", collect)
+    run.disconnect()
+    return gathered, run.report("facts")

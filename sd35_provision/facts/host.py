@@ -56,9 +56,9 @@ class FreeSpace(FactBase[dict]):
 
 
 STORAGE_SCRIPT = r"""
-{nearest}
+__NEAREST__
 echo "path=$p"
-echo "$(findmnt -n -o SOURCE,FSTYPE --target "$p" | tail -n 1)" | { read src fs; echo "source=$src"; echo "fstype=$fs"; }
+findmnt -n -o SOURCE,FSTYPE --target "$p" | tail -n 1 | while read src fs; do echo "source=$src"; echo "fstype=$fs"; done
 dev_of() { case "$1" in /dev/*) basename "$(readlink -f "$1")";; esac; }
 walk() {
   d=$1
@@ -72,7 +72,7 @@ walk() {
   [ -d "/sys/block/$d" ] || { echo "nodisk=$d"; return; }
   link=$(readlink -f "/sys/block/$d/device" 2>/dev/null)
   vendor=$(cat "/sys/block/$d/device/vendor" 2>/dev/null | tr -d ' ')
-  echo "disk=$d rotational=$(cat /sys/block/$d/queue/rotational) vendor=${{vendor:--}} device=${{link:--}}"
+  echo "disk=$d rotational=$(cat /sys/block/$d/queue/rotational) vendor=${vendor:--} device=${link:--}"
 }
 n=$(dev_of "$(findmnt -n -o SOURCE --target "$p" | tail -n 1)")
 [ -n "$n" ] && walk "$n"
@@ -93,7 +93,7 @@ class StorageKind(FactBase[dict]):
     """
 
     def command(self, path: str) -> str:
-        return STORAGE_SCRIPT.format(nearest=_nearest_existing(path)).strip()
+        return STORAGE_SCRIPT.replace("__NEAREST__", _nearest_existing(path)).strip()
 
     def process(self, output: list[str]) -> dict:
         values: dict[str, str] = {}
