@@ -38,7 +38,7 @@ def bench(models, quick, modes, reps, steps, warmup_steps, profile, json_path, m
     from sd35_provision.bench import harness, report
 
     if from_json:
-        runs = [run for path in from_json for run in harness.load_runs(path)]
+        runs = harness.merge_runs([run for path in from_json for run in harness.load_runs(path)])
     else:
         runs = _measure(models, quick, modes, reps, steps, warmup_steps, profile, json_path)
     for run in runs:

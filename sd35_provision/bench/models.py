@@ -94,11 +94,7 @@ def tiny_spec() -> ModelSpec:
     """The tests' tiny pipeline, 64x64, 2 steps: runs the whole harness on a CPU in seconds."""
     from sd35_provision import tinymodel as tm
 
-    transformer = dict(sample_size=tm.TINY_SAMPLE_SIZE, patch_size=tm.TINY_PATCH_SIZE, in_channels=16,
-                       num_layers=1, attention_head_dim=8, num_attention_heads=4,
-                       joint_attention_dim=tm.TINY_WIDTH, caption_projection_dim=tm.TINY_WIDTH,
-                       pooled_projection_dim=2 * tm.TINY_WIDTH, out_channels=16,
-                       pos_embed_max_size=tm.TINY_POS_EMBED_MAX_SIZE, qk_norm="rms_norm")
+    transformer = dict(tm.TINY_TRANSFORMER_CONFIG)
     return ModelSpec("tiny (tests)", transformer, steps=2, guidance=3.5, height=64, width=64, tiny=True,
                      vae_scale_factor=1, text_tokens=tm.CLIP_MAX_LENGTH + tm.T5_MAX_LENGTH)
 
@@ -148,12 +144,12 @@ def build_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, se
 
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from sd35_provision.tinymodel import _build_tokenizers
+    from sd35_provision.tinymodel import build_tokenizers
 
     # The real tokenizers are gated downloads; the tests' tokenizers pad to the
     # same lengths (77 CLIP, 256 T5), which is all that cost depends on.
     with tempfile.TemporaryDirectory() as tmp:
-        clip_tok, t5_tok, _, _ = _build_tokenizers(Path(tmp))
+        clip_tok, t5_tok, _, _ = build_tokenizers(Path(tmp))
 
     def clip(cfg: dict[str, Any], offset: int):
         torch.manual_seed(seed * 1000 + offset)

@@ -35,7 +35,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def mode_table(run: BenchRun) -> tuple[list[str], list[list[str]]]:
     """The main table: one row per mode."""
     base = run.mode("bf16")
-    header = ["mode", "s/image", "ms/step", "floor ms/step", "× floor", "× BF16 eager", "text enc s", "VAE s",
+    header = ["mode", "s/image", "ms/step", "floor ms/step", "× floor", "SDPA-rate floor", "× BF16 eager",
+              "text enc s", "VAE s",
               "peak alloc GB", "peak reserved GB", "× BF16 peak", "warm-up s", "image rel err", "1-fwd rel err"]
     rows = []
     for m in run.modes:
@@ -48,6 +49,7 @@ def mode_table(run: BenchRun) -> tuple[list[str], list[list[str]]]:
             _f(m.step_ms, "{:.1f}"),
             _f(m.floor_step_ms, "{:.1f}"),
             _f(_ratio(m.step_ms, m.floor_step_ms), "{:.2f}"),
+            _f(m.sdpa_floor_step_ms, "{:.1f}"),
             _f(_ratio(m.image_s, base.image_s if base else None), "{:.2f}"),
             _f(m.encode_s, "{:.3f}"),
             _f(m.decode_s, "{:.3f}"),
@@ -166,13 +168,14 @@ def render_run_markdown(run: BenchRun) -> str:
              f"- Device: {env.get('device', '?')}; driver {env.get('driver', '?')}",
              "- Versions: " + ", ".join(f"{k} {env[k]}" for k in
                                         ("python", "torch", "cuda (torch)", "diffusers", "transformers",
-                                         "torchao", "triton") if k in env),
+                                         "torchao", "triton", "PYTORCH_CUDA_ALLOC_CONF") if k in env),
              f"- Measured rates: {_rates_line(run)}",
              f"- Work: {_flops_line(run)}",
              "- Weights (bf16): " + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in run.pipeline_bytes.items()),
              f"- Median of {run.reps} images after a warm-up of two short images (the warm-up column, "
              "compile included); floor = linear FLOPs at the mode's matmul rate (fp8 per-tensor for FP8 "
-             "dynamic, else bf16) + attention FLOPs at the bf16 rate, or weight bytes over bandwidth if larger.",
+             "dynamic, else bf16) + attention FLOPs at the bf16 rate, or weight bytes over bandwidth if larger; "
+             "SDPA-rate floor: the same with attention at the SDPA rate measured at the model's shape.",
              "", md_table(*mode_table(run))]
     header, rows = stage_table(run)
     if rows:
