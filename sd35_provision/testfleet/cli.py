@@ -1,7 +1,8 @@
-"""``sd35-provision testfleet up|down|status``."""
+"""``sd35-provision testfleet up|down|status``: parse, call ``sd35_provision.testfleet``, print."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -9,46 +10,50 @@ import click
 from sd35_provision.testfleet import fleet as testfleet_api
 
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path),
-    default=testfleet_api.DEFAULT_STATE_DIR, show_default=True,
-    help="Where keys, known_hosts, the spec and host disks live (env SD35_TESTFLEET_DIR).",
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="SD35_TESTFLEET_DIR",
+    default="/var/lib/sd35-provision/testfleet", show_default=True, show_envvar=True,
+    help="Where the fleet's keys, known_hosts, spec, state, host disks and logs live.",
 )
 
 
 @click.group()
 def testfleet() -> None:
-    """A local fleet of Debian 12 hosts (systemd-nspawn) for demos and tests."""
+    """A local fleet of Debian 12 hosts (systemd-nspawn, real sshd) for demos and tests."""
 
 
 @testfleet.command()
-@click.argument("count", type=click.IntRange(1, 50))
+@click.argument("count", type=click.IntRange(1, 250))
 @state_dir_option
 @click.option("--bind-ro", "binds", multiple=True, metavar="SRC:DST",
               help="Bind a directory of this machine read-only into every host (repeatable).")
-@click.option("--first-address", default="127.0.2.1", show_default=True)
+@click.option("--first-address", default=testfleet_api.DEFAULT_FIRST_ADDRESS, show_default=True,
+              help="node1's address; node2 gets the next one, and so on (inside 127.0.0.0/8).")
 def up(count: int, state_dir: Path, binds: tuple[str, ...], first_address: str) -> None:
-    """Boot COUNT fresh hosts; writes STATE_DIR/fleet.yaml."""
-    fleet = testfleet_api.up(count, state_dir, list(binds), first_address)
+    """Boot COUNT fresh hosts (replacing any fleet in STATE_DIR) and write STATE_DIR/fleet.yaml."""
+    started = time.monotonic()
+    fleet = testfleet_api.up(count, state_dir, binds, first_address)
     for host in fleet.hosts:
         click.echo(f"{host.name}  {host.address}  pid {host.pid}")
     click.echo(f"spec: {fleet.spec_path}")
+    click.echo(f"ssh:  ssh -i {fleet.key_path} -o UserKnownHostsFile={fleet.known_hosts_path} "
+               f"root@{fleet.hosts[0].address}")
+    click.echo(f"up in {time.monotonic() - started:.1f}s")
 
 
 @testfleet.command()
 @state_dir_option
 def down(state_dir: Path) -> None:
-    """Stop every host and remove their disks."""
+    """Stop every host and delete their disks (the client key and logs stay)."""
     testfleet_api.down(state_dir)
-    click.echo("down")
+    click.echo(f"down: no test host left in {state_dir}")
 
 
 @testfleet.command()
 @state_dir_option
 def status(state_dir: Path) -> None:
-    """One line per host: name, address, pid, running/stopped, ssh."""
+    """One line per host: name, address, pid, running/stopped, ssh ok/unreachable."""
     rows = testfleet_api.status(state_dir)
     if not rows:
-        click.echo("no test fleet")
+        click.echo(f"no test fleet in {state_dir}")
     for row in rows:
-        click.echo(f"{row['name']}  {row['address']}  pid {row['pid'] or '-'}  {row['state']}  "
-                   f"ssh {'ok' if row['ssh'] else 'unreachable'}")
+        click.echo(row.line())

@@ -1,61 +1,86 @@
 """A local fleet of real Debian 12 hosts for demos and integration tests.
 
-Each host is a ``systemd-nspawn -b`` container (systemd as PID 1) booted from a
-cached debootstrap rootfs, with its own copy of the filesystem, its own
-hostname and its own sshd on 127.0.2.N:22 (the containers share this
-machine's network namespace, so each host binds its own loopback address).
-Host keys are generated here, before boot, and recorded in a known_hosts file
-so every connection verifies them.
+Each host is a ``systemd-nspawn --boot`` container (systemd as PID 1) on its
+own writable overlay over a cached debootstrap rootfs, with its own hostname and its own
+sshd on 127.0.2.N:22: the containers share this machine's network
+namespace, so each host listens on its own loopback address. Host keys are
+made before boot and recorded in known_hosts; every connection verifies them.
+
+Files under the state dir: ``id_ed25519`` (+ ``.pub``, the fleet's client
+key, kept across runs), ``known_hosts``, ``fleet.yaml`` (the spec),
+``state.json`` (hosts and pids), ``hosts/<name>/`` (disks: ``upper``, ``work``
+and the mounted ``root``) and
+``logs/<name>.log`` (each container's console).
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-import json
 import os
 import shutil
-import signal
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import paramiko
-import yaml
 
-from sd35_provision.errors import Sd35Error
+from sd35_provision.testfleet import containers, keys
+from sd35_provision.testfleet.errors import TestFleetError
+from sd35_provision.testfleet.layout import check_state_dir, machine_name, parse_binds, plan_hosts
+from sd35_provision.testfleet.rootfs import ensure_rootfs
+from sd35_provision.testfleet.spec import render_spec
+from sd35_provision.testfleet.state import FleetHost, FleetState, read_state, write_state
+from sd35_provision.testfleet.system import mounts_under, port_in_use, unmount_all
 
-DEFAULT_STATE_DIR = Path(os.environ.get("SD35_TESTFLEET_DIR", "/var/lib/sd35-provision/testfleet"))
-ROOTFS_CACHE = Path(os.environ.get("SD35_ROOTFS_CACHE", "/var/cache/sd35-provision"))
-SUITE = "bookworm"
-PACKAGES = [
-    "systemd", "systemd-sysv", "openssh-server", "python3", "sudo", "iproute2", "dbus",
-    "ca-certificates", "procps",
-]
-SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
-
-
-class TestFleetError(Sd35Error):
-    """The local test fleet could not be built, booted or stopped."""
+DEFAULT_FIRST_ADDRESS = "127.0.2.1"
+BOOT_TIMEOUT_S = 90.0
 
 
-@dataclass
-class FleetHost:
+def default_state_dir() -> Path:
+    return Path(os.environ.get("SD35_TESTFLEET_DIR", "/var/lib/sd35-provision/testfleet"))
+
+
+class CommandResult(NamedTuple):
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class HostStatus:
     name: str
     address: str
-    root: str
-    pid: int | None = None
+    pid: int | None
+    running: bool
+    ssh_ok: bool
 
-    def running(self) -> bool:
-        return self.pid is not None and _alive(self.pid)
+    def line(self) -> str:
+        return (f"{self.name}  {self.address}  pid {self.pid or '-'}  "
+                f"{'running' if self.running else 'stopped'}  ssh {'ok' if self.ssh_ok else 'unreachable'}")
 
 
-@dataclass
 class Fleet:
-    state_dir: Path
-    hosts: list[FleetHost] = field(default_factory=list)
-    binds: list[str] = field(default_factory=list)
+    """The hosts booted from one state dir, and what can be done with them."""
+
+    def __init__(self, state_dir: Path, state: FleetState | None = None):
+        self.state_dir = state_dir
+        self.state = state or FleetState()
+
+    @classmethod
+    def load(cls, state_dir: Path | None = None) -> Fleet:
+        """The fleet recorded in ``state_dir`` (no hosts when nothing was booted there)."""
+        state_dir = (state_dir or default_state_dir()).absolute()  # mount points are compared as absolute paths
+        return cls(state_dir, read_state(state_dir / "state.json"))
+
+    # -- where things are ------------------------------------------------------
+
+    @property
+    def hosts(self) -> list[FleetHost]:
+        return self.state.hosts
+
+    @property
+    def binds(self) -> list[str]:
+        return self.state.binds
 
     @property
     def key_path(self) -> Path:
@@ -69,299 +94,213 @@ class Fleet:
     def spec_path(self) -> Path:
         return self.state_dir / "fleet.yaml"
 
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def hosts_dir(self) -> Path:
+        return self.state_dir / "hosts"
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
     def host(self, name: str) -> FleetHost:
         for host in self.hosts:
             if host.name == name:
                 return host
-        raise TestFleetError(f"no test host {name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
+        known = ", ".join(h.name for h in self.hosts) or "none; run `sd35-provision testfleet up N`"
+        raise TestFleetError(f"no test host {name!r} in {self.state_dir} (hosts: {known})")
 
     def save(self) -> None:
-        data = {"hosts": [asdict(host) for host in self.hosts], "binds": self.binds}
-        tmp = self.state_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self.state_dir / "state.json")
+        write_state(self.state_path, self.state)
 
-    @classmethod
-    def load(cls, state_dir: Path = DEFAULT_STATE_DIR) -> Fleet:
-        state_file = state_dir / "state.json"
-        if not state_file.exists():
-            return cls(state_dir=state_dir)
-        data = json.loads(state_file.read_text())
-        return cls(state_dir=state_dir, hosts=[FleetHost(**h) for h in data["hosts"]], binds=data.get("binds", []))
-
-    # -- SSH ------------------------------------------------------------------
+    # -- SSH -------------------------------------------------------------------
 
     def ssh(self, name: str, timeout: float = 10) -> paramiko.SSHClient:
-        """A verified root SSH connection to one host (RejectPolicy on unknown keys)."""
-        host = self.host(name)
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(self.known_hosts_path))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(
-            host.address, username="root", key_filename=str(self.key_path),
-            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-            allow_agent=False, look_for_keys=False,
-        )
-        return client
+        """A root SSH connection to one host; its host key is checked against known_hosts."""
+        return keys.connect(self.host(name).address, self.key_path, self.known_hosts_path, timeout)
 
-    def run(self, name: str, command: str, timeout: float = 120) -> tuple[int, str, str]:
-        """Run ``command`` on a host over SSH: (exit status, stdout, stderr)."""
+    def run(self, name: str, command: str, timeout: float = 120) -> CommandResult:
+        """Run a shell command on one host over SSH."""
         client = self.ssh(name)
         try:
             _, stdout, stderr = client.exec_command(command, timeout=timeout)
             out, err = stdout.read().decode(), stderr.read().decode()
-            return stdout.channel.recv_exit_status(), out, err
+            return CommandResult(stdout.channel.recv_exit_status(), out, err)
         finally:
             client.close()
 
-    # -- spec -----------------------------------------------------------------
+    # -- one host ----------------------------------------------------------------
 
-    def render_spec(self, extra_defaults: dict | None = None, groups: dict | None = None,
-                    host_overrides: dict | None = None) -> str:
-        """The fleet as an sd35-provision spec; paths are relative to the state dir."""
-        defaults: dict = {
-            "ssh": {"user": "root", "key": self.key_path.name, "known_hosts": self.known_hosts_path.name},
-            "gpu": {"accelerator": "cpu"},
-        }
-        _deep_merge(defaults, extra_defaults or {})
-        hosts = {}
+    def is_running(self, name: str) -> bool:
+        return containers.is_running(self.host(name))
+
+    def stop_host(self, name: str, timeout: float = 20) -> None:
+        """Power one host off, keeping its disk (a box that went away)."""
+        containers.stop([self.host(name)], timeout)
+        self.save()
+
+    def start_host(self, name: str, wait_s: float = BOOT_TIMEOUT_S) -> None:
+        """Boot a stopped host again on the same disk; returns once its sshd answers."""
+        host = self.host(name)
+        if containers.is_running(host):
+            return
+        _check_free([host.address])
+        containers.boot(host, self.binds, self.log_path(name))
+        self.save()
+        _wait_until_ready(self, host, wait_s)
+
+    def status(self) -> list[HostStatus]:
+        rows = []
         for host in self.hosts:
-            entry: dict = {"address": host.address, "service": {"bind": host.address}}
-            _deep_merge(entry, (host_overrides or {}).get(host.name, {}))
-            hosts[host.name] = entry
-        spec: dict = {"defaults": defaults}
-        if groups:
-            spec["groups"] = groups
-        spec["hosts"] = hosts
-        header = f"# Generated by sd35-provision testfleet ({len(self.hosts)} hosts); regenerated on every `up`.\n"
-        return header + yaml.safe_dump(spec, sort_keys=False)
+            running = containers.is_running(host)
+            rows.append(HostStatus(host.name, host.address, host.pid if running else None, running,
+                                   running and _ssh_ok(self, host)))
+        return rows
 
-    def write_spec(self, path: Path | None = None, **kwargs) -> Path:
+    # -- spec --------------------------------------------------------------------
+
+    def render_spec(self, extra_defaults: dict[str, Any] | None = None, groups: dict[str, Any] | None = None,
+                    host_overrides: dict[str, dict[str, Any]] | None = None, spec_dir: Path | None = None) -> str:
+        """See ``sd35_provision.testfleet.spec.render_spec``."""
+        return render_spec(self, extra_defaults, groups, host_overrides, spec_dir)
+
+    def write_spec(self, path: Path | None = None, **kwargs: Any) -> Path:
+        """Write a spec for this fleet (default ``<state-dir>/fleet.yaml``); returns its path."""
         path = path or self.spec_path
-        path.write_text(self.render_spec(**kwargs))
+        path.write_text(self.render_spec(spec_dir=path.parent, **kwargs))
         return path
 
-
-def _deep_merge(into: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
+    def down(self) -> None:
+        down(self.state_dir)
+        self.state = FleetState()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
+def up(count: int, state_dir: Path | None = None, binds: list[str] | tuple[str, ...] = (),
+       first_address: str = DEFAULT_FIRST_ADDRESS, wait_s: float = BOOT_TIMEOUT_S) -> Fleet:
+    """Boot ``count`` fresh hosts and return once every sshd answers with its known host key.
 
-
-def _run(command: list[str], log: Path | None = None, **kwargs) -> None:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    except FileNotFoundError as error:
-        raise TestFleetError(f"{command[0]} is not installed: {error}") from error
-    if log:
-        log.write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        where = f"see {log}" if log else (result.stderr.strip()[-2000:] or "no output")
-        raise TestFleetError(f"{' '.join(command[:2])} failed (exit {result.returncode}): {where}")
-
-
-# -- tools and rootfs ---------------------------------------------------------
-
-
-def ensure_tools() -> None:
-    missing = [pkg for tool, pkg in (("debootstrap", "debootstrap"), ("systemd-nspawn", "systemd-container"),
-                                     ("ssh-keygen", "openssh-client")) if not shutil.which(tool)]
-    if missing:
-        _run(["apt-get", "update", "-qq"])
-        _run(["apt-get", "install", "-y", "-qq", *missing], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
-def debian_mirror() -> str:
-    if SOURCES.exists():
-        for line in SOURCES.read_text().splitlines():
-            if line.startswith("URIs:") and "security" not in line:
-                return line.split()[1]
-    return "http://deb.debian.org/debian"
-
-
-def rootfs_recipe() -> str:
-    return json.dumps({"suite": SUITE, "packages": PACKAGES, "mirror": debian_mirror(), "v": 1}, sort_keys=True)
-
-
-def ensure_rootfs() -> Path:
-    """The cached base rootfs, built once per recipe; a half build is never used."""
-    digest = hashlib.sha256(rootfs_recipe().encode()).hexdigest()[:12]
-    rootfs = ROOTFS_CACHE / f"rootfs-{SUITE}-{digest}"
-    if rootfs.is_dir():
-        return rootfs
-    ensure_tools()
-    ROOTFS_CACHE.mkdir(parents=True, exist_ok=True)
-    building = ROOTFS_CACHE / f"building-{digest}-{os.getpid()}"
-    log = ROOTFS_CACHE / f"build-{digest}.log"
-    shutil.rmtree(building, ignore_errors=True)
-    _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building),
-          debian_mirror()], log=log)
-    # Apt inside the hosts uses the same mirror this machine uses.
-    sources = building / "etc/apt/sources.list"
-    sources.write_text(f"deb {debian_mirror()} {SUITE} main\ndeb {debian_mirror()} {SUITE}-updates main\n")
-    for key in (building / "etc/ssh").glob("ssh_host_*"):
-        key.unlink()  # each host gets its own keys at `up`
-    (building / "etc/machine-id").write_text("")
-    building.rename(rootfs)
-    return rootfs
-
-
-# -- lifecycle ------------------------------------------------------------------
-
-
-def _keygen(path: Path, comment: str) -> str:
-    if not path.exists():
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    return path.with_suffix(".pub").read_text().strip() if path.suffix else Path(f"{path}.pub").read_text().strip()
-
-
-def up(count: int, state_dir: Path = DEFAULT_STATE_DIR, binds: list[str] | None = None,
-       first_address: str = "127.0.2.1", wait_s: float = 90) -> Fleet:
-    """Boot ``count`` fresh hosts (any running fleet in ``state_dir`` is stopped first)."""
-    if count < 1:
-        raise TestFleetError("a test fleet needs at least one host")
-    start = ipaddress.ip_address(first_address)
-    if not start.is_loopback or not (start + count - 1).is_loopback:
-        raise TestFleetError(f"test hosts must stay on 127.0.0.0/8; {first_address} + {count} leaves it")
-    for bind in binds or []:
-        source = bind.split(":", 1)[0]
-        if ":" not in bind or not Path(source).exists():
-            raise TestFleetError(f"--bind-ro {bind}: expected SRC:DST with an existing SRC")
-
+    A fleet already running from ``state_dir`` is taken down first. When
+    booting fails, whatever was started is stopped again.
+    """
+    state_dir = check_state_dir(state_dir or default_state_dir())
+    planned = plan_hosts(count, first_address)
+    checked_binds = parse_binds(binds)
     down(state_dir)
+    _check_free([address for _, address in planned])
     rootfs = ensure_rootfs()
+
     state_dir.mkdir(parents=True, exist_ok=True)
-    fleet = Fleet(state_dir=state_dir, binds=list(binds or []))
-    client_key = Path(f"{fleet.key_path}")
-    public_key = _keygen(client_key, "sd35-testfleet")
-
-    known_hosts = []
-    for index in range(count):
-        name, address = f"node{index + 1}", str(start + index)
-        root = state_dir / "hosts" / name
-        shutil.rmtree(root, ignore_errors=True)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        _run(["cp", "-a", "--reflink=auto", str(rootfs), str(root)])
-        (root / "etc/hostname").write_text(name + "\n")
-        (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n{address} {name}\n")
-        (root / "etc/ssh/sshd_config.d/listen.conf").write_text(
-            f"ListenAddress {address}\nPasswordAuthentication no\n"
-        )
-        ssh_dir = root / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        (ssh_dir / "authorized_keys").write_text(public_key + "\n")
-        os.chmod(ssh_dir / "authorized_keys", 0o600)
-        host_key = root / "etc/ssh/ssh_host_ed25519_key"
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(host_key)])
-        key_type, key_data = Path(f"{host_key}.pub").read_text().split()[:2]
-        known_hosts.append(f"{address} {key_type} {key_data}")
-        fleet.hosts.append(FleetHost(name=name, address=address, root=str(root)))
-
-    fleet.known_hosts_path.write_text("\n".join(known_hosts) + "\n")
-    for host in fleet.hosts:
-        _boot(fleet, host)
-    fleet.save()
-    fleet.write_spec()
-    for host in fleet.hosts:
-        _wait_for_ssh(fleet, host, wait_s)
+    fleet = Fleet(state_dir, FleetState(binds=checked_binds))
+    client_key = keys.ensure_key(fleet.key_path, "sd35-provision-testfleet")
+    for name, address in planned:
+        fleet.hosts.append(FleetHost(name=name, address=address, root=fleet.hosts_dir / name / "root",
+                                     machine=machine_name(state_dir, name), rootfs=rootfs))
+    try:
+        fleet.save()  # before the first mount, so `down` finds everything `up` made
+        for host in fleet.hosts:
+            containers.create_disk(host)
+        known_hosts = [keys.known_hosts_line(host.address, containers.configure_disk(host, client_key))
+                       for host in fleet.hosts]
+        fleet.known_hosts_path.write_text("\n".join(known_hosts) + "\n")
+        for host in fleet.hosts:
+            fleet.log_path(host.name).unlink(missing_ok=True)
+            containers.boot(host, checked_binds, fleet.log_path(host.name))
+            fleet.save()  # after every boot, so `down` finds whatever was started
+        fleet.write_spec()
+        for host in fleet.hosts:
+            _wait_until_ready(fleet, host, wait_s)
+    except BaseException:
+        down(state_dir)
+        raise
     return fleet
 
 
-def _boot(fleet: Fleet, host: FleetHost) -> None:
-    log = fleet.state_dir / f"{host.name}.log"
-    command = ["systemd-nspawn", "-D", host.root, "-b", "--register=no", "--keep-unit",
-               "-M", host.name, "--console=passive"]
-    command += [f"--bind-ro={bind}" for bind in fleet.binds]
-    with open(log, "ab") as out:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                   start_new_session=True)
-    host.pid = process.pid
+def down(state_dir: Path | None = None) -> None:
+    """Stop every host of ``state_dir`` and delete their disks; idempotent.
+
+    Leaves no container process, no mount under the state dir and no nspawn
+    runtime file behind. The client key pair and the logs are kept.
+    """
+    fleet = Fleet.load(state_dir)
+    state_dir = fleet.state_dir
+    containers.stop(fleet.hosts)
+    # Containers whose record was lost (an interrupted `up`, a deleted state.json).
+    for pid, root in containers.nspawn_processes_under(fleet.hosts_dir):
+        containers.stop_process(pid, root.parent.name)
+        containers.remove_runtime_files(root)
+    unmount_all(state_dir)
+    left = mounts_under(state_dir)
+    if left:
+        raise TestFleetError(f"mounts left under {state_dir}: {', '.join(left)}; unmount them and run down again")
+    if fleet.hosts_dir.exists():
+        shutil.rmtree(fleet.hosts_dir)
+    for stale in (fleet.state_path, fleet.known_hosts_path, fleet.spec_path):
+        stale.unlink(missing_ok=True)
 
 
-def _wait_for_ssh(fleet: Fleet, host: FleetHost, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if not host.running():
-            raise TestFleetError(f"{host.name}: container exited during boot; see {fleet.state_dir}/{host.name}.log")
-        try:
-            fleet.ssh(host.name, timeout=3).close()
-            return
-        except (OSError, paramiko.SSHException) as error:
-            last_error = error
-            time.sleep(0.3)
-    raise TestFleetError(f"{host.name}: sshd on {host.address}:22 not ready after {wait_s:.0f}s ({last_error})")
+def status(state_dir: Path | None = None) -> list[HostStatus]:
+    """One row per recorded host: address, pid, running or not, SSH reachable or not."""
+    return Fleet.load(state_dir).status()
 
 
 def stop_host(fleet: Fleet, name: str, timeout: float = 20) -> None:
-    """Shut one host down, keeping its disk (as a box that went away)."""
-    host = fleet.host(name)
-    if host.pid and host.running():
-        os.kill(host.pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off
-        deadline = time.monotonic() + timeout
-        while host.running() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if host.running():
-            os.killpg(host.pid, signal.SIGKILL)
-            while host.running():
-                time.sleep(0.1)
-    _reap(host.pid)
-    host.pid = None
-    fleet.save()
+    """Same as ``fleet.stop_host(name)``."""
+    fleet.stop_host(name, timeout)
 
 
-def start_host(fleet: Fleet, name: str, wait_s: float = 90) -> None:
-    host = fleet.host(name)
-    if host.running():
-        return
-    _boot(fleet, host)
-    fleet.save()
-    _wait_for_ssh(fleet, host, wait_s)
+def start_host(fleet: Fleet, name: str, wait_s: float = BOOT_TIMEOUT_S) -> None:
+    """Same as ``fleet.start_host(name)``."""
+    fleet.start_host(name, wait_s)
 
 
-def _reap(pid: int | None) -> None:
-    if pid:
+def _check_free(addresses: list[str]) -> None:
+    busy = [address for address in addresses if port_in_use(address)]
+    if busy:
+        raise TestFleetError(
+            f"{', '.join(f'{a}:22' for a in busy)} already in use on this machine (another test fleet? "
+            "`sd35-provision testfleet status --state-dir DIR` shows it; or an sshd on 0.0.0.0:22); "
+            "pick another --first-address or stop that listener"
+        )
+
+
+def _ssh_ok(fleet: Fleet, host: FleetHost) -> bool:
+    try:
+        keys.connect(host.address, fleet.key_path, fleet.known_hosts_path, timeout=3).close()
+    except (OSError, paramiko.SSHException):
+        return False
+    return True
+
+
+def _wait_until_ready(fleet: Fleet, host: FleetHost, wait_s: float) -> None:
+    """Wait for the host's sshd (with its known host key), then for its boot to finish."""
+    log = fleet.log_path(host.name)
+    deadline = time.monotonic() + wait_s
+    last_error: Exception | None = None
+    while True:
+        if not containers.is_running(host):
+            raise TestFleetError(f"{host.name}: the container exited while booting; see {log}")
         try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-
-
-def down(state_dir: Path = DEFAULT_STATE_DIR) -> None:
-    """Stop every host and remove their disks; leaves no process or mount behind."""
-    fleet = Fleet.load(state_dir)
-    for host in fleet.hosts:
-        stop_host(fleet, host.name)
-    leftovers = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                 if line.split()[1].startswith(str(state_dir))]
-    for mount in reversed(leftovers):
-        subprocess.run(["umount", "-l", mount], check=False)
-    shutil.rmtree(state_dir / "hosts", ignore_errors=True)
-    (state_dir / "state.json").unlink(missing_ok=True)
-
-
-def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[dict]:
-    fleet = Fleet.load(state_dir)
-    rows = []
-    for host in fleet.hosts:
-        reachable = False
-        if host.running():
-            try:
-                fleet.ssh(host.name, timeout=3).close()
-                reachable = True
-            except (OSError, paramiko.SSHException):
-                pass
-        rows.append({"name": host.name, "address": host.address, "pid": host.pid,
-                     "state": "running" if host.running() else "stopped", "ssh": reachable})
-    return rows
+            client = keys.connect(host.address, fleet.key_path, fleet.known_hosts_path, timeout=5)
+            break
+        except paramiko.BadHostKeyException as error:
+            raise TestFleetError(
+                f"{host.name}: {host.address}:22 answered with a host key other than the recorded one "
+                "(another sshd on that address?); run `sd35-provision testfleet down` and check `ss -ltnp`"
+            ) from error
+        except (OSError, paramiko.SSHException) as error:
+            last_error = error
+        if time.monotonic() >= deadline:
+            raise TestFleetError(
+                f"{host.name}: sshd on {host.address}:22 not ready after {wait_s:.0f}s ({last_error}); see {log}"
+            )
+        time.sleep(0.2)
+    try:
+        remaining = max(1, int(deadline - time.monotonic()))
+        _, stdout, _ = client.exec_command(f"timeout {remaining} systemctl is-system-running --wait", timeout=remaining + 5)
+        state = stdout.read().decode().strip()
+        if state not in ("running", "degraded"):
+            raise TestFleetError(f"{host.name}: boot did not finish (systemd says {state or 'nothing'!r}); see {log}")
+    finally:
+        client.close()

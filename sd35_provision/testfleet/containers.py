@@ -1,0 +1,215 @@
+"""One test host's disk and its systemd-nspawn process.
+
+This machine has no systemd of its own (no machinectl), so a container is
+managed through its nspawn process: started detached in its own session,
+stopped with SIGTERM (nspawn turns it into a clean poweroff of the container)
+and, if that hangs, SIGKILL of everything in the container's PID namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from sd35_provision.testfleet.errors import TestFleetError
+from sd35_provision.testfleet.keys import generate_key
+from sd35_provision.testfleet.state import FleetHost
+from sd35_provision.testfleet.system import command_line, descendants, is_alive, process_state, reap, run_tool
+
+NSPAWN = "systemd-nspawn"
+NSPAWN_RUNTIME = Path("/run/systemd/nspawn")
+SSHD_DROP_IN = "etc/ssh/sshd_config.d/00-testfleet.conf"
+
+
+def create_disk(host: FleetHost) -> None:
+    """A fresh, empty writable layer over the cached rootfs, mounted at ``host.root``.
+
+    An overlay costs nothing to create (a copy of the tree takes seconds per
+    host), and the cached tree below it is never written to.
+    """
+    layer = host.root.parent
+    if layer.exists():
+        raise TestFleetError(f"{layer} already exists; run `sd35-provision testfleet down` first")
+    for part in ("upper", "work", "root"):
+        (layer / part).mkdir(parents=True)
+    mount_disk(host)
+
+
+def mount_disk(host: FleetHost) -> None:
+    """Mount the host's disk unless it is mounted already (it is not after this machine rebooted)."""
+    if host.rootfs is None or os.path.ismount(host.root):
+        return
+    if not host.rootfs.is_dir():
+        raise TestFleetError(
+            f"{host.name}: its base rootfs {host.rootfs} is gone (rebuilt for a new recipe?); "
+            "run `sd35-provision testfleet up N` for fresh hosts"
+        )
+    layer = host.root.parent
+    run_tool(
+        ["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={host.rootfs},upperdir={layer / 'upper'},workdir={layer / 'work'}", str(host.root)],
+        what=f"{host.name}: mounting its disk",
+    )
+
+
+def configure_disk(host: FleetHost, authorized_key: str) -> str:
+    """Give a fresh disk its identity; returns the host's public SSH host key line."""
+    root = host.root
+    (root / "etc/hostname").write_text(f"{host.name}\n")  # wins over nspawn's --hostname
+    (root / "etc/hosts").write_text(
+        f"127.0.0.1\tlocalhost\n{host.address}\t{host.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+    (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+    # Hosts share this machine's network namespace: each sshd must listen on its own address only.
+    (root / SSHD_DROP_IN).write_text(
+        "# sd35-provision test fleet\n"
+        f"ListenAddress {host.address}\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+        "PasswordAuthentication no\n"
+    )
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    authorized = ssh_dir / "authorized_keys"
+    authorized.write_text(authorized_key + "\n")
+    authorized.chmod(0o600)
+    return generate_key(root / "etc/ssh/ssh_host_ed25519_key", f"root@{host.name}")
+
+
+def nspawn_command(host: FleetHost, binds: list[str]) -> list[str]:
+    return [
+        NSPAWN, "--quiet", "--boot", f"--directory={host.root}", f"--machine={host.machine}",
+        f"--hostname={host.name}", "--register=no", "--keep-unit", "--console=passive",
+        "--link-journal=no",
+        *(f"--bind-ro={bind}" for bind in binds),
+    ]
+
+
+def boot(host: FleetHost, binds: list[str], log: Path) -> None:
+    """Start the container detached (own session, own log) so it outlives this process."""
+    mount_disk(host)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} boot {host.name} on {host.address}\n".encode())
+        out.flush()
+        process = subprocess.Popen(
+            nspawn_command(host, binds), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True, close_fds=True,
+        )
+    host.pid = process.pid
+
+
+def is_running(host: FleetHost) -> bool:
+    """Whether ``host.pid`` is still this host's nspawn (not a dead pid reused by another program)."""
+    return host.pid is not None and _is_nspawn_of(host.pid, host.root)
+
+
+def nspawn_directory(argv: list[str]) -> Path | None:
+    """The container disk of an nspawn command line (``--directory=D``, ``-D D``), else None."""
+    if not argv or Path(argv[0]).name != NSPAWN:
+        return None
+    for index, arg in enumerate(argv):
+        if arg.startswith("--directory="):
+            return Path(arg.split("=", 1)[1])
+        if arg in ("-D", "--directory") and index + 1 < len(argv):
+            return Path(argv[index + 1])
+    return None
+
+
+def _is_nspawn_of(pid: int, root: Path) -> bool:
+    return is_alive(pid) and nspawn_directory(command_line(pid)) == root
+
+
+def nspawn_processes_under(hosts_dir: Path) -> list[tuple[int, Path]]:
+    """(pid, disk) of every running nspawn whose disk lies in ``hosts_dir``, recorded or not."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            root = nspawn_directory(command_line(int(entry.name)))
+            if root is not None and hosts_dir in root.parents and is_alive(int(entry.name)):
+                found.append((int(entry.name), root))
+    return found
+
+
+def stop(hosts: list[FleetHost], timeout: float = 20) -> None:
+    """Power the containers off together and wait until none of their processes is left."""
+    running = [host for host in hosts if is_running(host)]
+    stopping = [(host.name, pid, _request_stop(pid)) for host in running if (pid := host.pid) is not None]
+    deadline = time.monotonic() + timeout
+    for name, pid, namespace in stopping:
+        _finish_stop(name, pid, namespace, deadline)
+    for host in hosts:
+        if host.pid is not None:
+            reap(host.pid)
+        host.pid = None
+        remove_runtime_files(host.root, host.machine)
+
+
+def stop_process(pid: int, name: str, timeout: float = 20) -> None:
+    """Stop one nspawn process found running (see ``nspawn_processes_under``)."""
+    _finish_stop(name, pid, _request_stop(pid), time.monotonic() + timeout)
+
+
+def _request_stop(pid: int) -> str | None:
+    namespace = _container_namespace(pid)
+    os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off
+    return namespace
+
+
+def _finish_stop(name: str, pid: int, namespace: str | None, deadline: float) -> None:
+    if _wait_exit(pid, deadline - time.monotonic()):
+        return
+    # A hung shutdown: kill nspawn and everything in the container's PID namespace.
+    members = [p for p in descendants(pid) if namespace and _namespace(p) == namespace]
+    for target in [pid, *members]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not _wait_exit(pid, 10) or any(is_alive(p) for p in members):
+        raise TestFleetError(f"{name}: container (nspawn pid {pid}) survived SIGKILL; check `ps -ef` and kill it")
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        reap(pid)  # when nspawn is our own child, it would otherwise stay a zombie
+        if process_state(pid) is None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _container_namespace(nspawn_pid: int) -> str | None:
+    ours = _namespace(os.getpid())
+    for child in descendants(nspawn_pid):
+        namespace = _namespace(child)
+        if namespace and namespace != ours:
+            return namespace
+    return None
+
+
+def remove_runtime_files(root: Path, machine: str | None = None) -> None:
+    """What nspawn leaves in /run when it does not exit cleanly: its image lock, its propagation dir.
+
+    Only call this once the container on ``root`` has stopped.
+    """
+    if machine is not None:
+        propagate = NSPAWN_RUNTIME / "propagate" / machine
+        if propagate.is_dir() and not any(propagate.iterdir()):
+            propagate.rmdir()
+    if root.exists():
+        stat = root.stat()
+        # The lock is named after the disk's inode (systemd's image_path_lock()).
+        (NSPAWN_RUNTIME / "locks" / f"inode-{stat.st_dev}:{stat.st_ino}").unlink(missing_ok=True)
