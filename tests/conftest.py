@@ -1,0 +1,84 @@
+"""Shared fixtures: the local test fleet (Debian 12 systemd-nspawn hosts over real, verified SSH).
+
+``test_fleet`` is one 2-host fleet for the whole session; ``boot_fleet(count)``
+boots another one for a single test. Each fleet gets its own state dir and its
+own block of loopback addresses (127.0.X.1..), claimed with a lock file so
+that test runs started at the same time, and a fleet from
+``sd35-provision testfleet up`` on 127.0.2.x, never collide.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from sd35_provision.testfleet import Fleet, down, up
+from sd35_provision.testfleet.system import port_in_use
+
+ADDRESS_BLOCKS = range(10, 250)  # 127.0.X.0/24; 127.0.2.x stays free for the CLI's default fleet
+CLAIMS_DIR = Path("/run/lock/sd35-testfleet")
+
+
+def _require_fleet_support() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the test fleet needs root (systemd-nspawn, mounts, port 22)")
+
+
+@contextmanager
+def claimed_addresses(count: int) -> Iterator[str]:
+    """The first address of a free 127.0.X.0/24 block, held until the block is left."""
+    CLAIMS_DIR.mkdir(parents=True, exist_ok=True)
+    for block in ADDRESS_BLOCKS:
+        with open(CLAIMS_DIR / f"127.0.{block}.lock", "w") as claim:
+            try:
+                fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another test run holds it; the lock dies with that process
+            if any(port_in_use(f"127.0.{block}.{n}") for n in range(1, count + 1)):
+                continue
+            yield f"127.0.{block}.1"
+            return
+    raise RuntimeError("no free 127.0.X.0/24 block for a test fleet")
+
+
+@contextmanager
+def booted_fleet(count: int, state_dir: Path, binds: tuple[str, ...] = ()) -> Iterator[Fleet]:
+    """``count`` hosts booted in ``state_dir``, taken down on leaving, even on failure."""
+    _require_fleet_support()
+    with claimed_addresses(count) as first_address:
+        fleet = up(count, state_dir, binds, first_address)
+        try:
+            yield fleet
+        finally:
+            down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def test_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Two hosts, node1 and node2, for the whole test session."""
+    with booted_fleet(2, tmp_path_factory.mktemp("testfleet")) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def boot_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Fleet]]:
+    """``boot_fleet(count, binds=())``: another fleet, taken down at the end of the test."""
+    with ExitStack() as stack:
+        def boot(count: int, binds: tuple[str, ...] = ()) -> Fleet:
+            state_dir = tmp_path_factory.mktemp("testfleet")
+            return stack.enter_context(booted_fleet(count, state_dir, binds))
+
+        yield boot
+
+
+@pytest.fixture
+def fleet_addresses() -> Iterator[Callable[[int], str]]:
+    """``claim(count)``: a free first address for a fleet the test boots itself (e.g. through the CLI)."""
+    _require_fleet_support()
+    with ExitStack() as stack:
+        yield lambda count: stack.enter_context(claimed_addresses(count))
