@@ -22,7 +22,7 @@ SECRET_NOTICE = "(secret file: content not shown)"
 
 
 def file_diffs_of(state) -> dict[str, dict[str, str]]:
-    """Per-host ``{path: unified diff}`` recorded while preparing ``state``."""
+    """Per-host ``{operation hash: unified diff}`` recorded while preparing ``state``."""
     if not hasattr(state, "sd35_file_diffs"):
         state.sd35_file_diffs = defaultdict(dict)
     return state.sd35_file_diffs
@@ -65,7 +65,7 @@ def managed_file(
                 diff = f"--- {path}\n+++ {path}\n{SECRET_NOTICE}\n"
             else:
                 diff = unified_diff(path, host.get_fact(FileContents, path=path), content)
-            file_diffs_of(host.state)[host.name][path] = diff
+            file_diffs_of(host.state)[host.name][host.current_op_hash] = diff
     yield from files.put._inner(
         src=io.BytesIO(data),
         dest=path,

@@ -11,13 +11,13 @@ class OperationOutcome:
     name: str
     changed: bool
     error: str | None = None
+    diff: str | None = None  # unified diff of a managed file, when it would change
 
 
 @dataclass
 class HostOutcome:
     name: str
     operations: list[OperationOutcome] = field(default_factory=list)
-    diffs: dict[str, str] = field(default_factory=dict)
     failed: bool = False
     unreachable: bool = False
     step: str | None = None
@@ -60,19 +60,11 @@ class RunReport:
             entry["status"] = host.status
             entry["changes"] = [
                 {"operation": op.name, "change": "would change" if not host.executed else "changed",
-                 "diff": _diff_for(host, op.name)}
+                 "diff": op.diff}
                 for op in host.changes
             ]
             hosts.append(entry)
         return json.dumps({"mode": self.mode, "ok": self.ok, "drift": self.drifted, "hosts": hosts}, indent=2)
-
-
-def _diff_for(host: HostOutcome, operation_name: str) -> str | None:
-    # Diffs are keyed by path; operations that manage a file name it.
-    for path, diff in host.diffs.items():
-        if path in operation_name:
-            return diff
-    return None
 
 
 def render_table(report: RunReport) -> str:
@@ -104,9 +96,10 @@ def render_plan(report: RunReport) -> str:
             continue
         lines = [f"== {host.name}: {len(host.changes)} operation(s) would change"]
         lines += [f"  ~ {op.name}" for op in host.changes]
-        for diff in host.diffs.values():
-            lines.append("")
-            lines += ["    " + line for line in diff.rstrip("\n").splitlines()]
+        for op in host.changes:
+            if op.diff:
+                lines.append("")
+                lines += ["    " + line for line in op.diff.rstrip("\n").splitlines()]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -171,10 +171,11 @@ class FleetRun:
                         outcome.error = error or "failed (no output)"
                 else:
                     changed, error = bool(meta._maybe_is_change), None
-                operations.append(OperationOutcome(name=name, changed=changed, error=error))
+                operations.append(OperationOutcome(
+                    name=name, changed=changed, error=error, diff=diffs.get(host.name, {}).get(op_hash)
+                ))
             if operations or not outcome.failed:
                 outcome.operations = operations
-            outcome.diffs = dict(diffs.get(host.name, {}))
             outcome.executed = executed
 
 
