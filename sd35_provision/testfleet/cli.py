@@ -31,7 +31,7 @@ def testfleet() -> None:
 def up(count: int, state_dir: Path, binds: tuple[str, ...], first_address: str) -> None:
     """Boot COUNT fresh hosts (replacing any fleet in STATE_DIR) and write STATE_DIR/fleet.yaml."""
     started = time.monotonic()
-    fleet = testfleet_api.up(count, state_dir, binds, first_address)
+    fleet = testfleet_api.up(count, state_dir, binds, first_address, progress=lambda line: click.echo(line, err=True))
     for host in fleet.hosts:
         click.echo(f"{host.name}  {host.address}  pid {host.pid}")
     click.echo(f"spec: {fleet.spec_path}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -178,7 +179,8 @@ class Fleet:
 
 
 def up(count: int, state_dir: Path | None = None, binds: list[str] | tuple[str, ...] = (),
-       first_address: str = DEFAULT_FIRST_ADDRESS, wait_s: float = BOOT_TIMEOUT_S) -> Fleet:
+       first_address: str = DEFAULT_FIRST_ADDRESS, wait_s: float = BOOT_TIMEOUT_S,
+       progress: Callable[[str], None] | None = None) -> Fleet:
     """Boot ``count`` fresh hosts and return once every sshd answers with its known host key.
 
     A fleet already running from ``state_dir`` is taken down first. When
@@ -189,7 +191,7 @@ def up(count: int, state_dir: Path | None = None, binds: list[str] | tuple[str, 
     checked_binds = parse_binds(binds)
     down(state_dir)
     _check_free([address for _, address in planned])
-    rootfs = ensure_rootfs()
+    rootfs = ensure_rootfs(progress=progress)
 
     state_dir.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(state_dir, FleetState(binds=checked_binds))

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,7 +126,8 @@ def ensure_tools() -> None:
     run_tool(["apt-get", "install", "-y", "-qq", *missing], what=f"apt-get install {' '.join(missing)}", env=env)
 
 
-def ensure_rootfs(recipe: RootfsRecipe | None = None, cache_dir: Path | None = None) -> Path:
+def ensure_rootfs(recipe: RootfsRecipe | None = None, cache_dir: Path | None = None,
+                  progress: Callable[[str], None] | None = None) -> Path:
     """The cached rootfs for ``recipe``, built first when absent (about a minute)."""
     recipe = recipe or default_recipe()
     cache_dir = cache_dir or default_cache_dir()
@@ -141,6 +142,8 @@ def ensure_rootfs(recipe: RootfsRecipe | None = None, cache_dir: Path | None = N
         _remove_stale_builds(cache_dir)
         building = cache_dir / f"building-{recipe.digest()}"
         log = cache_dir / f"build-{recipe.digest()}.log"
+        if progress:
+            progress(f"building the {recipe.suite} rootfs with debootstrap (about a minute; log: {log})")
         try:
             run_tool(
                 ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.packages)}",
