@@ -145,6 +145,18 @@ def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
+@cli.command()
+@click.option("--hosts", default=2, show_default=True, type=click.IntRange(1, 20))
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Test fleet state directory (default: the testfleet default).")
+def demo(hosts: int, state_dir: Path | None) -> None:
+    """End to end on a local test fleet with the tiny model: validate, plan, apply, re-apply."""
+    from sd35_provision.demo import run_demo
+    from sd35_provision.testfleet import default_state_dir
+
+    run_demo(hosts, state_dir or default_state_dir(), click.echo)
+
+
 def _mount_optional_commands() -> None:
     # Subcommand groups owned by their own subpackages.
     from sd35_provision.testfleet.cli import testfleet
