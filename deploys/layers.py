@@ -4,8 +4,10 @@ The runner adds these one by one; ``deploys/site.py`` calls them for plain
 ``pyinfra``. Later layers rely on what earlier ones put in place.
 """
 
+from deploys.nvidia import nvidia_driver
 from deploys.system import system_layer
 
 LAYERS = [
     system_layer,
+    nvidia_driver,
 ]

@@ -28,6 +28,18 @@ def file_diffs_of(state) -> dict[str, dict[str, str]]:
     return state.sd35_file_diffs
 
 
+def notes_of(state) -> dict[str, list[str]]:
+    """Per-host notes for the report (e.g. "reboot required"), recorded while preparing."""
+    if not hasattr(state, "sd35_notes"):
+        state.sd35_notes = defaultdict(list)
+    return state.sd35_notes
+
+
+def record_note(text: str) -> None:
+    if not host.state.is_executing and text not in notes_of(host.state)[host.name]:
+        notes_of(host.state)[host.name].append(text)
+
+
 def unified_diff(path: str, current: list[str] | None, wanted: str) -> str:
     before = [line + "\n" for line in current] if current is not None else []
     after = wanted.splitlines(keepends=True)

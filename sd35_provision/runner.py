@@ -22,7 +22,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from sd35_provision.errors import HostError
 from sd35_provision.inventory import build_inventory
-from sd35_provision.operations import file_diffs_of
+from sd35_provision.operations import file_diffs_of, notes_of
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 from sd35_provision.spec.model import HostSettings
 
@@ -174,6 +174,7 @@ class FleetRun:
                 operations.append(OperationOutcome(
                     name=name, changed=changed, error=error, diff=diffs.get(host.name, {}).get(op_hash)
                 ))
+            outcome.notes = list(notes_of(self.state).get(host.name, []))
             if operations or not outcome.failed:
                 outcome.operations = operations
             outcome.executed = executed
