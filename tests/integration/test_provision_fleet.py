@@ -1,6 +1,6 @@
 """End to end over real SSH: plan, apply, re-apply, drift, preflight, isolation.
 
-Boots its own two-host test fleet (systemd-nspawn containers on 127.0.2.11-12)
+Boots its own two-host test fleet (systemd-nspawn containers on a free 127.0.X.0/24 block)
 and drives the `sd35-provision` command line as a user would.
 """
 
@@ -14,21 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision.testfleet import down, up
+from tests.conftest import booted_fleet
 
 pytestmark = pytest.mark.fleet
 REPO = Path(__file__).resolve().parents[2]
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.skip("the test fleet needs root (systemd-nspawn)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    state_dir = tmp_path_factory.mktemp("provision-fleet")
-    booted = up(2, state_dir=state_dir, first_address="127.0.2.11")
-    yield booted
-    down(state_dir)
+    with booted_fleet(2, tmp_path_factory.mktemp("provision-fleet")) as booted:
+        yield booted
 
 
 def cli(*args: str, check_exit: int | None = None) -> subprocess.CompletedProcess:
@@ -115,7 +111,8 @@ def test_drift_is_reported_and_apply_restores(fleet):
 
 def test_unreachable_host_is_reported_by_name_and_others_finish(fleet):
     spec = write_spec(fleet, "with-ghost.yaml")
-    text = spec.read_text() + "  ghost:\n    address: 127.0.2.19\n"
+    ghost = fleet.host("node1").address.rsplit(".", 1)[0] + ".250"  # nothing listens there
+    text = spec.read_text() + f"  ghost:\n    address: {ghost}\n"
     spec.write_text(text)
     result = cli("apply", str(spec), check_exit=1)
     assert "ghost  unreachable" in result.stdout
@@ -134,11 +131,11 @@ def test_host_keys_are_verified_and_accept_new_only_when_asked(fleet, tmp_path):
 
     cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=0)
     recorded = empty.read_text()
-    assert "127.0.2.11" in recorded and "ssh-ed25519" in recorded
+    assert fleet.host("node1").address in recorded and "ssh-ed25519" in recorded
 
     # A host presenting a different key than recorded is refused even with accept-new.
     other = fleet.known_hosts_path.read_text().splitlines()[1].split()[1:]
-    empty.write_text(f"127.0.2.11 {' '.join(other)}\n")
+    empty.write_text(f"{fleet.host('node1').address} {' '.join(other)}\n")
     changed_key = cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=1)
     assert "node1  unreachable" in changed_key.stdout
 
