@@ -159,9 +159,11 @@ def demo(hosts: int, state_dir: Path | None) -> None:
 
 def _mount_optional_commands() -> None:
     # Subcommand groups owned by their own subpackages.
+    from sd35_provision.bench.cli import bench
     from sd35_provision.testfleet.cli import testfleet
 
     cli.add_command(testfleet)
+    cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> None:
