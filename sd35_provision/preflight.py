@@ -1,95 +1,137 @@
-"""Preflight: refuse a host before any change when it cannot run the spec.
+"""Preflight: refuse a host before anything changes on it when it cannot run the spec.
 
-Pure: settings + gathered facts in, one clear line per failure out.
+Pure: settings and gathered facts in, one line per failure out, each naming
+the numbers and the spec field to change. The runner raises
+``PreflightError(host, "preflight", "\\n".join(failures))`` when there are any.
+
+Decisions:
+- cache.require_ssd needs an SSD we can see: "unknown" (virtual disks,
+  containers, network and overlay filesystems) fails it too, with the reason
+  and the override (cache.require_ssd: false for that host).
+- The driver must fully support the CUDA build of torch (see cuda_compat: no
+  reliance on minor-version compatibility).
+- With gpu.driver.mode: install, a GPU on PCI without a working driver, or a
+  driver too old, is not a failure when the pinned branch fixes it: the driver
+  step installs it. FP8 is checked once nvidia-smi can name the GPUs.
+- gpu.accelerator: cpu skips every GPU check.
 """
 
 from __future__ import annotations
 
-from sd35_provision.cuda_compat import FLAVOUR_CUDA, min_driver_for, pick_flavour, version_tuple
-from sd35_provision.facts import FP8_MIN_CAPABILITY, HostFacts
+from sd35_provision.cuda_compat import (
+    AUTO_FLAVOURS,
+    cuda_for,
+    driver_install_problem,
+    driver_satisfies,
+    min_driver_for,
+    pick_flavour,
+)
+from sd35_provision.facts.host import HostFacts
+from sd35_provision.facts.nvidia import FP8_MIN_CAPABILITY
 from sd35_provision.spec.model import HostSettings
 
 GB = 1e9
-SUPPORTED_OS = {"debian", "ubuntu"}
+SUPPORTED_OS = {"debian": "Debian", "ubuntu": "Ubuntu"}
 
 
 def check_preflight(settings: HostSettings, facts: HostFacts) -> list[str]:
-    failures: list[str] = []
-    failures += _os(facts)
-    failures += _python(settings, facts)
-    failures += _disk(settings, facts)
+    """One line per reason the host cannot take the spec; empty when it can."""
+    failures = _os(facts) + _python(settings, facts) + _disk(settings, facts)
     if settings.gpu.accelerator == "nvidia":
         failures += _gpu(settings, facts)
     return failures
 
 
 def _os(facts: HostFacts) -> list[str]:
-    if facts.os_id and facts.os_id not in SUPPORTED_OS:
-        return [f"{facts.os_name} {facts.os_version} is not supported (Debian or Ubuntu needed)"]
+    if not facts.os_id:
+        return ["cannot tell the OS (no /etc/os-release?); Debian or Ubuntu needed"]
+    if facts.os_id not in SUPPORTED_OS:
+        return [f"{facts.os_name} {facts.os_version} is not supported; Debian or Ubuntu needed"]
     return []
 
 
 def _python(settings: HostSettings, facts: HostFacts) -> list[str]:
-    wanted = version_tuple(settings.python.min_version)
-    found = facts.python_versions.get("python3")
-    if found is None:
-        return [f"no python3 on the host; {settings.python.min_version}+ required (python.min_version)"]
-    if version_tuple(found)[:2] < wanted:
-        return [f"python3 is {found}, {settings.python.min_version}+ required (python.min_version)"]
-    return []
+    wanted = settings.python.min_version
+    if facts.python_for(wanted) is not None:
+        return []
+    found = ", ".join(f"{python.name} {python.version}" for python in facts.pythons) or "no python3 on PATH"
+    return [f"Python {wanted}+ required (python.min_version); found {found}"]
 
 
 def _disk(settings: HostSettings, facts: HostFacts) -> list[str]:
     failures = []
-    free = facts.cache_free
-    need = settings.cache.min_free_gb
-    if free["free_bytes"] < need * GB:
-        nearest = "" if free["path"] == settings.cache.root else f" (nearest existing: {free['path']})"
-        failures.append(
-            f"{free['free_bytes'] / GB:.1f} GB free at {settings.cache.root}{nearest}, "
-            f"{need:g} GB required (cache.min_free_gb)"
-        )
+    root = settings.cache.root
+    free, need = facts.cache_free, settings.cache.min_free_gb
+    if free.free_bytes < need * GB:
+        nearest = "" if free.nearest == root else f" (nearest existing: {free.nearest})"
+        failures.append(f"{free.free_bytes / GB:.1f} GB free at {root}{nearest}, "
+                        f"{need:.1f} GB required (cache.min_free_gb)")
     storage = facts.cache_storage
-    if settings.cache.require_ssd and storage["kind"] != "ssd":
-        failures.append(
-            f"cache root {settings.cache.root} is not known to be on an SSD "
-            f"({storage['kind']}: {storage['reason']}); set cache.require_ssd: false to accept it"
-        )
+    if settings.cache.require_ssd and storage.kind != "ssd":
+        if storage.kind == "hdd":
+            failures.append(f"cache root {root} is on a rotating disk: {storage.reason} (cache.require_ssd)")
+        else:
+            failures.append(f"cache root {root}: cannot confirm an SSD: {storage.reason} (cache.require_ssd; "
+                            "set cache.require_ssd: false for this host if its storage is known to be fast)")
     return failures
 
 
 def _gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
-    driver_mode = settings.gpu.driver.mode
     if not facts.gpus:
-        unbound = [d for d in facts.nvidia_pci if d["driver"] in (None, "nouveau", "vfio-pci")]
-        if unbound and driver_mode == "install":
-            return []  # the driver step installs it
-        detail = facts.nvidia.get("error") or "nvidia-smi found no GPU"
-        if unbound:
-            slots = ", ".join(f"{d['slot']} ({d['driver'] or 'no driver'})" for d in unbound)
-            detail += f"; NVIDIA devices without a working driver: {slots} (gpu.driver.mode: install fixes this)"
-        return [f"no working NVIDIA GPU ({detail}); set gpu.accelerator: cpu for CPU-only hosts"]
-
+        return _no_gpu(settings, facts)
     failures = []
     flavour = settings.python.torch_flavour
-    driver = facts.driver_version or "0"
+    version = facts.driver_version
+    # With gpu.driver.mode: install, a driver too old is the driver step's to replace.
+    fixable = settings.gpu.driver.mode == "install" and _install_problem(settings, facts) is None
     if flavour == "auto":
-        if pick_flavour(driver) is None and driver_mode != "install":
-            oldest = min((f for f in FLAVOUR_CUDA if FLAVOUR_CUDA[f]), key=lambda f: version_tuple(FLAVOUR_CUDA[f]))
+        if pick_flavour(version) == "cpu" and not fixable:
+            needs = ", ".join(f"{f} needs {min_driver_for(f)}+" for f in AUTO_FLAVOURS)
+            failures.append(f"NVIDIA driver {version} is too old for every CUDA build of torch we ship "
+                            f"({needs}); {_upgrade_hint(settings, facts)}")
+    elif not driver_satisfies(version, flavour) and not fixable:
+        failures.append(f"NVIDIA driver {version} is too old for torch {flavour} (CUDA {cuda_for(flavour)} "
+                        f"needs {min_driver_for(flavour)}+; python.torch_flavour); {_upgrade_hint(settings, facts)}")
+    if settings.gpu.require_fp8:
+        without: dict[tuple[str, str], list[str]] = {}
+        for gpu in facts.gpus:
+            if not gpu.fp8_capable:
+                without.setdefault((gpu.name, gpu.capability_text), []).append(str(gpu.index))
+        for (name, capability), indexes in without.items():
+            which = f"GPU {indexes[0]}" if len(indexes) == 1 else f"GPUs {', '.join(indexes)}"
             failures.append(
-                f"NVIDIA driver {driver} is too old for every supported CUDA build of torch "
-                f"(oldest: {oldest} needs {min_driver_for(oldest)})"
+                f"{which} ({name}) {'has' if len(indexes) == 1 else 'have'} compute capability {capability}; "
+                f"FP8 needs {'.'.join(map(str, FP8_MIN_CAPABILITY))}+ (Ada, Hopper or newer) (gpu.require_fp8)"
             )
-    elif FLAVOUR_CUDA.get(flavour) and version_tuple(driver) < version_tuple(min_driver_for(flavour)) and driver_mode != "install":
-        failures.append(
-            f"NVIDIA driver {driver} is too old for torch {flavour} "
-            f"(CUDA {FLAVOUR_CUDA[flavour]} needs {min_driver_for(flavour)}+)"
-        )
-    if settings.gpu.require_fp8 and not facts.fp8_capable:
-        weakest = min(facts.gpus, key=lambda g: tuple(g["compute_capability"]))
-        capability = ".".join(map(str, weakest["compute_capability"]))
-        failures.append(
-            f"{weakest['name']} has compute capability {capability}; FP8 needs "
-            f"{'.'.join(map(str, FP8_MIN_CAPABILITY))}+ (gpu.require_fp8)"
-        )
     return failures
+
+
+def _no_gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
+    driver = settings.gpu.driver
+    on_pci = facts.pci_without_driver
+    passthrough = [device for device in on_pci if device.driver and device.driver.startswith("vfio")]
+    if driver.mode == "install" and facts.nvidia_pci and not passthrough:
+        problem = _install_problem(settings, facts)
+        return [problem] if problem else []  # the driver step installs the driver, or reboots into it
+    detail = facts.nvidia.problem
+    if on_pci:
+        devices = ", ".join(f"{device.label} ({device.problem})" for device in on_pci)
+        detail += f"; NVIDIA GPU on PCI without a working driver: {devices}"
+        if passthrough:
+            detail += "; unbind vfio-pci from it first"
+        elif driver.mode != "install":
+            detail += f"; gpu.driver.mode: install would install driver branch {driver.branch}"
+    elif facts.nvidia.state == "absent":
+        detail += " and no NVIDIA GPU is on PCI"
+    return [f"no working NVIDIA GPU ({detail}); set gpu.accelerator: cpu for a CPU-only host"]
+
+
+def _install_problem(settings: HostSettings, facts: HostFacts) -> str | None:
+    return driver_install_problem(facts.os_id, facts.os_version, settings.gpu.driver.branch,
+                                  settings.python.torch_flavour, facts.os_name)
+
+
+def _upgrade_hint(settings: HostSettings, facts: HostFacts) -> str:
+    if settings.gpu.driver.mode != "install":
+        return "upgrade the driver, or set gpu.driver.mode: install"
+    return _install_problem(settings, facts) or "upgrade the driver"

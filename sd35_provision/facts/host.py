@@ -1,185 +1,94 @@
-"""Facts about a host that decide whether it can run SD3.5: Python, disk, GPU.
-
-Each fact is one shell command and a pure parser of its output, unit-tested on
-recorded outputs (tests/facts/).
-"""
+"""Everything preflight and the reports need to know about one host, gathered in one go."""
 
 from __future__ import annotations
 
-import shlex
+from dataclasses import asdict, dataclass
 
-from pyinfra.api import FactBase
+from pyinfra.api.host import Host
+from pyinfra.facts.server import KernelVersion, LinuxDistribution
 
-PYTHON_CANDIDATES = ("python3", "python3.9", "python3.10", "python3.11", "python3.12", "python3.13", "python3.14")
+from sd35_provision.cuda_compat import version_tuple
+from sd35_provision.facts.disk import FreeSpace, FreeSpaceInfo, StorageInfo, StorageKind
+from sd35_provision.facts.nvidia import GpuInfo, NvidiaGpus, NvidiaPciDevices, NvidiaStatus, PciDevice
+from sd35_provision.facts.python import PythonInterpreter, PythonVersions
+from sd35_provision.spec.model import HostSettings
 
 
-def _nearest_existing(path: str) -> str:
-    # The cache root may not exist before the first apply: measure its parent.
-    return f'p={shlex.quote(path)}; while [ ! -e "$p" ]; do p=$(dirname "$p"); done'
+@dataclass(frozen=True)
+class HostFacts:
+    os_id: str  # "ubuntu", "debian" ("" when unknown)
+    os_name: str  # "Ubuntu"
+    os_version: str  # "24.04"
+    os_codename: str  # "noble"
+    kernel: str  # uname -r
+    pythons: tuple[PythonInterpreter, ...]
+    cache_free: FreeSpaceInfo
+    cache_storage: StorageInfo
+    nvidia: NvidiaStatus
+    nvidia_pci: tuple[PciDevice, ...] = ()
 
+    @property
+    def python_versions(self) -> dict[str, str]:
+        return {python.name: python.version for python in self.pythons}
 
-class PythonVersions(FactBase[dict[str, str]]):
-    """``{"python3": "3.11.2", "python3.11": "3.11.2"}`` for the interpreters on PATH."""
+    def python_for(self, min_version: str) -> PythonInterpreter | None:
+        """The interpreter to build the venv with: python3 if new enough, else the newest python3.X that is."""
+        usable = [python for python in self.pythons if python.at_least(min_version)]
+        default = [python for python in usable if python.name == "python3"]
+        if default:
+            return default[0]
+        return max(usable, key=lambda python: version_tuple(python.version), default=None)
 
-    def command(self) -> str:
-        probe = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
-        return (
-            f"for p in {' '.join(PYTHON_CANDIDATES)}; do "
-            f'command -v "$p" >/dev/null 2>&1 && echo "$p $("$p" -c "{probe}" 2>/dev/null)"; '
-            "done; true"
+    @property
+    def gpus(self) -> tuple[GpuInfo, ...]:
+        return self.nvidia.gpus if self.nvidia.working else ()
+
+    @property
+    def driver_version(self) -> str | None:
+        return self.nvidia.driver_version if self.nvidia.working else None
+
+    @property
+    def cuda_version(self) -> str | None:
+        return self.nvidia.cuda_version if self.nvidia.working else None
+
+    @property
+    def fp8_capable(self) -> bool:
+        """Every GPU has FP8 tensor cores (compute capability 8.9+); False without GPUs."""
+        return bool(self.gpus) and all(gpu.fp8_capable for gpu in self.gpus)
+
+    @property
+    def pci_without_driver(self) -> tuple[PciDevice, ...]:
+        """NVIDIA GPUs on PCI that the nvidia driver does not drive (none bound, nouveau, vfio-pci)."""
+        return tuple(device for device in self.nvidia_pci if not device.working)
+
+    def to_dict(self) -> dict:
+        """JSON-able, for ``sd35-provision facts --json``."""
+        data = asdict(self)
+        data.update(
+            python_versions=self.python_versions,
+            driver_version=self.driver_version,
+            cuda_version=self.cuda_version,
+            fp8_capable=self.fp8_capable,
         )
-
-    def process(self, output: list[str]) -> dict[str, str]:
-        versions = {}
-        for line in output:
-            parts = line.split()
-            if len(parts) == 2 and parts[1][0].isdigit():
-                versions[parts[0]] = parts[1]
-        return versions
-
-    @staticmethod
-    def default() -> dict[str, str]:
-        return {}
+        for gpu, raw in zip(self.nvidia.gpus, data["nvidia"]["gpus"]):
+            raw["fp8_capable"] = gpu.fp8_capable
+        return data
 
 
-class FreeSpace(FactBase[dict]):
-    """Free bytes on the filesystem holding ``path`` (or its nearest existing parent)."""
-
-    def command(self, path: str) -> str:
-        return f'{_nearest_existing(path)}; echo "path=$p"; df -P -B1 "$p" | tail -n 1'
-
-    def process(self, output: list[str]) -> dict:
-        nearest = output[0].split("=", 1)[1]
-        fields = output[-1].split()
-        # Filesystem 1-blocks Used Available Capacity Mounted-on
-        return {"path": nearest, "source": fields[0], "free_bytes": int(fields[3]), "mount": fields[5]}
-
-
-STORAGE_SCRIPT = r"""
-__NEAREST__
-echo "path=$p"
-findmnt -n -o SOURCE,FSTYPE --target "$p" | tail -n 1 | while read src fs; do echo "source=$src"; echo "fstype=$fs"; done
-dev_of() { case "$1" in /dev/*) basename "$(readlink -f "$1")";; esac; }
-walk() {
-  d=$1
-  if [ -e "/sys/class/block/$d/partition" ]; then d=$(basename "$(dirname "$(readlink -f /sys/class/block/$d)")"); fi
-  if [ -f "/sys/block/$d/loop/backing_file" ]; then
-    b=$(cat "/sys/block/$d/loop/backing_file"); echo "loop=$d backing=$b"
-    s=$(findmnt -n -o SOURCE --target "$b" | tail -n 1); n=$(dev_of "$s"); [ -n "$n" ] && walk "$n"; return
-  fi
-  slaves=$(ls "/sys/block/$d/slaves" 2>/dev/null)
-  if [ -n "$slaves" ]; then for s in $slaves; do walk "$s"; done; return; fi
-  [ -d "/sys/block/$d" ] || { echo "nodisk=$d"; return; }
-  link=$(readlink -f "/sys/block/$d/device" 2>/dev/null)
-  vendor=$(cat "/sys/block/$d/device/vendor" 2>/dev/null | tr -d ' ')
-  echo "disk=$d rotational=$(cat /sys/block/$d/queue/rotational) vendor=${vendor:--} device=${link:--}"
-}
-n=$(dev_of "$(findmnt -n -o SOURCE --target "$p" | tail -n 1)")
-[ -n "$n" ] && walk "$n"
-true
-"""
-
-VIRTUAL_MARKERS = ("virtio", "QEMU", "VMware", "Msft", "Xen", "xen-vbd", "Google", "Amazon", "/vmbus")
-UNKNOWN_FILESYSTEMS = {"overlay", "tmpfs", "nfs", "nfs4", "cifs", "fuse", "9p", "virtiofs", "zfs", "btrfs-multi"}
-
-
-class StorageKind(FactBase[dict]):
-    """
-    Whether the disk under ``path`` is an SSD: ``{"kind": "ssd"|"hdd"|"unknown", "reason": ...}``.
-
-    Follows partitions, device-mapper and md members and loop devices down to
-    /sys/block/*/queue/rotational. Virtual disks (virtio, VMware, Hyper-V...)
-    report ``rotational=1`` whatever backs them, so they are "unknown", not "hdd".
-    """
-
-    def command(self, path: str) -> str:
-        return STORAGE_SCRIPT.replace("__NEAREST__", _nearest_existing(path)).strip()
-
-    def process(self, output: list[str]) -> dict:
-        values: dict[str, str] = {}
-        disks: list[dict[str, str]] = []
-        for line in output:
-            if line.startswith("disk="):
-                disks.append(dict(part.split("=", 1) for part in line.split()))
-            elif "=" in line:
-                key, value = line.split("=", 1)
-                values.setdefault(key, value)
-        fstype = values.get("fstype", "")
-        base = {"path": values.get("path"), "source": values.get("source"), "fstype": fstype,
-                "disks": [d["disk"] for d in disks]}
-        if fstype in UNKNOWN_FILESYSTEMS or not disks:
-            what = f"{fstype} filesystem" if fstype else "no filesystem"
-            return {**base, "kind": "unknown", "reason": f"{what} on {values.get('source') or '?'}: no local block device to inspect"}
-        virtual = [d["disk"] for d in disks if any(m in d.get("vendor", "") + d.get("device", "") for m in VIRTUAL_MARKERS)]
-        rotational = [d["disk"] for d in disks if d["rotational"] == "1"]
-        if rotational and virtual and set(rotational) <= set(virtual):
-            return {**base, "kind": "unknown",
-                    "reason": f"virtual disk {', '.join(virtual)} reports rotational=1 whatever backs it"}
-        if rotational:
-            return {**base, "kind": "hdd", "reason": f"{', '.join(rotational)} is rotational"}
-        return {**base, "kind": "ssd", "reason": f"{', '.join(d['disk'] for d in disks)} non-rotational"}
-
-
-NVIDIA_QUERY = "index,name,memory.total,compute_cap,driver_version,pci.bus_id"
-
-
-class NvidiaGpus(FactBase[dict]):
-    """
-    ``{"gpus": [{"index", "name", "memory_mib", "compute_capability", "driver_version"}],
-    "cuda_version": "12.8", "error": None}``; no nvidia-smi gives no GPUs.
-    """
-
-    def requires_command(self) -> str:
-        return "nvidia-smi"
-
-    def command(self) -> str:
-        return (
-            f"nvidia-smi --query-gpu={NVIDIA_QUERY} --format=csv,noheader,nounits 2>&1; "
-            "nvidia-smi -q 2>/dev/null | grep -m1 'CUDA Version' || true"
-        )
-
-    def process(self, output: list[str]) -> dict:
-        result: dict = {"gpus": [], "cuda_version": None, "error": None}
-        for line in output:
-            if "CUDA Version" in line:
-                result["cuda_version"] = line.split(":", 1)[1].strip()
-            elif "NVIDIA-SMI has failed" in line or "couldn't communicate" in line or "No devices were found" in line:
-                result["error"] = line.strip()
-            elif line.count(",") >= 5:
-                index, name, memory, capability, driver, bus = (part.strip() for part in line.split(",")[:6])
-                major, _, minor = capability.partition(".")
-                result["gpus"].append({
-                    "index": int(index), "name": name, "memory_mib": int(float(memory)),
-                    "compute_capability": [int(major), int(minor or 0)],
-                    "driver_version": driver, "pci_bus_id": bus,
-                })
-        return result
-
-    @staticmethod
-    def default() -> dict:
-        return {"gpus": [], "cuda_version": None, "error": None}
-
-
-class NvidiaPciDevices(FactBase[list]):
-    """NVIDIA display/3D controllers on PCI with the kernel driver bound to each (None if unbound)."""
-
-    def command(self) -> str:
-        return (
-            "for d in /sys/bus/pci/devices/*; do [ -r \"$d/vendor\" ] || continue; "
-            "[ \"$(cat $d/vendor)\" = 0x10de ] || continue; c=$(cat $d/class); "
-            "case $c in 0x03*) drv=-; [ -e $d/driver ] && drv=$(basename \"$(readlink $d/driver)\"); "
-            "echo \"$(basename $d) $c $(cat $d/device) $drv\";; esac; done; true"
-        )
-
-    def process(self, output: list[str]) -> list:
-        devices = []
-        for line in output:
-            parts = line.split()
-            if len(parts) == 4:
-                devices.append({"slot": parts[0], "class": parts[1], "device_id": parts[2],
-                                "driver": None if parts[3] == "-" else parts[3]})
-        return devices
-
-    @staticmethod
-    def default() -> list:
-        return []
+def gather_host_facts(host: Host, settings: HostSettings) -> HostFacts:
+    """Read every fact preflight needs from ``host`` (pyinfra facts; changes nothing)."""
+    distro = host.get_fact(LinuxDistribution) or LinuxDistribution.default()
+    release = distro.get("release_meta") or {}
+    root = settings.cache.root
+    return HostFacts(
+        os_id=(release.get("ID") or "").lower(),
+        os_name=distro.get("name") or release.get("NAME") or "unknown",
+        os_version=release.get("VERSION_ID") or str(distro.get("major") or ""),
+        os_codename=release.get("VERSION_CODENAME") or "",
+        kernel=(host.get_fact(KernelVersion) or "").strip(),
+        pythons=tuple(host.get_fact(PythonVersions)),
+        cache_free=host.get_fact(FreeSpace, path=root),
+        cache_storage=host.get_fact(StorageKind, path=root),
+        nvidia=host.get_fact(NvidiaGpus),
+        nvidia_pci=tuple(host.get_fact(NvidiaPciDevices)),
+    )

@@ -1,28 +1,48 @@
-"""The `facts` command's table."""
+"""The ``facts`` command's table: one row per host."""
 
 from __future__ import annotations
 
-from sd35_provision.facts import HostFacts
+from collections import Counter
+
+from sd35_provision.facts.host import HostFacts
+
+HEADER = ("HOST", "OS", "GPU", "DRIVER", "CUDA", "FP8", "CACHE FREE", "SSD")
+SSD_WORD = {"ssd": "yes", "hdd": "no", "unknown": "unknown"}
+
+
+def _gpus(facts: HostFacts) -> str:
+    if facts.gpus:
+        counts = Counter(
+            f"{gpu.name} ({gpu.memory_mib / 1024:.0f} GiB, cc {gpu.capability_text})" if gpu.memory_mib
+            else f"{gpu.name} (cc {gpu.capability_text})"
+            for gpu in facts.gpus
+        )
+        return ", ".join(f"{count}x {label}" for label, count in counts.items())
+    if facts.pci_without_driver:
+        return f"{len(facts.pci_without_driver)}x NVIDIA on PCI, driver not working"
+    if facts.nvidia.state == "failed":
+        return "nvidia-smi failed"
+    return "none"
 
 
 def facts_row(name: str, facts: HostFacts) -> tuple[str, ...]:
-    gpus = ", ".join(f"{g['name']} ({g['memory_mib'] // 1024} GiB, cc {'.'.join(map(str, g['compute_capability']))})"
-                     for g in facts.gpus) or "none"
+    """The table row of one host, in ``HEADER``'s order."""
+    free = facts.cache_free
+    where = "" if free.nearest == free.path else f" (at {free.nearest})"
     return (
         name,
         f"{facts.os_name} {facts.os_version}".strip(),
-        facts.python_versions.get("python3", "-"),
-        gpus,
+        _gpus(facts),
         facts.driver_version or "-",
-        facts.nvidia.get("cuda_version") or "-",
-        "yes" if facts.fp8_capable else "no",
-        f"{facts.cache_free['free_bytes'] / 1e9:.1f} GB",
-        facts.cache_storage["kind"],
+        facts.cuda_version or "-",
+        ("yes" if facts.fp8_capable else "no") if facts.gpus else "-",
+        f"{free.free_bytes / 1e9:.1f} GB{where}",
+        SSD_WORD.get(facts.cache_storage.kind, facts.cache_storage.kind),
     )
 
 
 def render_facts_table(rows: list[tuple[str, ...]]) -> str:
-    header = ("HOST", "OS", "PYTHON", "GPU", "DRIVER", "CUDA", "FP8", "CACHE FREE", "SSD")
-    table = [header, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    """Rows from ``facts_row`` as an aligned plain-text table with a header."""
+    table = [HEADER, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)

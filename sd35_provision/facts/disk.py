@@ -1,0 +1,282 @@
+"""Disk facts for the cache root: free space, and whether it sits on an SSD.
+
+The cache root may not exist before the first apply, so both facts measure the
+nearest existing parent and say which one that was.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from pyinfra.api import FactBase
+
+
+def _nearest_existing(path: str) -> str:
+    return f'p={shlex.quote(path)}; while [ ! -e "$p" ]; do p=$(dirname "$p"); done'
+
+
+@dataclass(frozen=True)
+class FreeSpaceInfo:
+    path: str  # the path asked about
+    nearest: str  # the nearest existing path, measured instead
+    mount: str
+    source: str
+    total_bytes: int
+    free_bytes: int  # available to unprivileged users (df's "Available")
+
+
+class FreeSpace(FactBase[FreeSpaceInfo]):
+    """Bytes available on the filesystem that holds ``path`` (or its nearest existing parent)."""
+
+    def command(self, path: str) -> str:
+        return f'echo "path="{shlex.quote(path)}; {_nearest_existing(path)}; echo "nearest=$p"; df -P -k "$p"'
+
+    def process(self, output: list[str]) -> FreeSpaceInfo:
+        values = dict(line.split("=", 1) for line in output[:2])
+        # df -P: "Filesystem 1024-blocks Used Available Capacity Mounted on", one line per filesystem.
+        fields = output[-1].split()
+        capacity = next(i for i, field in enumerate(fields) if field.endswith("%") and i >= 4)
+        return FreeSpaceInfo(
+            path=values["path"],
+            nearest=values["nearest"],
+            mount=" ".join(fields[capacity + 1:]),
+            source=" ".join(fields[: capacity - 3]),
+            total_bytes=int(fields[capacity - 3]) * 1024,
+            free_bytes=int(fields[capacity - 1]) * 1024,
+        )
+
+
+# One POSIX sh script, printing key=value lines for the parser below. It finds
+# the mount holding the path in /proc/self/mountinfo (longest mount point that
+# is a prefix of the resolved path), turns the mount's device number into a
+# block device through /sys/dev/block (the source path for btrfs, whose device
+# number is anonymous), then walks a work list down to whole disks: partitions
+# to their disk (/sys/class/block/X/..), device-mapper and md to their members
+# (/sys/block/X/slaves), loop devices to the disk under their backing file.
+STORAGE_SCRIPT = r"""
+set -f
+__NEAREST__
+echo "path=$p"
+r=$(readlink -f "$p" 2>/dev/null) || r=$p
+[ -n "$r" ] || r=$p
+c=$(cat /run/systemd/container 2>/dev/null)
+if [ -z "$c" ] && command -v systemd-detect-virt >/dev/null 2>&1; then c=$(systemd-detect-virt --container 2>/dev/null); fi
+if [ -z "$c" ] || [ "$c" = none ]; then if [ -e /.dockerenv ]; then c=docker; elif [ -e /run/.containerenv ]; then c=podman; else c=none; fi; fi
+echo "container=$c"
+mnt() {
+  awk -v p="$1" 'BEGIN { best = -1 }
+    { t = $5; gsub(/\\040/, " ", t)
+      if ((t == "/" || t == p || index(p, t "/") == 1) && length(t) >= best) {
+        best = length(t); line = $5 " " $3 " " $4
+        for (i = 7; i <= NF; i++) if ($i == "-") { line = line " " $(i + 1) " " $(i + 2); break } } }
+    END { print line }' /proc/self/mountinfo
+}
+blk() {
+  if [ -e "/sys/dev/block/$1" ]; then b=$(readlink -f "/sys/dev/block/$1"); echo "${b##*/}"; return; fi
+  case "$2" in /dev/*) if [ -e "$2" ]; then b=$(readlink -f "$2"); b=${b##*/}; [ -e "/sys/class/block/$b" ] && echo "$b"; fi;; esac
+}
+set -- $(mnt "$r")
+echo "mount=$1"; echo "majmin=$2"; echo "root=$3"; echo "fstype=$4"; echo "source=$5"
+todo=$(blk "$2" "$5")
+[ -n "$todo" ] || echo "unresolved=$5"
+seen=; n=0
+while [ -n "$todo" ] && [ "$n" -lt 64 ]; do
+  n=$((n + 1))
+  d=${todo%% *}
+  case "$todo" in *" "*) todo=${todo#* };; *) todo=;; esac
+  case " $seen " in *" $d "*) continue;; esac
+  seen="$seen $d"
+  if [ -e "/sys/class/block/$d/partition" ]; then
+    w=$(readlink -f "/sys/class/block/$d"); w=${w%/*}; w=${w##*/}
+    echo "partition=$d disk=$w"; todo=${todo:+$todo }$w
+  elif [ -r "/sys/block/$d/loop/backing_file" ]; then
+    b=$(cat "/sys/block/$d/loop/backing_file"); b=${b% (deleted)}
+    echo "loop=$d backing=$b"
+    m=$(mnt "$(readlink -f "$b" 2>/dev/null || echo "$b")")
+    x=$(blk "$(echo "$m" | cut -d' ' -f2)" "$(echo "$m" | cut -d' ' -f5)")
+    if [ -n "$x" ]; then todo=${todo:+$todo }$x; else echo "unresolved=$d fstype=$(echo "$m" | cut -d' ' -f4)"; fi
+  elif [ -n "$(ls "/sys/block/$d/slaves" 2>/dev/null)" ]; then
+    s=$(ls "/sys/block/$d/slaves" | tr '\n' ' '); s=${s% }
+    echo "holder=$d slaves=$(echo "$s" | tr ' ' ',')"; todo=${todo:+$todo }$s
+  elif [ -d "/sys/block/$d" ]; then
+    rot=$(cat "/sys/block/$d/queue/rotational" 2>/dev/null)
+    dev=$(readlink -f "/sys/block/$d/device" 2>/dev/null)
+    ven=$(cat "/sys/block/$d/device/vendor" 2>/dev/null | tr -d ' ')
+    drv=$(readlink "/sys/block/$d/device/driver" 2>/dev/null); drv=${drv##*/}
+    mod=$(cat "/sys/block/$d/device/model" 2>/dev/null | sed 's/ *$//')
+    echo "disk=$d rotational=${rot:--} vendor=${ven:--} driver=${drv:--} device=${dev:--} model=${mod:--}"
+  else
+    echo "unresolved=$d"
+  fi
+done
+true
+"""
+
+# Filesystems with no local block device of their own to inspect.
+NO_BLOCK_DEVICE = {
+    "tmpfs": "memory-backed (tmpfs), not a disk",
+    "ramfs": "memory-backed (ramfs), not a disk",
+    "overlay": "an overlay filesystem (container image layers) whose upper layer lives on the container host",
+    "nfs": "a network filesystem (nfs)",
+    "nfs4": "a network filesystem (nfs4)",
+    "cifs": "a network filesystem (cifs)",
+    "smb3": "a network filesystem (smb3)",
+    "ceph": "a network filesystem (ceph)",
+    "glusterfs": "a network filesystem (glusterfs)",
+    "9p": "shared from the hypervisor host (9p)",
+    "virtiofs": "shared from the hypervisor host (virtiofs)",
+    "zfs": "a ZFS dataset (its pool's disks are not inspected)",
+}
+
+# Virtual block storage that lives on the network: its rotational flag says
+# nothing either way (an EBS st1 volume is spinning disks behind a "non-rotational" NVMe).
+NETWORK_DISK_MODELS = ("Amazon Elastic Block Store", "PersistentDisk")
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    name: str
+    rotational: bool | None
+    vendor: str
+    model: str
+    driver: str
+    device: str  # the /sys/devices path of the disk's device
+    virtual: str | None  # what shows it is a virtual disk, if it is one
+
+    @property
+    def kind(self) -> str:
+        if self.rotational is None or any(m in self.model for m in NETWORK_DISK_MODELS):
+            return "unknown"
+        if self.rotational:
+            return "unknown" if self.virtual else "hdd"
+        return "ssd"
+
+
+@dataclass(frozen=True)
+class StorageInfo:
+    kind: str  # "ssd" | "hdd" | "unknown"
+    reason: str
+    path: str  # the nearest existing path, inspected
+    mount: str
+    source: str
+    fstype: str
+    container: str | None
+    chain: tuple[str, ...]  # how the mount was followed down to disks
+    disks: tuple[DiskInfo, ...]
+
+    @property
+    def disk_names(self) -> list[str]:
+        return [disk.name for disk in self.disks]
+
+
+def _virtual_marker(name: str, attrs: dict[str, str]) -> str | None:
+    vendor, model, driver, device = attrs["vendor"], attrs["model"], attrs["driver"], attrs["device"]
+    if vendor == "0x1af4" or "virtio" in device or driver.startswith("virtio"):
+        return "virtio"
+    if name.startswith("xvd") or "/xen" in device or "vbd" in driver or vendor == "Xen":
+        return "Xen"
+    if vendor == "Msft" or "vmbus" in device.lower():
+        return "Hyper-V"
+    if vendor.startswith("VMware") or model.startswith("VMware"):
+        return "VMware"
+    if vendor == "QEMU" or model.startswith("QEMU"):
+        return "QEMU"
+    if vendor == "VBOX" or "VBOX" in model:
+        return "VirtualBox"
+    if vendor == "Google" or any(m in model for m in NETWORK_DISK_MODELS):
+        return "cloud block storage"
+    if name.startswith("vd"):
+        return "paravirtual"
+    return None
+
+
+def _parse_disk(line: str) -> DiskInfo:
+    head, _, model = line.partition(" model=")
+    attrs = dict(part.split("=", 1) for part in head.split())
+    attrs["model"] = model.strip()
+    attrs = {key: ("" if value == "-" else value) for key, value in attrs.items()}
+    name = attrs["disk"]
+    rotational = {"0": False, "1": True}.get(attrs.get("rotational", ""))
+    return DiskInfo(name=name, rotational=rotational, vendor=attrs.get("vendor", ""), model=attrs["model"],
+                    driver=attrs.get("driver", ""), device=attrs.get("device", ""),
+                    virtual=_virtual_marker(name, attrs))
+
+
+def _names(disks: list[DiskInfo]) -> str:
+    names = ", ".join(disk.name for disk in disks)
+    return f"{names} {'is' if len(disks) == 1 else 'are'}"
+
+
+def _verdict(values: dict[str, str], unresolved: list[str], disks: list[DiskInfo]) -> tuple[str, str]:
+    source, fstype, container = values.get("source", "?"), values.get("fstype", ""), values.get("container")
+    where = f"{values.get('path')} is on {source}"
+    if container and container != "none":
+        return "unknown", f"inside a {container} container: {where}, storage the container host decides"
+    if fstype in NO_BLOCK_DEVICE or fstype.startswith("fuse"):
+        return "unknown", f"{where}: {NO_BLOCK_DEVICE.get(fstype, f'a FUSE filesystem ({fstype})')}"
+    if unresolved or not disks:
+        what = ", ".join(unresolved) or source
+        return "unknown", f"{where} ({fstype or 'unknown filesystem'}): could not follow {what} to a disk"
+    hdd = [d for d in disks if d.kind == "hdd"]
+    if hdd:  # a member on spinning disk makes the whole array as slow as that disk
+        return "hdd", f"{_names(hdd)} rotational"
+    unknown = [d for d in disks if d.kind == "unknown"]
+    if unknown:
+        network = [d for d in unknown if any(m in d.model for m in NETWORK_DISK_MODELS)]
+        if network:
+            return "unknown", f"{_names(network)} network block storage ({network[0].model}): may be HDD-backed"
+        virtual = [d for d in unknown if d.virtual]
+        if virtual:
+            return "unknown", (f"{_names(virtual)} a virtual disk ({virtual[0].virtual}) reporting rotational=1 "
+                               "whatever backs it")
+        return "unknown", f"{_names(unknown)} not reporting whether it rotates"
+    virtual = " (virtual disk: as its hypervisor reports it)" if any(d.virtual for d in disks) else ""
+    return "ssd", f"{_names(disks)} non-rotational{virtual}"
+
+
+class StorageKind(FactBase[StorageInfo]):
+    """
+    Whether the disk under ``path`` is an SSD: ``kind`` "ssd", "hdd" or
+    "unknown", with a ``reason``.
+
+    Follows partitions, device-mapper, md members and loop devices down to
+    /sys/block/*/queue/rotational. Honest about what cannot be known:
+    overlay/tmpfs/network filesystems, container roots and virtual disks
+    (virtio, Xen, Hyper-V, VMware... report rotational=1 whatever backs them)
+    are "unknown", not "hdd". An array with one rotational member is "hdd".
+    """
+
+    def command(self, path: str) -> str:
+        return STORAGE_SCRIPT.replace("__NEAREST__", _nearest_existing(path)).strip()
+
+    def process(self, output: list[str]) -> StorageInfo:
+        values: dict[str, str] = {}
+        chain: list[str] = []
+        unresolved: list[str] = []
+        disks: list[DiskInfo] = []
+        for line in output:
+            key, _, value = line.partition("=")
+            if key == "disk":
+                disks.append(_parse_disk(line))
+            elif key == "partition":
+                name, _, disk = value.partition(" disk=")
+                chain.append(f"{name}: partition of {disk}")
+            elif key == "holder":
+                name, _, slaves = value.partition(" slaves=")
+                chain.append(f"{name}: on {slaves.replace(',', ', ')}")
+            elif key == "loop":
+                name, _, backing = value.partition(" backing=")
+                chain.append(f"{name}: loop device backed by {backing}")
+            elif key == "unresolved":
+                unresolved.append(value.split()[0] if value else "?")
+            elif key:
+                values.setdefault(key, value)
+        kind, reason = _verdict(values, unresolved, disks)
+        container = values.get("container")
+        return StorageInfo(
+            kind=kind, reason=reason, path=values.get("path", ""), mount=values.get("mount", "").replace("\\040", " "),
+            source=values.get("source", ""), fstype=values.get("fstype", ""),
+            container=None if container in (None, "none") else container,
+            chain=tuple(chain), disks=tuple(disks),
+        )

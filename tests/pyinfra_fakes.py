@@ -1,0 +1,228 @@
+"""Run pyinfra deploys and operations against recorded facts: what would each command be?
+
+pyinfra's own operation tests feed an operation recorded facts and compare the
+commands it yields (pyinfra-dev/pyinfra tests/util.py, FakeHost). Its helpers
+are not in the wheel, and our deploys call several operations, so this runs
+the real machinery instead: a real ``State`` and ``Host`` in the prepare stage,
+``add_deploy`` as the runner does, with every fact read answered from the
+test's recording. Nothing connects anywhere; a fact the test did not record
+fails with its name and arguments.
+
+    run = run_deploy(nvidia_driver, facts={"LinuxDistribution": {...},
+                                           "FileContents": {"path=/etc/apt/sources.list": [...]}},
+                     data={"sd35": settings})
+    run.commands("Install the NVIDIA driver")  # -> ["apt-get update", "DEBIAN_FRONTEND=... install ..."]
+
+Facts are keyed by class name ("NvidiaGpus") or pyinfra's full name
+("server.LinuxDistribution"). A fact read with arguments takes a dict keyed the
+way pyinfra prints them ("path=/etc/apt/sources.list"). ``Output([...])`` in
+place of a value is raw command output, parsed by the fact's own ``process``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from inspect import getcallargs
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.command import FileDownloadCommand, FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.deploy import add_deploy
+from pyinfra.api.facts import FactBase, ShortFactBase
+from pyinfra.api.state import StateStage
+from pyinfra.api.util import get_kwargs_str
+from pyinfra.context import ctx_host, ctx_state
+
+from sd35_provision.operations import file_diffs_of, notes_of
+
+
+class FactNotRecorded(LookupError):
+    pass
+
+
+# Facts of the connection rather than of the host's state, answered unless a test records them.
+CONNECTION_FACTS: dict[str, Any] = {"TmpDir": "/tmp"}
+
+
+class Output(list):
+    """Raw output lines of a fact's command, to be parsed by the fact itself."""
+
+
+@dataclass
+class RecordedOperation:
+    name: str
+    commands: list[Any]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.commands)
+
+
+@dataclass
+class DeployRun:
+    operations: list[RecordedOperation]
+    notes: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
+    facts_read: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> list[RecordedOperation]:
+        """The operations that would run a command."""
+        return [op for op in self.operations if op.changed]
+
+    def commands(self, name: str | None = None) -> list[Any]:
+        """Every command, or those of the operations whose name contains ``name``."""
+        return [command for op in self.operations if name is None or name in op.name for command in op.commands]
+
+
+def _command_json(command: Any) -> Any:
+    if isinstance(command, str):
+        return command.strip()
+    if isinstance(command, StringCommand):
+        return command.get_raw_value()
+    if isinstance(command, FileUploadCommand):
+        src = command.src
+        if isinstance(src, io.IOBase):
+            src.seek(0)
+            data = src.read()
+            src.seek(0)
+            src = data.decode() if isinstance(data, bytes) else data
+        return ["upload", src, command.dest]
+    if isinstance(command, FileDownloadCommand):
+        return ["download", command.src, command.dest]
+    if isinstance(command, FunctionCommand):
+        return ["function", command.function.__name__]
+    raise TypeError(f"unexpected command {command!r}")
+
+
+class RecordedFacts:
+    def __init__(self, facts: dict[str, Any]):
+        self.facts = facts
+        self.read: list[str] = []
+
+    def get(self, cls: type, args: Any = None, kwargs: Any = None) -> Any:
+        if issubclass(cls, ShortFactBase):
+            return cls().process_data(self.get(cls.fact, args, kwargs))
+        name = cls.name
+        key = cls.__name__ if cls.__name__ in self.facts else name
+        fact_kwargs = dict(kwargs or {})
+        if args or fact_kwargs:
+            fact_kwargs = getcallargs(cls().command, *(args or ()), **fact_kwargs)
+            fact_kwargs.pop("self", None)
+        arguments = get_kwargs_str(fact_kwargs)
+        label = f"{name}({arguments})" if arguments else name
+        self.read.append(label)
+        if key not in self.facts:
+            raise FactNotRecorded(f"no recorded fact {label}")
+        value = self.facts[key]
+        if arguments:
+            if not isinstance(value, dict) or arguments not in value:
+                raise FactNotRecorded(f"no recorded fact {label} (recorded: {list(value)!r})")
+            value = value[arguments]
+        if isinstance(value, Output):
+            fact: FactBase = cls()
+            fact.command(**fact_kwargs)
+            return fact.process(list(value))
+        return value
+
+
+def run_deploy(
+    deploy: Callable[..., Any],
+    facts: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    *args: Any,
+    host_name: str = "testhost",
+    **kwargs: Any,
+) -> DeployRun:
+    """Prepare ``deploy`` (a @deploy function or an @operation) for one host with recorded facts."""
+    inventory = Inventory(([(host_name, dict(data or {}))], {}))
+    state = State(inventory, Config())
+    state.set_stage(StateStage.Prepare)
+    host = inventory.get_host(host_name)
+    recorded = RecordedFacts({**CONNECTION_FACTS, **facts})
+
+    def get_fact(_state: State, _host: Any, cls: type, args: Any = None, kwargs: Any = None, **_: Any) -> Any:
+        return recorded.get(cls, args, kwargs)
+
+    def no_connection(*_: Any, **__: Any) -> None:
+        raise AssertionError("a deploy under test tried to reach the host")
+
+    with mock.patch("pyinfra.api.host.get_fact", get_fact), \
+            mock.patch.object(type(host), "connect", no_connection), \
+            mock.patch.object(type(host), "run_shell_command", no_connection):
+        add_deploy(state, deploy, *args, host=host, **kwargs)
+        operations = []
+        with ctx_state.use(state), ctx_host.use(host):  # operations generate their commands in context
+            for op_hash in state.get_op_order():
+                op_data = state.ops[host].get(op_hash)
+                if op_data is None:
+                    continue
+                name = sorted(state.get_op_meta(op_hash).names)[0]
+                commands = [_command_json(command) for command in op_data.command_generator()]
+                operations.append(RecordedOperation(name=name, commands=commands))
+
+    return DeployRun(
+        operations=operations,
+        notes=list(notes_of(state).get(host_name, [])),
+        diffs=list(file_diffs_of(state).get(host_name, {}).values()),
+        facts_read=recorded.read,
+    )
+
+
+def merge_facts(*recordings: dict[str, Any]) -> dict[str, Any]:
+    """Combine recordings; facts read with arguments merge their argument keys."""
+    merged: dict[str, Any] = {}
+    for recording in recordings:
+        for name, value in recording.items():
+            if isinstance(value, dict) and isinstance(merged.get(name), dict) and all("=" in k for k in value):
+                merged[name] = {**merged[name], **value}
+            else:
+                merged[name] = value
+    return merged
+
+
+def existing_files(files: dict[str, str | None], user: str = "root", group: str = "root",
+                   mode: int = 644) -> dict[str, Any]:
+    """The facts pyinfra's file operations read, for files with this text (None: absent) and their folders."""
+    facts: dict[str, dict[str, Any]] = {name: {} for name in
+                                        ("File", "Directory", "FileContents", "Sha1File", "Sha256File", "Md5File")}
+    for path, text in files.items():
+        key = f"path={path}"
+        data = None if text is None else text.encode()
+        facts["File"][key] = None if data is None else {"user": user, "group": group, "mode": mode,
+                                                        "size": len(data), "atime": None, "mtime": None,
+                                                        "ctime": None}
+        facts["Directory"][key] = None if data is None else False
+        facts["FileContents"][key] = None if text is None else text.splitlines()
+        for fact, algorithm in (("Sha1File", "sha1"), ("Sha256File", "sha256"), ("Md5File", "md5")):
+            facts[fact][key] = None if data is None else hashlib.new(algorithm, data).hexdigest()
+        folder = f"path={posixpath.dirname(path)}"
+        facts["Directory"].setdefault(folder, {"user": "root", "group": "root", "mode": 755, "size": 4096,
+                                               "atime": None, "mtime": None, "ctime": None})
+    return facts
+
+
+class RecordedHost:
+    """A stand-in for a pyinfra ``Host`` where code only reads facts (e.g. gather_host_facts)."""
+
+    def __init__(self, facts: dict[str, Any], name: str = "testhost"):
+        self.name = name
+        self.recorded = RecordedFacts({**CONNECTION_FACTS, **facts})
+
+    def get_fact(self, cls: type, *args: Any, **kwargs: Any) -> Any:
+        return self.recorded.get(cls, args, kwargs)
+
+
+FACT_CASES = Path(__file__).parent / "facts"
+
+
+def fact_case(fact: str, case: str) -> Output:
+    """The recorded output of tests/facts/<fact>/<case>.json, for a test that needs that host state."""
+    return Output(json.loads((FACT_CASES / fact / f"{case}.json").read_text())["output"])
