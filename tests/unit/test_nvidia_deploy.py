@@ -1,0 +1,262 @@
+"""The NVIDIA driver layer per OS and state, run through pyinfra against recorded facts.
+
+OS facts are the outputs recorded in tests/fixtures/<os>/; the NVIDIA state
+comes from the fact cases in tests/facts/ (nvidia-smi, kernel module).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploys.nvidia import (
+    DriverNotReady,
+    debian_headers_package,
+    enable_components_deb822,
+    enable_components_one_line,
+    nvidia_driver,
+)
+from sd35_provision.errors import PreflightError
+from sd35_provision.spec.model import DriverSettings, GpuSettings, HostSettings, PythonSettings
+from tests.pyinfra_fakes import DeployRun, Output, existing_files, fact_case, merge_facts, run_deploy
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+APT_INSTALL = 'DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::="--force-confdef" ' \
+              '-o Dpkg::Options::="--force-confold" install'
+KERNELS = {"ubuntu-22.04": "5.15.0-126-generic", "ubuntu-24.04": "6.8.0-49-generic", "ubuntu-20.04": "5.4.0-200-generic",
+           "debian-12": "6.1.0-28-amd64"}
+DPKG_HEADER = [
+    "Desired=Unknown/Install/Remove/Purge/Hold",
+    "| Status=Not/Inst/Conf-files/Unpacked/halF-conf/Half-inst/trig-aWait/Trig-pend",
+    "|/ Err?=(none)/Reinst-required (Status,Err: uppercase=bad)",
+    "||/ Name                           Version                        Architecture Description",
+    "+++-==============================-==============================-============-==============================",
+]
+
+
+def dpkg_l(*packages: tuple[str, str]) -> Output:
+    """``dpkg -l`` as it prints these (name, version) packages."""
+    return Output(DPKG_HEADER + [f"ii  {name:<30} {version:<30} amd64        {name}" for name, version in packages])
+
+
+BASE_PACKAGES = (("adduser", "3.137ubuntu1"), ("apt", "2.7.14build2"), ("bash", "5.2.21-2ubuntu4"))
+
+
+def spec(mode: str = "install", flavor: str = "default", allow_reboot: bool = False, branch: str = "570",
+         flavour: str = "auto", accelerator: str = "nvidia") -> HostSettings:
+    return HostSettings(
+        name="gpu-a1", address="10.0.0.1",
+        gpu=GpuSettings(accelerator=accelerator, driver=DriverSettings(mode=mode, branch=branch, flavor=flavor,
+                                                                       allow_reboot=allow_reboot)),
+        python=PythonSettings(torch_flavour=flavour),
+    )
+
+
+def deploy(settings: HostSettings, os: str = "ubuntu-22.04", gpus: str = "absent", module: str = "none",
+           packages: tuple[tuple[str, str], ...] = BASE_PACKAGES, **extra) -> DeployRun:
+    facts = merge_facts({
+        "LinuxDistribution": Output((FIXTURES / os / "linux-distribution.txt").read_text().splitlines()),
+        "KernelVersion": KERNELS[os],
+        "NvidiaGpus": fact_case("NvidiaGpus", gpus),
+        "NvidiaKernelModule": fact_case("NvidiaKernelModule", module),
+        "DebPackages": dpkg_l(*packages),
+    }, extra)
+    return run_deploy(nvidia_driver, facts, {"sd35": settings})
+
+
+@pytest.mark.parametrize("os, flavor, expected", [
+    ("ubuntu-22.04", "default", ["nvidia-driver-570", "linux-headers-5.15.0-126-generic"]),
+    ("ubuntu-22.04", "server", ["nvidia-driver-570-server", "linux-headers-5.15.0-126-generic"]),
+    ("ubuntu-24.04", "open", ["nvidia-driver-570-open", "linux-headers-6.8.0-49-generic"]),
+    ("ubuntu-24.04", "server-open", ["nvidia-driver-570-server-open", "linux-headers-6.8.0-49-generic"]),
+])
+def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, flavor, expected):
+    run = deploy(spec(flavor=flavor), os=os)
+    assert [op.name for op in run.changes] == [f"NVIDIA driver | Install {' '.join(expected)}"]
+    assert run.commands() == ["apt-get update", f"{APT_INSTALL} {' '.join(expected)}"]
+    assert run.notes == ["reboot required: NVIDIA driver newly installed; no nvidia module loaded now; the new "
+                         "driver works only after a reboot (gpu.driver.allow_reboot is false)"]
+
+
+def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
+    run = deploy(spec(flavor="server-open", allow_reboot=True), os="ubuntu-24.04", gpus="driver_not_loaded",
+                 module="installed_nouveau_running", packages=BASE_PACKAGES + (("nvidia-driver-535", "535.216.01"),))
+    assert [op.name for op in run.changes] == [
+        "NVIDIA driver | Install nvidia-driver-570-server-open linux-headers-6.8.0-49-generic",
+        "NVIDIA driver | Reboot to load the NVIDIA driver",
+        "NVIDIA driver | Check the NVIDIA driver after the reboot",
+    ]
+    reboot = run.commands("Reboot to load")
+    assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in reboot
+    assert ["function", "wait_and_reconnect"] in reboot
+    [check] = run.commands("Check the NVIDIA driver")
+    assert "sort -V" in check and "560.28.03" in check  # auto: the oldest driver any shipped build accepts
+    assert run.notes == ["rebooting: NVIDIA driver newly installed; no nvidia module loaded now"]
+
+
+def test_debian_12_enables_contrib_non_free_and_installs_debians_driver():
+    sources = (FIXTURES / "debian-12" / "debian.sources").read_text()
+    run = deploy(spec(flavour="cu121"), os="debian-12",
+                 **existing_files({"/etc/apt/sources.list.d/debian.sources": sources, "/etc/apt/sources.list": None}))
+    assert [op.name for op in run.changes] == [
+        "NVIDIA driver | Enable contrib non-free non-free-firmware in /etc/apt/sources.list.d/debian.sources",
+        "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64",
+    ]
+    upload, chown, chmod = run.commands("Enable contrib")
+    assert upload[0] == "upload" and upload[2] == "/etc/apt/sources.list.d/debian.sources"
+    assert upload[1] == sources.replace("Components: main\n", "Components: main contrib non-free non-free-firmware\n")
+    assert (chown, chmod) == ("chown root:root /etc/apt/sources.list.d/debian.sources",
+                              "chmod 644 /etc/apt/sources.list.d/debian.sources")
+    assert run.commands("Install") == ["apt-get update",
+                                       f"{APT_INSTALL} nvidia-driver firmware-misc-nonfree linux-headers-amd64"]
+    assert "+Components: main contrib non-free non-free-firmware" in run.diffs[0]
+    assert run.notes[0] == "Debian 12 installs its own NVIDIA driver branch (535); gpu.driver.branch 570 cannot be pinned there"
+    assert run.notes[1].startswith("reboot required: NVIDIA driver newly installed")
+
+
+def test_debian_12_with_a_one_line_sources_list_already_enabled():
+    enabled = (FIXTURES / "debian-12" / "sources.list").read_text().replace(
+        "main non-free-firmware", "main contrib non-free non-free-firmware")
+    run = deploy(spec(flavour="cu121"), os="debian-12",
+                 **existing_files({"/etc/apt/sources.list.d/debian.sources": None, "/etc/apt/sources.list": enabled}))
+    assert [op.name for op in run.changes] == [
+        "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64"]
+
+
+def test_debian_12_without_a_debian_archive_to_extend_fails_clearly():
+    with pytest.raises(DriverNotReady, match=r"no Debian bookworm archive with 'main' in "):
+        deploy(spec(flavour="cu121"), os="debian-12",
+               **existing_files({"/etc/apt/sources.list.d/debian.sources": None, "/etc/apt/sources.list": None}))
+
+
+def test_debian_12_driver_is_too_old_for_the_torch_builds_we_ship():
+    with pytest.raises(DriverNotReady) as raised:
+        deploy(spec(), os="debian-12")
+    assert raised.value.message == (
+        "nvidia-smi is not installed; gpu.driver.mode: install gets Debian 12's own NVIDIA driver, branch 535 "
+        "(gpu.driver.branch cannot be pinned there), too old for torch (cu128 needs 570.26+, cu126 needs 560.28.03+)")
+
+
+def test_nothing_to_do_when_the_driver_works():
+    run = deploy(spec(), os="ubuntu-22.04", gpus="eight_h100_sxm", module="loaded_is_installed")
+    assert run.changes == [] and run.notes == []
+    assert run.facts_read == ["sd35_provision.facts.nvidia.NvidiaGpus"]
+
+
+def test_a_working_driver_of_another_branch_is_kept_and_said():
+    run = deploy(spec(), os="ubuntu-24.04", gpus="h100_recorded", module="h100_container_recorded")
+    assert run.changes == []
+    assert run.notes == ["NVIDIA driver 580.159.04 works for torch; gpu.driver.branch 570 not applied "
+                         "(a working driver is never replaced)"]
+
+
+def test_installed_but_not_rebooted_yields_nothing_and_says_reboot_required():
+    installed = BASE_PACKAGES + (("nvidia-driver-570-server", "570.133.20-0ubuntu0.22.04.1"),
+                                 ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"))
+    run = deploy(spec(flavor="server"), os="ubuntu-22.04", gpus="driver_library_mismatch",
+                 module="upgraded_not_rebooted", packages=installed)
+    assert run.changes == []
+    assert run.notes == ["reboot required: nvidia module 570.133.20 installed, 550.127.05 loaded; the new driver "
+                         "works only after a reboot (gpu.driver.allow_reboot is false)"]
+    rebooting = deploy(spec(flavor="server", allow_reboot=True), os="ubuntu-22.04", gpus="driver_library_mismatch",
+                       module="upgraded_not_rebooted", packages=installed)
+    assert [op.name for op in rebooting.changes] == ["NVIDIA driver | Reboot to load the NVIDIA driver",
+                                                     "NVIDIA driver | Check the NVIDIA driver after the reboot"]
+
+
+def test_installed_and_loaded_but_not_working_points_at_the_kernel_log():
+    installed = BASE_PACKAGES + (("nvidia-driver-570", "570.133.20-0ubuntu0.22.04.1"),
+                                 ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"))
+    with pytest.raises(DriverNotReady, match="see dmesg"):
+        deploy(spec(), os="ubuntu-22.04", gpus="no_devices", module="loaded_is_installed", packages=installed)
+
+
+def test_too_old_driver_is_replaced_by_the_pinned_branch():
+    run = deploy(spec(flavour="cu128"), os="ubuntu-22.04", gpus="two_a100_driver_535", module="driver_535_running",
+                 packages=BASE_PACKAGES + (("nvidia-driver-535", "535.183.01-0ubuntu0.22.04.1"),))
+    assert run.commands() == ["apt-get update", f"{APT_INSTALL} nvidia-driver-570 linux-headers-5.15.0-126-generic"]
+    assert run.notes == ["reboot required: NVIDIA driver newly installed; module 535.183.01 loaded now; the new "
+                         "driver works only after a reboot (gpu.driver.allow_reboot is false)"]
+
+
+def test_pinned_branch_too_old_for_the_torch_build_is_refused():
+    with pytest.raises(DriverNotReady, match=r"gpu.driver.branch 560 is too old for torch \(cu128 needs 570.26\+\)"):
+        deploy(spec(branch="560", flavour="cu128"), os="ubuntu-24.04")
+
+
+def test_install_on_an_unsupported_release_is_refused():
+    with pytest.raises(DriverNotReady, match="supports Ubuntu 22.04/24.04 and Debian 12, not Ubuntu 20.04"):
+        deploy(spec(), os="ubuntu-20.04")
+
+
+def test_verify_fails_the_host_with_what_is_wrong():
+    with pytest.raises(DriverNotReady) as raised:
+        deploy(spec(mode="verify"), gpus="two_a100_driver_535")
+    error = raised.value
+    assert isinstance(error, PreflightError) and error.host == "testhost" and error.step == "NVIDIA driver"
+    assert error.message == ("NVIDIA driver 535.183.01 is too old for torch (cu128 needs 570.26+, cu126 needs "
+                             "560.28.03+); install a driver (branch 570 or newer), or set gpu.driver.mode: install")
+    with pytest.raises(DriverNotReady, match="nvidia-smi failed: NVIDIA-SMI has failed because it couldn't"):
+        deploy(spec(mode="verify"), gpus="driver_not_loaded")
+
+
+def test_verify_passes_a_good_driver_and_skip_or_cpu_read_nothing():
+    assert deploy(spec(mode="verify"), gpus="eight_h100_sxm").operations == []
+    for settings in (spec(mode="skip"), spec(accelerator="cpu")):
+        run = deploy(settings, gpus="absent")
+        assert run.operations == [] and run.facts_read == []
+
+
+def test_one_line_sources_get_the_components_on_every_debian_line_with_main():
+    lines = (FIXTURES / "debian-12" / "sources.list").read_text().splitlines()
+    new, found = enable_components_one_line(lines, "bookworm")
+    assert found
+    changed = [(old, line) for old, line in zip(lines, new) if old != line]
+    assert [line for _, line in changed] == [
+        "deb http://deb.debian.org/debian/ bookworm main non-free-firmware contrib non-free",
+        "deb-src http://deb.debian.org/debian/ bookworm main non-free-firmware contrib non-free",
+        "deb http://security.debian.org/debian-security bookworm-security main non-free-firmware contrib non-free",
+        "deb-src http://security.debian.org/debian-security bookworm-security main non-free-firmware contrib non-free",
+        "deb http://deb.debian.org/debian/ bookworm-updates main non-free-firmware contrib non-free",
+        "deb-src http://deb.debian.org/debian/ bookworm-updates main non-free-firmware contrib non-free",
+    ]
+    assert new[0].startswith("#deb cdrom:")  # comments stay as they are
+    assert enable_components_one_line(new, "bookworm") == (new, True)  # idempotent
+    assert enable_components_one_line(lines, "trixie") == (lines, False)
+
+
+def test_one_line_sources_keep_options_and_trailing_comments():
+    lines = ["deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian "
+             "bookworm main  # local mirror"]
+    new, found = enable_components_one_line(lines, "bookworm")
+    assert found and new == ["deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                             "http://mirror.example/debian bookworm main contrib non-free non-free-firmware  # local mirror"]
+
+
+def test_deb822_sources_skip_disabled_and_foreign_stanzas():
+    lines = (FIXTURES / "debian-12" / "debian.sources").read_text().splitlines() + [
+        "", "Types: deb", "URIs: https://download.docker.com/linux/debian", "Suites: bookworm", "Components: stable",
+        "", "Types: deb", "URIs: http://deb.debian.org/debian", "Suites: bookworm-backports", "Components: main",
+        "Enabled: no",
+    ]
+    new, found = enable_components_deb822(lines, "bookworm")
+    assert found
+    assert [line for line in new if line.startswith("Components:")] == [
+        "Components: main contrib non-free non-free-firmware",
+        "Components: main contrib non-free non-free-firmware",
+        "Components: stable",
+        "Components: main",
+    ]
+    assert enable_components_deb822(new, "bookworm") == (new, True)
+
+
+@pytest.mark.parametrize("kernel, package", [
+    ("6.1.0-28-amd64", "linux-headers-amd64"),
+    ("6.1.0-28-cloud-amd64", "linux-headers-cloud-amd64"),
+    ("6.1.0-28-arm64", "linux-headers-arm64"),
+    ("6.1.0-28-rt-amd64", "linux-headers-rt-amd64"),
+    ("6.12.9+bpo-amd64", "linux-headers-6.12.9+bpo-amd64"),
+])
+def test_debian_headers_follow_the_running_kernels_flavour(kernel, package):
+    assert debian_headers_package(kernel) == package
