@@ -33,10 +33,12 @@ class FreeSpace(FactBase[FreeSpaceInfo]):
         return f'echo "path="{shlex.quote(path)}; {_nearest_existing(path)}; echo "nearest=$p"; df -P -k "$p"'
 
     def process(self, output: list[str]) -> FreeSpaceInfo:
-        values = dict(line.split("=", 1) for line in output[:2])
+        values = dict(line.split("=", 1) for line in output if line.startswith(("path=", "nearest=")))
         # df -P: "Filesystem 1024-blocks Used Available Capacity Mounted on", one line per filesystem.
-        fields = output[-1].split()
-        capacity = next(i for i, field in enumerate(fields) if field.endswith("%") and i >= 4)
+        fields = output[-1].split() if output else []
+        capacity = next((i for i, field in enumerate(fields) if field.endswith("%") and i >= 4), None)
+        if capacity is None or "nearest" not in values:
+            raise ValueError(f"FreeSpace: unexpected output of df: {output!r}")
         return FreeSpaceInfo(
             path=values["path"],
             nearest=values["nearest"],
