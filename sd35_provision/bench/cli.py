@@ -26,6 +26,8 @@ DEFAULT_MARKDOWN = Path("docs/benchmarks.md")
               help="Steps of each of the two warm-up images.")
 @click.option("--profile/--no-profile", default=True, show_default=True,
               help="Profile one transformer forward per mode (CUDA only).")
+@click.option("--inductor-tuning", is_flag=True,
+              help="Turn on inductor's coordinate-descent tuning (what torchao recommends): longer compile.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also save the raw results here (rewritten after every mode).")
 @click.option("--markdown", type=click.Path(path_type=Path), default=None,
@@ -33,14 +35,15 @@ DEFAULT_MARKDOWN = Path("docs/benchmarks.md")
                    "Notes below the marker line of an existing file are kept.")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, path_type=Path), multiple=True,
               help="Measure nothing: render saved results (repeatable) to the table and --markdown.")
-def bench(models, quick, modes, reps, steps, warmup_steps, profile, json_path, markdown, from_json):
+def bench(models, quick, modes, reps, steps, warmup_steps, profile, inductor_tuning, json_path, markdown,
+          from_json):
     """Measure SD3.5 Large/Medium in each precision mode side by side (time, memory, error, floor)."""
     from sd35_provision.bench import harness, report
 
     if from_json:
         runs = harness.merge_runs([run for path in from_json for run in harness.load_runs(path)])
     else:
-        runs = _measure(models, quick, modes, reps, steps, warmup_steps, profile, json_path)
+        runs = _measure(models, quick, modes, reps, steps, warmup_steps, profile, inductor_tuning, json_path)
     for run in runs:
         click.echo("\n" + report.render_text(run))
     if markdown is None and not quick:
@@ -50,8 +53,14 @@ def bench(models, quick, modes, reps, steps, warmup_steps, profile, json_path, m
         click.echo(f"\nwrote {markdown}")
 
 
-def _measure(models, quick, modes, reps, steps, warmup_steps, profile, json_path):
+def _measure(models, quick, modes, reps, steps, warmup_steps, profile, inductor_tuning, json_path):
     import torch
+
+    if inductor_tuning:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        inductor_config.coordinate_descent_check_all_directions = True
 
     from sd35_provision.bench import harness, models as model_specs
 

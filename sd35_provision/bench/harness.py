@@ -392,6 +392,13 @@ def environment(device: torch.device) -> dict[str, str]:
         "host": platform.node() or "?",
         "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "(unset)"),
     }
+    try:
+        import torch._inductor.config as inductor_config
+
+        if inductor_config.coordinate_descent_tuning:
+            env["inductor"] = "coordinate-descent tuning"
+    except ImportError:
+        pass
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env["device"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, cc {props.major}.{props.minor}, " \
