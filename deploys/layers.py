@@ -5,9 +5,13 @@ The runner adds these one by one; ``deploys/site.py`` calls them for plain
 """
 
 from deploys.nvidia import nvidia_driver
+from deploys.python_env import python_environment
+from deploys.release import release_layer
 from deploys.system import system_layer
 
 LAYERS = [
     system_layer,
     nvidia_driver,
+    python_environment,
+    release_layer,
 ]

@@ -58,7 +58,7 @@ FLAVOUR_CUDA: dict[str, str | None] = {
 
 # The CUDA flavours we ship locks for (the spec's python.torch_flavour enum),
 # newest first: what "auto" may pick.
-AUTO_FLAVOURS: tuple[str, ...] = ("cu128", "cu126")
+AUTO_FLAVOURS: tuple[str, ...] = ("cu130", "cu128")
 
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 

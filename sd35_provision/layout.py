@@ -46,3 +46,40 @@ def render_profile_snippet() -> str:
         "    set +a\n"
         "fi\n"
     )
+
+
+# -- the environment root (python.venv_root, /opt/sd35 by default) -----------
+#
+#   venvs/<lock id>/        one venv per lock, never changed once stamped complete
+#   locks/<lock id>.txt     the lock it was built from
+#   wheelhouse/             wheels pushed from python.wheelhouse
+#   releases/<release id>/  venv (symlink), model (symlink), release.json
+#   current, previous       symlinks to releases; the service runs `current`
+
+
+def venvs_dir(settings: HostSettings) -> str:
+    return f"{settings.python.venv_root}/venvs"
+
+
+def venv_dir(settings: HostSettings, lock_id: str) -> str:
+    return f"{venvs_dir(settings)}/{lock_id}"
+
+
+def lock_path(settings: HostSettings, lock_id: str) -> str:
+    return f"{settings.python.venv_root}/locks/{lock_id}.txt"
+
+
+def wheelhouse_dir(settings: HostSettings) -> str:
+    return f"{settings.python.venv_root}/wheelhouse"
+
+
+def releases_dir(settings: HostSettings) -> str:
+    return f"{settings.python.venv_root}/releases"
+
+
+def current_link(settings: HostSettings) -> str:
+    return f"{settings.python.venv_root}/current"
+
+
+def previous_link(settings: HostSettings) -> str:
+    return f"{settings.python.venv_root}/previous"

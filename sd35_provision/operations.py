@@ -40,6 +40,12 @@ def record_note(text: str) -> None:
         notes_of(host.state)[host.name].append(text)
 
 
+def record_diff(text: str) -> None:
+    """Show ``text`` as the current operation's diff in ``plan``/``drift`` (call inside an operation)."""
+    if not host.state.is_executing:
+        file_diffs_of(host.state)[host.name][host.current_op_hash] = text
+
+
 def unified_diff(path: str, current: list[str] | None, wanted: str) -> str:
     before = [line + "\n" for line in current] if current is not None else []
     after = wanted.splitlines(keepends=True)
@@ -61,6 +67,7 @@ def managed_file(
     group: str | None = None,
     mode: str | None = None,
     secret: bool = False,
+    summary: str | None = None,
 ):
     """
     Make a remote text file hold ``content``.
@@ -69,12 +76,15 @@ def managed_file(
     + content: the wanted text
     + user/group/mode: ownership and permissions
     + secret: never read, diff or log the content (tokens, API keys)
+    + summary: show this line instead of a diff (generated files too long to read, like locks)
     """
     data = content.encode()
     if host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest():
         if not host.state.is_executing:
             if secret:
                 diff = f"--- {path}\n+++ {path}\n{SECRET_NOTICE}\n"
+            elif summary:
+                diff = f"--- {path}\n+++ {path}\n{summary}\n"
             else:
                 diff = unified_diff(path, host.get_fact(FileContents, path=path), content)
             file_diffs_of(host.state)[host.name][host.current_op_hash] = diff

@@ -96,6 +96,7 @@ def render_plan(report: RunReport) -> str:
             continue
         lines = [f"== {host.name}: {len(host.changes)} operation(s) would change"]
         lines += [f"  ~ {op.name}" for op in host.changes]
+        lines += [f"  note: {note}" for note in host.notes]
         for op in host.changes:
             if op.diff:
                 lines.append("")

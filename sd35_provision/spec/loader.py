@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from sd35_provision.errors import SpecError
+from sd35_provision.locks import LockError, parse_lock
 from sd35_provision.spec import model
 from sd35_provision.spec.yamlsource import PathKey, SourceDocument, format_path, load_yaml_document
 
@@ -28,7 +29,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "host-spec.schem
 # Settings that name files on the control machine: resolved relative to the spec.
 LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "ssh": ("key", "known_hosts"),
-    "python": ("wheelhouse",),
+    "python": ("wheelhouse", "lock_file"),
     "model": ("token_file", "path"),
     "service": ("api_key_file",),
 }
@@ -272,6 +273,12 @@ def _host_setting_problems(
             merged[section][key] = resolved
             if check_local_files and not resolved.exists():
                 problem(section, key, f"{resolved} does not exist on this machine")
+    lock_file = merged["python"].get("lock_file")
+    if check_local_files and lock_file is not None and lock_file.is_file():
+        try:
+            parse_lock(lock_file.read_text(), str(lock_file))
+        except LockError as error:
+            problem("python", "lock_file", str(error))
     return problems
 
 

@@ -61,9 +61,11 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class PythonSettings:
-    min_version: str = "3.10"
-    torch_flavour: str = "auto"  # auto | cpu | cu126 | cu128
+    min_version: str = "3.11"
+    torch_flavour: str = "auto"  # auto | cpu | cu128 | cu130
     wheelhouse: Path | None = None
+    lock_file: Path | None = None
+    find_links: str | None = None
     venv_root: str = "/opt/sd35"
 
 

@@ -67,11 +67,12 @@ def test_minor_version_compatibility_is_known_but_not_the_default():
 
 
 @pytest.mark.parametrize("driver, flavour", [
-    ("580.65.06", "cu128"),  # cu130 is not one we ship: the newest we ship wins
+    ("580.159.04", "cu130"),  # the H100 box
+    ("580.65.06", "cu130"),
+    ("575.57.08", "cu128"),
     ("570.133.20", "cu128"),
     ("570.26", "cu128"),
-    ("565.57.01", "cu126"),
-    ("560.28.03", "cu126"),
+    ("565.57.01", "cpu"),  # cu126 runs there, but we ship no cu126 lock
     ("560.28.02", "cpu"),
     ("535.183.01", "cpu"),
 ])
@@ -94,11 +95,12 @@ def test_branches():
     assert branch_satisfies("570", "cu128") and branch_satisfies("575", "cu128")
     assert not branch_satisfies("565", "cu128") and branch_satisfies("565", "cu126")
     assert pick_flavour_for_branch("570") == "cu128"
-    assert pick_flavour_for_branch("560") == "cu126"
+    assert pick_flavour_for_branch("580") == "cu130"
+    assert pick_flavour_for_branch("560") == "cpu"
     assert pick_flavour_for_branch("535") == "cpu"
     assert install_branch("ubuntu", "24.04", "570") == "570"
     assert install_branch("debian", "12", "570") == "535"
-    assert AUTO_FLAVOURS == ("cu128", "cu126")
+    assert AUTO_FLAVOURS == ("cu130", "cu128")
 
 
 def test_driver_install_problem():
@@ -111,5 +113,5 @@ def test_driver_install_problem():
         "install the driver by hand and use gpu.driver.mode: verify")
     assert driver_install_problem("debian", "12", "570", "auto") == (
         "gpu.driver.mode: install gets Debian 12's own NVIDIA driver, branch 535 (gpu.driver.branch cannot be "
-        "pinned there), too old for torch (cu128 needs 570.26+, cu126 needs 560.28.03+)")
+        "pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)")
     assert driver_install_problem("debian", "12", "570", "cu121") is None

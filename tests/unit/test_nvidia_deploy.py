@@ -91,7 +91,7 @@ def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
     assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in reboot
     assert ["function", "wait_and_reconnect"] in reboot
     [check] = run.commands("Check the NVIDIA driver")
-    assert "sort -V" in check and "560.28.03" in check  # auto: the oldest driver any shipped build accepts
+    assert "sort -V" in check and "570.26" in check  # auto: the oldest driver any shipped build accepts
     assert run.notes == ["rebooting: NVIDIA driver newly installed; no nvidia module loaded now"]
 
 
@@ -135,7 +135,7 @@ def test_debian_12_driver_is_too_old_for_the_torch_builds_we_ship():
         deploy(spec(), os="debian-12")
     assert raised.value.message == (
         "nvidia-smi is not installed; gpu.driver.mode: install gets Debian 12's own NVIDIA driver, branch 535 "
-        "(gpu.driver.branch cannot be pinned there), too old for torch (cu128 needs 570.26+, cu126 needs 560.28.03+)")
+        "(gpu.driver.branch cannot be pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)")
 
 
 def test_nothing_to_do_when_the_driver_works():
@@ -195,8 +195,8 @@ def test_verify_fails_the_host_with_what_is_wrong():
         deploy(spec(mode="verify"), gpus="two_a100_driver_535")
     error = raised.value
     assert isinstance(error, PreflightError) and error.host == "testhost" and error.step == "NVIDIA driver"
-    assert error.message == ("NVIDIA driver 535.183.01 is too old for torch (cu128 needs 570.26+, cu126 needs "
-                             "560.28.03+); install a driver (branch 570 or newer), or set gpu.driver.mode: install")
+    assert error.message == ("NVIDIA driver 535.183.01 is too old for torch (cu130 needs 580.65.06+, cu128 needs "
+                             "570.26+); install a driver (branch 570 or newer), or set gpu.driver.mode: install")
     with pytest.raises(DriverNotReady, match="nvidia-smi failed: NVIDIA-SMI has failed because it couldn't"):
         deploy(spec(mode="verify"), gpus="driver_not_loaded")
 

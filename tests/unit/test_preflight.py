@@ -126,7 +126,7 @@ def test_install_mode_on_debian_12_gets_debians_535_driver():
     spec = settings(mode="install")
     assert check_preflight(spec, host(spec, os="debian-12", gpus="absent", pci="l40s_unbound_and_4090_on_nouveau")) == [
         "gpu.driver.mode: install gets Debian 12's own NVIDIA driver, branch 535 (gpu.driver.branch cannot be "
-        "pinned there), too old for torch (cu128 needs 570.26+, cu126 needs 560.28.03+)"]
+        "pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)"]
 
 
 def test_install_mode_where_the_driver_step_cannot_install():
@@ -173,20 +173,22 @@ def test_driver_too_old_for_the_pinned_cuda_build():
 def test_driver_too_old_for_every_build_auto_could_pick():
     spec = settings()
     assert check_preflight(spec, host(spec, gpus="two_a100_driver_535", pci="none")) == [
-        "NVIDIA driver 535.183.01 is too old for every CUDA build of torch we ship (cu128 needs 570.26+, "
-        "cu126 needs 560.28.03+); upgrade the driver, or set gpu.driver.mode: install"]
+        "NVIDIA driver 535.183.01 is too old for every CUDA build of torch we ship (cu130 needs 580.65.06+, "
+        "cu128 needs 570.26+); upgrade the driver, or set gpu.driver.mode: install"]
     assert check_preflight(settings(mode="install"), host(spec, gpus="two_a100_driver_535", pci="none")) == []
 
 
 def test_fp8_needs_ada_or_hopper():
     spec = settings(require_fp8=True)
     assert check_preflight(spec, host(spec, gpus="two_a100_driver_535", pci="none", )) == [
-        "NVIDIA driver 535.183.01 is too old for every CUDA build of torch we ship (cu128 needs 570.26+, "
-        "cu126 needs 560.28.03+); upgrade the driver, or set gpu.driver.mode: install",
+        "NVIDIA driver 535.183.01 is too old for every CUDA build of torch we ship (cu130 needs 580.65.06+, "
+        "cu128 needs 570.26+); upgrade the driver, or set gpu.driver.mode: install",
         "GPUs 0, 1 (NVIDIA A100-SXM4-40GB) have compute capability 8.0; FP8 needs 8.9+ (Ada, Hopper or newer) "
         "(gpu.require_fp8)"]
-    l4 = settings(require_fp8=True, flavour="cu126")
-    assert check_preflight(l4, host(l4, gpus="l4_ada", pci="none")) == []
+    l4 = settings(require_fp8=True, flavour="cu128")  # Ada (8.9) is FP8-capable; only its driver 560 is old
+    assert check_preflight(l4, host(l4, gpus="l4_ada", pci="none")) == [
+        "NVIDIA driver 560.35.03 is too old for torch cu128 (CUDA 12.8 needs 570.26+; python.torch_flavour); "
+        "upgrade the driver, or set gpu.driver.mode: install"]
 
 
 def test_every_failure_is_reported_at_once():

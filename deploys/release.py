@@ -1,0 +1,94 @@
+"""Release layer: what the service runs, switched in with one atomic rename.
+
+A release is a directory ``releases/<id>`` of symlinks to the parts the
+earlier layers prepared (the locked venv, the verified model) plus
+``release.json`` saying what they are. Its id is the hash of that content,
+so re-applying the same parts gives the same release and changes nothing.
+``current`` points at the release in service and ``previous`` at the one
+before, which is what a rollback switches back to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import Directory, Link
+from pyinfra.operations import files, server
+
+from deploys.python_env import host_lock
+from sd35_provision import layout
+from sd35_provision.spec.model import HostSettings
+
+STEP = "Release"
+
+
+def release_parts(settings: HostSettings) -> dict[str, str]:
+    """What the release links to: ``{name in the release dir: absolute target}``."""
+    parts = {"venv": layout.venv_dir(settings, host_lock(settings).id)}
+    model = _model_directory(settings)
+    if model:
+        parts["model"] = model
+    return parts
+
+
+def release_manifest(settings: HostSettings) -> dict:
+    lock = host_lock(settings)
+    return {"lock": lock.id, "torch_flavour": lock.flavour, "links": release_parts(settings),
+            "model_revision": settings.model.revision}
+
+
+def release_id(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@deploy(STEP)
+def release_layer() -> None:
+    settings: HostSettings = host.data.sd35
+    manifest = release_manifest(settings)
+    rid = release_id(manifest)
+    releases = layout.releases_dir(settings)
+    release = f"{releases}/{rid}"
+
+    files.directory(name="Releases directory", path=releases, user="root", group="root", mode="755")
+    if not host.get_fact(Directory, path=release):
+        server.shell(name=f"Create release {rid}", commands=[_create_script(releases, rid, manifest)])
+
+    target = f"releases/{rid}"
+    link = host.get_fact(Link, path=layout.current_link(settings))
+    if not link or link.get("link_target") != target:
+        server.shell(name=f"Switch current to release {rid}",
+                     commands=[switch_script(settings.python.venv_root, target)])
+
+
+def switch_script(root: str, target: str) -> str:
+    """Point ``current`` at ``target`` atomically (rename over the old link), keep the old one as ``previous``."""
+    r, t = shlex.quote(root), shlex.quote(target)
+    return "\n".join([
+        "set -eu",
+        f"cd {r}",
+        "old=$(readlink current 2>/dev/null || true)",
+        f"ln -sfn {t} .current.new",
+        "mv -T .current.new current",
+        f'if [ -n "$old" ] && [ "$old" != {t} ]; then ln -sfn "$old" .previous.new && mv -T .previous.new previous; fi',
+    ])
+
+
+def _create_script(releases: str, rid: str, manifest: dict) -> str:
+    final, staging = shlex.quote(f"{releases}/{rid}"), shlex.quote(f"{releases}/.{rid}.new")
+    lines = ["set -eu", f"rm -rf {staging}", f"mkdir -m 755 {staging}"]
+    lines += [f"ln -s {shlex.quote(target)} {staging}/{name}" for name, target in manifest["links"].items()]
+    lines.append(f"printf '%s\\n' {shlex.quote(json.dumps(manifest, indent=2, sort_keys=True))} > {staging}/release.json")
+    lines.append(f"mv -T {staging} {final}")
+    return "\n".join(lines)
+
+
+def _model_directory(settings: HostSettings) -> str | None:
+    try:
+        from sd35_provision.modelstore import model_directory
+    except ImportError:  # the model layer is not in this build
+        return None
+    return model_directory(settings)

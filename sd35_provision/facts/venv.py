@@ -1,0 +1,103 @@
+"""Facts about the host venv and the wheels pushed for it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+COMPLETE_STAMP = ".sd35-complete"
+
+# The PEP 508 marker values of the venv's interpreter, and what is installed in it.
+_PROBE = (
+    "import importlib.metadata as m, json, os, platform, sys; "
+    "env = {'implementation_name': sys.implementation.name, "
+    "'os_name': os.name, 'platform_machine': platform.machine(), "
+    "'platform_python_implementation': platform.python_implementation(), "
+    "'platform_release': platform.release(), 'platform_system': platform.system(), "
+    "'python_full_version': platform.python_version(), "
+    "'python_version': '.'.join(platform.python_version_tuple()[:2]), 'sys_platform': sys.platform}; "
+    "pkgs = {d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}; "
+    "print(json.dumps({'environment': env, 'packages': pkgs}))"
+)
+
+
+@dataclass(frozen=True)
+class VenvState:
+    exists: bool
+    complete: bool  # the build finished and stamped it
+    environment: dict[str, str] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)
+
+
+class Venv(FactBase[VenvState]):
+    """
+    Whether the venv at ``path`` was built to the end, its interpreter's
+    marker environment and its installed distributions (``{name: version}``).
+    """
+
+    def command(self, path: str) -> str:
+        venv = shlex.quote(path)
+        return (
+            f"if [ ! -d {venv} ]; then echo absent; "
+            f"elif [ ! -f {venv}/{COMPLETE_STAMP} ] || [ ! -x {venv}/bin/python ]; then echo incomplete; "
+            f"else echo complete; {venv}/bin/python -c {shlex.quote(_PROBE)} || echo '{{}}'; fi"
+        )
+
+    def process(self, output: list[str]) -> VenvState:
+        verdict = output[0].strip() if output else "absent"
+        if verdict != "complete":
+            return VenvState(exists=verdict == "incomplete", complete=False)
+        try:
+            probe = json.loads(output[1]) if len(output) > 1 else {}
+        except json.JSONDecodeError:
+            probe = {}
+        return VenvState(
+            exists=True,
+            complete=bool(probe),  # a venv whose interpreter no longer runs needs rebuilding
+            environment=probe.get("environment", {}),
+            packages=probe.get("packages", {}),
+        )
+
+    @staticmethod
+    def default() -> VenvState:
+        return VenvState(exists=False, complete=False)
+
+
+class InterpreterEnvironment(FactBase[dict[str, str]]):
+    """The PEP 508 marker values of ``interpreter`` (the lock's pins depend on them)."""
+
+    def command(self, interpreter: str) -> str:
+        return f"{shlex.quote(interpreter)} -c {shlex.quote(_PROBE)}"
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        try:
+            return json.loads("\n".join(output)).get("environment", {})
+        except json.JSONDecodeError:
+            return {}
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
+
+class WheelHashes(FactBase[dict[str, str]]):
+    """``{file name: sha256}`` of the wheels in ``directory`` (empty if there is none)."""
+
+    def command(self, directory: str) -> str:
+        quoted = shlex.quote(directory)
+        return f"if [ -d {quoted} ]; then cd {quoted} && find . -maxdepth 1 -name '*.whl' -exec sha256sum {{}} +; fi; true"
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        hashes = {}
+        for line in output:
+            digest, _, name = line.strip().partition("  ")
+            if digest and name:
+                hashes[name.removeprefix("./")] = digest
+        return hashes
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}

@@ -1,0 +1,103 @@
+"""Wheelhouses on the control machine: which of their wheels a lock needs, and filling one.
+
+A host with ``python.wheelhouse`` gets only the wheels whose sha256 is in its
+lock, pushed once, and pip installs offline from them. Hashing a 500 MB torch
+wheel takes a while, so hashes are remembered per (path, size, mtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+from sd35_provision.errors import Sd35Error
+from sd35_provision.locks import Lock
+
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+class WheelhouseError(Sd35Error):
+    """The wheelhouse cannot serve the lock."""
+
+
+@dataclass(frozen=True)
+class Wheel:
+    path: Path
+    sha256: str
+    name: str  # canonical
+    version: str
+
+
+def sha256_of(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def wheels_in(directory: Path) -> list[Wheel]:
+    wheels = []
+    for path in sorted(directory.glob("*.whl")):
+        try:
+            name, version, _, _ = parse_wheel_filename(path.name)
+        except InvalidWheelFilename:
+            continue
+        wheels.append(Wheel(path, sha256_of(path), canonicalize_name(name), str(version)))
+    return wheels
+
+
+def wheels_for(directory: Path, lock: Lock, environment: dict[str, str]) -> list[Wheel]:
+    """The wheels of ``directory`` the lock installs on a host with this marker environment.
+
+    Raises ``WheelhouseError`` naming every pin without a hash-matching wheel,
+    so the host fails before anything is pushed.
+    """
+    if not directory.is_dir():
+        raise WheelhouseError(f"python.wheelhouse {directory} is not a directory")
+    available = wheels_in(directory)
+    chosen, missing = [], []
+    for pin in lock.pins:
+        if not pin.applies_to(environment):
+            continue
+        matching = [wheel for wheel in available if wheel.sha256 in pin.hashes]
+        if matching:
+            chosen.extend(matching)
+        else:
+            missing.append(f"{pin.name}=={pin.version}")
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise WheelhouseError(
+            f"python.wheelhouse {directory} has no wheel matching lock {lock.flavour}'s hashes for {shown}; "
+            f"fill it with: sd35-provision wheelhouse {directory} --flavour {lock.flavour} "
+            f"--python {environment.get('python_version', '3.11')}"
+        )
+    return chosen
+
+
+def fill_wheelhouse(directory: Path, lock: Lock, python_version: str, platform: str = "manylinux_2_28_x86_64") -> None:
+    """Download every wheel of ``lock`` for CPython ``python_version`` on ``platform`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    requirements = directory / f".{lock.id}.txt"
+    requirements.write_text(lock.text)
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+        "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
+        "--platform", platform, "--platform", "linux_x86_64",
+        *[arg for tag in ("2_17", "2_24", "2_27") for arg in ("--platform", f"manylinux_{tag}_x86_64")],
+        "--platform", "manylinux2014_x86_64",
+        "-d", str(directory), "-r", str(requirements),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    requirements.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise WheelhouseError(f"pip download for lock {lock.flavour} failed:\n{result.stderr.strip()[-2000:]}")
