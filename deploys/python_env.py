@@ -72,7 +72,7 @@ def host_interpreter(settings: HostSettings) -> str:
             return python.path
     if usable:
         return max(usable, key=lambda python: tuple(int(p) for p in python.version.split("."))).path
-    raise EnvironmentNotReady(f"no Python {wanted}+ on the host to build the venv with (python.min_version)")
+    raise EnvironmentNotReady(host.name, STEP, f"no Python {wanted}+ on the host to build the venv with (python.min_version)")
 
 
 def host_lock(settings: HostSettings) -> Lock:
@@ -108,7 +108,7 @@ def python_environment() -> None:
         try:
             wheels = wheels_for(settings.python.wheelhouse, lock, environment)
         except WheelhouseError as error:
-            raise EnvironmentNotReady(str(error)) from None
+            raise EnvironmentNotReady(host.name, STEP, str(error)) from None
         find_links = layout.wheelhouse_dir(settings)
         files.directory(name="Wheelhouse directory", path=find_links, user="root", group="root", mode="755")
         wheels_pushed(

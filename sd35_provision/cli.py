@@ -146,6 +146,24 @@ def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--flavour", type=click.Choice(["cpu", "cu128", "cu130"]), default="cpu", show_default=True,
+              help="Which shipped lock to download the wheels of.")
+@click.option("--lock-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Your own lock instead (python.lock_file).")
+@click.option("--python", "python_version", default="3.11", show_default=True,
+              help="The hosts' Python version (X.Y).")
+def wheelhouse(directory: Path, flavour: str, lock_file: Path | None, python_version: str) -> None:
+    """Download every wheel a lock needs into DIRECTORY, for python.wheelhouse (offline fleets)."""
+    from sd35_provision.locks import load_lock, load_lock_file
+    from sd35_provision.wheelhouse import fill_wheelhouse
+
+    lock = load_lock_file(lock_file) if lock_file else load_lock(flavour)
+    fill_wheelhouse(directory, lock, python_version)
+    click.echo(f"{directory}: wheels of lock {lock.id} for Python {python_version}")
+
+
+@cli.command()
 @click.option("--hosts", default=2, show_default=True, type=click.IntRange(1, 20))
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Test fleet state directory (default: the testfleet default).")

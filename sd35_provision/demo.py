@@ -10,10 +10,12 @@ from pathlib import Path
 
 from sd35_provision import workflow
 from sd35_provision.errors import Sd35Error
+from sd35_provision.locks import load_lock
 from sd35_provision.report import render_plan, render_table
 from sd35_provision.spec import load_spec
 from sd35_provision.testfleet import up
 from sd35_provision.tinymodel import generate_tiny_pipeline
+from sd35_provision.wheelhouse import cached_wheelhouse
 
 
 def run_demo(hosts: int, state_dir: Path, echo: Callable[[str], None]) -> Path:
@@ -23,10 +25,13 @@ def run_demo(hosts: int, state_dir: Path, echo: Callable[[str], None]) -> Path:
     if not (model_dir / "model_index.json").exists():
         echo("==> generating the tiny random SD3 pipeline")
         generate_tiny_pipeline(model_dir)
+    echo("==> wheelhouse: the CPU lock's wheels, pushed to the hosts (they install offline)")
+    wheels = cached_wheelhouse(load_lock("cpu"))
     spec_path = fleet.write_spec(
         fleet.state_dir / "demo.yaml",
         extra_defaults={
             "cache": {"root": "/srv/sd35", "min_free_gb": 2},
+            "python": {"torch_flavour": "cpu", "wheelhouse": str(wheels)},
             "model": {"source": "push", "path": model_dir.name},
             "service": {"precision": "fp32"},
             "smoke": {"size": "64x64", "steps": 2},

@@ -101,3 +101,16 @@ def fill_wheelhouse(directory: Path, lock: Lock, python_version: str, platform: 
     requirements.unlink(missing_ok=True)
     if result.returncode != 0:
         raise WheelhouseError(f"pip download for lock {lock.flavour} failed:\n{result.stderr.strip()[-2000:]}")
+
+
+CACHE_ROOT = Path("/var/cache/sd35-provision")
+
+
+def cached_wheelhouse(lock: Lock, python_version: str = "3.11") -> Path:
+    """A wheelhouse for ``lock`` kept between runs (the demo and the tests push it to the test fleet)."""
+    directory = CACHE_ROOT / f"wheelhouse-{lock.id}-py{python_version}"
+    stamp = directory / ".complete"
+    if not stamp.exists():
+        fill_wheelhouse(directory, lock, python_version)
+        stamp.touch()
+    return directory

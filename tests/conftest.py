@@ -82,3 +82,12 @@ def fleet_addresses() -> Iterator[Callable[[int], str]]:
     _require_fleet_support()
     with ExitStack() as stack:
         yield lambda count: stack.enter_context(claimed_addresses(count))
+
+
+@pytest.fixture(scope="session")
+def cpu_wheelhouse() -> Path:
+    """The CPU lock's wheels for the fleet's Python 3.11, kept in /var/cache between runs."""
+    from sd35_provision.locks import load_lock
+    from sd35_provision.wheelhouse import cached_wheelhouse
+
+    return cached_wheelhouse(load_lock("cpu"), "3.11")

@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+def fleet(tmp_path_factory, cpu_wheelhouse):
     with booted_fleet(2, tmp_path_factory.mktemp("provision-fleet")) as booted:
+        booted.wheelhouse = cpu_wheelhouse
         yield booted
 
 
@@ -40,6 +41,7 @@ def cli(*args: str, check_exit: int | None = None) -> subprocess.CompletedProces
 def write_spec(fleet, name: str = "spec.yaml", host_overrides: dict | None = None, **extra) -> Path:
     defaults = {
         "cache": {"root": "/srv/sd35", "min_free_gb": 1},
+        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
         "model": {"source": "push", "path": str(fleet.state_dir)},  # unused by these layers
         "smoke": {"size": "64x64", "steps": 2},
     }
