@@ -7,6 +7,7 @@ The runner adds these one by one; ``deploys/site.py`` calls them for plain
 from deploys.nvidia import nvidia_driver
 from deploys.python_env import python_environment
 from deploys.release import release_layer
+from deploys.service import service_layer
 from deploys.system import system_layer
 
 LAYERS = [
@@ -14,4 +15,5 @@ LAYERS = [
     nvidia_driver,
     python_environment,
     release_layer,
+    service_layer,
 ]

@@ -11,16 +11,19 @@ before, which is what a rollback switches back to.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shlex
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import deploy, operation
+from pyinfra.api.command import FileUploadCommand
 from pyinfra.facts.files import Directory, Link
 from pyinfra.operations import files, server
 
 from deploys.python_env import host_lock
 from sd35_provision import layout
+from sd35_provision.appbundle import service_bundle
 from sd35_provision.spec.model import HostSettings
 
 STEP = "Release"
@@ -28,11 +31,16 @@ STEP = "Release"
 
 def release_parts(settings: HostSettings) -> dict[str, str]:
     """What the release links to: ``{name in the release dir: absolute target}``."""
-    parts = {"venv": layout.venv_dir(settings, host_lock(settings).id)}
+    parts = {"venv": layout.venv_dir(settings, host_lock(settings).id), "app": app_dir(settings)}
     model = _model_directory(settings)
     if model:
         parts["model"] = model
     return parts
+
+
+def app_dir(settings: HostSettings) -> str:
+    """Where this version of the service code is unpacked on the host."""
+    return f"{settings.python.venv_root}/apps/{service_bundle()[1][:12]}"
 
 
 def release_manifest(settings: HostSettings) -> dict:
@@ -54,6 +62,11 @@ def release_layer() -> None:
     release = f"{releases}/{rid}"
 
     files.directory(name="Releases directory", path=releases, user="root", group="root", mode="755")
+    files.directory(name="Apps directory", path=f"{settings.python.venv_root}/apps", user="root", group="root",
+                    mode="755")
+    app = app_dir(settings)
+    if not host.get_fact(Directory, path=app):
+        service_code_unpacked(name=f"Unpack service code {service_bundle()[1][:12]}", app=app)
     if not host.get_fact(Directory, path=release):
         server.shell(name=f"Create release {rid}", commands=[_create_script(releases, rid, manifest)])
 
@@ -75,6 +88,19 @@ def switch_script(root: str, target: str) -> str:
         "mv -T .current.new current",
         f'if [ -n "$old" ] && [ "$old" != {t} ]; then ln -sfn "$old" .previous.new && mv -T .previous.new previous; fi',
     ])
+
+
+@operation()
+def service_code_unpacked(app: str):
+    """
+    Upload the service package and unpack it into ``app`` (staged, then renamed into place).
+
+    + app: the app directory of this code version
+    """
+    yield FileUploadCommand(io.BytesIO(service_bundle()[0]), f"{app}.tar")
+    a, staging = shlex.quote(app), shlex.quote(f"{app}.new")
+    yield (f"rm -rf {staging} && mkdir -m 755 {staging} && tar -xf {a}.tar -C {staging} --no-same-owner && "
+            f"chmod -R a+rX {staging} && rm -f {a}.tar && mv -T {staging} {a}")
 
 
 def _create_script(releases: str, rid: str, manifest: dict) -> str:

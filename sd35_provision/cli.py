@@ -146,6 +146,23 @@ def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command()
+@spec_argument
+@limit_option
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
+    """Smoke-test each host's running service: one small image, checked (exit 1 if any host fails)."""
+    from sd35_provision import workflow
+    from sd35_provision.report import render_failures, render_table
+
+    report = workflow.smoke(_load(spec), limit, _options(False))
+    click.echo(report.to_json() if as_json else render_table(report))
+    if not report.ok:
+        if not as_json:
+            click.echo(render_failures(report), err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--flavour", type=click.Choice(["cpu", "cu128", "cu130"]), default="cpu", show_default=True,
               help="Which shipped lock to download the wheels of.")

@@ -83,3 +83,8 @@ def current_link(settings: HostSettings) -> str:
 
 def previous_link(settings: HostSettings) -> str:
     return f"{settings.python.venv_root}/previous"
+
+
+def smoke_dir(settings: HostSettings) -> str:
+    """The last smoke test's result (last.json) and image (last.png)."""
+    return f"{settings.cache.root}/smoke"

@@ -24,6 +24,7 @@ class HostOutcome:
     error: str | None = None
     executed: bool = False
     notes: list[str] = field(default_factory=list)
+    smoke: dict | None = None  # {ok, reason, latency_s, image} of the smoke test after apply
 
     @property
     def changes(self) -> list[OperationOutcome]:
@@ -76,6 +77,8 @@ def render_table(report: RunReport) -> str:
             detail = f"{host.step}: {first_line[-1] if first_line else ''}"
         elif host.notes:
             detail = "; ".join(host.notes)
+        if host.smoke and host.smoke.get("ok"):
+            detail = "; ".join(filter(None, [detail, f"smoke ok in {host.smoke['latency_s']:.1f}s"]))
         rows.append((host.name, host.status, str(len(host.changes)), detail))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(

@@ -8,6 +8,8 @@ each operation would run; this is the dry run) -> execute (apply only).
 from __future__ import annotations
 
 import logging
+
+import gevent.pool
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -77,6 +79,7 @@ class FleetRun:
         self.state.add_callback_handler(self.recorder)
         self.outcomes: dict[str, HostOutcome] = {name: HostOutcome(name=name) for name in self.hosts}
         self.aborted: str | None = None
+        self.state.sd35_run = self
 
     # -- stages ---------------------------------------------------------------
 
@@ -89,15 +92,27 @@ class FleetRun:
                 self._fail(host, "connect", reason, unreachable=True)
 
     def for_each_active_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
-        """Run ``action`` per active host in pyinfra's context; a raise fails only that host."""
-        with ctx_state.use(self.state):
-            for host in list(self.state.inventory.get_active_hosts()):
-                with ctx_host.use(host):
-                    try:
-                        action(host, self.hosts[host.name])
-                    except Exception as error:  # noqa: BLE001 - isolate hosts
-                        logger.debug("%s: %s failed", host.name, step, exc_info=True)
-                        self._fail(host, step, _describe(error))
+        """Run ``action`` per active host, in parallel, in pyinfra's context; a raise fails only that host."""
+        self._for_each(step, action, list(self.state.inventory.get_active_hosts()))
+
+    def for_each_connected_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
+        """Like ``for_each_active_host``, failed hosts included (e.g. to roll one back)."""
+        self._for_each(step, action, [host for host in self.state.inventory if host.connected])
+
+    def _for_each(self, step: str, action: Callable[[Host, HostSettings], None], hosts: list[Host]) -> None:
+        def one(host: Host) -> None:
+            with ctx_state.use(self.state), ctx_host.use(host):
+                try:
+                    action(host, self.hosts[host.name])
+                except Exception as error:  # noqa: BLE001 - isolate hosts
+                    logger.debug("%s: %s failed", host.name, step, exc_info=True)
+                    self._fail(host, step, _describe(error))
+
+        # Greenlets, as pyinfra runs hosts: each waits on its own SSH channel.
+        pool = gevent.pool.Pool(self.options.parallel or max(1, len(hosts)))
+        for host in hosts:
+            pool.spawn(one, host)
+        pool.join()
 
     def prepare(self, layers: Iterable[Layer]) -> None:
         """Work out every operation's commands from current facts (the dry run)."""
@@ -129,6 +144,8 @@ class FleetRun:
     def _fail(self, host: Host, step: str, reason: str, unreachable: bool = False) -> None:
         outcome = self.outcomes[host.name]
         if outcome.failed:
+            if step != outcome.step:  # a later stage adds to it (e.g. the rollback after a failed start)
+                outcome.error = f"{outcome.error}\n{step}: {reason}"
             return
         outcome.failed = True
         outcome.unreachable = unreachable
@@ -178,6 +195,11 @@ class FleetRun:
             if operations or not outcome.failed:
                 outcome.operations = operations
             outcome.executed = executed
+
+
+def current_run_outcome(host: Host) -> HostOutcome:
+    """The outcome record of ``host`` in the run it belongs to (inside ``for_each_*`` actions)."""
+    return host.state.sd35_run.outcomes[host.name]
 
 
 def _describe(error: BaseException) -> str:

@@ -191,15 +191,16 @@ def wait_ready(base_url: str, key: str | None, deadline: float) -> None:
         time.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
-def run_smoke(base_url: str, key: str | None, width: int, height: int, steps: int, timeout_s: float) -> SmokeResult:
-    """Wait for readiness, generate one image and check it; never raises for a failed check."""
+def run_smoke(base_url: str, key: str | None, width: int, height: int, steps: int, timeout_s: float,
+              prompt: str = "smoke test: a red apple on a wooden table", save: Path | None = None) -> SmokeResult:
+    """Wait for readiness, generate one image and check it (and keep it in ``save``); never raises for a failed check."""
     base_url = base_url.rstrip("/")
     deadline = time.monotonic() + timeout_s
     latency = None
     try:
         wait_ready(base_url, key, deadline)
         body = {
-            "prompt": "smoke test: a red apple on a wooden table",
+            "prompt": prompt,
             "n": 1,
             "size": f"{width}x{height}",
             "response_format": "b64_json",
@@ -221,6 +222,9 @@ def run_smoke(base_url: str, key: str | None, width: int, height: int, steps: in
         except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
             raise SmokeFailure("generation answer has no data[0].b64_json image") from None
         check_image(image, width, height)
+        if save is not None:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            save.write_bytes(image)
     except SmokeFailure as exc:
         return SmokeResult(False, latency, width, height, str(exc))
     return SmokeResult(True, latency, width, height, "ok")
@@ -242,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--api-key-file", type=Path, default=None, help="file holding the API key (default: $SD35_API_KEY_FILE)"
     )
+    parser.add_argument("--prompt", default="smoke test: a red apple on a wooden table", help="the prompt")
+    parser.add_argument("--save", type=Path, default=None, help="write the image here when the check passes")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="also write the result, with the time it was taken, to this JSON file")
     args = parser.parse_args(argv)
 
     try:
@@ -256,8 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     except SmokeFailure as exc:
         result = SmokeResult(False, None, width, height, str(exc))
     else:
-        result = run_smoke(args.url, key, width, height, args.steps, args.timeout)
+        result = run_smoke(args.url, key, width, height, args.steps, args.timeout, args.prompt, args.save)
     print(json.dumps(asdict(result)), flush=True)
+    if args.record is not None:
+        record = {**asdict(result), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        partial = args.record.with_name(args.record.name + ".partial")
+        partial.write_text(json.dumps(record) + "\n")
+        partial.replace(args.record)
     return 0 if result.ok else 1
 
 

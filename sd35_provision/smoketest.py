@@ -1,0 +1,87 @@
+"""The remote smoke test, and the rollback when a new release fails it.
+
+The check runs ON the host (``python -m sd35_provision.service.smoke`` from
+the current release): wait for /readyz, generate one small image, check it
+is a PNG of the asked size that is not blank. It keeps the image and the
+result in ``<cache root>/smoke/`` for ``status`` and for people to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from pyinfra.api.host import Host
+
+from sd35_provision import layout
+from sd35_provision.spec.model import HostSettings
+
+UNIT_NAME = "sd35-inference.service"
+API_KEY_PATH = f"{layout.CONFIG_DIR}/api-key"
+
+
+@dataclass
+class SmokeOutcome:
+    ok: bool
+    reason: str
+    latency_s: float | None = None
+    image: str | None = None  # the PNG on the host
+
+
+def service_url(settings: HostSettings) -> str:
+    bind = settings.service.bind
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+    host_part = f"[{address}]" if ":" in address else address
+    return f"http://{host_part}:{settings.service.port}"
+
+
+def smoke_command(settings: HostSettings) -> str:
+    current, smoke = layout.current_link(settings), layout.smoke_dir(settings)
+    args = [
+        f"{current}/venv/bin/python", "-m", "sd35_provision.service.smoke",
+        "--url", service_url(settings), "--size", settings.smoke.size, "--steps", str(settings.smoke.steps),
+        "--timeout", str(settings.smoke.timeout_s), "--prompt", settings.smoke.prompt,
+        "--save", f"{smoke}/last.png", "--record", f"{smoke}/last.json",
+    ]
+    if settings.service.api_key_file is not None:
+        args += ["--api-key-file", API_KEY_PATH]  # a path: the key never reaches argv
+    return f"mkdir -p {shlex.quote(smoke)} && cd {shlex.quote(current + '/app')} && " + " ".join(map(shlex.quote, args))
+
+
+def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
+    _, output = host.run_shell_command(smoke_command(settings), print_output=False,
+                                       _timeout=settings.smoke.timeout_s + 60)
+    for line in reversed(output.stdout_lines):
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(result, dict) and "ok" in result:
+            return SmokeOutcome(ok=bool(result["ok"]), reason=result.get("reason", ""),
+                                latency_s=result.get("latency_s"),
+                                image=f"{layout.smoke_dir(settings)}/last.png" if result["ok"] else None)
+    detail = (output.stderr or output.stdout).strip().splitlines()
+    return SmokeOutcome(ok=False, reason=detail[-1] if detail else "the smoke test printed no result")
+
+
+def current_release(host: Host, settings: HostSettings, link: str = "current") -> str | None:
+    ok, output = host.run_shell_command(f"readlink {shlex.quote(settings.python.venv_root + '/' + link)}",
+                                        print_output=False)
+    return output.stdout.strip() if ok and output.stdout.strip() else None
+
+
+def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
+    """Point ``current`` back at ``previous`` and restart the service: (release now current, what happened)."""
+    from deploys.release import switch_script
+
+    previous = current_release(host, settings, "previous")
+    failed = current_release(host, settings, "current")
+    if previous is None or previous == failed:
+        return None, "no previous release to roll back to"
+    command = (f"{switch_script(settings.python.venv_root, previous)}\n"
+               f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2")
+    ok, output = host.run_shell_command(command, print_output=False)
+    if not ok:
+        return None, f"rollback to {previous} failed: {(output.stderr or '').strip().splitlines()[-1:]}"
+    return previous, f"rolled back to {previous.removeprefix('releases/')}"
