@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from deploys.python_env import EnvironmentNotReady, python_environment
-from deploys.release import release_layer, release_manifest, release_id
+from deploys.release import app_dir, release_id, release_layer, release_manifest
+from sd35_provision.appbundle import service_bundle
 from sd35_provision.locks import load_lock
 from sd35_provision.spec.model import GpuSettings, HostSettings, PythonSettings
 from sd35_provision.wheelhouse import sha256_of
@@ -150,16 +151,22 @@ def test_release_is_created_then_switched_atomically_and_then_left_alone():
     manifest = release_manifest(host)
     rid = release_id(manifest)
     assert manifest["links"]["venv"] == f"{ROOT}/venvs/{load_lock('cpu').id}"
-    base = dirs(f"{ROOT}/releases")
-    fresh = run_deploy(release_layer, merge_facts(base, {"Directory": {f"path={ROOT}/releases/{rid}": None},
+    app = app_dir(host)
+    assert manifest["links"]["app"] == app == f"{ROOT}/apps/{service_bundle()[1][:12]}"
+    base = dirs(f"{ROOT}/releases", f"{ROOT}/apps")
+    fresh = run_deploy(release_layer, merge_facts(base, {"Directory": {f"path={ROOT}/releases/{rid}": None,
+                                                                       f"path={app}": None},
                                                          "Link": {f"path={ROOT}/current": None}}),
                        data={"sd35": host})
+    [upload, unpack] = fresh.commands("Unpack service code")
+    assert upload[0] == "upload" and upload[2] == f"{app}.tar"
+    assert unpack.endswith(f"mv -T {app}.new {app}")
     [create] = fresh.commands(f"Create release {rid}")
     assert f"mv -T {ROOT}/releases/.{rid}.new {ROOT}/releases/{rid}" in create
     [switch] = fresh.commands("Switch current")
     assert "mv -T .current.new current" in switch and "previous" in switch
 
-    done = run_deploy(release_layer, merge_facts(base, dirs(f"{ROOT}/releases/{rid}"),
+    done = run_deploy(release_layer, merge_facts(base, dirs(f"{ROOT}/releases/{rid}", app),
                                                  {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}}),
                       data={"sd35": host})
     assert done.changes == []

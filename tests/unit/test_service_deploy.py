@@ -1,0 +1,107 @@
+"""The service layer against recorded facts: restart only for a reason, secrets by path, smoke command."""
+
+from __future__ import annotations
+
+import hashlib
+
+from deploys.release import release_id, release_manifest
+from deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PATH, render_service_env,
+                             render_service_unit, service_layer)
+from sd35_provision.appbundle import service_bundle
+from sd35_provision.smoketest import smoke_command
+from sd35_provision.spec.model import CacheSettings, GpuSettings, HostSettings, ServiceSettings, SmokeSettings
+from tests.pyinfra_fakes import existing_files, merge_facts, run_deploy
+
+KEY = "k3y-that-must-never-show-0123456789"
+
+
+def settings(tmp_path=None, bind="127.0.0.1") -> HostSettings:
+    key_file = None
+    if tmp_path is not None:
+        key_file = tmp_path / "api-key"
+        key_file.write_text(KEY + "\n")
+    return HostSettings(name="h1", address="10.0.0.1", gpu=GpuSettings(accelerator="cpu"),
+                        cache=CacheSettings(root="/srv/sd35"),
+                        service=ServiceSettings(bind=bind, port=8123, api_key_file=key_file),
+                        smoke=SmokeSettings(size="64x64", steps=2))
+
+
+def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None, current: str | None,
+          running: bool = True):
+    systemd_key = f"machine=None, services=['{UNIT_NAME}'], user_mode=False, user_name=None"
+    return merge_facts(
+        existing_files({UNIT_PATH: unit}),
+        existing_files({SERVICE_ENV_FILE: env}, group="sd35", mode=640),
+        existing_files({API_KEY_PATH: key}, user="sd35", group="sd35", mode=400),
+        {"Directory": {"path=/srv/sd35/smoke": {"mode": 755, "user": "root", "group": "root"}},
+         "Link": {"path=/opt/sd35/current": {"link_target": current} if current else None},
+         "SystemdStatus": {systemd_key: {UNIT_NAME: running}},
+         "SystemdEnabled": {systemd_key: {UNIT_NAME: True}}},
+    )
+
+
+def target(host: HostSettings) -> str:
+    return f"releases/{release_id(release_manifest(host))}"
+
+
+def test_nothing_changed_means_no_restart(tmp_path):
+    host = settings(tmp_path, bind="10.0.0.1")
+    run = run_deploy(service_layer, facts(host, render_service_unit(host), render_service_env(host), KEY + "\n",
+                                          target(host)), data={"sd35": host})
+    assert run.changes == []
+
+
+def test_a_new_release_or_unit_restarts_and_says_why(tmp_path):
+    host = settings(tmp_path, bind="10.0.0.1")
+    run = run_deploy(service_layer, facts(host, render_service_unit(host).replace("ProtectHome=yes", ""),
+                                          render_service_env(host), KEY + "\n", "releases/old"),
+                     data={"sd35": host})
+    assert [op.name for op in run.changes] == ["Service | Service unit", f"Service | Restart {UNIT_NAME}"]
+    [restart] = run.commands("Restart")
+    assert "systemctl daemon-reload" in restart and f"systemctl restart {UNIT_NAME}" in restart
+    assert run.notes == ["service restarts (unit, release changed)"]
+    assert any("-ProtectHome=yes" not in diff and "+ProtectHome=yes" in diff for diff in run.diffs)
+
+
+def test_a_stopped_service_is_started_not_restarted(tmp_path):
+    host = settings()
+    run = run_deploy(service_layer, facts(host, render_service_unit(host), render_service_env(host), None,
+                                          target(host), running=False), data={"sd35": host})
+    assert [op.name for op in run.changes] == [f"Service | {UNIT_NAME} enabled and running"]
+    assert run.commands(UNIT_NAME) == [f"systemctl start {UNIT_NAME}"]
+
+
+def test_api_key_goes_in_a_0400_file_never_in_unit_env_diff_or_command(tmp_path):
+    host = settings(tmp_path, bind="10.0.0.1")
+    run = run_deploy(service_layer, facts(host, None, None, None, None), data={"sd35": host})
+    [upload] = run.commands("Service API key")[:1]
+    assert upload == ["upload", KEY + "\n", API_KEY_PATH]
+    assert any("chmod 400" in str(c) for c in run.commands("Service API key"))
+    everything = repr([c for op in run.operations if op.name != "Service | Service API key" for c in op.commands])
+    assert KEY not in everything and KEY not in repr(run.diffs) and KEY not in repr(run.notes)
+    assert f"SD35_API_KEY_FILE={API_KEY_PATH}" in render_service_env(host)
+    assert KEY not in smoke_command(host) and f"--api-key-file {API_KEY_PATH}" in smoke_command(host)
+
+
+def test_unit_runs_the_current_release_hardened():
+    unit = render_service_unit(settings())
+    assert "ExecStart=/opt/sd35/current/venv/bin/python -m sd35_provision.service" in unit
+    assert "WorkingDirectory=/opt/sd35/current/app" in unit and "User=sd35" in unit
+    assert "ReadWritePaths=/srv/sd35" in unit and "ProtectSystem=strict" in unit
+    assert f"EnvironmentFile={SERVICE_ENV_FILE}" in unit and "Restart=on-failure" in unit
+
+
+def test_smoke_command_targets_the_bound_address():
+    assert "--url http://127.0.0.1:8123 --size 64x64 --steps 2" in smoke_command(settings(bind="0.0.0.0"))
+    assert "--url http://10.0.0.1:8123" in smoke_command(settings(bind="10.0.0.1"))
+
+
+def test_service_bundle_is_reproducible_and_only_the_service():
+    import io
+    import tarfile
+
+    data, digest = service_bundle()
+    assert hashlib.sha256(data).hexdigest() == digest
+    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    assert "sd35_provision/service/__main__.py" in names and "sd35_provision/__init__.py" in names
+    assert all(name.startswith("sd35_provision/service/") or name == "sd35_provision/__init__.py" for name in names)
