@@ -4,6 +4,7 @@ The runner adds these one by one; ``deploys/site.py`` calls them for plain
 ``pyinfra``. Later layers rely on what earlier ones put in place.
 """
 
+from deploys.model import model_layer
 from deploys.nvidia import nvidia_driver
 from deploys.python_env import python_environment
 from deploys.release import release_layer
@@ -14,6 +15,7 @@ LAYERS = [
     system_layer,
     nvidia_driver,
     python_environment,
+    model_layer,
     release_layer,
     service_layer,
 ]

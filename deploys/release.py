@@ -24,6 +24,7 @@ from pyinfra.operations import files, server
 from deploys.python_env import host_lock
 from sd35_provision import layout
 from sd35_provision.appbundle import service_bundle
+from sd35_provision.modelstore import model_directory
 from sd35_provision.spec.model import HostSettings
 
 STEP = "Release"
@@ -32,9 +33,7 @@ STEP = "Release"
 def release_parts(settings: HostSettings) -> dict[str, str]:
     """What the release links to: ``{name in the release dir: absolute target}``."""
     parts = {"venv": layout.venv_dir(settings, host_lock(settings).id), "app": app_dir(settings)}
-    model = _model_directory(settings)
-    if model:
-        parts["model"] = model
+    parts["model"] = model_directory(settings)
     return parts
 
 
@@ -110,11 +109,3 @@ def _create_script(releases: str, rid: str, manifest: dict) -> str:
     lines.append(f"printf '%s\\n' {shlex.quote(json.dumps(manifest, indent=2, sort_keys=True))} > {staging}/release.json")
     lines.append(f"mv -T {staging} {final}")
     return "\n".join(lines)
-
-
-def _model_directory(settings: HostSettings) -> str | None:
-    try:
-        from sd35_provision.modelstore import model_directory
-    except ImportError:  # the model layer is not in this build
-        return None
-    return model_directory(settings)

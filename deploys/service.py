@@ -17,8 +17,12 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import Link, Sha256File
 from pyinfra.operations import files, server, systemd
 
+from deploys.model import model_check
+from deploys.python_env import host_lock
 from deploys.release import release_id, release_manifest
 from sd35_provision import layout
+from sd35_provision.facts.venv import Venv
+from sd35_provision.locks import compare_installed
 from sd35_provision.operations import managed_file, record_note
 from sd35_provision.service.unit import render_unit
 from sd35_provision.spec.model import HostSettings
@@ -87,6 +91,12 @@ def service_layer() -> None:
         reasons.append("settings")
     if key is not None and _differs(API_KEY_PATH, key.encode()):
         reasons.append("API key")
+    lock = host_lock(settings)
+    venv = host.get_fact(Venv, path=layout.venv_dir(settings, lock.id))
+    if venv.complete and compare_installed(lock, venv.environment, venv.packages):
+        reasons.append("venv")  # repaired in place by the environment layer: reload what it imported
+    if not model_check(settings).healthy:
+        reasons.append("model")  # files fetched again by the model layer
     link = host.get_fact(Link, path=layout.current_link(settings))
     if not link or link.get("link_target") != f"releases/{release_id(release_manifest(settings))}":
         reasons.append("release")

@@ -10,7 +10,8 @@ from deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PAT
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.smoketest import smoke_command
 from sd35_provision.spec.model import CacheSettings, GpuSettings, HostSettings, ServiceSettings, SmokeSettings
-from tests.pyinfra_fakes import existing_files, merge_facts, run_deploy
+from sd35_provision.locks import load_lock
+from tests.pyinfra_fakes import Output, existing_files, merge_facts, run_deploy
 
 KEY = "k3y-that-must-never-show-0123456789"
 
@@ -35,6 +36,7 @@ def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None
         existing_files({API_KEY_PATH: key}, user="sd35", group="sd35", mode=400),
         {"Directory": {"path=/srv/sd35/smoke": {"mode": 755, "user": "root", "group": "root"}},
          "Link": {"path=/opt/sd35/current": {"link_target": current} if current else None},
+         "Venv": {f"path=/opt/sd35/venvs/{load_lock('cpu').id}": Output(["absent"])},
          "SystemdStatus": {systemd_key: {UNIT_NAME: running}},
          "SystemdEnabled": {systemd_key: {UNIT_NAME: True}}},
     )

@@ -1,0 +1,152 @@
+"""The whole stack on one host over real SSH, tiny model on the CPU: fresh apply -> smoke passes ->
+re-apply changes nothing -> each kind of drift is reported and repaired -> bad requests get 4xx and
+the service keeps serving -> a release that cannot start is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sd35_provision.tinymodel import generate_tiny_pipeline
+from tests.conftest import booted_fleet
+from tests.integration.test_provision_fleet import cli
+
+pytestmark = pytest.mark.fleet
+API_KEY = "fleet-test-key-0123456789abcdef"
+UNIT = "sd35-inference.service"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, cpu_wheelhouse):
+    with booted_fleet(1, tmp_path_factory.mktemp("service-fleet")) as booted:
+        model = booted.state_dir / "tiny-sd3"
+        generate_tiny_pipeline(model)
+        (booted.state_dir / "api-key").write_text(API_KEY + "\n")
+        booted.wheelhouse = cpu_wheelhouse
+        yield booted
+
+
+def write_spec(fleet, name: str = "service.yaml", model: str = "tiny-sd3") -> Path:
+    defaults = {
+        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
+        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
+        "model": {"source": "push", "path": model},
+        "service": {"precision": "fp32", "port": 8600, "api_key_file": "api-key"},
+        "smoke": {"size": "64x64", "steps": 2},
+    }
+    return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults)
+
+
+def sh(fleet, command: str) -> str:
+    result = fleet.run("node1", command)
+    assert result.exit_status == 0, f"{command}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def url(fleet) -> str:
+    return f"http://{fleet.host('node1').address}:8600"
+
+
+def assert_smoke_ok(result) -> None:
+    assert re.search(r"node1\s+\w+\s+\d+\s+.*smoke ok in", result.stdout), result.stdout + result.stderr
+
+
+def test_fresh_apply_serves_and_reapply_is_a_no_op(fleet):
+    spec = write_spec(fleet)
+    result = cli("apply", str(spec), check_exit=0)
+    assert_smoke_ok(result)
+    assert sh(fleet, f"systemctl is-active {UNIT}") == "active"
+    record = json.loads(sh(fleet, "cat /srv/sd35/smoke/last.json"))
+    assert record["ok"] and (record["width"], record["height"]) == (64, 64)
+    assert sh(fleet, "head -c 8 /srv/sd35/smoke/last.png | od -An -c | tr -d ' '") == "211PNG\\r\\n032\\n"
+    assert sh(fleet, f"ps -o user= -C python -o args= | grep sd35_provision.service | cut -d' ' -f1") == "sd35"
+
+    again = cli("apply", str(spec), check_exit=0)
+    assert re.search(r"node1\s+unchanged\s+0", again.stdout), again.stdout
+    cli("drift", str(spec), check_exit=0)
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("sed -i 's/^ProtectHome=yes$/ProtectHome=no/' /etc/systemd/system/sd35-inference.service && systemctl daemon-reload",
+     "-ProtectHome=no"),
+    (f"systemctl stop {UNIT}", f"{UNIT} enabled and running"),
+    ("/opt/sd35/current/venv/bin/python -m pip uninstall --quiet --yes pillow", "+pillow==13.0.0"),
+])
+def test_drift_is_reported_and_apply_repairs_it(fleet, damage, expect):
+    spec = write_spec(fleet)
+    sh(fleet, damage)
+    drift = cli("drift", str(spec), check_exit=2)
+    assert expect in drift.stdout
+    assert_smoke_ok(cli("apply", str(spec), check_exit=0))
+    assert sh(fleet, f"systemctl is-active {UNIT}") == "active"
+    cli("drift", str(spec), check_exit=0)
+
+
+def test_killed_service_is_restarted_by_systemd(fleet):
+    spec = write_spec(fleet)
+    before = sh(fleet, f"systemctl show -p MainPID --value {UNIT}")
+    sh(fleet, f"kill -9 {before}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = fleet.run("node1", f"systemctl is-active {UNIT}; systemctl show -p MainPID --value {UNIT}").stdout.split()
+        if now[:1] == ["active"] and now[1:] != [before] and now[1:] != ["0"]:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"systemd did not bring {UNIT} back")
+    assert_smoke_ok(cli("smoke", str(spec), check_exit=0))
+    cli("drift", str(spec), check_exit=0)
+
+
+@pytest.mark.parametrize("headers, body, status", [
+    ({}, {"prompt": "a cat", "size": "64x64"}, 401),
+    ({"Authorization": "Bearer wrong-key-0123456789"}, {"prompt": "a cat", "size": "64x64"}, 401),
+    (None, {"prompt": "a cat", "size": "0x0"}, 400),
+    (None, {"prompt": "a cat", "size": "10000x10000"}, 400),
+    (None, {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1000}, 400),
+    (None, {"prompt": "", "size": "64x64"}, 400),
+    (None, "prompt=a cat", 415),
+])
+def test_bad_requests_get_4xx_and_the_service_keeps_serving(fleet, headers, body, status):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    send_headers = auth if headers is None else headers
+    if isinstance(body, str):
+        response = httpx.post(f"{url(fleet)}/v1/images/generations", content=body,
+                              headers={**send_headers, "Content-Type": "text/plain"}, timeout=30)
+    else:
+        response = httpx.post(f"{url(fleet)}/v1/images/generations", json=body, headers=send_headers, timeout=30)
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    assert httpx.get(f"{url(fleet)}/readyz", headers=auth, timeout=10).status_code == 200
+
+
+def test_api_key_never_leaves_its_file(fleet):
+    spec = write_spec(fleet)
+    outputs = [cli(command, str(spec)) for command in ("plan", "drift", "apply")]
+    assert all(API_KEY not in out.stdout + out.stderr for out in outputs)
+    assert sh(fleet, "stat -c '%a %U' /etc/sd35/api-key") == "400 sd35"
+    found = fleet.run("node1", f"grep -rl --exclude-dir=proc --exclude-dir=sys -e '{API_KEY}' /etc /opt /srv /var /tmp /root "
+                               "2>/dev/null; ps -eo args | grep -c -e '" + API_KEY + "' ").stdout.split()
+    assert found == ["/etc/sd35/api-key", "1"]  # the file, and grep's own command line
+
+
+def test_a_release_that_cannot_start_is_rolled_back(fleet):
+    good = write_spec(fleet)
+    cli("apply", str(good), check_exit=0)
+    serving = sh(fleet, "readlink /opt/sd35/current")
+
+    broken = fleet.state_dir / "tiny-broken"
+    shutil.copytree(fleet.state_dir / "tiny-sd3", broken, dirs_exist_ok=True)
+    (broken / "transformer" / "config.json").write_text("{ not json")
+    result = cli("apply", str(write_spec(fleet, "broken.yaml", model="tiny-broken")), check_exit=1)
+    assert f"rolled back to {serving.removeprefix('releases/')}" in result.stdout + result.stderr
+    assert sh(fleet, "readlink /opt/sd35/current") == serving
+    assert sh(fleet, f"systemctl is-active {UNIT}") == "active"
+    assert_smoke_ok(cli("smoke", str(good), check_exit=0))
