@@ -1,208 +1,300 @@
 """Model layer: the SD3.5 weights fetched onto the SSD cache and verified file by file.
 
-Sources (``model.source``): ``push`` copies a directory from the control
-machine; ``git`` clones a URL at the pinned commit with git-lfs; ``hf``
-downloads the pinned revision with huggingface_hub into the hub cache (token
-by file path only, ``endpoint`` for mirrors). The ``ModelFiles`` fact checks
-every file against the manifest (missing, Git-LFS pointer, wrong SHA-256);
-``drift`` names the broken files and ``apply`` fetches only those again.
+Sources (``model.source``):
+
+- ``push`` copies ``model.path`` from the control machine (air-gapped
+  fleets); its manifest is computed there, and only files the host lacks or
+  holds broken are sent, each staged as ``.partial`` and renamed.
+- ``git`` clones ``model.url`` at the pinned commit with git-lfs: pointers
+  are checked out first, the manifest is written from the commit (LFS oids,
+  blob ids), the free space is checked, then ``git lfs pull`` fetches the
+  content (and resumes what an interrupted pull left).
+- ``hf`` runs huggingface_hub's ``snapshot_download`` of the pinned
+  revision into the hub cache, as the service user, in the host venv. The
+  manifest is the hub's own listing at that revision. The token, if any, is
+  a 0600 file of the service user, named to huggingface_hub by
+  ``HF_TOKEN_PATH``: it is never on a command line, in an environment, a
+  diff or a log. A gated repository whose license the token's account has not
+  accepted (403) fails the host with what to do.
+
+The ``ModelFiles`` fact checks every file against the manifest (missing,
+Git-LFS pointer, size, checksum, readable by the service user): ``plan`` and
+``drift`` name each broken file and why, and ``apply`` fetches only those
+again, then checks the result before calling the host done.
 """
 
 from __future__ import annotations
 
-import io
 import shlex
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import OperationError, deploy, operation
 from pyinfra.api.command import FileUploadCommand
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 
-from deploys.python_env import venv_python
 from sd35_provision import layout, modelstore
-from sd35_provision.facts.model import ModelCheck, ModelFiles
+from sd35_provision.errors import HostError
+from sd35_provision.facts.disk import FreeSpace
+from sd35_provision.facts.model import ModelCheck, ModelFiles, hashes_path, modelcheck_command
 from sd35_provision.operations import managed_file, record_diff, record_note
 from sd35_provision.spec.model import HostSettings
 
 STEP = "Model"
-HF_TOKEN_PATH = f"{layout.CONFIG_DIR}/hf-token"
-
-# Writes the manifest of a git checkout: LFS files by their oid (the weights' SHA-256), the rest hashed as checked out.
-_GIT_MANIFEST = r'''
-import hashlib, json, subprocess, sys
-out = sys.argv[1]
-git = ["git", "-c", "safe.directory=*"]
-names = subprocess.run(git + ["ls-files", "-z"], check=True, capture_output=True).stdout.decode().split("\0")
-manifest = {}
-for name in filter(None, names):
-    blob = subprocess.run(git + ["cat-file", "-p", "HEAD:" + name], check=True, capture_output=True).stdout
-    if blob.startswith(b"version https://git-lfs.github.com/spec/v1"):
-        fields = dict(line.split(" ", 1) for line in blob.decode().splitlines() if " " in line)
-        manifest[name] = {"size": int(fields["size"]), "sha256": fields["oid"].split(":", 1)[1]}
-    elif not name.startswith(".git"):
-        manifest[name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-with open(out + ".partial", "w") as handle:
-    json.dump(manifest, handle, indent=1, sort_keys=True)
-'''
-
-# Downloads the pinned revision (resuming what an interrupted run left) and writes the manifest from hub metadata.
-_HF_FETCH = r'''
-import json, os, sys
-from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-repo, revision, out, patterns = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:] or None
-try:
-    snapshot_download(repo, revision=revision, allow_patterns=patterns, force_download=bool(patterns))
-    info = HfApi().model_info(repo, revision=revision, files_metadata=True)
-except GatedRepoError:
-    sys.exit(f"403 from the hub: {repo} is gated and the token in model.token_file has no access; accept its "
-             f"license on the model page with that account, or use a token of an account that did")
-except RepositoryNotFoundError:
-    sys.exit(f"{repo} not found at the hub (or the token in model.token_file cannot see it)")
-except HfHubHTTPError as error:
-    status = getattr(error.response, "status_code", "?")
-    hint = " (check model.token_file)" if status in (401, 403) else ""
-    sys.exit(f"the hub answered {status} for {repo}@{revision}{hint}")
-manifest = {}
-for sibling in info.siblings:
-    lfs = sibling.lfs
-    if lfs is not None:
-        manifest[sibling.rfilename] = {"size": lfs.size, "sha256": lfs.sha256}
-    else:
-        path = os.path.join(os.environ["SD35_SNAPSHOT"], sibling.rfilename)
-        import hashlib
-        with open(path, "rb") as handle:
-            data = handle.read()
-        manifest[sibling.rfilename] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-with open(out + ".partial", "w") as handle:
-    json.dump(manifest, handle, indent=1, sort_keys=True)
-'''
+HF_TOKEN_PATH = modelstore.HF_TOKEN_PATH
+# Run git as root on the service user's checkout (then hand it over): git refuses a repo owned by
+# another user unless told; the command-line setting covers this run only.
+GIT = "git -c safe.directory='*' -c advice.detachedHead=false"
 
 
-@deploy(STEP)
-def model_layer() -> None:
-    settings: HostSettings = host.data.sd35
-    user = settings.service.user
-    for directory in (modelstore.models_dir(settings), modelstore.manifests_dir(settings)):
-        files.directory(name=f"Directory {directory}", path=directory, user=user, group=user, mode="750")
+class ModelNotReady(HostError, OperationError):
+    """The model cannot be put on this host as the spec says (too little disk, unusable source)."""
 
-    source = settings.model.source
-    directory, manifest = modelstore.model_directory(settings), modelstore.manifest_path(settings)
-    check = model_check(settings)
-    if source == "push":
-        expected, text = modelstore.push_manifest(settings)
-        _report(check, directory)
-        if not check.healthy:
-            model_pushed(name=f"Push model files to {directory}", directory=directory,
-                         names=sorted(expected) if not check.exists else list(check.broken), user=user)
-        managed_file(name="Model manifest", path=manifest, content=text, user=user, group=user, mode="640",
-                     summary=f"(manifest of {len(expected)} files)")
-        return
 
-    _report(check, directory)
-    if check.healthy:
-        return
-    if source == "git":
-        command = _git_fetch(settings, directory, manifest, check)
-        server.shell(name=f"Fetch model {settings.model.url}@{settings.model.revision[:12]}", commands=[command])
-        return
-    if settings.model.token_file is not None:
-        managed_file(name="Hugging Face token", path=HF_TOKEN_PATH,
-                     content=settings.model.token_file.read_text().strip() + "\n",
-                     user=user, group=user, mode="600", secret=True)
-    server.shell(
-        name=f"Fetch model {settings.model.repo}@{settings.model.revision[:12]}",
-        commands=[_hf_fetch(settings, directory, manifest, check)],
-        _env=_hf_environment(settings),
-    )
+def hub_python(settings: HostSettings) -> str:
+    """The interpreter that runs huggingface_hub on the host: the locked venv's (one place to change it)."""
+    from deploys.python_env import venv_python
+
+    return venv_python(settings)
 
 
 def model_check(settings: HostSettings) -> ModelCheck:
     """The ModelFiles fact for this host's model, as the layer reads it (pyinfra caches the read)."""
     directory, manifest = modelstore.model_directory(settings), modelstore.manifest_path(settings)
+    user = settings.service.user
     if settings.model.source == "push":
-        return host.get_fact(ModelFiles, directory=directory, manifest_path=manifest,
+        return host.get_fact(ModelFiles, directory=directory, manifest_path=manifest, user=user,
                              manifest=modelstore.push_manifest(settings)[1])
-    return host.get_fact(ModelFiles, directory=directory, manifest_path=manifest)
+    return host.get_fact(ModelFiles, directory=directory, manifest_path=manifest, user=user,
+                         git=settings.model.source == "git")
 
 
-def _report(check: ModelCheck, directory: str) -> None:
-    if not check.manifest or not check.exists:
-        record_note(f"model {directory} is not fetched yet")
-        return
-    problems = check.problems()
-    if problems:
-        shown = problems[:6] + ([f"{len(problems) - 6} more"] if len(problems) > 6 else [])
-        record_note(f"model {directory}: " + "; ".join(shown))
+@deploy(STEP)
+def model_layer() -> None:
+    settings: HostSettings = host.data.sd35
+    model = settings.model
+    user = settings.service.user
+    for directory in (modelstore.models_dir(settings), modelstore.manifests_dir(settings)):
+        files.directory(name=f"Directory {directory}", path=directory, user=user, group=user, mode="750")
+    if model.source == "hf" and model.token_file is not None:
+        try:
+            token = modelstore.read_token(settings)
+        except modelstore.ModelSourceError as error:
+            raise ModelNotReady(host.name, STEP, str(error)) from None
+        managed_file(name="Hugging Face token", path=HF_TOKEN_PATH, content=token + "\n",
+                     user=user, group=user, mode="600", secret=True)
+
+    try:
+        check = model_check(settings)
+    except modelstore.ModelSourceError as error:
+        raise ModelNotReady(host.name, STEP, str(error)) from None
+    _note(check, settings)
+    if model.source == "push":
+        _push(settings, check)
+    elif model.source == "git":
+        fresh = not (check.manifest and check.exists) or not (check.git_head or "").startswith(model.revision)
+        model_cloned(name=f"Fetch model {model.url} at {model.revision[:12]}", settings=settings, check=check,
+                     fresh=fresh)
+    else:
+        model_downloaded(name=f"Download model {model.repo} at {model.revision[:12]}", settings=settings,
+                         check=check, fresh=not (check.manifest and check.exists))
+
+
+# -- push ---------------------------------------------------------------------------
+
+
+def _push(settings: HostSettings, check: ModelCheck) -> None:
+    manifest, text = modelstore.push_manifest(settings)
+    directory = modelstore.model_directory(settings)
+    names = sorted(manifest["files"]) if not check.exists else list(check.refetch)
+    needed = sum(manifest["files"][name]["size"] for name in names)
+    if needed:
+        space = host.get_fact(FreeSpace, path=directory)
+        if needed > space.free_bytes:
+            raise ModelNotReady(host.name, STEP, (
+                f"not enough disk space for the model at {directory}: {needed / 1e9:.2f} GB to push, "
+                f"{space.free_bytes / 1e9:.2f} GB free on {space.mount or space.nearest}; free some space or "
+                "point cache.root at a larger disk"))
+    user = settings.service.user
+    total = sum(entry["size"] for entry in manifest["files"].values())
+    managed_file(name="Model manifest", path=modelstore.manifest_path(settings), content=text, user=user,
+                 group=user, mode="640",
+                 summary=f"(manifest of {len(manifest['files'])} files, {total / 1e6:.1f} MB, sha256 of each)")
+    model_pushed(name=f"Push model files to {directory}", settings=settings, check=check, names=names)
 
 
 @operation()
-def model_pushed(directory: str, names: list[str], user: str):
+def model_pushed(settings: HostSettings, check: ModelCheck, names: list[str]):
     """
-    Upload the named files of ``model.path`` into ``directory`` (each staged, then renamed).
+    Upload the named files of ``model.path`` into the model directory (each staged, then renamed).
 
-    + directory: the model directory on the host
+    + settings: the host's settings
+    + check: what the ModelFiles fact found
     + names: files (relative paths) to send: all of them, or only the broken ones
-    + user: who owns them (the service user)
     """
-    settings: HostSettings = host.data.sd35
-    record_diff("".join(f"+ {name}\n" for name in names))
-    parents = sorted({f"{directory}/{name}".rsplit("/", 1)[0] for name in names})
-    yield f"mkdir -p {' '.join(shlex.quote(p) for p in parents)}"
+    if not names and check.healthy:
+        return
+    directory = modelstore.model_directory(settings)
+    record_diff(describe_changes(check, directory, f"push of {settings.model.path}", names))
+    user, d = settings.service.user, shlex.quote(directory)
+    parents = sorted({f"{directory}/{name}".rsplit("/", 1)[0] for name in names} | {directory})
+    yield f"install -d -o {user} -g {user} -m 750 {' '.join(shlex.quote(p) for p in parents)}"
     for name in names:
         remote = f"{directory}/{name}"
         yield FileUploadCommand(str(settings.model.path / name), f"{remote}.partial")
         yield f"mv -f {shlex.quote(remote + '.partial')} {shlex.quote(remote)}"
-    yield f"chown -R {user}:{user} {shlex.quote(directory)} && chmod -R u=rwX,g=rX,o= {shlex.quote(directory)}"
+    yield hand_over_script(d, user)
+    yield verify_command(settings, directory)
 
 
-def _git_fetch(settings: HostSettings, directory: str, manifest: str, check: ModelCheck) -> str:
-    d, m = shlex.quote(directory), shlex.quote(manifest)
-    url, revision, user = shlex.quote(settings.model.url), shlex.quote(settings.model.revision), settings.service.user
-    git = "git -c safe.directory='*' -c advice.detachedHead=false"
-    lines = ["set -eu"]
-    if check.manifest and check.exists and not check.missing and not check.mismatched:
-        # Only pointer files: a clone made before git-lfs was set up. Fetch their content.
-        include = ",".join(check.pointers)
-        lines += [f"cd {d}", f"{git} lfs install --local", f"{git} lfs pull --include={shlex.quote(include)}"]
-    elif check.manifest and check.exists:
-        broken = " ".join(shlex.quote(name) for name in check.broken)
-        lines += [f"cd {d}", f"rm -f -- {broken}", f"{git} checkout --force {revision} -- {broken}",
-                  f"{git} lfs install --local", f"{git} lfs pull --include={shlex.quote(','.join(check.broken))}"]
-    else:
+# -- git ----------------------------------------------------------------------------
+
+
+@operation()
+def model_cloned(settings: HostSettings, check: ModelCheck, fresh: bool):
+    """
+    Clone ``model.url`` at the pinned commit with its LFS content, or fetch again only the broken files.
+
+    + settings: the host's settings
+    + check: what the ModelFiles fact found
+    + fresh: no verified checkout at the pinned commit yet (clone, or complete an interrupted one)
+    """
+    if check.healthy and not fresh:
+        return
+    model = settings.model
+    directory = modelstore.model_directory(settings)
+    record_diff(describe_changes(check, directory, f"{model.url} at {model.revision}", None if fresh else list(check.refetch)))
+    yield git_fetch_script(settings, None if fresh else list(check.refetch))
+
+
+def git_fetch_script(settings: HostSettings, repair: list[str] | None) -> str:
+    """The commands that bring the checkout to the pinned commit: everything (``repair`` None) or those files."""
+    model = settings.model
+    directory = modelstore.model_directory(settings)
+    manifest = modelstore.manifest_path(settings)
+    d, m, revision = shlex.quote(directory), shlex.quote(manifest), shlex.quote(model.revision)
+    user = settings.service.user
+    space = modelcheck_command("python3", "space", "--dir", directory, "--manifest", manifest, "--factor", "2",
+                               "--why", " (git-lfs holds a second copy until the checkout is done)")
+    lines = ["set -eu", "umask 022"]
+    if repair is None:
         lines += [
-            f"if [ ! -d {d}/.git ]; then rm -rf {d}.partial && {git} clone --no-checkout {url} {d}.partial "
-            f"&& mv -T {d}.partial {d}; fi",
+            # Git objects only (pointers, no weights): cheap to redo if this was interrupted.
+            f"if [ ! -d {d}/.git ]; then rm -rf {d}.partial && GIT_LFS_SKIP_SMUDGE=1 {GIT} clone --quiet "
+            f"--no-checkout {shlex.quote(model.url)} {d}.partial && rm -rf {d} && mv -T {d}.partial {d}; fi",
             f"cd {d}",
-            f"{git} lfs install --local",
-            f"{git} cat-file -e {revision}^{{commit}} 2>/dev/null || {git} fetch origin {revision}",
-            f"{git} checkout --force {revision}",
-            f"{git} lfs pull",
-            f"python3 -c {shlex.quote(_GIT_MANIFEST)} {m}",
-            f"mv -f {m}.partial {m}",
+            # The repo's own lfs filters: a host whose git-lfs was never set up system-wide still gets weights.
+            f"{GIT} lfs install --local >/dev/null",
+            f"{GIT} cat-file -e {revision}^{{commit}} 2>/dev/null || GIT_LFS_SKIP_SMUDGE=1 {GIT} fetch --quiet "
+            f"origin {revision} 2>/dev/null || GIT_LFS_SKIP_SMUDGE=1 {GIT} fetch --quiet --tags origin",
+            f"GIT_LFS_SKIP_SMUDGE=1 {GIT} checkout --quiet --force --detach {revision}",
+            f"{modelcheck_command('python3', 'git-manifest', '--dir', directory, '--out', manifest)}",
+            space,
+            f"{GIT} lfs pull",
         ]
-    lines.append(f"chown -R {user}:{user} {d} && chmod -R u=rwX,g=rX,o= {d}")
+    elif repair:
+        names = " ".join(shlex.quote(name) for name in repair)
+        lines += [
+            f"cd {d}",
+            f"{GIT} lfs install --local >/dev/null",
+            # Gone first, so git writes their pointers again instead of cleaning the broken content.
+            f"rm -f -- {names}",
+            f"GIT_LFS_SKIP_SMUDGE=1 {GIT} checkout --quiet {revision} -- {names}",
+            space,
+            f"{GIT} lfs pull --include={shlex.quote(','.join(repair))}",
+        ]
+    # The weights are checked out: git-lfs's own copies only double the disk use.
+    lines.append(f"rm -rf {d}/.git/lfs/objects {d}/.git/lfs/tmp")
+    lines.append(hand_over_script(d, user))
+    lines.append(verify_command(settings, directory))
     return "\n".join(lines)
 
 
-def _hf_environment(settings: HostSettings) -> dict[str, str]:
-    env = {"HF_HOME": settings.cache.hf_home, "HF_HUB_CACHE": f"{settings.cache.hf_home}/hub",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "SD35_SNAPSHOT": modelstore.model_directory(settings)}
-    if settings.model.token_file is not None:
-        env["HF_TOKEN_PATH"] = HF_TOKEN_PATH  # a path: the token itself never reaches argv or the environment
-    if settings.model.endpoint:
-        env["HF_ENDPOINT"] = settings.model.endpoint
-    return env
+# -- hf -----------------------------------------------------------------------------
 
 
-def _hf_fetch(settings: HostSettings, directory: str, manifest: str, check: ModelCheck) -> str:
-    patterns = list(check.broken) if check.manifest and check.exists else []
-    m, user = shlex.quote(manifest), settings.service.user
-    args = " ".join(shlex.quote(a) for a in (settings.model.repo, settings.model.revision, manifest, *patterns))
-    return "\n".join([
-        "set -eu",
-        f"{shlex.quote(venv_python(settings))} -c {shlex.quote(_HF_FETCH)} {args}",
-        f"mv -f {m}.partial {m}",
-        f"chown -R {user}:{user} {shlex.quote(settings.cache.hf_home)}",
-    ])
+@operation()
+def model_downloaded(settings: HostSettings, check: ModelCheck, fresh: bool):
+    """
+    Download the pinned revision into the hub cache (as the service user), or only the broken files again.
+
+    + settings: the host's settings
+    + check: what the ModelFiles fact found
+    + fresh: no verified snapshot yet (download, or complete an interrupted one)
+    """
+    if check.healthy and not fresh:
+        return
+    model = settings.model
+    directory = modelstore.model_directory(settings)
+    where = f"{model.repo} at {model.revision}" + (f" from {model.endpoint}" if model.endpoint else "")
+    record_diff(describe_changes(check, directory, where, None if fresh else list(check.refetch)))
+    yield hf_fetch_script(settings, None if fresh else list(check.refetch))
+
+
+def hf_fetch_script(settings: HostSettings, repair: list[str] | None) -> str:
+    model, user = settings.model, settings.service.user
+    environment = {"HOME": settings.cache.root, **layout.cache_environment(settings),
+                   "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if model.token_file is not None:
+        environment["HF_TOKEN_PATH"] = HF_TOKEN_PATH  # a path: the token itself never reaches argv or an environment
+    args = ["hf-fetch", "--repo", model.repo, "--revision", model.revision, "--cache-dir",
+            modelstore.hub_cache(settings), "--manifest", modelstore.manifest_path(settings)]
+    if model.endpoint:
+        args += ["--endpoint", model.endpoint]
+    for name in repair or ():
+        args += ["--repair", name]
+    env = " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items())
+    storage = shlex.quote(modelstore.hub_storage(settings))
+    lines = ["set -eu"]
+    if repair is None or repair:
+        lines.append(f"runuser -u {user} -- env {env} {modelcheck_command(hub_python(settings), *args)}")
+    lines.append(f"if [ -d {storage} ]; then {hand_over_script(storage, user)}; fi")
+    lines.append(verify_command(settings, modelstore.model_directory(settings)))
+    return "\n".join(lines)
+
+
+# -- shared ---------------------------------------------------------------------------
+
+
+def hand_over_script(quoted_root: str, user: str) -> str:
+    """Give the service user what it does not own yet under a root, readable; leave the rest untouched
+    (a chown changes ctime, which would make the next check hash every file again)."""
+    return (f"find {quoted_root} \\( ! -user {user} -o ! -group {user} \\) -exec chown -h {user}:{user} {{}} + && "
+            f"find {quoted_root} \\( -type f ! -perm -u=r -exec chmod u+r {{}} + \\) -o "
+            f"\\( -type d ! -perm -u=rx -exec chmod u+rx {{}} + \\)")
+
+
+def verify_command(settings: HostSettings, directory: str) -> str:
+    """Check the result before calling the host done: exits non-zero naming each file still broken."""
+    manifest = modelstore.manifest_path(settings)
+    return modelcheck_command("python3", "verify", "--strict", "--dir", directory, "--manifest", manifest,
+                              "--hashes", hashes_path(manifest), "--user", settings.service.user) + " >/dev/null"
+
+
+def describe_changes(check: ModelCheck, directory: str, source: str, fetching: list[str] | None) -> str:
+    """The diff ``plan``/``drift`` show: each broken file and why, and what apply fetches."""
+    lines = [f"--- {directory} (on host)", f"+++ {directory} ({source})"]
+    if not check.exists:
+        lines.append("  not fetched yet")
+    elif not check.manifest:
+        lines.append("  no manifest yet (not fetched to the end, or the manifest was removed)")
+    lines += [f"- {problem}" for problem in check.problems()]
+    if fetching is None:
+        lines.append("+ fetch every file" if not check.exists else "+ fetch what is missing or broken, then verify all")
+    elif fetching:
+        lines.append(f"+ fetch again: {', '.join(fetching)}")
+    unreadable = check.names("unreadable")
+    if unreadable:
+        lines.append(f"+ give the service user: {', '.join(unreadable)}")
+    return "\n".join(lines) + "\n"
+
+
+def _note(check: ModelCheck, settings: HostSettings) -> None:
+    if not check.exists:
+        record_note("model not fetched yet")
+        return
+    problems = check.problems()
+    if not check.manifest:
+        problems.insert(0, "no manifest")
+    if problems:
+        shown = problems[:3] + ([f"{len(problems) - 3} more"] if len(problems) > 3 else [])
+        record_note("model: " + "; ".join(shown))

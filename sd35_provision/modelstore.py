@@ -1,56 +1,40 @@
-"""Where the model lives on a host, and what its files must hash to.
+"""Where the model lives on a host, and what its files must hash to (control side).
 
-Every source ends in a directory the service loads with diffusers, plus a
-manifest ``{relative path: {"size": n, "sha256": hex}}`` kept outside it:
+Every source ends in a directory the service loads with diffusers
+(``model_directory``), and a manifest kept outside it, in
+``<cache root>/manifests/`` (format: ``sd35_provision/modelcheck.py``):
 
-- ``push``: the manifest is computed here, on the control machine, before
-  anything is sent; the directory is named by the manifest's hash.
-- ``git``: a clone at the pinned commit; the manifest takes the LFS oids
-  (the SHA-256 of each weight) and hashes the small files git checked out.
-- ``hf``: the hub cache's snapshot at the pinned revision; the manifest takes
-  the hub's LFS sha256 of each file.
+- ``hf``: the hub cache's snapshot ``models--org--name/snapshots/<revision>``
+  under ``HF_HUB_CACHE``; the manifest is the hub's own listing at that
+  revision (LFS sha256 of each weight, git blob id of the small files),
+  written on the host when it downloads.
+- ``git``: a checkout at the pinned commit, ``<cache root>/models/git-<name>-<commit>``;
+  the manifest takes the LFS oids (the SHA-256 of each weight) and the git
+  blob ids of the rest, written on the host from the checked-out commit.
+- ``push``: ``<cache root>/models/push-<hash>``, named by the manifest's hash;
+  the manifest is computed here, before anything is sent. Hashes of the
+  local files are cached in ``~/.cache/sd35-provision`` by (size, mtime,
+  inode), so a 30 GB push directory is hashed once, not on every ``plan``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from functools import lru_cache
 from pathlib import Path
 
+from sd35_provision import layout, modelcheck
+from sd35_provision.errors import Sd35Error
 from sd35_provision.spec.model import HostSettings
-from sd35_provision.wheelhouse import sha256_of
 
-LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
-
-
-def local_manifest(directory: Path) -> dict[str, dict]:
-    """The manifest of a directory on this machine (hidden files and folders left out)."""
-    manifest = {}
-    for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-            manifest[relative.as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
-    return manifest
+HF_TOKEN_PATH = f"{layout.CONFIG_DIR}/hf-token"
+PIPELINE_INDEX = modelcheck.PIPELINE_INDEX
 
 
-@lru_cache(maxsize=16)
-def _push_manifest(directory: str, _stamp: float) -> tuple[str, str]:
-    manifest = local_manifest(Path(directory))
-    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    return text, hashlib.sha256(text.encode()).hexdigest()
-
-
-def push_manifest(settings: HostSettings) -> tuple[dict, str]:
-    """(manifest, its text) of ``model.path``; recomputed when the directory changes."""
-    directory = settings.model.path
-    text, _ = _push_manifest(str(directory), max((p.stat().st_mtime for p in directory.rglob("*")), default=0.0))
-    return json.loads(text), text
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[-60:] or "model"
+class ModelSourceError(Sd35Error):
+    """The model source on the control machine cannot be used (push directory, token file)."""
 
 
 def models_dir(settings: HostSettings) -> str:
@@ -61,12 +45,21 @@ def manifests_dir(settings: HostSettings) -> str:
     return f"{settings.cache.root}/manifests"
 
 
+def hub_cache(settings: HostSettings) -> str:
+    return layout.cache_environment(settings)["HF_HUB_CACHE"]
+
+
+def hub_storage(settings: HostSettings) -> str:
+    """The hub cache folder of ``model.repo`` (blobs, snapshots, refs)."""
+    org, name = settings.model.repo.split("/", 1)
+    return f"{hub_cache(settings)}/models--{org}--{name}"
+
+
 def model_directory(settings: HostSettings) -> str:
-    """The directory the service loads (``current/model`` points here)."""
+    """The directory the service loads with diffusers (the release's ``model`` link points here)."""
     model = settings.model
     if model.source == "hf":
-        org, name = model.repo.split("/", 1)
-        return f"{settings.cache.hf_home}/hub/models--{org}--{name}/snapshots/{model.revision}"
+        return f"{hub_storage(settings)}/snapshots/{model.revision}"
     if model.source == "git":
         name = _slug(model.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))
         return f"{models_dir(settings)}/git-{name}-{model.revision[:12]}"
@@ -75,4 +68,46 @@ def model_directory(settings: HostSettings) -> str:
 
 
 def manifest_path(settings: HostSettings) -> str:
-    return f"{manifests_dir(settings)}/{model_directory(settings).rsplit('/', 1)[-1]}.json"
+    directory = model_directory(settings)
+    if settings.model.source == "hf":
+        org, name = settings.model.repo.split("/", 1)
+        return f"{manifests_dir(settings)}/hf-{_slug(org)}--{_slug(name)}-{settings.model.revision[:12]}.json"
+    return f"{manifests_dir(settings)}/{directory.rsplit('/', 1)[-1]}.json"
+
+
+def read_token(settings: HostSettings) -> str:
+    """The hub token from ``model.token_file`` (control machine), checked for shape, never shown."""
+    path = settings.model.token_file
+    assert path is not None
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise ModelSourceError(f"model.token_file {path}: cannot read it ({error.strerror})") from None
+    if not token:
+        raise ModelSourceError(f"model.token_file {path} is empty")
+    if any(ch.isspace() for ch in token):
+        raise ModelSourceError(f"model.token_file {path} holds more than one word; put only the token in it")
+    return token
+
+
+# -- push: the manifest of a local directory --------------------------------------
+
+
+def push_manifest(settings: HostSettings) -> tuple[dict, str]:
+    """(manifest, its JSON text) of ``model.path``, hidden files left out."""
+    directory = settings.model.path
+    assert directory is not None
+    if not (directory / PIPELINE_INDEX).is_file():
+        raise ModelSourceError(f"model.path {directory} has no {PIPELINE_INDEX}: not a diffusers pipeline directory")
+    manifest = modelcheck.directory_manifest(str(directory), str(_local_hash_cache(directory)))
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    return manifest, text
+
+
+def _local_hash_cache(directory: Path) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd35-provision" / "push-hashes"
+    return base / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]}.json"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[-60:] or "model"

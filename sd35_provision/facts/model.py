@@ -1,116 +1,125 @@
-"""The model's files checked against their manifest: missing, Git-LFS pointers, wrong SHA-256.
+"""The model's files checked against their manifest: missing, Git-LFS pointers, wrong size or checksum.
 
-Hashing tens of GB on every ``drift`` would take minutes, so the host keeps
-a hash cache beside the manifest, keyed by (size, mtime, inode) like git's
-index: only files whose stat changed are hashed again, and a file edited
-by hand always is.
+The check itself is ``sd35_provision/modelcheck.py``, run on the host with its
+own python3 (standard library only). It keeps a hash cache beside the
+manifest, keyed by each file's (size, mtime, ctime, inode, device) like
+git's index, so ``drift`` hashes only files whose stat changed: a file edited
+by hand always is, and a healthy 30 GB model costs a few ``stat`` calls.
+(The fact writes that cache: a cache, like ``git status`` refreshing its
+index, not a change to the host's state.)
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from pyinfra.api import FactBase
 
-# Runs with the host's python3, standard library only.
-_VERIFY = r'''
-import hashlib, json, os, sys
-directory, manifest_path, cache_path = sys.argv[1], sys.argv[2], sys.argv[3]
-inline = sys.stdin.read().strip()
-try:
-    manifest = json.loads(inline) if inline else json.load(open(manifest_path))
-except (OSError, ValueError):
-    print(json.dumps({"manifest": False})); sys.exit(0)
-try:
-    cache = json.load(open(cache_path))
-except (OSError, ValueError):
-    cache = {}
-report = {"manifest": True, "exists": os.path.isdir(directory), "missing": [], "pointers": [], "mismatched": [], "ok": 0}
-fresh = {}
-for name, want in sorted(manifest.items()):
-    path = os.path.join(directory, name)
-    try:
-        st = os.stat(path)
-    except OSError:
-        report["missing"].append(name); continue
-    key = "%d:%d:%d" % (st.st_size, st.st_mtime_ns, st.st_ino)
-    with open(path, "rb") as handle:
-        head = handle.read(100)
-    if head.startswith(b"version https://git-lfs.github.com/spec/v1") and want["size"] != st.st_size:
-        report["pointers"].append(name); continue
-    digest = cache.get(name, {}).get(key)
-    if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    fresh[name] = {key: digest}
-    if st.st_size != want["size"] or digest != want["sha256"]:
-        report["mismatched"].append(name)
-    else:
-        report["ok"] += 1
-if os.path.isdir(os.path.dirname(cache_path)):
-    try:
-        with open(cache_path + ".partial", "w") as handle:
-            json.dump(fresh, handle)
-        os.replace(cache_path + ".partial", cache_path)
-    except OSError:
-        pass
-print(json.dumps(report))
-'''
+@lru_cache(maxsize=1)
+def modelcheck_source() -> str:
+    """The checker's source, shipped to hosts as ``python3 -c``."""
+    return (Path(__file__).resolve().parents[1] / "modelcheck.py").read_text()
+
+
+def modelcheck_command(python: str, *args: str) -> str:
+    """A shell command running ``modelcheck.py <args>`` with ``python`` on the host."""
+    quoted = " ".join(shlex.quote(arg) for arg in args)
+    return f"{shlex.quote(python)} -c {shlex.quote(modelcheck_source())} {quoted}"
+
+
+@dataclass(frozen=True)
+class BrokenFile:
+    path: str  # relative to the model directory
+    problem: str  # missing | lfs-pointer | size | checksum | unreadable
+    detail: str  # what is wrong, in words: "checksum mismatch: sha256 0a1b2c3d4e5f..., expected 89e98a4e318b..."
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.detail or self.problem}"
 
 
 @dataclass(frozen=True)
 class ModelCheck:
-    manifest: bool  # False: no manifest on the host yet (never fetched)
-    exists: bool = False
-    missing: tuple[str, ...] = ()
-    pointers: tuple[str, ...] = ()  # Git-LFS pointer files where weights should be
-    mismatched: tuple[str, ...] = ()  # wrong size or SHA-256
-    ok: int = 0
+    manifest: bool  # False: no manifest on the host yet (never fetched, or it was removed)
+    exists: bool = False  # the model directory is there
+    broken: tuple[BrokenFile, ...] = ()
+    files: int = 0  # files present and checked
+    bytes: int = 0
+    rehashed: int = 0  # files hashed this time (their stat changed since the last check)
+    git_head: str | None = None  # commit checked out, for a git source
+
+    def names(self, *problems: str) -> tuple[str, ...]:
+        return tuple(item.path for item in self.broken if not problems or item.problem in problems)
 
     @property
-    def broken(self) -> tuple[str, ...]:
-        return self.missing + self.pointers + self.mismatched
+    def missing(self) -> tuple[str, ...]:
+        return self.names("missing")
+
+    @property
+    def pointers(self) -> tuple[str, ...]:
+        return self.names("lfs-pointer")
+
+    @property
+    def mismatched(self) -> tuple[str, ...]:
+        return self.names("size", "checksum")
+
+    @property
+    def refetch(self) -> tuple[str, ...]:
+        """Files whose content must be fetched again (an unreadable file only needs its owner fixed)."""
+        return self.names("missing", "lfs-pointer", "size", "checksum")
 
     @property
     def healthy(self) -> bool:
         return self.manifest and self.exists and not self.broken
 
     def problems(self) -> list[str]:
-        lines = [f"{name} is missing" for name in self.missing]
-        lines += [f"{name} is a Git-LFS pointer file, not the weights" for name in self.pointers]
-        lines += [f"{name} does not match its SHA-256" for name in self.mismatched]
-        return lines
+        return [item.describe() for item in self.broken]
 
 
 class ModelFiles(FactBase[ModelCheck]):
     """
-    Checks ``directory`` against a manifest: ``manifest`` (JSON text, e.g. of a
-    push) or else the file at ``manifest_path`` on the host.
+    Checks the model ``directory`` against a manifest: ``manifest`` (JSON
+    text, given for a push, whose manifest is computed on the control
+    machine) or else the file at ``manifest_path`` on the host. ``user``: the
+    service user, who must be able to read every file. ``git``: also report
+    the commit checked out.
     """
 
-    def command(self, directory: str, manifest_path: str, manifest: str | None = None) -> str:
-        cache = manifest_path.removesuffix(".json") + ".hashes"
-        args = " ".join(shlex.quote(arg) for arg in (directory, manifest_path, cache))
-        payload = manifest or ""
-        return (f"command -v python3 >/dev/null || {{ echo '{{\"manifest\": false}}'; exit 0; }}; "
-                f"python3 -c {shlex.quote(_VERIFY)} {args} <<'SD35_MANIFEST'\n{payload}\nSD35_MANIFEST")
+    def command(self, directory: str, manifest_path: str, user: str | None = None, manifest: str | None = None,
+                git: bool = False) -> str:
+        args = ["verify", "--dir", directory, "--hashes", hashes_path(manifest_path)]
+        args += ["--expected-stdin"] if manifest is not None else ["--manifest", manifest_path]
+        args += ["--user", user] if user else []
+        args += ["--git"] if git else []
+        command = modelcheck_command("python3", *args)
+        if manifest is not None:
+            command += f" <<'SD35_MANIFEST'\n{manifest.strip()}\nSD35_MANIFEST"
+        return f"command -v python3 >/dev/null || {{ echo '{{\"manifest\": false}}'; exit 0; }}; {command}"
 
     def process(self, output: list[str]) -> ModelCheck:
         try:
             data = json.loads(output[-1]) if output else {}
         except json.JSONDecodeError:
-            data = {}
-        if not data.get("manifest"):
-            return ModelCheck(manifest=False)
-        return ModelCheck(manifest=True, exists=data.get("exists", False), missing=tuple(data.get("missing", ())),
-                          pointers=tuple(data.get("pointers", ())), mismatched=tuple(data.get("mismatched", ())),
-                          ok=data.get("ok", 0))
+            raise ValueError(f"ModelFiles: unexpected output: {output[-5:]!r}") from None
+        return ModelCheck(
+            manifest=bool(data.get("manifest")),
+            exists=bool(data.get("directory")),
+            broken=tuple(BrokenFile(item["path"], item["problem"], item.get("detail", ""))
+                         for item in data.get("broken", [])),
+            files=int(data.get("files", 0)),
+            bytes=int(data.get("bytes", 0)),
+            rehashed=int(data.get("rehashed", 0)),
+            git_head=data.get("git_head"),
+        )
 
     @staticmethod
     def default() -> ModelCheck:
         return ModelCheck(manifest=False)
+
+
+def hashes_path(manifest_path: str) -> str:
+    """The hash cache kept beside a manifest."""
+    return manifest_path.removesuffix(".json") + ".hashes.json"

@@ -34,6 +34,7 @@ LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "service": ("api_key_file",),
 }
 
+_FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
@@ -256,6 +257,9 @@ def _host_setting_problems(
         problem("model", "source", f"source {model_settings['source']!r} needs model.{needed}")
     if model_settings["source"] in ("hf", "git") and "revision" not in model_settings:
         problem("model", "source", "a pinned model.revision (commit sha) is required so every host gets the same weights")
+    elif model_settings["source"] == "hf" and not _FULL_COMMIT.match(model_settings["revision"]):
+        problem("model", "revision", f"{model_settings['revision']!r} is not a full 40-character commit sha; "
+                "the hub cache names the snapshot by it, so an abbreviated one cannot be used with source hf")
 
     smoke = merged["smoke"]
     width, height = (int(part) for part in smoke["size"].split("x"))
@@ -273,6 +277,10 @@ def _host_setting_problems(
             merged[section][key] = resolved
             if check_local_files and not resolved.exists():
                 problem(section, key, f"{resolved} does not exist on this machine")
+    push_path = merged["model"].get("path")
+    if check_local_files and model_settings["source"] == "push" and push_path is not None and push_path.exists():
+        if not (push_path / "model_index.json").is_file():
+            problem("model", "path", f"{push_path} has no model_index.json: not a diffusers pipeline directory")
     lock_file = merged["python"].get("lock_file")
     if check_local_files and lock_file is not None and lock_file.is_file():
         try:

@@ -204,3 +204,23 @@ def test_usage_error_exit_code(tmp_path):
     result = run_cli("plan")
     assert result.returncode == 64
     assert "Missing argument" in result.stderr
+
+
+def test_hf_revision_must_be_a_full_commit_sha(tmp_path):
+    text = "defaults:\n  model:\n    source: hf\n    revision: abc1234\nhosts:\n  a: {address: 10.0.0.1}\n"
+    problems = "\n".join(problems_of(tmp_path, text, check_local_files=False))
+    assert ("fleet.yaml:4: defaults.model.revision: 'abc1234' is not a full 40-character commit sha; the hub cache "
+            "names the snapshot by it, so an abbreviated one cannot be used with source hf (host a)") in problems
+    git = "defaults:\n  model: {source: git, url: file:///m.git, revision: abc1234}\nhosts:\n  a: {address: 10.0.0.1}\n"
+    assert load_spec(write(tmp_path, git), check_local_files=False).host("a").model.revision == "abc1234"
+
+
+def test_push_path_must_be_a_diffusers_pipeline(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "notes.txt").write_text("not a model")
+    text = "defaults:\n  model: {source: push, path: weights}\nhosts:\n  a: {address: 10.0.0.1}\n"
+    problems = problems_of(tmp_path, text)
+    assert any(f"fleet.yaml:2: defaults.model.path: {tmp_path}/weights has no model_index.json: not a diffusers "
+               "pipeline directory (host a)" in p for p in problems), problems
+    (tmp_path / "weights" / "model_index.json").write_text("{}")
+    assert load_spec(write(tmp_path, text)).host("a").model.path == tmp_path / "weights"
