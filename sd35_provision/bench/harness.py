@@ -42,17 +42,28 @@ class Mode:
     label: str
     precision: str  # a PrecisionChoice mode
     compile: bool
-    lean: bool = False  # also the lean memory plan (FP8 text encoders, tiled VAE); reuses the previous transformer
+    # The pipeline with the lean memory plan (FP8 text encoders, tiled VAE). The plan
+    # stays applied, so lean modes run last.
+    lean: bool = False
+    reuse: bool = False  # the previous mode's transformer, as it is (same precision, already compiled)
+    attention: str | None = None  # an SDPA backend forced for the whole mode; None: PyTorch's choice
 
 
+# In the order they run. The issue's four modes and the lean plan by default; the
+# last two are experiments (what FP8 costs without compile, and what cuDNN's
+# attention kernel would give) and run when named.
 MODES = (
     Mode("bf16", "BF16 eager", "bf16", False),
     Mode("bf16-compile", "BF16 + compile", "bf16", True),
     Mode("fp8-storage", "FP8 storage (layerwise cast)", "fp8-storage", False),
+    Mode("fp8-dynamic-eager", "FP8 dynamic, no compile", "fp8-dynamic", False),
     Mode("fp8-dynamic", "FP8 dynamic + compile", "fp8-dynamic", True),
-    Mode("fp8-dynamic-lean", "FP8 dynamic + compile, lean memory", "fp8-dynamic", True, lean=True),
+    Mode("fp8-dynamic-lean", "FP8 dynamic + compile, lean memory", "fp8-dynamic", True, lean=True, reuse=True),
+    Mode("fp8-dynamic-cudnn-lean", "FP8 dynamic + compile, cuDNN attention, lean memory", "fp8-dynamic", True,
+         lean=True, attention="cudnn"),
 )
 MODE_KEYS = tuple(m.key for m in MODES)
+DEFAULT_MODES = ("bf16", "bf16-compile", "fp8-storage", "fp8-dynamic", "fp8-dynamic-lean")
 
 
 @dataclass
@@ -65,6 +76,7 @@ class Rates:
     attention: float | None  # SDPA at the model's own shape
     copy_bandwidth: float | None  # device-to-device copy, bytes read + written
     matmul_size: int = 0
+    attention_backends: dict[str, float] = field(default_factory=dict)  # SDPA rate with each backend forced
 
 
 @dataclass
@@ -138,7 +150,9 @@ def merge_runs(runs: list[BenchRun]) -> list[BenchRun]:
     the first run's measurement of a mode kept. The env's command lists every source command."""
     merged: dict[tuple, BenchRun] = {}
     for run in runs:
-        key = (run.model, run.height, run.width, run.steps, run.env.get("device"))
+        # Runs from before the compile scope was recorded compiled the whole model.
+        key = (run.model, run.height, run.width, run.steps, run.env.get("device"),
+               run.env.get("compile scope", "model"))
         if key not in merged:
             merged[key] = BenchRun.from_dict(asdict(run))
             continue
@@ -235,7 +249,16 @@ def measure_rates(device: torch.device, spec: ModelSpec, quick: bool) -> Rates:
     q, k, v = (torch.randn(batch, tokens, heads, head_dim, device=device, dtype=torch.bfloat16,
                            generator=gen).transpose(1, 2) for _ in range(3))
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    attention = 4.0 * batch * heads * tokens**2 * head_dim / _median_time(lambda: sdpa(q, k, v), device, iters)
+    attention_flop = 4.0 * batch * heads * tokens**2 * head_dim
+    attention = attention_flop / _median_time(lambda: sdpa(q, k, v), device, iters)
+    backends: dict[str, float] = {}
+    if device.type == "cuda":
+        for name in SDPA_BACKENDS:
+            try:
+                with sdpa_backend(name):
+                    backends[name] = attention_flop / _median_time(lambda: sdpa(q, k, v), device, iters)
+            except RuntimeError:  # this backend does not take the shape or dtype
+                pass
 
     copy_bw = None
     if device.type == "cuda":
@@ -244,7 +267,23 @@ def measure_rates(device: torch.device, spec: ModelSpec, quick: bool) -> Rates:
         copy_bw = 2.0 * src.numel() / _median_time(lambda: dst.copy_(src), device, iters)
         del src, dst
     return Rates(bf16_matmul=bf16, fp8_matmul=fp8, fp8_rowwise_matmul=fp8_rowwise, attention=attention,
-                 copy_bandwidth=copy_bw, matmul_size=n)
+                 copy_bandwidth=copy_bw, matmul_size=n, attention_backends=backends)
+
+
+SDPA_BACKENDS = ("flash", "cudnn", "efficient")
+
+
+def sdpa_backend(name: str | None):
+    """A context forcing one SDPA backend ("flash", "cudnn", "efficient"); None leaves PyTorch's choice."""
+    import contextlib
+
+    if name is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]
+    return sdpa_kernel(backend)
 
 
 def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -313,10 +352,20 @@ def forward_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype) ->
     def rnd(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    return dict(hidden_states=rnd(batch, cfg["in_channels"], h, w),
-                encoder_hidden_states=rnd(batch, spec.text_tokens, cfg["joint_attention_dim"]),
-                pooled_projections=rnd(batch, cfg["pooled_projection_dim"]),
-                timestep=torch.full((batch,), 500.0, device=device, dtype=dtype))
+    # The timestep as the pipeline passes it (float32, the scheduler's dtype, one value
+    # expanded to the batch; inference tensors, as the harness runs the pipeline in
+    # inference mode): anything else makes a compiled transformer compile again.
+    with torch.inference_mode():
+        return dict(hidden_states=rnd(batch, cfg["in_channels"], h, w),
+                    encoder_hidden_states=rnd(batch, spec.text_tokens, cfg["joint_attention_dim"]),
+                    pooled_projections=rnd(batch, cfg["pooled_projection_dim"]),
+                    timestep=torch.full((1,), 500.0, device=device, dtype=torch.float32).expand(batch))
+
+
+def transformer_forward(transformer, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One forward called exactly as the SD3 pipeline calls it (the same keywords), so a
+    compiled transformer reuses the graph the pipeline compiled instead of compiling again."""
+    return transformer(**inputs, joint_attention_kwargs=None, return_dict=False)[0]
 
 
 # First match wins. Inductor's kernels are all "triton_*" (in FP8 mode they hold the
@@ -344,10 +393,10 @@ def profile_forward(transformer, inputs: dict[str, torch.Tensor]) -> tuple[dict[
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
-        transformer(**inputs, return_dict=False)
+        transformer_forward(transformer, inputs)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            transformer(**inputs, return_dict=False)
+            transformer_forward(transformer, inputs)
             torch.cuda.synchronize()
     by_kind: dict[str, float] = {}
     kernels: list[tuple[str, float]] = []
@@ -369,7 +418,7 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def environment(device: torch.device) -> dict[str, str]:
+def environment(device: torch.device, compile_scope: str = "blocks") -> dict[str, str]:
     """Versions, device, driver and date, for the report."""
     import importlib.metadata as md
 
@@ -391,6 +440,7 @@ def environment(device: torch.device) -> dict[str, str]:
         "triton": version("triton"),
         "host": platform.node() or "?",
         "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "(unset)"),
+        "compile scope": compile_scope,
     }
     try:
         import torch._inductor.config as inductor_config
@@ -421,7 +471,7 @@ def environment(device: torch.device) -> dict[str, str]:
 def run_benchmark(
     spec: ModelSpec,
     device: torch.device,
-    modes: tuple[str, ...] = MODE_KEYS,
+    modes: tuple[str, ...] = DEFAULT_MODES,
     reps: int = 3,
     warmup_steps: int = 2,
     steps: int | None = None,
@@ -429,6 +479,7 @@ def run_benchmark(
     quick: bool = False,
     log: Callable[[str], None] = print,
     checkpoint: Callable[[BenchRun], None] | None = None,
+    compile_scope: str = "blocks",
 ) -> BenchRun:
     """Measure ``spec`` in each of ``modes`` on ``device``; see the module docstring."""
     steps = steps or spec.steps
@@ -437,7 +488,9 @@ def run_benchmark(
     rates = measure_rates(device, spec, quick)
     log(f"rates: bf16 {rates.bf16_matmul / 1e12:.0f} TFLOP/s, fp8 {_t(rates.fp8_matmul)}, "
         f"fp8 rowwise {_t(rates.fp8_rowwise_matmul)}, sdpa {_t(rates.attention)}, "
-        f"copy {(rates.copy_bandwidth or 0) / 1e12:.2f} TB/s ({time.perf_counter() - t0:.1f} s)")
+        f"copy {(rates.copy_bandwidth or 0) / 1e12:.2f} TB/s, SDPA by backend "
+        + (", ".join(f"{k} {_t(v)}" for k, v in rates.attention_backends.items()) or "n/a")
+        + f" ({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
     pipe = build_pipeline(spec, device, dtype)
@@ -448,7 +501,7 @@ def run_benchmark(
     flops = transformer_forward_flops(spec.transformer, spec.height, spec.width, spec.vae_scale_factor,
                                       spec.text_tokens)
     run = BenchRun(model=spec.name, height=spec.height, width=spec.width, steps=steps, guidance=spec.guidance,
-                   cfg=spec.cfg, reps=reps, env=environment(device), rates=rates, flops_linear=flops.linear,
+                   cfg=spec.cfg, reps=reps, env=environment(device, compile_scope), rates=rates, flops_linear=flops.linear,
                    flops_attention=flops.attention, image_tokens=flops.image_tokens,
                    text_tokens=flops.text_tokens,
                    transformer_params=sum(p.numel() for p in pipe.transformer.parameters()),
@@ -457,6 +510,7 @@ def run_benchmark(
     inputs = forward_inputs(spec, device, dtype)
     reference: dict[str, torch.Tensor] = {}
     previous: Mode | None = None
+    lean_applied = False
     batch = 2 if spec.cfg else 1
 
     for mode in (m for m in MODES if m.key in modes):
@@ -468,7 +522,7 @@ def run_benchmark(
             log(f"[{mode.key}] skipped: {skip}")
             continue
         try:
-            if not mode.lean:
+            if not mode.reuse:
                 pipe.transformer = None  # drop the last mode's transformer before building the next
                 if device.type == "cuda":
                     torch._dynamo.reset()
@@ -479,21 +533,23 @@ def run_benchmark(
                 transformer = build_transformer(spec, device, dtype, seed=4) if not spec.tiny \
                     else build_pipeline(spec, device, dtype).transformer
                 pipe.transformer = transformer
-            choice = prec.PrecisionChoice(mode.precision, dtype, mode.compile, "benchmark")
-            if not mode.lean:
+                choice = prec.PrecisionChoice(mode.precision, dtype, mode.compile, "benchmark", compile_scope)
                 prec.apply_precision(pipe, choice)
-            else:
+            if mode.lean and not lean_applied:
                 prec.apply_memory_plan(pipe, prec.MemoryPlan(True, True, "benchmark"))
+                lean_applied = True
                 _free(device)
-            _measure_mode(pipe, spec, device, mode, result, steps, reps, warmup_steps, inputs, reference,
-                          profile and device.type == "cuda", log)
+            with sdpa_backend(mode.attention):
+                _measure_mode(pipe, spec, device, mode, result, steps, reps, warmup_steps, inputs, reference,
+                              profile and device.type == "cuda", log)
             floor_rate = rates.fp8_matmul if mode.precision == "fp8-dynamic" and rates.fp8_matmul \
                 else rates.bf16_matmul
             weight_bytes = int(sizes["transformer"] * (0.5 if mode.precision.startswith("fp8") else 1.0))
             floor = step_floor(flops, batch, floor_rate, rates.bf16_matmul, weight_bytes, rates.copy_bandwidth)
             result.floor_step_ms, result.floor_bound = floor.ms, floor.bound
-            if rates.attention:
-                result.sdpa_floor_step_ms = step_floor(flops, batch, floor_rate, rates.attention, weight_bytes,
+            sdpa_rate = rates.attention_backends.get(mode.attention) if mode.attention else rates.attention
+            if sdpa_rate:
+                result.sdpa_floor_step_ms = step_floor(flops, batch, floor_rate, sdpa_rate, weight_bytes,
                                                        rates.copy_bandwidth).ms
             result.status = "ok"
             previous = mode
@@ -516,10 +572,12 @@ def _t(rate: float | None) -> str:
 
 
 def _skip_reason(mode: Mode, info: prec.DeviceInfo, quick: bool, previous: Mode | None, run: BenchRun) -> str:
-    if mode.lean and (previous is None or previous.precision != mode.precision):
+    if mode.reuse and (previous is None or previous.precision != mode.precision or previous.lean):
         return f"needs {mode.precision} measured just before it"
     if quick and mode.compile:
         return "compile is not run in --quick"
+    if mode.attention and mode.attention not in run.rates.attention_backends:
+        return f"SDPA's {mode.attention} backend does not run at this shape here"
     if info.kind != "cuda" and mode.precision == "fp8-storage":
         return ""  # layerwise casting itself runs on a CPU; the policy only refuses it there
     try:
@@ -541,7 +599,7 @@ def _measure_mode(pipe, spec: ModelSpec, device: torch.device, mode: Mode, resul
     log(f"[{mode.key}] warm-up {result.warmup_s:.1f} s")
 
     with torch.inference_mode():
-        out = pipe.transformer(**inputs, return_dict=False)[0].float().cpu()
+        out = transformer_forward(pipe.transformer, inputs).float().cpu()
     if mode.key == "bf16":
         reference["forward"] = out
     elif "forward" in reference:

@@ -134,7 +134,17 @@ def _rates_line(run: BenchRun) -> str:
     bw = f"{r.copy_bandwidth / 1e12:.2f} TB/s" if r.copy_bandwidth else "n/a"
     return (f"bf16 matmul {t(r.bf16_matmul)} TFLOP/s, fp8 matmul {t(r.fp8_matmul)} TFLOP/s (per-tensor scales), "
             f"{t(r.fp8_rowwise_matmul)} TFLOP/s (per-row scales), SDPA at the model's shape "
-            f"{t(r.attention)} TFLOP/s, copy {bw} (matmuls {r.matmul_size}³, random data)")
+            f"{t(r.attention)} TFLOP/s" + _backends(r) + f", copy {bw} (matmuls {r.matmul_size}³, random data)")
+
+
+def _backends(r) -> str:
+    if not r.attention_backends:
+        return ""
+    return " (" + ", ".join(f"{k} {v / 1e12:.0f}" for k, v in r.attention_backends.items()) + " forced)"
+
+
+COMPILE_SCOPE_WORDS = {"blocks": "each transformer block compiled on its own (regional compilation)",
+                       "model": "the whole transformer compiled as one graph"}
 
 
 def _flops_line(run: BenchRun) -> str:
@@ -170,6 +180,8 @@ def render_run_markdown(run: BenchRun) -> str:
                                         ("python", "torch", "cuda (torch)", "diffusers", "transformers",
                                          "torchao", "triton", "PYTORCH_CUDA_ALLOC_CONF") if k in env),
              f"- Measured rates: {_rates_line(run)}",
+             f"- Compile (the + compile rows): "
+             f"{COMPILE_SCOPE_WORDS.get(env.get('compile scope', 'model'), env.get('compile scope', '?'))}",
              f"- Work: {_flops_line(run)}",
              "- Weights (bf16): " + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in run.pipeline_bytes.items()),
              f"- Median of {run.reps} images after a warm-up of two short images (the warm-up column, "

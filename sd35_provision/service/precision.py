@@ -24,6 +24,10 @@ import torch
 MODES = ("fp8-dynamic", "fp8-storage", "bf16", "fp32")
 REQUESTS = ("auto", "fp8") + MODES
 COMPILE_REQUESTS = ("auto", "on", "off")
+# What torch.compile covers: "blocks" compiles each transformer block on its own
+# (regional compilation: the blocks share one compiled graph, so the warm-up
+# compiles a block, not all 38 of them), "model" the whole transformer as one graph.
+COMPILE_SCOPES = ("blocks", "model")
 
 # Hardware FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards.
 FP8_MIN_CAPABILITY = (8, 9)
@@ -61,6 +65,7 @@ class PrecisionChoice:
     compute_dtype: "torch.dtype"
     compile: bool
     reason: str
+    compile_scope: str = "blocks"  # one of COMPILE_SCOPES; only read when compile is on
 
 
 def detect_device() -> DeviceInfo:
@@ -266,9 +271,26 @@ def apply_precision(pipe, choice: PrecisionChoice) -> None:
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                              compute_dtype=choice.compute_dtype)
     if choice.compile:
-        # In place (nn.Module.compile), so pipe.transformer stays the same object
-        # and its .config, .dtype and hooks keep working.
-        transformer.compile(fullgraph=choice.mode != "fp8-storage")
+        compile_transformer(transformer, choice.compile_scope, fullgraph=choice.mode != "fp8-storage")
+
+
+def compile_transformer(transformer: torch.nn.Module, scope: str = "blocks", fullgraph: bool = True) -> int:
+    """torch.compile ``transformer`` in place; returns how many modules were compiled.
+
+    In place (``nn.Module.compile``), so ``pipe.transformer`` stays the same
+    object and its .config, .dtype and hooks keep working. With ``scope``
+    "blocks", each of ``transformer_blocks`` is compiled and the rest (patch and
+    time embedding, final projection: a few small layers) stays eager; a model
+    without such blocks is compiled whole.
+    """
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile scope {scope!r} is not one of {', '.join(COMPILE_SCOPES)}")
+    blocks = list(getattr(transformer, "transformer_blocks", None) or ()) if scope == "blocks" else []
+    for block in blocks:
+        block.compile(fullgraph=fullgraph)
+    if not blocks:
+        transformer.compile(fullgraph=fullgraph)
+    return len(blocks) or 1
 
 
 # VAE decode tile (pixels) when tiling: half of SD3.5's 1024, so a 1024x1024
