@@ -91,3 +91,13 @@ def cpu_wheelhouse() -> Path:
     from sd35_provision.wheelhouse import cached_wheelhouse
 
     return cached_wheelhouse(load_lock("cpu"), "3.11")
+
+
+@pytest.fixture(scope="session")
+def fleet_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random SD3 pipeline, pushed to fleet hosts as `model: {source: push}`."""
+    from sd35_provision.tinymodel import generate_tiny_pipeline
+
+    directory = tmp_path_factory.mktemp("fleet-model") / "tiny-sd3"
+    generate_tiny_pipeline(directory)
+    return directory

@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory, cpu_wheelhouse):
+def fleet(tmp_path_factory, cpu_wheelhouse, fleet_tiny_model):
     with booted_fleet(2, tmp_path_factory.mktemp("provision-fleet")) as booted:
         booted.wheelhouse = cpu_wheelhouse
+        booted.tiny_model = fleet_tiny_model
         yield booted
 
 
@@ -42,7 +43,7 @@ def write_spec(fleet, name: str = "spec.yaml", host_overrides: dict | None = Non
     defaults = {
         "cache": {"root": "/srv/sd35", "min_free_gb": 1},
         "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
-        "model": {"source": "push", "path": str(fleet.state_dir)},  # unused by these layers
+        "model": {"source": "push", "path": str(fleet.tiny_model)},
         "smoke": {"size": "64x64", "steps": 2},
     }
     defaults.update(extra)

@@ -21,9 +21,10 @@ ROOT = "/opt/sd35"
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory, cpu_wheelhouse):
+def fleet(tmp_path_factory, cpu_wheelhouse, fleet_tiny_model):
     with booted_fleet(1, tmp_path_factory.mktemp("venv-fleet")) as booted:
         booted.wheelhouse = cpu_wheelhouse
+        booted.tiny_model = fleet_tiny_model
         yield booted
 
 
@@ -31,7 +32,7 @@ def write_spec(fleet, name: str, **python) -> Path:
     defaults = {
         "cache": {"root": "/srv/sd35", "min_free_gb": 1},
         "python": {"torch_flavour": "cpu", **python},
-        "model": {"source": "push", "path": str(fleet.state_dir)},
+        "model": {"source": "push", "path": str(fleet.tiny_model)},
         "smoke": {"size": "64x64", "steps": 2},
     }
     return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults)

@@ -9,7 +9,10 @@ from deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PAT
                              render_service_unit, service_layer)
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.smoketest import smoke_command
-from sd35_provision.spec.model import CacheSettings, GpuSettings, HostSettings, ServiceSettings, SmokeSettings
+from sd35_provision.facts.model import ModelCheck
+from sd35_provision.spec.model import (CacheSettings, GpuSettings, HostSettings, ModelSettings, ServiceSettings,
+                                     SmokeSettings)
+from tests.unit.test_model_deploy import model_fact
 from sd35_provision.locks import load_lock
 from tests.pyinfra_fakes import Output, existing_files, merge_facts, run_deploy
 
@@ -23,6 +26,7 @@ def settings(tmp_path=None, bind="127.0.0.1") -> HostSettings:
         key_file.write_text(KEY + "\n")
     return HostSettings(name="h1", address="10.0.0.1", gpu=GpuSettings(accelerator="cpu"),
                         cache=CacheSettings(root="/srv/sd35"),
+                        model=ModelSettings(source="git", url="file:///mirror/tiny.git", revision="a" * 40),
                         service=ServiceSettings(bind=bind, port=8123, api_key_file=key_file),
                         smoke=SmokeSettings(size="64x64", steps=2))
 
@@ -31,6 +35,7 @@ def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None
           running: bool = True):
     systemd_key = f"machine=None, services=['{UNIT_NAME}'], user_mode=False, user_name=None"
     return merge_facts(
+        model_fact(host, ModelCheck(manifest=True, exists=True)),
         existing_files({UNIT_PATH: unit}),
         existing_files({SERVICE_ENV_FILE: env}, group="sd35", mode=640),
         existing_files({API_KEY_PATH: key}, user="sd35", group="sd35", mode=400),
