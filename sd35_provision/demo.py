@@ -1,9 +1,12 @@
 """The end-to-end demo on the embedded default: a local test fleet and the tiny model.
 
-validate -> plan (dry run with diffs) -> apply -> apply again (must be a no-op).
+validate -> plan (dry run with diffs) -> apply (venv, model, service, smoke test) -> apply again
+(must be a no-op) -> the smoke-test images, copied back here.
 """
 
 from __future__ import annotations
+
+import base64
 
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +58,18 @@ def run_demo(hosts: int, state_dir: Path, echo: Callable[[str], None]) -> Path:
     echo(render_table(again))
     if not again.ok or again.drifted:
         raise Sd35Error("the second apply was not a no-op")
+    images = []
+    for host in report.hosts:
+        if host.smoke and host.smoke.get("image"):
+            fetched = fleet.run(host.name, f"base64 {host.smoke['image']}")
+            if fetched.exit_status == 0:
+                target = fleet.state_dir / f"smoke-{host.name}.png"
+                target.write_bytes(base64.b64decode(fetched.stdout))
+                images.append(target)
+    if not images:
+        raise Sd35Error("no host produced a smoke-test image")
+    for image in images:
+        echo(f"==> generated image: {image} (from the service on its host, tiny random model: noise is expected)")
     echo(f"==> done. Spec: {spec_path}. Explore with `sd35-provision facts {spec_path}`; "
          "stop the fleet with `sd35-provision testfleet down`.")
     return spec_path
