@@ -19,8 +19,8 @@ DEFAULT_MARKDOWN = Path("docs/benchmarks.md")
               help="The tests' tiny pipeline on the CPU (64x64, 2 steps): checks the harness, measures nothing real.")
 @click.option("--modes", default="default", show_default=True,
               help="Comma-separated subset of: bf16, bf16-compile, fp8-storage, fp8-dynamic-eager, fp8-dynamic, "
-                   "fp8-dynamic-lean, fp8-dynamic-cudnn-lean; 'default' is the issue's four and the lean memory "
-                   "plan, 'all' adds the two experiments (FP8 without compile, cuDNN attention).")
+                   "fp8-dynamic-lean; 'default' is the issue's four and the lean memory plan, 'all' adds FP8 "
+                   "without compile.")
 @click.option("--reps", type=click.IntRange(1, 20), default=3, show_default=True, help="Timed images per mode.")
 @click.option("--steps", type=click.IntRange(1, 200), default=None,
               help="Denoising steps (default: the model's recommended 28 / 40).")
