@@ -125,6 +125,100 @@ def test_fp8_dynamic_without_compile_says_it_is_slow(env):
     assert "slower" in choose_precision("fp8-dynamic", H100, compile="off").reason
 
 
+# What the H100 measured (docs/benchmarks.md): dynamic FP8 is the fastest only when
+# compiled (0.58x BF16 eager's time) and the slowest without (2.24x), so without
+# compile auto takes bf16, and "fp8" takes FP8 storage (1.13x) over eager dynamic FP8.
+POLICY_WITHOUT_COMPILE = [
+    # requested, device, compile, warmup, model_bytes -> mode, compiled, words in the reason
+    ("auto", H100, "off", True, LARGE_BYTES, "bf16", False, ["compile off", "needs compile to beat bf16"]),
+    ("auto", RTX4090, "off", True, MEDIUM_BYTES, "bf16", False, ["compile off"]),
+    ("auto", RTX4060TI, "off", True, LARGE_BYTES, "fp8-storage", False, ["do not fit", "compile off"]),
+    ("auto", H100, "auto", False, LARGE_BYTES, "bf16", False, ["no warm-up"]),
+    ("auto", RTX4060TI, "auto", False, LARGE_BYTES, "fp8-storage", False, ["no warm-up"]),
+    ("auto", H100, "on", False, LARGE_BYTES, "fp8-dynamic", True, ["the first request waits"]),
+    ("auto", A100, "auto", False, LARGE_BYTES, "bf16", False, ["no warm-up"]),
+    ("fp8", H100, "off", True, None, "fp8-storage", False, ["slower than bf16", "stored in FP8"]),
+    ("fp8", H100, "auto", False, None, "fp8-storage", False, ["no warm-up"]),
+    ("fp8", H100, "auto", True, None, "fp8-dynamic", True, ["FP8 tensor cores"]),
+    # An explicit fp8-dynamic is what it says; without a warm-up it still compiles, the first request waiting.
+    ("fp8-dynamic", H100, "auto", False, None, "fp8-dynamic", True, ["the first request waits"]),
+    ("fp8-dynamic", H100, "off", True, None, "fp8-dynamic", False, ["slower than bf16"]),
+    ("bf16", H100, "auto", False, None, "bf16", False, ["no warm-up"]),
+    ("bf16", H100, "auto", True, None, "bf16", True, ["compiled"]),
+]
+
+
+@pytest.mark.parametrize("requested,device,compile,warmup,model_bytes,mode,compiled,words", POLICY_WITHOUT_COMPILE)
+def test_fp8_dynamic_only_when_compiled(env, requested, device, compile, warmup, model_bytes, mode, compiled, words):
+    choice = choose_precision(requested, device, compile=compile, model_bytes=model_bytes, warmup=warmup)
+    assert (choice.mode, choice.compile) == (mode, compiled), choice.reason
+    for word in words:
+        assert word in choice.reason
+
+
+def test_auto_on_a_cpu_ignores_warmup(env):
+    assert choose_precision("auto", CPU, warmup=False).mode == "fp32"
+
+
+def test_compile_scope_defaults_to_blocks(env):
+    assert choose_precision("auto", H100, model_bytes=LARGE_BYTES).compile_scope == "blocks"
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+
+class _Transformer(torch.nn.Module):
+    def __init__(self, blocks: int):
+        super().__init__()
+        self.proj_in = torch.nn.Linear(4, 4)
+        if blocks:
+            self.transformer_blocks = torch.nn.ModuleList(_Block() for _ in range(blocks))
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """Which modules nn.Module.compile was called on, and how (nothing is compiled)."""
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw)))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "blocks,scope,expected",
+    [
+        (3, "blocks", ["_Block"] * 3),  # regional: each block, the rest eager
+        (3, "model", ["_Transformer"]),
+        (0, "blocks", ["_Transformer"]),  # no transformer_blocks: the whole model
+    ],
+)
+def test_compile_transformer_scopes(compiled, blocks, scope, expected):
+    assert precision.compile_transformer(_Transformer(blocks), scope) == len(expected)
+    assert [name for name, _ in compiled] == expected
+    assert all(kw == {"fullgraph": True} for _, kw in compiled)
+
+
+def test_compile_transformer_refuses_an_unknown_scope(compiled):
+    with pytest.raises(ValueError, match="compile scope 'layers'"):
+        precision.compile_transformer(_Transformer(2), "layers")
+    assert compiled == []
+
+
+@pytest.mark.parametrize("mode,fullgraph", [("fp8-storage", False), ("bf16", True)])
+def test_apply_precision_compiles_per_block(compiled, mode, fullgraph):
+    """Layerwise casting's hooks break graphs, so FP8 storage is never compiled as one graph."""
+
+    class Pipe:
+        transformer = _Transformer(2)
+
+    if mode == "fp8-storage":
+        Pipe.transformer.enable_layerwise_casting = lambda **kw: None
+    apply_precision(Pipe, PrecisionChoice(mode, torch.bfloat16, True, "test"))
+    assert compiled == [("_Block", {"fullgraph": fullgraph})] * 2
+
+
 def test_bad_compile_value(env):
     with pytest.raises(ValueError, match="compile 'maybe'"):
         choose_precision("auto", CPU, compile="maybe")
