@@ -170,6 +170,12 @@ def render_text(run: BenchRun) -> str:
     return "\n".join(parts)
 
 
+def _reps(run: BenchRun) -> str:
+    """Timed images per row: one number, or the range when merged runs differ."""
+    counts = sorted({len(m.reps) for m in run.modes if m.status == "ok" and m.reps}) or [run.reps]
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def render_run_markdown(run: BenchRun) -> str:
     env = run.env
     lines = [f"## {_title(run)}", "",
@@ -184,7 +190,7 @@ def render_run_markdown(run: BenchRun) -> str:
              f"{COMPILE_SCOPE_WORDS.get(env.get('compile scope', 'model'), env.get('compile scope', '?'))}",
              f"- Work: {_flops_line(run)}",
              "- Weights (bf16): " + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in run.pipeline_bytes.items()),
-             f"- Median of {run.reps} images after a warm-up of two short images (the warm-up column, "
+             f"- Median of {_reps(run)} images after a warm-up of two short images (the warm-up column, "
              "compile included); floor = linear FLOPs at the mode's matmul rate (fp8 per-tensor for FP8 "
              "dynamic, else bf16) + attention FLOPs at the bf16 rate, or weight bytes over bandwidth if larger; "
              "SDPA-rate floor: the same with attention at the SDPA rate measured at the model's shape.",
@@ -198,7 +204,8 @@ def render_run_markdown(run: BenchRun) -> str:
                   md_table(header, rows)]
     checks = target_checks(run)
     if checks:
-        lines += ["", "Targets (the issue's, for SD3.5 Large):", ""]
+        lines += ["", "Targets (the issue's, for SD3.5 Large):" if "Large" in run.model else
+                  "The same checks (the issue sets its targets for Large; here for reference):", ""]
         lines += [f"- [{'x' if c.met else ' '}] {c.what}: {c.value}"
                   + ("" if c.met is not False else " — missed") for c in checks]
     return "\n".join(lines)

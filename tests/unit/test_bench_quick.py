@@ -83,3 +83,33 @@ def test_target_checks():
     # JSON round trip keeps everything the report needs.
     again = harness.BenchRun.from_dict(json.loads(run.to_json()))
     assert report.render_text(again) == report.render_text(run)
+
+
+def _run(scope: str | None, modes: list, reps: int = 3) -> harness.BenchRun:
+    env = {"device": "H100", "command": f"bench {scope}", "date": "today"}
+    if scope:
+        env["compile scope"] = scope
+    return harness.BenchRun(
+        model="SD3.5 Large", height=1024, width=1024, steps=28, guidance=3.5, cfg=True, reps=reps, env=env,
+        rates=harness.Rates(800e12, 1600e12, 1200e12, 500e12, 3e12), flops_linear=2.39e13,
+        flops_attention=7.25e12, image_tokens=4096, text_tokens=333, transformer_params=8_000_000_000,
+        pipeline_bytes={}, modes=modes)
+
+
+def test_merge_keeps_compile_scopes_apart_and_joins_rows():
+    bf16 = _mode("bf16", 5.5, 190, 80, 30e9)
+    bf16.reps = [{}] * 3
+    fast = _mode("fp8-dynamic", 3.3, 108, 55, 22e9)
+    fast.reps = [{}] * 2
+    runs = harness.merge_runs([
+        _run("blocks", [bf16]),
+        _run("model", [bf16, harness.ModeResult("fp8-dynamic", "fp8-dynamic", "skipped")]),
+        _run("model", [bf16, fast], reps=2),
+        _run(None, [bf16]),  # before the scope was recorded: the whole model was compiled
+    ])
+    assert [(r.env.get("compile scope"), [m.key for m in r.modes]) for r in runs] == [
+        ("blocks", ["bf16"]), ("model", ["bf16", "fp8-dynamic"])]
+    assert "rows fp8-dynamic: bench model" in runs[1].env["command"]
+    assert "Median of 2-3 images" in report.render_run_markdown(runs[1])
+    assert "Median of 3 images" in report.render_run_markdown(runs[0])
+    assert "regional compilation" in report.render_run_markdown(runs[0])
