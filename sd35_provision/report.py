@@ -20,6 +20,7 @@ class HostOutcome:
     operations: list[OperationOutcome] = field(default_factory=list)
     failed: bool = False
     unreachable: bool = False
+    aborted: bool = False  # the run was aborted (--fail-percent) before this host finished
     step: str | None = None
     error: str | None = None
     executed: bool = False
@@ -36,6 +37,8 @@ class HostOutcome:
             return "unreachable"
         if self.failed:
             return "failed"
+        if self.aborted:
+            return "aborted"
         if self.changes:
             return "changed" if self.executed else "would change"
         return "unchanged"
@@ -45,10 +48,11 @@ class HostOutcome:
 class RunReport:
     mode: str  # plan | apply | drift
     hosts: list[HostOutcome]
+    aborted: str | None = None  # why the run stopped early (more than --fail-percent failed)
 
     @property
     def ok(self) -> bool:
-        return not any(host.failed for host in self.hosts)
+        return not self.aborted and not any(host.failed for host in self.hosts)
 
     @property
     def drifted(self) -> bool:
@@ -65,7 +69,8 @@ class RunReport:
                 for op in host.changes
             ]
             hosts.append(entry)
-        return json.dumps({"mode": self.mode, "ok": self.ok, "drift": self.drifted, "hosts": hosts}, indent=2)
+        return json.dumps({"mode": self.mode, "ok": self.ok, "drift": self.drifted, "aborted": self.aborted,
+                           "hosts": hosts}, indent=2)
 
 
 def render_table(report: RunReport) -> str:
@@ -75,6 +80,8 @@ def render_table(report: RunReport) -> str:
         if host.failed:
             first_line = (host.error or "").strip().splitlines()
             detail = f"{host.step}: {first_line[-1] if first_line else ''}"
+        elif host.aborted:
+            detail = f"aborted at {host.step}"
         elif host.notes:
             detail = "; ".join(host.notes)
         if host.smoke and host.smoke.get("ok"):
@@ -91,7 +98,7 @@ def render_plan(report: RunReport) -> str:
     """Per host: the operations that would change, with unified diffs of files."""
     blocks: list[str] = []
     for host in report.hosts:
-        if host.failed:
+        if host.failed or host.aborted:
             blocks.append(f"== {host.name}: {host.status} at {host.step}\n{host.error}")
             continue
         if not host.changes:

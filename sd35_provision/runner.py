@@ -3,16 +3,23 @@
 Stages, per host, each isolated so one host's failure never stops the others:
 connect -> preflight (facts only, no change) -> prepare (work out the commands
 each operation would run; this is the dry run) -> execute (apply only).
+
+Hosts run in parallel greenlets in every stage (at most ``RunOptions.parallel``
+at a time); pyinfra executes each operation on all hosts at once. When more
+than ``RunOptions.fail_percent`` of the run's hosts have failed, the run is
+aborted: no further operation or stage starts, and the hosts it had not
+finished are reported as aborted.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-
-import gevent.pool
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import gevent.pool
 from pyinfra.api import Config, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
@@ -37,17 +44,22 @@ ProgressSink = Callable[[str], None]
 @dataclass
 class RunOptions:
     accept_new_host_keys: bool = False
-    parallel: int = 0  # 0: pyinfra picks
-    fail_percent: int | None = None
+    parallel: int = 0  # hosts at a time; 0: all of them
+    fail_percent: int | None = None  # abort once more than this % of the run's hosts failed
     progress: ProgressSink | None = None
+
+
+class _FailPercentExceeded(PyinfraError):
+    """Raised from a callback to stop pyinfra's operation loop; the run records why."""
 
 
 class _Recorder(BaseStateCallback):
     """Collects what pyinfra only logs: connect errors and live progress."""
 
-    def __init__(self, progress: ProgressSink | None):
+    def __init__(self, run: FleetRun, progress: ProgressSink | None):
         self.connect_errors: dict[str, str] = {}
         self.progress = progress
+        self.run = run
 
     def host_connect_error(self, state: State, host: Host, error) -> None:  # noqa: D102
         self.connect_errors[host.name] = str(error) or error.__class__.__name__
@@ -56,15 +68,53 @@ class _Recorder(BaseStateCallback):
         # Called before pyinfra marks the operation complete: use the prepared verdict.
         meta = state.ops[host][op_hash].operation_meta
         if self.progress and meta._maybe_is_change:
-            self.progress(f"{host.name}: changed: {_op_name(state, op_hash)}")
+            self.progress(f"{host.name}: changed: {_op_name(state, op_hash, host)}")
 
     def operation_host_error(self, state: State, host: Host, op_hash, retry_count: int = 0, max_retries: int = 0) -> None:
         if self.progress:
-            self.progress(f"{host.name}: FAILED: {_op_name(state, op_hash)}")
+            self.progress(f"{host.name}: FAILED: {_op_name(state, op_hash, host)}")
+
+    def operation_end(self, state: State, op_hash) -> None:
+        # pyinfra has failed this operation's hosts by now: stop before the next operation.
+        if self.run.check_fail_percent(extra_failed=state.failed_hosts):
+            raise _FailPercentExceeded(self.run.aborted)
 
 
-def _op_name(state: State, op_hash: str) -> str:
+def _op_name(state: State, op_hash: str, host: Host | None = None) -> str:
+    """The operation's name on ``host`` (pyinfra's shared meta unites the names of all hosts)."""
+    if host is not None:
+        name = getattr(state, "sd35_op_names", {}).get(host.name, {}).get(op_hash)
+        if name:
+            return name
     return sorted(state.get_op_meta(op_hash).names)[0]
+
+
+def _remember_op_names_per_host() -> None:
+    """Record each host's own name for each of its operations while they are prepared.
+
+    In pyinfra's API mode an operation's hash is its position in the host's
+    list, so when hosts need different operations (one fresh, one applied)
+    the n-th operations of two hosts share one hash and one set of names;
+    without this, a host's change could be shown under another host's name.
+    """
+    # The module, not the `operation` decorator that pyinfra.api exports under the same name.
+    pyinfra_operation = importlib.import_module("pyinfra.api.operation")
+    original = pyinfra_operation.solve_operation_consistency
+    if getattr(original, "sd35_names", False):
+        return
+
+    def solve_operation_consistency(names, state, host):
+        op_order, op_hash = original(names, state, host)
+        if not hasattr(state, "sd35_op_names"):
+            state.sd35_op_names = defaultdict(dict)
+        state.sd35_op_names[host.name][op_hash] = sorted(names)[0]
+        return op_order, op_hash
+
+    solve_operation_consistency.sd35_names = True
+    pyinfra_operation.solve_operation_consistency = solve_operation_consistency
+
+
+_remember_op_names_per_host()
 
 
 class FleetRun:
@@ -73,9 +123,10 @@ class FleetRun:
     def __init__(self, hosts: list[HostSettings], options: RunOptions | None = None):
         self.hosts = {host.name: host for host in hosts}
         self.options = options or RunOptions()
-        config = Config(PARALLEL=self.options.parallel, FAIL_PERCENT=self.options.fail_percent)
+        # pyinfra's FAIL_PERCENT counts only connected hosts; ours counts every host of the run.
+        config = Config(PARALLEL=self.options.parallel or max(1, len(hosts)), FAIL_PERCENT=None)
         self.state = State(build_inventory(hosts, self.options.accept_new_host_keys), config)
-        self.recorder = _Recorder(self.options.progress)
+        self.recorder = _Recorder(self, self.options.progress)
         self.state.add_callback_handler(self.recorder)
         self.outcomes: dict[str, HostOutcome] = {name: HostOutcome(name=name) for name in self.hosts}
         self.aborted: str | None = None
@@ -93,11 +144,19 @@ class FleetRun:
 
     def for_each_active_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
         """Run ``action`` per active host, in parallel, in pyinfra's context; a raise fails only that host."""
+        if self._stopped(step):
+            return
         self._for_each(step, action, list(self.state.inventory.get_active_hosts()))
 
     def for_each_connected_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
-        """Like ``for_each_active_host``, failed hosts included (e.g. to roll one back)."""
-        self._for_each(step, action, [host for host in self.state.inventory if host.connected])
+        """Like ``for_each_active_host``, failed hosts included (e.g. to roll one back).
+
+        After an abort only the failed hosts are visited: a rollback still happens.
+        """
+        connected = [host for host in self.state.inventory if host.connected]
+        if self._stopped(step):
+            connected = [host for host in connected if self.outcomes[host.name].failed]
+        self._for_each(step, action, connected)
 
     def _for_each(self, step: str, action: Callable[[Host, HostSettings], None], hosts: list[Host]) -> None:
         def one(host: Host) -> None:
@@ -108,38 +167,96 @@ class FleetRun:
                     logger.debug("%s: %s failed", host.name, step, exc_info=True)
                     self._fail(host, step, _describe(error))
 
-        # Greenlets, as pyinfra runs hosts: each waits on its own SSH channel.
-        pool = gevent.pool.Pool(self.options.parallel or max(1, len(hosts)))
-        for host in hosts:
-            pool.spawn(one, host)
-        pool.join()
+        self._in_pool(one, hosts)
 
     def prepare(self, layers: Iterable[Layer]) -> None:
-        """Work out every operation's commands from current facts (the dry run)."""
+        """Work out every operation's commands from current facts (the dry run).
+
+        Hosts are prepared in parallel greenlets, each through all layers in
+        order: reading facts is mostly waiting on SSH. In pyinfra's API mode an
+        operation's identity is its position in the host's list, so the
+        interleaving of hosts does not matter.
+        """
         self.state.set_stage(StateStage.Prepare)
-        for layer in layers:
-            step = getattr(layer, "deploy_name", layer.__name__)
-            for host in list(self.state.inventory.get_active_hosts()):
+        if self._stopped("prepare"):
+            return
+        layers = list(layers)
+
+        def one(host: Host) -> None:
+            for layer in layers:
+                step = getattr(layer, "deploy_name", layer.__name__)
                 try:
                     add_deploy(self.state, layer, host=host)
                 except Exception as error:  # noqa: BLE001 - isolate hosts
                     logger.debug("%s: preparing %s failed", host.name, step, exc_info=True)
                     self._fail(host, step, _describe(error))
+                    return
+
+        self._in_pool(one, list(self.state.inventory.get_active_hosts()))
         self._collect(executed=False)
 
     def execute(self) -> None:
         self.state.set_stage(StateStage.Execute)
+        if self._stopped("execute"):
+            return
         self._tolerate_all_failed(run_ops, self.state)
         self._collect(executed=True)
+        if self.aborted:
+            for host in self.state.inventory.get_active_hosts():
+                outcome = self.outcomes[host.name]
+                if not outcome.failed and self._ops_not_run(host):
+                    self._mark_aborted(outcome, "execute")
 
     def disconnect(self) -> None:
         self.state.set_stage(StateStage.Disconnect)
         disconnect_all(self.state)
 
     def report(self, mode: str) -> RunReport:
-        return RunReport(mode=mode, hosts=[self.outcomes[name] for name in self.hosts])
+        return RunReport(mode=mode, hosts=[self.outcomes[name] for name in self.hosts], aborted=self.aborted)
+
+    def check_fail_percent(self, extra_failed: Iterable[Host] = ()) -> bool:
+        """Whether the run is aborted: more than ``fail_percent`` of its hosts failed (records why)."""
+        limit = self.options.fail_percent
+        if self.aborted or limit is None:
+            return bool(self.aborted)
+        failed = {name for name, outcome in self.outcomes.items() if outcome.failed}
+        failed.update(host.name for host in extra_failed)
+        if len(failed) * 100 > limit * len(self.outcomes):
+            self.aborted = (f"more than {limit}% of hosts failed ({len(failed)} of {len(self.outcomes)}: "
+                            f"{', '.join(sorted(failed))})")
+            if self.options.progress:
+                self.options.progress(f"ABORTED: {self.aborted}; no further operation starts")
+        return bool(self.aborted)
 
     # -- helpers --------------------------------------------------------------
+
+    def _in_pool(self, action: Callable[[Host], None], hosts: list[Host]) -> None:
+        # Greenlets, as pyinfra runs hosts: each waits on its own SSH channel. pyinfra's
+        # state context is global, not per greenlet: set it here, around all of them, or
+        # the first greenlet to finish would unset it under the others.
+        pool = gevent.pool.Pool(self.options.parallel or max(1, len(hosts)))
+        with ctx_state.use(self.state):
+            for host in hosts:
+                pool.spawn(action, host)
+            pool.join()
+
+    def _stopped(self, step: str) -> bool:
+        """After an abort: mark the hosts still in the run as aborted before ``step``; True if so."""
+        if not self.aborted:
+            return False
+        for outcome in self.outcomes.values():
+            if not outcome.failed:
+                self._mark_aborted(outcome, step)
+        return True
+
+    def _mark_aborted(self, outcome: HostOutcome, step: str) -> None:
+        if not outcome.aborted:
+            outcome.aborted = True
+            outcome.step = step
+            outcome.error = f"not finished: the run was aborted ({self.aborted})"
+
+    def _ops_not_run(self, host: Host) -> bool:
+        return any(not data.operation_meta.is_complete() for data in self.state.ops[host].values())
 
     def _fail(self, host: Host, step: str, reason: str, unreachable: bool = False) -> None:
         outcome = self.outcomes[host.name]
@@ -155,15 +272,17 @@ class FleetRun:
             self._tolerate_all_failed(self.state.fail_hosts, {host})
         if self.options.progress:
             self.options.progress(f"{host.name}: FAILED at {step}: {reason.splitlines()[0] if reason else ''}")
+        self.check_fail_percent()
 
     def _tolerate_all_failed(self, function, *args) -> None:
         # pyinfra raises once no host is left; we report every host instead.
         try:
             function(*args)
+        except _FailPercentExceeded:
+            pass  # self.aborted says why
         except PyinfraError as error:
-            if "No hosts remaining" not in str(error) and "of hosts failed" not in str(error):
+            if "No hosts remaining" not in str(error):
                 raise
-            self.aborted = str(error)
 
     def _collect(self, executed: bool) -> None:
         diffs = file_diffs_of(self.state)
@@ -175,7 +294,7 @@ class FleetRun:
                 if op_data is None:
                     continue
                 meta = op_data.operation_meta
-                name = _op_name(self.state, op_hash)
+                name = _op_name(self.state, op_hash, host)
                 if executed:
                     if not meta.is_complete():
                         continue  # not reached: an earlier operation failed
@@ -186,6 +305,9 @@ class FleetRun:
                         outcome.failed = True
                         outcome.step = name
                         outcome.error = error or "failed (no output)"
+                        if not error and _connection_lost(host):
+                            outcome.unreachable = True
+                            outcome.error = "the SSH connection was lost during this step (host down or unreachable)"
                 else:
                     changed, error = bool(meta._maybe_is_change), None
                 operations.append(OperationOutcome(
@@ -200,6 +322,13 @@ class FleetRun:
 def current_run_outcome(host: Host) -> HostOutcome:
     """The outcome record of ``host`` in the run it belongs to (inside ``for_each_*`` actions)."""
     return host.state.sd35_run.outcomes[host.name]
+
+
+def _connection_lost(host: Host) -> bool:
+    """Whether the host's SSH connection has died (the box went away in the middle of the run)."""
+    client = getattr(host.connector, "client", None)
+    transport = client.get_transport() if client is not None else None
+    return transport is not None and not transport.is_active()
 
 
 def _describe(error: BaseException) -> str:
