@@ -1,7 +1,8 @@
 """The ``sd35-provision`` command line: parse, call the library, render.
 
 Exit codes: 0 success; 1 a host failed or the input is invalid; 2 drift found
-(``drift`` only); 64 the command line itself is wrong.
+(``drift`` only); 3 the run was aborted (more than ``--fail-percent`` of the
+hosts failed); 64 the command line itself is wrong.
 """
 
 from gevent import monkey
@@ -18,13 +19,36 @@ from sd35_provision.errors import Sd35Error, SpecError  # noqa: E402
 
 EXIT_FAILED = 1
 EXIT_DRIFT = 2
+EXIT_ABORTED = 3
 EXIT_USAGE = 64
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 a host failed, or the spec or input is invalid; "
+    "2 drift found (drift); 3 the run was aborted because more than --fail-percent of the hosts failed "
+    "(hosts it did not finish are listed as aborted); 64 the command line is wrong."
+)
 
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 limit_option = click.option(
     "--limit", "limit", multiple=True, metavar="HOST_OR_GROUP",
     help="Only these hosts or groups (repeatable).",
 )
+
+
+def fleet_run_options(function):
+    """``--parallel`` and ``--fail-percent``, for the commands that run over the fleet."""
+    function = click.option(
+        "--fail-percent", type=click.IntRange(0, 100), default=None, metavar="P",
+        help="Abort the run once more than P% of the hosts have failed: no further operation starts "
+        "anywhere, and the hosts not finished are reported as aborted (exit 3). Default: never abort; "
+        "a failed host never stops the others.",
+    )(function)
+    return click.option(
+        "--parallel", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+        help="Work on at most N hosts at a time (0: all hosts at once).",
+    )(function)
+
+
 accept_new_option = click.option(
     "--accept-new-host-keys", is_flag=True,
     help="Trust and record host keys of hosts not yet in known_hosts (first contact). "
@@ -42,13 +66,23 @@ def _load(spec_path: Path, check_local_files: bool = True):
     return load_spec(spec_path, check_local_files=check_local_files)
 
 
-def _options(accept_new_host_keys: bool, quiet: bool = False):
+def _options(accept_new_host_keys: bool, quiet: bool = False, parallel: int = 0, fail_percent: int | None = None):
     from sd35_provision.runner import RunOptions
 
-    return RunOptions(accept_new_host_keys=accept_new_host_keys, progress=None if quiet else _progress)
+    return RunOptions(accept_new_host_keys=accept_new_host_keys, progress=None if quiet else _progress,
+                      parallel=parallel, fail_percent=fail_percent)
 
 
-@click.group()
+def _exit_for(report) -> None:
+    """Exit with the documented code for a finished run (returns when everything went well)."""
+    if report.aborted:
+        click.echo(f"aborted: {report.aborted}", err=True)
+        sys.exit(EXIT_ABORTED)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@click.group(epilog=EXIT_CODES_HELP)
 @click.option("-v", "--verbose", count=True, help="More output (-vv: pyinfra's debug log).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
@@ -70,53 +104,60 @@ def validate(spec: Path, skip_local_files: bool) -> None:
     click.echo(f"ok: {len(fleet.hosts)} host(s), {len(fleet.groups)} group(s)")
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES_HELP)
 @spec_argument
 @limit_option
 @accept_new_option
-def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool) -> None:
+@fleet_run_options
+def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
+         fail_percent: int | None) -> None:
     """Dry run: per host, what would change, with diffs. Changes nothing."""
     from sd35_provision import workflow
     from sd35_provision.report import render_plan, render_table
 
-    report = workflow.plan(_load(spec), limit, _options(accept_new_host_keys))
+    report = workflow.plan(_load(spec), limit, _options(accept_new_host_keys, parallel=parallel,
+                                                        fail_percent=fail_percent))
     click.echo(render_plan(report))
     click.echo("")
     click.echo(render_table(report))
-    if not report.ok:
-        sys.exit(EXIT_FAILED)
+    _exit_for(report)
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES_HELP)
 @spec_argument
 @limit_option
 @accept_new_option
-def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool) -> None:
-    """Bring every host to the spec; exit 0 only if every host succeeded."""
+@fleet_run_options
+@click.option("--json", "as_json", is_flag=True, help="Print every host's outcome as JSON (progress stays on stderr).")
+def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
+          fail_percent: int | None, as_json: bool) -> None:
+    """Bring every host to the spec, all hosts in parallel; exit 0 only if every host succeeded."""
     from sd35_provision import workflow
     from sd35_provision.report import render_failures, render_table
 
-    report = workflow.apply(_load(spec), limit, _options(accept_new_host_keys))
-    click.echo(render_table(report))
-    if not report.ok:
+    report = workflow.apply(_load(spec), limit, _options(accept_new_host_keys, parallel=parallel,
+                                                         fail_percent=fail_percent))
+    click.echo(report.to_json() if as_json else render_table(report))
+    if not report.ok and not as_json:
         click.echo("\n" + render_failures(report), err=True)
-        sys.exit(EXIT_FAILED)
+    _exit_for(report)
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES_HELP)
 @spec_argument
 @limit_option
+@fleet_run_options
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def drift(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
-    """Like plan, for automation: exit 0 no drift, 2 drift, 1 error."""
+def drift(spec: Path, limit: tuple[str, ...], parallel: int, fail_percent: int | None, as_json: bool) -> None:
+    """Like plan, for automation: exit 0 no drift, 2 drift, 1 error, 3 aborted."""
     from sd35_provision import workflow
     from sd35_provision.report import render_plan
 
-    report = workflow.plan(_load(spec), limit, _options(False, quiet=as_json))
+    report = workflow.plan(_load(spec), limit, _options(False, quiet=as_json, parallel=parallel,
+                                                        fail_percent=fail_percent))
     report.mode = "drift"
     click.echo(report.to_json() if as_json else render_plan(report))
-    if not report.ok:
-        sys.exit(EXIT_FAILED)
+    _exit_for(report)
     if report.drifted:
         sys.exit(EXIT_DRIFT)
 
@@ -160,6 +201,85 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
         if not as_json:
             click.echo(render_failures(report), err=True)
         sys.exit(EXIT_FAILED)
+
+
+@cli.command(epilog="Exit codes: 0 every host was reachable and checked; 1 some host was not (its row says why); "
+             "64 the command line is wrong. Drift does not change the exit code (use drift for that).")
+@spec_argument
+@limit_option
+@click.option("--parallel", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Check at most N hosts at a time (0: all at once).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool) -> None:
+    """One row per host: reachable, OS, GPU, driver, FP8, service, release, model, last smoke, drift.
+
+    One SSH connection per host, all hosts in parallel; changes nothing.
+    """
+    from sd35_provision.status import fleet_status, render_status_table, status_json
+
+    rows = fleet_status(_load(spec), limit, _options(False, quiet=True, parallel=parallel))
+    click.echo(status_json(rows) if as_json else render_status_table(rows))
+    if any(not row.reachable or row.error for row in rows):
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@spec_argument
+@click.option("--address", required=True, help="The box's address (IP or host name).")
+@click.option("--name", required=True, help="Its name in the spec.")
+@click.option("--user", default="root", show_default=True, help="Account for the first contact.")
+@click.option("--password-prompt", is_flag=True, help="First contact with USER's password, asked for here "
+              "(never taken from the command line).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="First contact with this private key.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="SSH port (default: the spec's).")
+@click.option("--group", "groups", multiple=True, metavar="G", help="Put the host in group G (repeatable).")
+@click.option("--deploy-user", default=None,
+              help="Account sd35-provision logs in as from now on (default: the spec's ssh.user).")
+@click.option("--deploy-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Its private key (default: the spec's ssh.key, else --key); its .pub is authorized.")
+@click.option("--sudo", is_flag=True, help="Give the deploy user passwordless sudo (and set ssh.sudo).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="A setting of this host in the spec, e.g. --set service.bind=10.0.0.5 (repeatable).")
+@click.option("--accept-host-key", is_flag=True,
+              help="Trust the host key shown (otherwise you are asked; without a terminal it is refused).")
+@click.option("--skip-apply", is_flag=True, help="Stop after adding the host and gathering its facts.")
+def onboard(spec: Path, address: str, name: str, user: str, password_prompt: bool, key: Path | None,
+            port: int | None, groups: tuple[str, ...], deploy_user: str | None, deploy_key: Path | None,
+            sudo: bool, settings: tuple[str, ...], accept_host_key: bool, skip_apply: bool) -> None:
+    """Bring a fresh box into SPEC: host key, deploy account, spec entry, facts, apply to it only.
+
+    Running it again for the same host changes nothing.
+    """
+    import getpass
+
+    from sd35_provision.facts.report import facts_row, render_facts_table
+    from sd35_provision.onboard import OnboardRequest, onboard as onboard_box, settings_from
+    from sd35_provision.report import render_failures, render_table
+
+    if password_prompt == (key is not None):
+        raise click.UsageError("give exactly one of --password-prompt and --key for the first contact")
+    password = getpass.getpass(f"{user}@{address}'s password: ") if password_prompt else None
+
+    def confirm(shown: str) -> bool:
+        if accept_host_key:
+            return True
+        return sys.stdin.isatty() and click.confirm(f"Trust host key {shown} of {address}?", default=False)
+
+    request = OnboardRequest(spec_path=spec, name=name, address=address, user=user, password=password, key=key,
+                             port=port, groups=groups, deploy_user=deploy_user, deploy_key=deploy_key, sudo=sudo,
+                             settings=settings_from(settings))
+    done = onboard_box(request, confirm, click.echo, apply=not skip_apply, options=_options(False))
+    if done.facts is not None:
+        click.echo(render_facts_table([facts_row(name, done.facts)]))
+    if not done.facts_report.ok:
+        click.echo(render_failures(done.facts_report), err=True)
+        sys.exit(EXIT_FAILED)
+    if done.apply_report is not None:
+        click.echo(render_table(done.apply_report))
+        if not done.apply_report.ok:
+            click.echo("\n" + render_failures(done.apply_report), err=True)
+        _exit_for(done.apply_report)
 
 
 @cli.command()

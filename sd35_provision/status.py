@@ -1,0 +1,148 @@
+"""``status``: one row per host, from one SSH connection per host, all hosts in parallel.
+
+Per host: reachable, OS, GPU, driver, FP8, the service (systemd + /readyz),
+the current release and its model revision, the last smoke test, and drift
+(the dry run of every layer: would ``apply`` change anything?). Nothing on
+the hosts changes. What a host does not have yet shows as ``-``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pyinfra.api.host import Host
+
+from sd35_provision import layout
+from sd35_provision.facts.service import NO_SERVICE, ServiceState, ServiceStatus
+from sd35_provision.inventory import select_hosts
+from sd35_provision.report import HostOutcome
+from sd35_provision.runner import FleetRun, RunOptions
+from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
+from sd35_provision.spec.model import FleetSpec, HostSettings
+
+HEADER = ("HOST", "REACHABLE", "OS", "GPU", "DRIVER", "FP8", "SERVICE", "RELEASE", "MODEL REV", "LAST SMOKE", "DRIFT")
+
+
+@dataclass
+class HostStatus:
+    name: str
+    address: str
+    reachable: bool
+    os: str | None = None
+    gpu: str | None = None
+    driver: str | None = None
+    fp8_capable: bool | None = None  # None: no GPU to say
+    service_active: str | None = None
+    service_ready: str | None = None
+    release: str | None = None
+    model_revision: str | None = None
+    smoke: dict[str, Any] | None = None
+    drift: bool | None = None  # None: could not be worked out (see error)
+    drift_operations: list[str] = field(default_factory=list)
+    error: str | None = None  # "step: reason" when something could not be read
+
+    @property
+    def service(self) -> str:
+        if not self.service_active:
+            return "-"
+        return f"{self.service_active}/{self.service_ready}" if self.service_ready else self.service_active
+
+    @property
+    def last_smoke(self) -> str:
+        if not self.smoke:
+            return "-"
+        latency = self.smoke.get("latency_s")
+        timing = f" {latency:.1f}s" if isinstance(latency, (int, float)) else ""
+        return ("ok" if self.smoke.get("ok") else "FAILED") + timing
+
+    def row(self) -> tuple[str, ...]:
+        fp8 = "-" if self.fp8_capable is None else ("yes" if self.fp8_capable else "no")
+        drift = "?" if self.drift is None else ("yes" if self.drift else "no")
+        revision = self.model_revision or "-"
+        if re.fullmatch(r"[0-9a-f]{40}", revision):
+            revision = revision[:12]  # a commit sha; --json has all of it
+        return (self.name, "yes" if self.reachable else "no", self.os or "-", self.gpu or "-", self.driver or "-",
+                fp8 if self.reachable else "-", self.service, self.release or "-", revision,
+                self.last_smoke, drift if self.reachable else "-")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["service"] = {"active": data.pop("service_active"), "ready": data.pop("service_ready")}
+        return data
+
+
+def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> list[HostStatus]:
+    """The status of each selected host, in spec order. Changes nothing."""
+    from sd35_provision import workflow
+
+    options = options or RunOptions()
+    run = FleetRun(select_hosts(spec, limit), RunOptions(parallel=options.parallel))  # quiet: no progress
+    rows = {name: HostStatus(name=name, address=settings.address, reachable=False)
+            for name, settings in run.hosts.items()}
+    run.connect()
+
+    def read(host: Host, settings: HostSettings) -> None:
+        _read_host(host, settings, rows[host.name])
+
+    run.for_each_active_host("status", read)
+    # Drift: the dry run apply would start with (preflight, then every layer's prepared commands).
+    run.for_each_active_host("preflight", workflow._preflight)
+    run.prepare(workflow._layers())
+    run.disconnect()
+    for outcome in run.report("status").hosts:
+        _add_outcome(rows[outcome.name], outcome)
+    return list(rows.values())
+
+
+def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
+    from sd35_provision.facts import gather_host_facts
+    from sd35_provision.facts.report import facts_row
+
+    row.reachable = True
+    facts = gather_host_facts(host, settings)
+    _, os_name, gpu, driver, _, _, _, _ = facts_row(host.name, facts)
+    row.os, row.gpu, row.driver = os_name, gpu, None if driver == "-" else driver
+    row.fp8_capable = facts.fp8_capable if facts.gpus else None
+    service = _service_state(host, settings)
+    row.service_active = service.active
+    # Only a running unit has a /readyz to ask (activating: still loading the model).
+    row.service_ready = service.ready if service.active in ("active", "activating", "reloading") else None
+    row.release = service.release_id
+    row.model_revision = service.model_revision
+    row.smoke = service.smoke
+
+
+def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
+    state = host.get_fact(
+        ServiceState, unit=UNIT_NAME, venv_root=settings.python.venv_root,
+        smoke_record=f"{layout.smoke_dir(settings)}/last.json", url=service_url(settings), api_key_file=API_KEY_PATH,
+    )
+    return state or NO_SERVICE
+
+
+def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
+    if outcome.unreachable:
+        row.reachable = False
+        row.error = f"connect: {outcome.error}"
+        return
+    if outcome.failed or outcome.aborted:
+        first = (outcome.error or "").strip().splitlines()
+        row.error = f"{outcome.step}: {first[-1] if first else ''}"
+        return
+    row.drift = bool(outcome.changes)
+    row.drift_operations = [op.name for op in outcome.changes]
+
+
+def render_status_table(rows: list[HostStatus]) -> str:
+    table = [HEADER, *(row.row() for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
+    lines += [f"{row.name}: {row.error}" for row in rows if row.error]
+    return "\n".join(lines)
+
+
+def status_json(rows: list[HostStatus]) -> str:
+    return json.dumps({"hosts": [row.to_dict() for row in rows]}, indent=2)

@@ -1,0 +1,207 @@
+"""Fleet operations over real SSH: a host that goes away in the middle of an apply fails alone while the
+others finish; ``status`` on a mixed fleet (applied, drifted, stopped, fresh); onboarding freshly booted
+boxes end to end (host key, deploy account, spec edit with comments kept, facts, apply) and again as a no-op.
+
+One 4-host fleet for the module (node4 is never applied: the "fresh" host), plus a 2-host fleet of boxes
+that are not in any spec for onboarding. Applies install the venv from the cached CPU wheelhouse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sd35_provision.tinymodel import generate_tiny_pipeline
+from tests.conftest import booted_fleet
+from tests.integration.test_provision_fleet import REPO, cli
+
+pytestmark = pytest.mark.fleet
+UNIT = "sd35-inference.service"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, cpu_wheelhouse):
+    with booted_fleet(4, tmp_path_factory.mktemp("ops-fleet")) as booted:
+        generate_tiny_pipeline(booted.state_dir / "tiny-sd3")
+        booted.wheelhouse = cpu_wheelhouse
+        yield booted
+
+
+def write_spec(fleet, name: str = "ops.yaml") -> Path:
+    defaults = {
+        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
+        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
+        "model": {"source": "push", "path": "tiny-sd3"},
+        "service": {"precision": "fp32", "port": 8600},
+        "smoke": {"size": "64x64", "steps": 2},
+    }
+    return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults)
+
+
+def sh(fleet, host: str, command: str) -> str:
+    result = fleet.run(host, command)
+    assert result.exit_status == 0, f"{host}: {command}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, tmp_path):
+    spec = write_spec(fleet)
+    report_path = tmp_path / "report.json"
+    with open(report_path, "w") as report_file:
+        apply = subprocess.Popen(
+            [sys.executable, "-m", "sd35_provision.cli", "apply", str(spec), "--json",
+             "--limit", "node1", "--limit", "node2", "--limit", "node3"],
+            stdout=report_file, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )
+    progress: list[str] = []
+    reader = threading.Thread(target=lambda: progress.extend(apply.stderr), daemon=True)
+    reader.start()
+    try:
+        # node3 has its wheels; the venv build (the longest step) comes next: take the box away now.
+        deadline = time.monotonic() + 300
+        while not any(line.startswith("node3: changed: Python environment | Push wheels") for line in progress):
+            assert apply.poll() is None, "".join(progress)
+            assert time.monotonic() < deadline, "".join(progress)
+            time.sleep(0.2)
+        fleet.stop_host("node3")
+        apply.wait(timeout=600)
+    finally:
+        apply.kill()
+    reader.join(timeout=10)
+
+    assert apply.returncode == 1, "".join(progress)
+    report = json.loads(report_path.read_text())
+    assert report["ok"] is False and report["aborted"] is None
+    hosts = {host["name"]: host for host in report["hosts"]}
+    assert list(hosts) == ["node1", "node2", "node3"]  # every host's outcome, in spec order
+    for name in ("node1", "node2"):
+        assert hosts[name]["status"] == "changed" and not hosts[name]["failed"], hosts[name]
+        assert hosts[name]["smoke"]["ok"] is True
+        assert sh(fleet, name, f"systemctl is-active {UNIT}") == "active"
+    gone = hosts["node3"]
+    assert gone["status"] == "unreachable" and gone["failed"]
+    assert gone["step"].startswith("Python environment | ")  # the step it was in when it went away
+    assert "SSH connection was lost" in gone["error"]
+    assert any(line.startswith("node3: FAILED") for line in progress)
+    # Live progress, one line per host and change, not a wall of text.
+    assert all(re.match(r"^(node\d: (changed|FAILED)|ABORTED)", line) for line in progress), progress
+
+
+def test_status_of_a_mixed_fleet(fleet):
+    # node1 applied; node2 applied, then its service stopped (drift); node3 stopped; node4 never applied.
+    spec = write_spec(fleet)
+    sh(fleet, "node2", f"systemctl stop {UNIT}")
+    if fleet.is_running("node3"):  # when run on its own
+        fleet.stop_host("node3")
+    release = sh(fleet, "node1", "readlink /opt/sd35/current").rsplit("/", 1)[-1]
+
+    started = time.monotonic()
+    result = cli("status", str(spec), "--json", check_exit=1)  # 1: a host was unreachable
+    took = time.monotonic() - started
+    rows = {row["name"]: row for row in json.loads(result.stdout)["hosts"]}
+    assert list(rows) == ["node1", "node2", "node3", "node4"]
+
+    applied = rows["node1"]
+    assert applied["reachable"] and applied["os"] == "Debian 12" and applied["gpu"] == "none"
+    assert applied["fp8_capable"] is None and applied["driver"] is None
+    assert applied["service"] == {"active": "active", "ready": "ready"}
+    assert applied["release"] == release and applied["model_revision"].startswith("push-")
+    assert applied["smoke"]["ok"] is True and applied["smoke"]["latency_s"] > 0
+    assert applied["drift"] is False and applied["error"] is None
+
+    drifted = rows["node2"]
+    assert drifted["service"]["active"] == "inactive" and drifted["release"] == release
+    assert drifted["drift"] is True and f"Service | {UNIT} enabled and running" in drifted["drift_operations"]
+
+    assert rows["node3"]["reachable"] is False and rows["node3"]["error"].startswith("connect: ")
+
+    fresh = rows["node4"]
+    assert fresh["reachable"] and fresh["service"] == {"active": None, "ready": None}  # no unit yet
+    assert (fresh["release"], fresh["model_revision"], fresh["smoke"]) == (None, None, None)
+    assert fresh["drift"] is True
+
+    table = cli("status", str(spec), check_exit=1).stdout.splitlines()
+    assert table[0].split()[:3] == ["HOST", "REACHABLE", "OS"]
+    assert re.match(rf"node1\s+yes\s+Debian 12\s+none\s+-\s+-\s+active/ready\s+{release}\s+push-\w+\s+ok \d+\.\ds\s+no$",
+                    table[1]), table[1]
+    assert re.match(r"node2\s+yes\s+.*inactive\s+.*\s+yes$", table[2]), table[2]
+    assert re.match(r"node3\s+no(\s+-){9}$", table[3]), table[3]
+    assert re.match(r"node4\s+yes\s+Debian 12\s+none(\s+-){6}\s+yes$", table[4]), table[4]
+    assert table[5].startswith("node3: connect: ")
+    # One connection per host, all in parallel: about as fast as one host's dry run, not four.
+    assert took < 60, took
+
+
+def onboard(spec: Path, *args: str, password: str | None = None) -> subprocess.CompletedProcess:
+    # A new session: no controlling terminal, like automation (getpass reads stdin, nobody is asked).
+    return subprocess.run(
+        [sys.executable, "-m", "sd35_provision.cli", "onboard", str(spec), *args],
+        input=password + "\n" if password is not None else "", capture_output=True, text=True, timeout=600,
+        cwd=REPO, start_new_session=True,
+    )
+
+
+def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, boot_fleet):
+    boxes = boot_fleet(2)  # booted, but in no spec of ours: their own keys and known_hosts
+    spec = write_spec(fleet, "onboard.yaml")
+    known_hosts = fleet.state_dir / "onboard_known_hosts"
+    known_hosts.write_text(fleet.known_hosts_path.read_text())
+    text = spec.read_text().replace("known_hosts: known_hosts", "known_hosts: onboard_known_hosts  # ours")
+    text = text.replace("\nhosts:\n", "\nhosts:  # the fleet\n  # rack 1\n", 1) + "# end of the spec\n"
+    spec.write_text(text)
+    address = boxes.host("node1").address
+    base = ["--address", address, "--name", "new1", "--key", str(boxes.key_path),
+            "--set", f"service.bind={address}"]
+
+    refused = onboard(spec, *base)  # no terminal and no --accept-host-key: never trusted silently
+    assert refused.returncode == 1 and "not accepted" in refused.stderr and "--accept-host-key" in refused.stderr
+    assert spec.read_text() == text and known_hosts.read_text() == fleet.known_hosts_path.read_text()
+
+    first = onboard(spec, *base, "--accept-host-key")
+    assert first.returncode == 0, first.stdout + first.stderr
+    fingerprint = sh(boxes, "node1", "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+    assert f"host key of {address}:22: ssh-ed25519 {fingerprint} (new)" in first.stdout
+    recorded = next(line for line in boxes.known_hosts_path.read_text().splitlines() if line.startswith(f"{address} "))
+    assert known_hosts.read_text() == fleet.known_hosts_path.read_text() + recorded + "\n"
+    assert "new1: authorized the deploy key for root" in first.stdout
+    assert spec.read_text() == text.replace(
+        "\n# end of the spec\n",
+        f"\n  new1:\n    address: {address}\n    service:\n      bind: {address}\n# end of the spec\n")
+    assert re.search(r"^new1\s+Debian 12\s+none\s+", first.stdout, re.M)  # its facts
+    assert re.search(r"^new1\s+changed\s+\d+\s+.*smoke ok in", first.stdout, re.M), first.stdout
+    assert sh(boxes, "node1", f"systemctl is-active {UNIT}") == "active"
+
+    spec_after, known_after = spec.read_text(), known_hosts.read_text()
+    again = onboard(spec, *base)  # the key is known now: no acceptance needed
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "(already in" in again.stdout and "deploy account root already set up" in again.stdout
+    assert "the spec is unchanged" in again.stdout
+    assert re.search(r"^new1\s+unchanged\s+0\s", again.stdout, re.M), again.stdout
+    assert spec.read_text() == spec_after and known_hosts.read_text() == known_after
+
+    # A box reached first with an admin's password and sudo; onboarding makes a deploy account with
+    # passwordless sudo for the spec's key (and asks sudo for the password on stdin, never in argv).
+    second = boxes.host("node2").address
+    password = "first-contact-Pa55"
+    sh(boxes, "node2", "sed -i 's/^PasswordAuthentication no/PasswordAuthentication yes/' "
+                       "/etc/ssh/sshd_config.d/*.conf && systemctl reload ssh && useradd -m -s /bin/bash admin && "
+                       f"echo 'admin:{password}' | chpasswd && echo 'admin ALL=(ALL) ALL' > /etc/sudoers.d/admin")
+    with_password = onboard(spec, "--address", second, "--name", "new2", "--user", "admin", "--password-prompt",
+                            "--deploy-user", "ops", "--sudo", "--set", f"service.bind={second}",
+                            "--accept-host-key", "--skip-apply", password=password)
+    assert with_password.returncode == 0, with_password.stdout + with_password.stderr
+    assert password not in with_password.stdout + with_password.stderr
+    for change in ("created user ops", "authorized the deploy key for ops", "passwordless sudo for ops"):
+        assert f"new2: {change}" in with_password.stdout
+    assert (f"  new2:\n    address: {second}\n    ssh:\n      user: ops\n      sudo: true\n"
+            f"    service:\n      bind: {second}\n") in spec.read_text()
+    assert re.search(r"^new2\s+Debian 12\s+", with_password.stdout, re.M)  # facts through ops + sudo
+    assert sh(boxes, "node2", "stat -c '%a %U' /etc/sudoers.d/90-sd35-ops") == "440 root"
+    cli("validate", str(spec), check_exit=0)
