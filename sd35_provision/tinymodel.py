@@ -8,14 +8,21 @@ can be exercised end to end without the gated multi-GB weights. It is about
 
 The same seed gives byte-identical files (with the same library versions), so
 tests can pin checksums.
+
+``build_sd3_pipeline`` assembles any SD3 pipeline with random weights from its
+components' configs; the benchmark (sd35_provision.bench.models) builds the
+full-size SD3.5 Large and Medium with it, from the published configs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 # Where the tiny model's limits come from: one VAE block means no downsampling
 # (vae_scale_factor 1) and patch size 2, so the largest image side is
@@ -41,6 +48,20 @@ TINY_TRANSFORMER_CONFIG: dict[str, object] = dict(
     out_channels=16,
     pos_embed_max_size=TINY_POS_EMBED_MAX_SIZE,
     qk_norm="rms_norm",
+)
+
+# SD3's flow-matching scheduler and its VAE's latent space: the same in every SD3.5
+# model (shared/SD35.md) and in the tiny one.
+SD3_SCHEDULER_CONFIG: dict[str, Any] = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+SD3_VAE_LATENT_CONFIG: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    scaling_factor=1.5305,
+    shift_factor=0.0609,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    force_upcast=True,
 )
 
 # A few merges so the BPE actually merges something; the rest of the text is
@@ -113,102 +134,121 @@ def build_tokenizers(work_dir: Path):
     return clip, t5, len(vocab), len(t5_vocab)
 
 
-# The old private name, still imported by sd35_provision/bench/models.py.
-_build_tokenizers = build_tokenizers
+
+@dataclass(frozen=True)
+class SD3Configs:
+    """The configs of an SD3 pipeline's random-weight components.
+
+    + clip_l, clip_g: CLIPTextConfig keywords (vocab_size included) of text_encoder, text_encoder_2
+    + t5: T5Config keywords of text_encoder_3
+    + transformer: SD3Transformer2DModel keywords
+    + vae: AutoencoderKL keywords
+    """
+
+    clip_l: dict[str, Any]
+    clip_g: dict[str, Any]
+    t5: dict[str, Any]
+    transformer: dict[str, Any]
+    vae: dict[str, Any]
+
+
+@contextlib.contextmanager
+def _built_on(device: Any = None, dtype: Any = None) -> Iterator[None]:
+    """Construct modules directly on ``device`` in ``dtype`` (no float32 CPU copy first); nothing if both None."""
+    if device is None and dtype is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def seeded_component(seed: int, offset: int, build: Any, device: Any = None, dtype: Any = None) -> Any:
+    """``build()`` with the RNG at ``seed * 1000 + offset``, in eval mode.
+
+    Each component has its own offset (CLIP-L 1, CLIP-G 2, T5 3, transformer 4,
+    VAE 5), so changing one never reshuffles the others' weights.
+    """
+    import torch
+
+    torch.manual_seed(seed * 1000 + offset)
+    with _built_on(device, dtype):
+        return build().eval()
+
+
+TRANSFORMER_SEED_OFFSET = 4
+
+
+def build_sd3_transformer(config: dict[str, Any], seed: int = 0, device: Any = None, dtype: Any = None) -> Any:
+    """The random-weight SD3 transformer that ``build_sd3_pipeline`` with ``seed`` would hold."""
+    from diffusers import SD3Transformer2DModel
+
+    return seeded_component(seed, TRANSFORMER_SEED_OFFSET, lambda: SD3Transformer2DModel(**config), device, dtype)
+
+
+def build_sd3_pipeline(configs: SD3Configs, clip_tokenizer: Any, t5_tokenizer: Any, seed: int = 0,
+                       device: Any = None, dtype: Any = None) -> Any:
+    """A StableDiffusion3Pipeline of random-weight components (``seed``), built on ``device`` in ``dtype``
+    (default: the CPU in float32); both CLIP encoders share ``clip_tokenizer``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    def clip(config: dict[str, Any], offset: int) -> Any:
+        full = CLIPTextConfig(max_position_embeddings=CLIP_MAX_LENGTH, bos_token_id=clip_tokenizer.bos_token_id,
+                              eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
+                              **config)
+        return seeded_component(seed, offset, lambda: CLIPTextModelWithProjection(full), device, dtype)
+
+    text_encoder = clip(configs.clip_l, 1)
+    text_encoder_2 = clip(configs.clip_g, 2)
+    t5_config = T5Config(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **configs.t5)
+    text_encoder_3 = seeded_component(seed, 3, lambda: T5EncoderModel(t5_config), device, dtype)
+    transformer = build_sd3_transformer(configs.transformer, seed, device, dtype)
+    vae = seeded_component(seed, 5, lambda: AutoencoderKL(**configs.vae), device, dtype)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER_CONFIG),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=clip_tokenizer,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def tiny_configs(clip_vocab_size: int, t5_vocab_size: int) -> SD3Configs:
+    """The tiny pipeline's component configs, for tokenizers of these vocabulary sizes."""
+    clip = dict(vocab_size=clip_vocab_size, hidden_size=TINY_WIDTH, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, projection_dim=TINY_WIDTH, hidden_act="gelu")
+    return SD3Configs(
+        clip_l=clip,
+        clip_g=dict(clip),
+        t5=dict(vocab_size=t5_vocab_size, d_model=TINY_WIDTH, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                feed_forward_proj="gated-gelu"),
+        transformer=dict(TINY_TRANSFORMER_CONFIG),
+        vae=dict(SD3_VAE_LATENT_CONFIG, down_block_types=("DownEncoderBlock2D",),
+                 up_block_types=("UpDecoderBlock2D",), block_out_channels=(TINY_WIDTH,), layers_per_block=1,
+                 norm_num_groups=8, sample_size=TINY_SAMPLE_SIZE),
+    )
 
 
 def build_tiny_pipeline(seed: int = 0):
     """Build the tiny StableDiffusion3Pipeline in memory (random weights from ``seed``)."""
     import tempfile
 
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
     with tempfile.TemporaryDirectory() as tmp:
         clip_tok, t5_tok, clip_vocab_size, t5_vocab_size = build_tokenizers(Path(tmp) / "clip")
-
-    def seeded(offset: int) -> None:
-        # Each component gets its own seed so changing one never reshuffles the others.
-        torch.manual_seed(seed * 1000 + offset)
-
-    def clip_encoder(offset: int) -> CLIPTextModelWithProjection:
-        seeded(offset)
-        config = CLIPTextConfig(
-            vocab_size=clip_vocab_size,
-            hidden_size=TINY_WIDTH,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=CLIP_MAX_LENGTH,
-            projection_dim=TINY_WIDTH,
-            hidden_act="gelu",
-            bos_token_id=clip_tok.bos_token_id,
-            eos_token_id=clip_tok.eos_token_id,
-            pad_token_id=clip_tok.pad_token_id,
-        )
-        return CLIPTextModelWithProjection(config).eval()
-
-    text_encoder = clip_encoder(1)
-    text_encoder_2 = clip_encoder(2)
-
-    seeded(3)
-    text_encoder_3 = T5EncoderModel(
-        T5Config(
-            vocab_size=t5_vocab_size,
-            d_model=TINY_WIDTH,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    ).eval()
-
-    seeded(4)
-    transformer = SD3Transformer2DModel(**TINY_TRANSFORMER_CONFIG).eval()
-
-    seeded(5)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(TINY_WIDTH,),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=TINY_SAMPLE_SIZE,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        force_upcast=True,
-    ).eval()
-
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
-
-    return StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tok,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=clip_tok,
-        text_encoder_3=text_encoder_3,
-        tokenizer_3=t5_tok,
-    )
+    return build_sd3_pipeline(tiny_configs(clip_vocab_size, t5_vocab_size), clip_tok, t5_tok, seed)
 
 
 def generate_tiny_pipeline(out_dir: Path, seed: int = 0) -> Path:

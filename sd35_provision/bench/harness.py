@@ -529,7 +529,7 @@ def run_benchmark(
                 if device.type == "cuda":
                     log(f"[{mode.key}] start: {torch.cuda.memory_allocated(device) / 1e9:.2f} GB allocated "
                         "without a transformer")
-                transformer = build_transformer(spec, device, dtype, seed=4) if not spec.tiny \
+                transformer = build_transformer(spec, device, dtype) if not spec.tiny \
                     else build_pipeline(spec, device, dtype).transformer
                 pipe.transformer = transformer
                 choice = prec.PrecisionChoice(mode.precision, dtype, mode.compile, "benchmark", compile_scope)
