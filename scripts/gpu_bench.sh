@@ -7,6 +7,14 @@
 #   [FACTS=1] scripts/gpu_bench.sh NAME [sd35-provision bench options...]
 #
 # writes NAME.json and NAME.log (and facts.log, h100-facts.json with FACTS=1).
+#
+# .whl-h100 (ignored by git; in .git/info/exclude) holds one wheel of each of: diffusers,
+# torchao, importlib_metadata, zipp, pyinfra, gevent, greenlet, zope_event, zope_interface,
+# paramiko, bcrypt, pynacl, cryptography, cffi, pycparser, invoke, distro, typeguard,
+# types_paramiko, pydantic, pydantic_core, annotated_types, typing_inspection,
+# typing_extensions, jsonschema, jsonschema_specifications, referencing, rpds_py, ruamel_yaml
+# (`pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux...`,
+# about 23 MB): what the machine's image (torch 2.11, transformers 5.17) lacks.
 set -u
 name=$1; shift
 out=${OUT:-out}; mkdir -p "$out"
