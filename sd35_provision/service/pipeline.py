@@ -212,7 +212,8 @@ def engine_loader(config: ServiceConfig) -> EngineLoader:
     def load(set_phase: Callable[[str], None]) -> LoadedEngine:
         device = detect_device()
         try:
-            choice = choose_precision(config.precision, device, config.compile, model_bytes(config.model_dir))
+            choice = choose_precision(config.precision, device, config.compile, model_bytes(config.model_dir),
+                                      warmup=config.warmup_steps > 0)
         except ValueError as exc:
             raise StartupError(f"SD35_PRECISION={config.precision}, SD35_COMPILE={config.compile}: {exc}") from None
         log.info(
