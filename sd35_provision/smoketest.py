@@ -29,6 +29,11 @@ class SmokeOutcome:
     image: str | None = None  # the PNG on the host
 
 
+def _as_root(host: Host) -> dict:
+    """pyinfra applies ``ssh.sudo`` to operations and facts only; these direct commands need it too."""
+    return {"_sudo": True} if host.data.get("_sudo", False) else {}
+
+
 def service_url(settings: HostSettings) -> str:
     bind = settings.service.bind
     address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
@@ -51,7 +56,7 @@ def smoke_command(settings: HostSettings) -> str:
 
 def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
     _, output = host.run_shell_command(smoke_command(settings), print_output=False,
-                                       _timeout=settings.smoke.timeout_s + 60)
+                                       _timeout=settings.smoke.timeout_s + 60, **_as_root(host))
     for line in reversed(output.stdout_lines):
         try:
             result = json.loads(line)
@@ -67,7 +72,7 @@ def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
 
 def current_release(host: Host, settings: HostSettings, link: str = "current") -> str | None:
     ok, output = host.run_shell_command(f"readlink {shlex.quote(settings.python.venv_root + '/' + link)}",
-                                        print_output=False)
+                                        print_output=False, **_as_root(host))
     return output.stdout.strip() if ok and output.stdout.strip() else None
 
 
@@ -81,7 +86,7 @@ def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
         return None, "no previous release to roll back to"
     command = (f"{switch_script(settings.python.venv_root, previous)}\n"
                f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2")
-    ok, output = host.run_shell_command(command, print_output=False)
+    ok, output = host.run_shell_command(command, print_output=False, **_as_root(host))
     if not ok:
         return None, f"rollback to {previous} failed: {(output.stderr or '').strip().splitlines()[-1:]}"
     return previous, f"rolled back to {previous.removeprefix('releases/')}"

@@ -112,3 +112,14 @@ def test_service_bundle_is_reproducible_and_only_the_service():
     names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
     assert "sd35_provision/service/__main__.py" in names and "sd35_provision/__init__.py" in names
     assert all(name.startswith("sd35_provision/service/") or name == "sd35_provision/__init__.py" for name in names)
+
+
+def test_direct_smoke_commands_use_sudo_when_the_spec_says_so():
+    from sd35_provision.smoketest import _as_root
+
+    class FakeHost:
+        def __init__(self, data):
+            self.data = data
+
+    assert _as_root(FakeHost({"_sudo": True})) == {"_sudo": True}
+    assert _as_root(FakeHost({})) == {}
