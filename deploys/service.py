@@ -28,10 +28,10 @@ from sd35_provision.service.unit import render_unit
 from sd35_provision.spec.model import HostSettings
 
 STEP = "Service"
-UNIT_NAME = "sd35-inference.service"
+UNIT_NAME = layout.SERVICE_UNIT
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 SERVICE_ENV_FILE = f"{layout.CONFIG_DIR}/service.env"
-API_KEY_PATH = f"{layout.CONFIG_DIR}/api-key"
+API_KEY_PATH = layout.API_KEY_FILE
 
 
 def service_environment(settings: HostSettings) -> dict[str, str]:

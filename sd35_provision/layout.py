@@ -10,6 +10,8 @@ from sd35_provision.spec.model import HostSettings
 
 CONFIG_DIR = "/etc/sd35"
 ENV_FILE = f"{CONFIG_DIR}/env"
+SERVICE_UNIT = "sd35-inference.service"
+API_KEY_FILE = f"{CONFIG_DIR}/api-key"  # the service's bearer key, 0400, owned by the service user
 PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
 
 

@@ -17,8 +17,8 @@ from pyinfra.api.host import Host
 from sd35_provision import layout
 from sd35_provision.spec.model import HostSettings
 
-UNIT_NAME = "sd35-inference.service"
-API_KEY_PATH = f"{layout.CONFIG_DIR}/api-key"
+UNIT_NAME = layout.SERVICE_UNIT
+API_KEY_PATH = layout.API_KEY_FILE
 
 
 @dataclass
