@@ -77,6 +77,7 @@ def test_written_spec_passes_the_project_spec_loader(tmp_path: Path) -> None:
     fleet.key_path.write_text("key")
     fleet.known_hosts_path.write_text("")
     (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model_index.json").write_text("{}")
     # The fleet itself says nothing about the model; a demo adds that section.
     model = {"source": "push", "path": str(tmp_path / "weights")}
     demo = fleet.write_spec(tmp_path / "demo.yaml", extra_defaults={"model": model, "cache": {"root": "/srv/sd35"}})
@@ -293,6 +294,7 @@ def test_spec_file_loads_and_points_at_the_fleet(test_fleet: Fleet) -> None:
 
     model = test_fleet.state_dir / "weights"
     model.mkdir(exist_ok=True)
+    (model / "model_index.json").write_text("{}")
     spec = load_spec(test_fleet.write_spec(test_fleet.state_dir / "demo-test.yaml",
                                            extra_defaults={"model": {"source": "push", "path": str(model)}}))
     assert yaml.safe_load(test_fleet.spec_path.read_text())["hosts"] == yaml.safe_load(
