@@ -1,8 +1,9 @@
 """Release layer: what the service runs, switched in with one atomic rename.
 
 A release is a directory ``releases/<id>`` of symlinks to the parts the
-earlier layers prepared (the locked venv, the verified model) plus
-``release.json`` saying what they are. Its id is the hash of that content,
+earlier layers prepared (the locked venv, the verified model), a copy of
+the service settings it is to run with, and ``release.json`` saying what
+they are. Its id is the hash of that content,
 so re-applying the same parts gives the same release and changes nothing.
 ``current`` points at the release in service and ``previous`` at the one
 before, which is what a rollback switches back to.
@@ -22,6 +23,7 @@ from pyinfra.facts.files import Directory, Link
 from pyinfra.operations import files, server
 
 from deploys.python_env import host_lock
+from deploys.service_settings import RELEASE_COPY, render_service_env, service_env_digest
 from sd35_provision import layout
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.modelstore import model_directory
@@ -45,7 +47,7 @@ def app_dir(settings: HostSettings) -> str:
 def release_manifest(settings: HostSettings) -> dict:
     lock = host_lock(settings)
     return {"lock": lock.id, "torch_flavour": lock.flavour, "links": release_parts(settings),
-            "model_revision": settings.model.revision}
+            "model_revision": settings.model.revision, "service_settings": service_env_digest(settings)}
 
 
 def release_id(manifest: dict) -> str:
@@ -67,7 +69,8 @@ def release_layer() -> None:
     if not host.get_fact(Directory, path=app):
         service_code_unpacked(name=f"Unpack service code {service_bundle()[1][:12]}", app=app)
     if not host.get_fact(Directory, path=release):
-        server.shell(name=f"Create release {rid}", commands=[_create_script(releases, rid, manifest)])
+        server.shell(name=f"Create release {rid}",
+                     commands=[_create_script(releases, rid, manifest, render_service_env(settings))])
 
     target = f"releases/{rid}"
     link = host.get_fact(Link, path=layout.current_link(settings))
@@ -102,10 +105,12 @@ def service_code_unpacked(app: str):
             f"chmod -R a+rX {staging} && rm -f {a}.tar && mv -T {staging} {a}")
 
 
-def _create_script(releases: str, rid: str, manifest: dict) -> str:
+def _create_script(releases: str, rid: str, manifest: dict, service_env: str) -> str:
     final, staging = shlex.quote(f"{releases}/{rid}"), shlex.quote(f"{releases}/.{rid}.new")
     lines = ["set -eu", f"rm -rf {staging}", f"mkdir -m 755 {staging}"]
     lines += [f"ln -s {shlex.quote(target)} {staging}/{name}" for name, target in manifest["links"].items()]
     lines.append(f"printf '%s\\n' {shlex.quote(json.dumps(manifest, indent=2, sort_keys=True))} > {staging}/release.json")
+    lines.append(f"printf '%s' {shlex.quote(service_env)} > {staging}/{RELEASE_COPY}")
+    lines.append(f"chmod 644 {staging}/release.json {staging}/{RELEASE_COPY}")
     lines.append(f"mv -T {staging} {final}")
     return "\n".join(lines)

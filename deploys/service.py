@@ -2,7 +2,8 @@
 
 The unit runs ``<venv_root>/current/venv/bin/python -m sd35_provision.service``
 from ``current/app`` as the service user, with the SD35_* settings in
-``/etc/sd35/service.env`` and the API key (if any) in a 0400 file the
+``/etc/sd35/service.env`` (a copy of which each release keeps, for
+rollbacks) and the API key (if any) in a 0400 file the
 service reads itself. It is restarted only when something it runs changed:
 the unit, its settings, the key, or the release ``current`` points at
 (venv, model or code); otherwise it is only kept enabled and running.
@@ -20,6 +21,7 @@ from pyinfra.operations import files, server, systemd
 from deploys.model import model_check
 from deploys.python_env import host_lock
 from deploys.release import release_id, release_manifest
+from deploys.service_settings import API_KEY_PATH, SERVICE_ENV_FILE, render_service_env, service_environment
 from sd35_provision import layout
 from sd35_provision.facts.venv import Venv
 from sd35_provision.locks import compare_installed
@@ -30,34 +32,6 @@ from sd35_provision.spec.model import HostSettings
 STEP = "Service"
 UNIT_NAME = layout.SERVICE_UNIT
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
-SERVICE_ENV_FILE = f"{layout.CONFIG_DIR}/service.env"
-API_KEY_PATH = layout.API_KEY_FILE
-
-
-def service_environment(settings: HostSettings) -> dict[str, str]:
-    """The service's SD35_* settings (see sd35_provision/service/config.py); no secret in here."""
-    service, current = settings.service, layout.current_link(settings)
-    env = {
-        "SD35_MODEL_DIR": f"{current}/model",
-        "SD35_BIND": service.bind,
-        "SD35_PORT": str(service.port),
-        "SD35_PRECISION": service.precision,
-        "SD35_COMPILE": service.compile,
-        "SD35_QUEUE_SIZE": str(service.queue_size),
-        "SD35_MAX_SIDE": str(service.max_side),
-        "SD35_MAX_PIXELS": str(service.max_side * service.max_side),
-        "SD35_MAX_STEPS": str(service.max_steps),
-        "SD35_MAX_N": str(service.max_n),
-    }
-    if service.api_key_file is not None:
-        env["SD35_API_KEY_FILE"] = API_KEY_PATH
-    return env
-
-
-def render_service_env(settings: HostSettings) -> str:
-    lines = ["# Managed by sd35-provision; edits are reverted on the next apply."]
-    lines += [f"{key}={value}" for key, value in service_environment(settings).items()]
-    return "\n".join(lines) + "\n"
 
 
 def render_service_unit(settings: HostSettings) -> str:

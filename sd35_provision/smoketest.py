@@ -84,9 +84,22 @@ def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
     failed = current_release(host, settings, "current")
     if previous is None or previous == failed:
         return None, "no previous release to roll back to"
-    command = (f"{switch_script(settings.python.venv_root, previous)}\n"
-               f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2")
+    command = "\n".join([
+        switch_script(settings.python.venv_root, previous),
+        _restore_settings_script(settings),
+        f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2",
+    ])
     ok, output = host.run_shell_command(command, print_output=False, **_as_root(host))
     if not ok:
         return None, f"rollback to {previous} failed: {(output.stderr or '').strip().splitlines()[-1:]}"
     return previous, f"rolled back to {previous.removeprefix('releases/')}"
+
+
+def _restore_settings_script(settings: HostSettings) -> str:
+    """Put back the service settings the restored release was made with (older releases kept none)."""
+    from deploys.service_settings import RELEASE_COPY, SERVICE_ENV_FILE
+
+    copy = shlex.quote(f"{layout.current_link(settings)}/{RELEASE_COPY}")
+    user = shlex.quote(settings.service.user)
+    return (f"if [ -f {copy} ]; then install -m 640 -o root -g {user} {copy} {SERVICE_ENV_FILE}.new && "
+            f"mv -f {SERVICE_ENV_FILE}.new {SERVICE_ENV_FILE}; fi")

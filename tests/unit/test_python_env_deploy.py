@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,14 @@ def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
         (wheelhouse / "beta.moved").rename(wheelhouse / "beta-2.0-py3-none-any.whl")
 
 
+def test_a_change_of_service_settings_makes_a_new_release():
+    # The release keeps the settings it was tested with, so a rollback restores them too.
+    host = settings(accelerator="cpu")
+    changed = replace(host, service=replace(host.service, queue_size=host.service.queue_size + 1))
+    assert release_id(release_manifest(changed)) != release_id(release_manifest(host))
+    assert release_id(release_manifest(settings(accelerator="cpu"))) == release_id(release_manifest(host))
+
+
 def test_no_new_enough_python():
     facts = {"DebPackages": {"python3-venv": ["x"]}, "PythonVersions": Output(["python3 /usr/bin/python3 3.10.12"])}
     with pytest.raises(EnvironmentNotReady, match=r"no Python 3.11\+ on the host"):
@@ -163,6 +172,7 @@ def test_release_is_created_then_switched_atomically_and_then_left_alone():
     assert unpack.endswith(f"mv -T {app}.new {app}")
     [create] = fresh.commands(f"Create release {rid}")
     assert f"mv -T {ROOT}/releases/.{rid}.new {ROOT}/releases/{rid}" in create
+    assert "SD35_PRECISION=auto" in create and f"> {ROOT}/releases/.{rid}.new/service.env" in create
     [switch] = fresh.commands("Switch current")
     assert "mv -T .current.new current" in switch and "previous" in switch
 
