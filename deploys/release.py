@@ -1,10 +1,10 @@
 """Release layer: what the service runs, switched in with one atomic rename.
 
-A release is a directory ``releases/<id>`` of symlinks to the parts the
-earlier layers prepared (the locked venv, the verified model), a copy of
-the service settings it is to run with, and ``release.json`` saying what
-they are. Its id is the hash of that content,
-so re-applying the same parts gives the same release and changes nothing.
+A release is a directory ``releases/<build>-<settings>`` of symlinks to the
+parts the earlier layers prepared (the locked venv, the verified model), a
+copy of the service settings it is to run with, and ``release.json`` saying
+what they are. Its id is the hash of that content, so re-applying the same
+parts gives the same release and changes nothing.
 ``current`` points at the release in service and ``previous`` at the one
 before, which is what a rollback switches back to.
 """
@@ -51,7 +51,11 @@ def release_manifest(settings: HostSettings) -> dict:
 
 
 def release_id(manifest: dict) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+    """``<build>-<settings>``: the build part (venv, code, model) is the same on every host that runs
+    the same software, so a fleet's releases can be compared; the settings part is per host."""
+    build = {key: value for key, value in manifest.items() if key != "service_settings"}
+    build_id = hashlib.sha256(json.dumps(build, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{build_id}-{manifest['service_settings'][:6]}"
 
 
 @deploy(STEP)
