@@ -101,3 +101,18 @@ def fleet_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("fleet-model") / "tiny-sd3"
     generate_tiny_pipeline(directory)
     return directory
+
+
+def cpu_fleet_defaults(fleet: Fleet, model: str | Path | dict, **sections: dict) -> dict:
+    """The spec defaults every fleet test starts from: CPU torch from the cached wheelhouse,
+    caches under /srv/sd35, a tiny smoke test; ``model`` is a push directory or a whole model
+    section, and ``sections`` are merged over the rest (``python={...}``, ``service={...}``)."""
+    from sd35_provision.testfleet.spec import deep_merge
+
+    defaults = {
+        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
+        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
+        "model": model if isinstance(model, dict) else {"source": "push", "path": str(model)},
+        "smoke": {"size": "64x64", "steps": 2},
+    }
+    return deep_merge(defaults, sections)

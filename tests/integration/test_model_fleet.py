@@ -23,7 +23,7 @@ import pytest
 from sd35_provision import modelstore
 from sd35_provision.spec import load_spec
 from sd35_provision.tinymodel import generate_tiny_pipeline
-from tests.conftest import booted_fleet
+from tests.conftest import booted_fleet, cpu_fleet_defaults
 from tests.fakehub import FakeHub, FakeRepo
 from tests.integration.test_provision_fleet import cli
 
@@ -66,13 +66,7 @@ def fleet(tmp_path_factory, cpu_wheelhouse):
 
 
 def write_spec(fleet, name: str, model: dict) -> Path:
-    defaults = {
-        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
-        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
-        "model": model,
-        "service": {"precision": "fp32", "port": 8610},
-        "smoke": {"size": "64x64", "steps": 2},
-    }
+    defaults = cpu_fleet_defaults(fleet, model, service={"precision": "fp32", "port": 8610})
     return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import booted_fleet
+from tests.conftest import booted_fleet, cpu_fleet_defaults
 
 pytestmark = pytest.mark.fleet
 REPO = Path(__file__).resolve().parents[2]
@@ -40,13 +40,7 @@ def cli(*args: str, check_exit: int | None = None) -> subprocess.CompletedProces
 
 
 def write_spec(fleet, name: str = "spec.yaml", host_overrides: dict | None = None, **extra) -> Path:
-    defaults = {
-        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
-        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
-        "model": {"source": "push", "path": str(fleet.tiny_model)},
-        "smoke": {"size": "64x64", "steps": 2},
-    }
-    defaults.update(extra)
+    defaults = {**cpu_fleet_defaults(fleet, fleet.tiny_model), **extra}
     return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults, host_overrides=host_overrides)
 
 

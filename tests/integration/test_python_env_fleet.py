@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sd35_provision.locks import load_lock
-from tests.conftest import booted_fleet
+from tests.conftest import booted_fleet, cpu_fleet_defaults
 from tests.integration.test_provision_fleet import cli
 
 pytestmark = pytest.mark.fleet
@@ -29,12 +29,9 @@ def fleet(tmp_path_factory, cpu_wheelhouse, fleet_tiny_model):
 
 
 def write_spec(fleet, name: str, **python) -> Path:
-    defaults = {
-        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
-        "python": {"torch_flavour": "cpu", **python},
-        "model": {"source": "push", "path": str(fleet.tiny_model)},
-        "smoke": {"size": "64x64", "steps": 2},
-    }
+    defaults = cpu_fleet_defaults(fleet, fleet.tiny_model, python=python)
+    if "wheelhouse" not in python:  # pip gets its wheels elsewhere (find_links)
+        del defaults["python"]["wheelhouse"]
     return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults)
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from sd35_provision.tinymodel import generate_tiny_pipeline
-from tests.conftest import booted_fleet
+from tests.conftest import booted_fleet, cpu_fleet_defaults
 from tests.integration.test_provision_fleet import cli
 
 pytestmark = pytest.mark.fleet
@@ -34,13 +34,7 @@ def fleet(tmp_path_factory, cpu_wheelhouse):
 
 
 def write_spec(fleet, name: str = "service.yaml", model: str = "tiny-sd3") -> Path:
-    defaults = {
-        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
-        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
-        "model": {"source": "push", "path": model},
-        "service": {"precision": "fp32", "port": 8600, "api_key_file": "api-key"},
-        "smoke": {"size": "64x64", "steps": 2},
-    }
+    defaults = cpu_fleet_defaults(fleet, model, service={"precision": "fp32", "port": 8600, "api_key_file": "api-key"})
     return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults)
 
 
