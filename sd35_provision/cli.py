@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a host failed or the input is invalid; 2 drift found
 (``drift`` only); 3 the run was aborted (more than ``--fail-percent`` of the
-hosts failed); 64 the command line itself is wrong.
+hosts failed, or a canary or batch failed and the rollout stopped); 64 the
+command line itself is wrong.
 """
 
 from gevent import monkey
@@ -25,7 +26,8 @@ EXIT_USAGE = 64
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 a host failed, or the spec or input is invalid; "
     "2 drift found (drift); 3 the run was aborted because more than --fail-percent of the hosts failed "
-    "(hosts it did not finish are listed as aborted); 64 the command line is wrong."
+    "(hosts it did not finish are listed as aborted), or a canary or batch failed and the rollout stopped "
+    "(hosts it did not start are listed as not started); 64 the command line is wrong."
 )
 
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
@@ -54,6 +56,17 @@ accept_new_option = click.option(
     help="Trust and record host keys of hosts not yet in known_hosts (first contact). "
     "A changed key is still refused.",
 )
+
+
+def _batch_option(ctx: click.Context, param: click.Parameter, value: str | None):
+    from sd35_provision.rollout import parse_batch
+
+    if value is None:
+        return None
+    try:
+        return parse_batch(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _progress(message: str) -> None:
@@ -128,15 +141,24 @@ def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, paralle
 @limit_option
 @accept_new_option
 @fleet_run_options
+@click.option("--canary", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Apply the first N hosts (spec order) on their own first; if any of them fails (its "
+              "smoke test included) the rollout stops and the other hosts are not touched (exit 3).")
+@click.option("--batch", "batch", callback=_batch_option, default=None, metavar="N|P%",
+              help="Apply N hosts (or P%% of the hosts, rounded up) at a time; each batch must pass its "
+              "smoke test before the next starts. A failed host is rolled back and the rollout stops "
+              "(exit 3), unless --fail-percent still allows it.")
 @click.option("--json", "as_json", is_flag=True, help="Print every host's outcome as JSON (progress stays on stderr).")
 def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
-          fail_percent: int | None, as_json: bool) -> None:
+          fail_percent: int | None, canary: int | None, batch, as_json: bool) -> None:
     """Bring every host to the spec, all hosts in parallel; exit 0 only if every host succeeded."""
     from sd35_provision import workflow
     from sd35_provision.report import render_failures, render_table
+    from sd35_provision.rollout import Rollout
 
     report = workflow.apply(_load(spec), limit, _options(accept_new_host_keys, parallel=parallel,
-                                                         fail_percent=fail_percent))
+                                                         fail_percent=fail_percent),
+                            rollout=Rollout(batch=batch, canary=canary or 0))
     click.echo(report.to_json() if as_json else render_table(report))
     if not report.ok and not as_json:
         click.echo("\n" + render_failures(report), err=True)

@@ -21,6 +21,8 @@ class HostOutcome:
     failed: bool = False
     unreachable: bool = False
     aborted: bool = False  # the run was aborted (--fail-percent) before this host finished
+    skipped: bool = False  # a staged rollout stopped before this host's wave: it was not touched
+    wave: str | None = None  # "canary", "batch 2/3" in a staged rollout
     step: str | None = None
     error: str | None = None
     executed: bool = False
@@ -39,6 +41,8 @@ class HostOutcome:
             return "failed"
         if self.aborted:
             return "aborted"
+        if self.skipped:
+            return "not started"
         if self.changes:
             return "changed" if self.executed else "would change"
         return "unchanged"
@@ -48,7 +52,8 @@ class HostOutcome:
 class RunReport:
     mode: str  # plan | apply | drift
     hosts: list[HostOutcome]
-    aborted: str | None = None  # why the run stopped early (more than --fail-percent failed)
+    aborted: str | None = None  # why the run stopped early (--fail-percent, or a failed canary or batch)
+    waves: list[dict] | None = None  # a staged rollout: [{label, hosts, result}] in order
 
     @property
     def ok(self) -> bool:
@@ -69,12 +74,15 @@ class RunReport:
                 for op in host.changes
             ]
             hosts.append(entry)
-        return json.dumps({"mode": self.mode, "ok": self.ok, "drift": self.drifted, "aborted": self.aborted,
-                           "hosts": hosts}, indent=2)
+        payload = {"mode": self.mode, "ok": self.ok, "drift": self.drifted, "aborted": self.aborted}
+        if self.waves is not None:
+            payload["waves"] = self.waves
+        return json.dumps({**payload, "hosts": hosts}, indent=2)
 
 
 def render_table(report: RunReport) -> str:
-    rows = [("HOST", "STATUS", "CHANGES", "DETAIL")]
+    staged = report.waves is not None
+    rows = [("HOST", *(("WAVE",) if staged else ()), "STATUS", "CHANGES", "DETAIL")]
     for host in report.hosts:
         detail = ""
         if host.failed:
@@ -82,16 +90,21 @@ def render_table(report: RunReport) -> str:
             detail = f"{host.step}: {first_line[-1] if first_line else ''}"
         elif host.aborted:
             detail = f"aborted at {host.step}"
+        elif host.skipped:
+            detail = "untouched: the rollout stopped"
         elif host.notes:
             detail = "; ".join(host.notes)
         if host.smoke and host.smoke.get("ok"):
             detail = "; ".join(filter(None, [detail, f"smoke ok in {host.smoke['latency_s']:.1f}s"]))
-        rows.append((host.name, host.status, str(len(host.changes)), detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}".rstrip()
-        for row in rows
-    )
+        rows.append((host.name, *((host.wave or "-",) if staged else ()), host.status, str(len(host.changes)),
+                     detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row[:-2], widths)]
+        cells.append(f"{row[-2]:>{widths[-1]}}")  # CHANGES, right-aligned
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
 
 
 def render_plan(report: RunReport) -> str:

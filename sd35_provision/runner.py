@@ -151,11 +151,12 @@ class FleetRun:
     def for_each_connected_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
         """Like ``for_each_active_host``, failed hosts included (e.g. to roll one back).
 
-        After an abort only the failed hosts are visited: a rollback still happens.
+        After an abort only the failed and aborted hosts are visited: a rollback still happens.
         """
         connected = [host for host in self.state.inventory if host.connected]
         if self._stopped(step):
-            connected = [host for host in connected if self.outcomes[host.name].failed]
+            connected = [host for host in connected
+                         if self.outcomes[host.name].failed or self.outcomes[host.name].aborted]
         self._for_each(step, action, connected)
 
     def _for_each(self, step: str, action: Callable[[Host, HostSettings], None], hosts: list[Host]) -> None:

@@ -89,8 +89,7 @@ def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptio
 
     run.for_each_active_host("status", read)
     # Drift: the dry run apply would start with (preflight, then every layer's prepared commands).
-    run.for_each_active_host("preflight", workflow._preflight)
-    run.prepare(workflow._layers())
+    workflow.prepare_changes(run)
     run.disconnect()
     for outcome in run.report("status").hosts:
         _add_outcome(rows[outcome.name], outcome)

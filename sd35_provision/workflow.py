@@ -8,7 +8,8 @@ from dataclasses import asdict
 
 from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.inventory import select_hosts
-from sd35_provision.report import RunReport
+from sd35_provision.report import HostOutcome, RunReport
+from sd35_provision.rollout import Rollout, plan_waves, stop_reason
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.spec.model import FleetSpec, HostSettings
 
@@ -29,12 +30,18 @@ def _preflight(host: Host, settings: HostSettings) -> None:
         raise PreflightError(host.name, "preflight", "\n".join(failures))
 
 
-def _prepared_run(spec: FleetSpec, limit: tuple[str, ...], options: RunOptions | None) -> FleetRun:
-    run = FleetRun(select_hosts(spec, limit), options)
+def _prepared_run(spec: FleetSpec, limit: tuple[str, ...], options: RunOptions | None,
+                  hosts: list[HostSettings] | None = None) -> FleetRun:
+    run = FleetRun(select_hosts(spec, limit) if hosts is None else hosts, options)
     run.connect()
+    prepare_changes(run)
+    return run
+
+
+def prepare_changes(run: FleetRun) -> None:
+    """On a connected run: preflight, then every layer's commands worked out (the dry run)."""
     run.for_each_active_host("preflight", _preflight)
     run.prepare(_layers())
-    return run
 
 
 def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:
@@ -45,13 +52,60 @@ def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | Non
 
 
 def apply(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None,
-          smoke: bool = True) -> RunReport:
-    """Bring hosts to the spec, then smoke-test each; a new release that fails is rolled back."""
-    run = _prepared_run(spec, limit, options)
+          smoke: bool = True, rollout: Rollout | None = None) -> RunReport:
+    """Bring hosts to the spec, then smoke-test each; a new release that fails is rolled back.
+
+    With a staged ``rollout`` (canary, batches) the hosts are applied wave by
+    wave, and a wave that fails stops the rollout (see ``sd35_provision/rollout.py``).
+    """
+    if rollout is not None and rollout.staged:
+        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout, spec)
+    return _apply_hosts(spec, select_hosts(spec, limit), options, smoke)
+
+
+def _apply_hosts(spec: FleetSpec, hosts: list[HostSettings], options: RunOptions | None,
+                 smoke: bool) -> RunReport:
+    run = _prepared_run(spec, (), options, hosts)
     run.execute()
     run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
     run.disconnect()
     return run.report("apply")
+
+
+def _rolling_apply(spec_hosts: list[HostSettings], options: RunOptions, smoke: bool, rollout: Rollout,
+                   spec: FleetSpec) -> RunReport:
+    by_name = {host.name: host for host in spec_hosts}
+    waves = plan_waves(list(by_name), rollout)
+    say = options.progress or (lambda message: None)
+    outcomes: dict[str, HostOutcome] = {}
+    summary: list[dict] = []
+    stopped: str | None = None
+    for wave in waves:
+        if stopped:
+            for name in wave.hosts:
+                outcomes[name] = HostOutcome(name=name, skipped=True, wave=wave.label,
+                                             error=f"not started: {stopped}")
+            summary.append({"wave": wave.label, "hosts": list(wave.hosts), "result": "not started"})
+            continue
+        say(f"== {wave.label}: {', '.join(wave.hosts)}")
+        unchecked = [name for name in wave.hosts if smoke and not by_name[name].smoke.enabled]
+        if unchecked:
+            say(f"   {', '.join(unchecked)}: smoke test disabled in the spec; only the apply gates this wave")
+        report = _apply_hosts(spec, [by_name[name] for name in wave.hosts], options, smoke)
+        failed = [host.name for host in report.hosts if host.failed or host.aborted]
+        for host in report.hosts:
+            host.wave = wave.label
+            outcomes[host.name] = host
+        failed_so_far = sum(1 for host in outcomes.values() if host.failed or host.aborted)
+        if report.aborted:
+            stopped = f"{wave.label}: {report.aborted}; the rollout stopped"
+        else:
+            stopped = stop_reason(wave, failed, failed_so_far, len(by_name), options.fail_percent)
+        summary.append({"wave": wave.label, "hosts": list(wave.hosts), "result": "failed" if failed else "passed"})
+        say(f"== {wave.label}: {'passed' if not failed else 'failed: ' + ', '.join(failed)}")
+        if stopped:
+            say(f"ABORTED: {stopped}")
+    return RunReport(mode="apply", hosts=[outcomes[name] for name in by_name], aborted=stopped, waves=summary)
 
 
 def smoke(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:
@@ -85,10 +139,23 @@ def _roll_back_failed(host: Host, settings: HostSettings) -> None:
     from sd35_provision.smoketest import roll_back
 
     outcome = current_run_outcome(host)
-    if outcome.failed and outcome.executed and _switched_release(host):
+    if outcome.aborted:
+        _roll_back_aborted(host, settings)
+    elif outcome.failed and outcome.executed and _switched_release(host):
         _, what = roll_back(host, settings)
         outcome.notes.append(what)
         raise HostError(host.name, "rollback", what)
+
+
+def _roll_back_aborted(host: Host, settings: HostSettings) -> None:
+    """A host the run stopped after it switched release: its new release was never smoke-tested."""
+    from sd35_provision.runner import current_run_outcome
+    from sd35_provision.smoketest import roll_back
+
+    outcome = current_run_outcome(host)
+    if outcome.executed and _switched_release(host):
+        _, what = roll_back(host, settings)
+        outcome.notes.append(f"{what} (the run stopped before its new release was smoke-tested)")
 
 
 def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
@@ -98,6 +165,9 @@ def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
     outcome = current_run_outcome(host)
     if outcome.failed:
         _roll_back_failed(host, settings)
+        return
+    if outcome.aborted:
+        _roll_back_aborted(host, settings)
         return
     if not settings.smoke.enabled:
         return

@@ -1,6 +1,8 @@
 """Fleet operations over real SSH: a host that goes away in the middle of an apply fails alone while the
 others finish; ``status`` on a mixed fleet (applied, drifted, stopped, fresh); onboarding freshly booted
-boxes end to end (host key, deploy account, spec edit with comments kept, facts, apply) and again as a no-op.
+boxes end to end (host key, deploy account, spec edit with comments kept, facts, apply) and again as a no-op;
+a canary whose new release fails its smoke test, rolled back, stopping the rollout with the other hosts
+untouched; a rollout in batches.
 
 One 4-host fleet for the module (node4 is never applied: the "fresh" host), plus a 2-host fleet of boxes
 that are not in any spec for onboarding. Applies install the venv from the cached CPU wheelhouse.
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sd35_provision.tinymodel import generate_tiny_pipeline
-from tests.conftest import booted_fleet
+from tests.conftest import booted_fleet, cpu_fleet_defaults
 from tests.integration.test_provision_fleet import REPO, cli
 
 pytestmark = pytest.mark.fleet
@@ -34,14 +36,8 @@ def fleet(tmp_path_factory, cpu_wheelhouse):
         yield booted
 
 
-def write_spec(fleet, name: str = "ops.yaml") -> Path:
-    defaults = {
-        "cache": {"root": "/srv/sd35", "min_free_gb": 1},
-        "python": {"torch_flavour": "cpu", "wheelhouse": str(fleet.wheelhouse)},
-        "model": {"source": "push", "path": "tiny-sd3"},
-        "service": {"precision": "fp32", "port": 8600},
-        "smoke": {"size": "64x64", "steps": 2},
-    }
+def write_spec(fleet, name: str = "ops.yaml", model: str = "tiny-sd3", **service) -> Path:
+    defaults = cpu_fleet_defaults(fleet, model, service={"precision": "fp32", "port": 8600, **service})
     return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults)
 
 
@@ -117,7 +113,9 @@ def test_status_of_a_mixed_fleet(fleet):
     assert applied["drift"] is False and applied["error"] is None
 
     drifted = rows["node2"]
-    assert drifted["service"]["active"] == "inactive" and drifted["release"] == release
+    assert drifted["service"]["active"] == "inactive"
+    # The same build as node1's; the settings part differs (each host binds its own address).
+    assert drifted["release"].split("-")[0] == release.split("-")[0] and drifted["release"] != release
     assert drifted["drift"] is True and f"Service | {UNIT} enabled and running" in drifted["drift_operations"]
 
     assert rows["node3"]["reachable"] is False and rows["node3"]["error"].startswith("connect: ")
@@ -205,3 +203,89 @@ def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, boot_flee
     assert re.search(r"^new2\s+Debian 12\s+", with_password.stdout, re.M)  # facts through ops + sudo
     assert sh(boxes, "node2", "stat -c '%a %U' /etc/sudoers.d/90-sd35-ops") == "440 root"
     cli("validate", str(spec), check_exit=0)
+
+
+def blank_image_model(fleet) -> str:
+    """The tiny pipeline with its VAE's last layer zeroed: it loads and runs, and every image is flat grey.
+
+    The classic broken-VAE release (SD's all-black or all-grey images): only a smoke test that looks at
+    the pixels catches it.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = fleet.state_dir / "tiny-sd3-blank"
+    if not broken.exists():
+        shutil.copytree(fleet.state_dir / "tiny-sd3", broken)
+        [weights] = (broken / "vae").glob("*.safetensors")
+        tensors = load_file(weights)
+        for name in ("decoder.conv_out.weight", "decoder.conv_out.bias"):
+            tensors[name].zero_()
+        save_file(tensors, weights)
+    return broken.name
+
+
+def host_state(fleet, name: str) -> tuple[str, str, str]:
+    """(current release, service state, the model directories) of a host, whatever they are."""
+    return (fleet.run(name, "readlink /opt/sd35/current").stdout.strip(),
+            fleet.run(name, f"systemctl is-active {UNIT}").stdout.strip(),
+            fleet.run(name, "ls /srv/sd35/models 2>/dev/null").stdout.strip())
+
+
+def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet):
+    for name in ("node1", "node2", "node4"):
+        if not fleet.is_running(name):
+            fleet.start_host(name)
+    good = write_spec(fleet)
+    cli("apply", str(good), "--limit", "node1", check_exit=0)  # a no-op after the tests above
+    serving = sh(fleet, "node1", "readlink /opt/sd35/current")
+    settings_before = sh(fleet, "node1", "cat /etc/sd35/service.env")
+    untouched = {name: host_state(fleet, name) for name in ("node2", "node4")}
+
+    # The update: a new model (that renders blank images) and a new queue size, canary first.
+    bad = write_spec(fleet, "bad-update.yaml", model=blank_image_model(fleet), queue_size=3)
+    result = cli("apply", str(bad), "--limit", "node1", "--limit", "node2", "--limit", "node4",
+                 "--canary", "1", "--batch", "1", "--json", check_exit=3)
+    report = json.loads(result.stdout)
+    assert report["aborted"] == "the canary failed (node1); the rollout stopped before any other host"
+    assert [(w["wave"], w["hosts"], w["result"]) for w in report["waves"]] == [
+        ("canary", ["node1"], "failed"), ("batch 1/2", ["node2"], "not started"),
+        ("batch 2/2", ["node4"], "not started")]
+    hosts = {host["name"]: host for host in report["hosts"]}
+    canary = hosts["node1"]
+    assert canary["status"] == "failed" and canary["step"] == "smoke test", canary
+    assert "image is blank" in canary["error"]
+    assert f"rolled back to {serving.removeprefix('releases/')}" in canary["error"]
+    assert "(its smoke test passes)" in canary["error"]
+    for name in ("node2", "node4"):
+        assert hosts[name]["status"] == "not started" and hosts[name]["operations"] == []
+        assert host_state(fleet, name) == untouched[name]  # not a file, not a restart
+    assert "== canary: node1" in result.stderr and "ABORTED: the canary failed" in result.stderr
+
+    # The canary serves the old release again, with the settings it was tested with.
+    assert sh(fleet, "node1", "readlink /opt/sd35/current") == serving
+    assert sh(fleet, "node1", "cat /etc/sd35/service.env") == settings_before
+    assert sh(fleet, "node1", f"systemctl is-active {UNIT}") == "active"
+    assert_smoke_ok = cli("smoke", str(good), "--limit", "node1", check_exit=0)
+    assert re.search(r"^node1\s+unchanged\s+0\s+smoke ok in", assert_smoke_ok.stdout, re.M)
+    # ... and drift names the spec's update as still to do.
+    assert "Switch current to release" in cli("drift", str(bad), "--limit", "node1", check_exit=2).stdout
+
+
+def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet):
+    for name in ("node1", "node2"):
+        if not fleet.is_running(name):
+            fleet.start_host(name)
+    update = write_spec(fleet, "queue-update.yaml", queue_size=5)
+    result = cli("apply", str(update), "--limit", "node1", "--limit", "node2", "--batch", "50%", check_exit=0)
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["HOST", "WAVE", "STATUS", "CHANGES", "DETAIL"]
+    for line, batch in zip(lines[1:], ("1/2", "2/2")):
+        assert re.match(rf"node\d\s+batch {batch}\s+changed\s+\d+\s+.*smoke ok in", line), result.stdout
+    progress = result.stderr.splitlines()
+    # The second batch starts only after the first passed.
+    assert progress.index("== batch 1/2: passed") < progress.index("== batch 2/2: node2")
+    for name in ("node1", "node2"):
+        assert "SD35_QUEUE_SIZE=5" in sh(fleet, name, "cat /etc/sd35/service.env")
+        assert sh(fleet, name, f"systemctl is-active {UNIT}") == "active"

@@ -55,3 +55,17 @@ def test_after_an_abort_stages_do_nothing_and_the_rest_are_reported_aborted():
     data = json.loads(report.to_json())
     assert data["aborted"] == "more than 0% of hosts failed (1 of 4: n2)"
     assert [host["aborted"] for host in data["hosts"]] == [True, False, True, True]
+
+
+def test_after_an_abort_the_rollback_stage_still_visits_failed_and_aborted_hosts():
+    # Hosts the run stopped after they switched release are rolled back (workflow._roll_back_aborted).
+    run = FleetRun(HOSTS, RunOptions(fail_percent=25))
+    for host in run.state.inventory:
+        host.connected = True  # as after connect; nothing here talks to a host
+    failed(run, "n2")
+    failed(run, "n4")
+    assert run.check_fail_percent()
+    visited: list[str] = []
+    run.for_each_connected_host("smoke test", lambda host, settings: visited.append(host.name))
+    assert sorted(visited) == ["n1", "n2", "n3", "n4"]
+    assert [host.status for host in run.report("apply").hosts] == ["aborted", "failed", "aborted", "failed"]
