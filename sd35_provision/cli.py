@@ -145,7 +145,7 @@ def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, paralle
               help="Apply the first N hosts (spec order) on their own first; if any of them fails (its "
               "smoke test included) the rollout stops and the other hosts are not touched (exit 3).")
 @click.option("--batch", "batch", callback=_batch_option, default=None, metavar="N|P%",
-              help="Apply N hosts (or P%% of the hosts, rounded up) at a time; each batch must pass its "
+              help="Apply N hosts (or P% of the hosts, rounded up) at a time; each batch must pass its "
               "smoke test before the next starts. A failed host is rolled back and the rollout stops "
               "(exit 3), unless --fail-percent still allows it.")
 @click.option("--json", "as_json", is_flag=True, help="Print every host's outcome as JSON (progress stays on stderr).")
