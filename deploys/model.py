@@ -11,7 +11,10 @@ Sources (``model.source``):
   content (and resumes what an interrupted pull left).
 - ``hf`` runs huggingface_hub's ``snapshot_download`` of the pinned
   revision into the hub cache, as the service user, in the host venv. The
-  manifest is the hub's own listing at that revision. The token, if any, is
+  manifest is the hub's own listing at that revision, narrowed to what the
+  pipeline loads (``model_index.json`` and its component folders; SD3.5's
+  repos also hold a single-file checkpoint and ComfyUI encoders, ~33 GB the
+  service never reads). The token, if any, is
   a 0600 file of the service user, named to huggingface_hub by
   ``HF_TOKEN_PATH``: it is never on a command line, in an environment, a
   diff or a log. A gated repository whose license the token's account has not

@@ -396,7 +396,7 @@ def hf_fetch(repo: str, revision: str, cache_dir: str, manifest_path: str, endpo
     The token, if any, is read by huggingface_hub from ``HF_TOKEN_PATH`` (set
     by the caller); it is never an argument.
     """
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint)
@@ -412,6 +412,14 @@ def hf_fetch(repo: str, revision: str, cache_dir: str, manifest_path: str, endpo
             files[entry.path] = {"size": entry.lfs.size, "sha256": entry.lfs.sha256}
         else:
             files[entry.path] = {"size": entry.size, "git_sha1": entry.blob_id}
+    if PIPELINE_INDEX in files:
+        try:
+            index_path = hf_hub_download(repo, PIPELINE_INDEX, revision=revision, cache_dir=cache_dir,
+                                         endpoint=endpoint)
+        except Exception as error:  # noqa: BLE001
+            return _hub_error(error, repo, revision, shown_endpoint)
+        with open(index_path, encoding="utf-8") as handle:
+            files = pipeline_files(files, json.load(handle))
     manifest = {"source": "hf", "repo": repo, "revision": revision, "endpoint": shown_endpoint, "files": files}
     write_json(manifest_path, manifest)
 
@@ -429,10 +437,33 @@ def hf_fetch(repo: str, revision: str, cache_dir: str, manifest_path: str, endpo
         return EXIT_NO_SPACE
     try:
         snapshot_download(repo, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
-                          allow_patterns=wanted or None)
+                          allow_patterns=wanted or sorted(files))
     except Exception as error:  # noqa: BLE001
         return _hub_error(error, repo, revision, shown_endpoint)
     return 0
+
+
+PIPELINE_INDEX = "model_index.json"
+_OTHER_WEIGHT_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx")
+
+
+def pipeline_files(files: dict[str, dict], index: dict) -> dict[str, dict]:
+    """The files of a diffusers repo that its pipeline loads: ``model_index.json`` and the component folders.
+
+    Model repos also carry what diffusers never reads: stabilityai/stable-diffusion-3.5-large has a
+    16 GB single-file checkpoint and ComfyUI text encoders (another 16 GB) beside its diffusers folders.
+    Within a folder that has safetensors weights, other weight formats are left out too (diffusers
+    prefers safetensors).
+    """
+    components = {name for name, value in index.items()
+                  if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and all(value)}
+    if not components:
+        return files  # not an index we understand: take the whole repo
+    chosen = {name: info for name, info in files.items()
+              if name == PIPELINE_INDEX or name.split("/", 1)[0] in components}
+    with_safetensors = {name.rsplit("/", 1)[0] for name in chosen if name.endswith(".safetensors") and "/" in name}
+    return {name: info for name, info in chosen.items()
+            if not (name.endswith(_OTHER_WEIGHT_FORMATS) and name.rsplit("/", 1)[0] in with_safetensors)}
 
 
 def _drop_cached_file(storage: str, path: str) -> None:

@@ -176,12 +176,38 @@ def test_strict_verify_exits_1_naming_each_broken_file(tmp_path):
 def hub(tmp_path):
     pytest.importorskip("huggingface_hub")
     model = make_model(tmp_path / "tiny")
+    # Laid out like stabilityai/stable-diffusion-3.5-large: what the pipeline loads, and what it never reads.
+    (model / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"], '
+        '"image_encoder": [null, null]}\n')
+    for name in NOT_LOADED:
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_bytes(os.urandom(1000))
     fake = FakeHub(repos={"sd35-test/tiny": FakeRepo.from_directory(model, REV),
                           "sd35-test/gated": FakeRepo.from_directory(model, REV, gated=True)},
                    tokens={TOKEN})
     with fake.serve() as running:
         fake.url = running.url
         yield fake
+
+
+NOT_LOADED = ("sd3.5_tiny.safetensors", "text_encoders/clip_l.safetensors", "README.md",
+              "transformer/diffusion_pytorch_model.bin")
+
+
+def test_pipeline_files_are_the_index_and_its_component_folders():
+    files = {name: {} for name in ("model_index.json", "README.md", "sd3.5_large.safetensors",
+                                   "text_encoders/t5xxl_fp16.safetensors", "vae/config.json",
+                                   "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin",
+                                   "tokenizer/vocab.json", "text_encoder/model.bin", "scheduler/scheduler_config.json")}
+    index = {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.31.0",
+             "vae": ["diffusers", "AutoencoderKL"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "image_encoder": [None, None]}
+    assert sorted(modelcheck.pipeline_files(files, index)) == [
+        "model_index.json", "scheduler/scheduler_config.json", "text_encoder/model.bin",  # its only weights
+        "tokenizer/vocab.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    assert modelcheck.pipeline_files(files, {"_class_name": "Custom"}) == files  # nothing to go by: all
 
 
 def hf_fetch(tmp_path: Path, hub: FakeHub, repo: str = "sd35-test/tiny", token: str | None = TOKEN,
@@ -213,6 +239,7 @@ def test_hf_fetch_downloads_writes_the_hub_manifest_and_repairs_only_the_broken_
     weight = (tmp_path / "tiny" / WEIGHT).read_bytes()
     assert manifest["files"][WEIGHT] == {"size": len(weight), "sha256": hashlib.sha256(weight).hexdigest()}
     assert set(manifest["files"]["model_index.json"]) == {"size", "git_sha1"}
+    assert sorted(manifest["files"]) == ["model_index.json", "transformer/config.json", WEIGHT]  # NOT_LOADED left
     cache = str(tmp_path / "hashes.json")
     assert modelcheck.verify(str(snapshot(tmp_path)), manifest, cache)["broken"] == []
 
