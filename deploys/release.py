@@ -6,7 +6,8 @@ copy of the service settings it is to run with, and ``release.json`` saying
 what they are. Its id is the hash of that content, so re-applying the same
 parts gives the same release and changes nothing.
 ``current`` points at the release in service and ``previous`` at the one
-before, which is what a rollback switches back to.
+before, which is what a rollback switches back to. Older releases, and the
+venvs, code and models only they used, are removed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from deploys.python_env import host_lock
 from deploys.service_settings import RELEASE_COPY, render_service_env, service_env_digest
 from sd35_provision import layout
 from sd35_provision.appbundle import service_bundle
-from sd35_provision.modelstore import model_directory
+from sd35_provision.facts.releases import ReleaseStore, ReleaseStoreContents
+from sd35_provision.modelstore import manifests_dir, model_directory, models_dir
 from sd35_provision.spec.model import HostSettings
 
 STEP = "Release"
@@ -81,6 +83,36 @@ def release_layer() -> None:
     if not link or link.get("link_target") != target:
         server.shell(name=f"Switch current to release {rid}",
                      commands=[switch_script(settings.python.venv_root, target)])
+
+    store = host.get_fact(ReleaseStoreContents, root=settings.python.venv_root, models=models_dir(settings))
+    stale = stale_paths(store, target, set(manifest["links"].values()))
+    if stale:
+        names = ", ".join(path.rsplit("/", 1)[-1] for path in stale)
+        server.shell(name=f"Prune what no kept release uses: {names}",
+                     commands=[prune_script(settings, stale)])
+
+
+def stale_paths(store: ReleaseStore, target: str, target_parts: set[str]) -> list[str]:
+    """Releases, venvs, code and models that neither the new release nor the one a rollback would
+    go back to uses. Only two releases are kept: old venvs and models would fill the disk."""
+    if store.current == target:
+        kept = {target, store.previous}
+    else:
+        kept = {target, store.current}  # the switch makes the old current the previous one
+    kept.discard(None)
+    releases = [f"{store.root}/{release}" for release in sorted(store.releases) if release not in kept]
+    used = store.referenced(kept) | target_parts
+    return releases + [entry for entry in store.entries if entry not in used]
+
+
+def prune_script(settings: HostSettings, stale: list[str]) -> str:
+    lines = ["set -eu"]
+    models = models_dir(settings)
+    for path in stale:
+        lines.append(f"rm -rf {shlex.quote(path)}")
+        if path.startswith(models + "/"):  # its manifest goes with it
+            lines.append(f"rm -f {shlex.quote(manifests_dir(settings) + '/' + path.rsplit('/', 1)[-1] + '.json')}")
+    return "\n".join(lines)
 
 
 def switch_script(root: str, target: str) -> str:

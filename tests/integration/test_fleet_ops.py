@@ -289,3 +289,10 @@ def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet):
     for name in ("node1", "node2"):
         assert "SD35_QUEUE_SIZE=5" in sh(fleet, name, "cat /etc/sd35/service.env")
         assert sh(fleet, name, f"systemctl is-active {UNIT}") == "active"
+        # Only the new release and the one a rollback would go back to are kept: node1's canary
+        # release of the test above went, with the blank-image model only it used.
+        kept = {sh(fleet, name, f"readlink /opt/sd35/{link}").removeprefix("releases/") for link in ("current", "previous")}
+        assert set(sh(fleet, name, "ls /opt/sd35/releases").split()) == kept
+        assert len(sh(fleet, name, "ls /srv/sd35/models").split()) == 1  # both use the one good model
+    assert_unchanged = cli("apply", str(update), "--limit", "node1", "--limit", "node2", check_exit=0)
+    assert re.search(r"^node1\s+unchanged\s+0", assert_unchanged.stdout, re.M), assert_unchanged.stdout

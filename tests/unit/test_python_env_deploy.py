@@ -141,6 +141,50 @@ def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
         (wheelhouse / "beta.moved").rename(wheelhouse / "beta-2.0-py3-none-any.whl")
 
 
+MODELS = "/var/lib/sd35/models"
+
+
+def store_fact(output: Output) -> dict:
+    return {"ReleaseStoreContents": {f"models={MODELS}, root={ROOT}": output}}
+
+
+def store_output(current: str, previous: str, releases: dict[str, tuple[str, str, str]], dirs: list[str]) -> Output:
+    """What ReleaseStoreContents's command prints on a host."""
+    lines = [f"root {ROOT}", f"current {current}", f"previous {previous}"]
+    for release, parts in releases.items():
+        lines += [f"link {release} {part} {target}" for part, target in zip(("venv", "app", "model"), parts)]
+    return Output(lines + [f"dir {entry}" for entry in dirs])
+
+
+def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_target():
+    host = settings(accelerator="cpu")
+    manifest = release_manifest(host)
+    rid = release_id(manifest)
+    venv, app, model = (manifest["links"][part] for part in ("venv", "app", "model"))
+    old = (f"{ROOT}/venvs/cpu-000000000001", f"{ROOT}/apps/aaaaaaaaaaaa", f"{MODELS}/push-000000000001")
+    older = (f"{ROOT}/venvs/cpu-000000000000", f"{ROOT}/apps/aaaaaaaaaaaa", f"{MODELS}/push-000000000000")
+    failed = (old[0], old[1], f"{MODELS}/push-badbadbadbad")
+    releases = {"releases/old-1": old, "releases/older-0": older, "releases/failed-2": failed}
+    entries = [old[0], older[0], venv, old[1], app, old[2], older[2], failed[2], model]
+    facts = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{rid}", app),
+                        {"Link": {f"path={ROOT}/current": {"link_target": "releases/old-1"}}},
+                        store_fact(store_output("releases/old-1", "releases/failed-2", releases, entries)))
+    result = run_deploy(release_layer, facts, data={"sd35": host})
+    # Switching to the new release: the old current becomes previous and stays, with what it uses.
+    [prune] = result.commands("Prune what no kept release uses")
+    removed = [line.removeprefix("rm -rf ") for line in prune.splitlines() if line.startswith("rm -rf ")]
+    assert removed == [f"{ROOT}/releases/failed-2", f"{ROOT}/releases/older-0", older[0], older[2], failed[2]]
+    assert f"rm -f /var/lib/sd35/manifests/push-badbadbadbad.json" in prune
+
+    # Already on the new release: current and previous are kept, nothing else is there.
+    kept = {f"releases/{rid}": (venv, app, model), "releases/old-1": old}
+    facts = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{rid}", app),
+                        {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}},
+                        store_fact(store_output(f"releases/{rid}", "releases/old-1", kept, [old[0], venv, old[1], app,
+                                                                                          old[2], model])))
+    assert run_deploy(release_layer, facts, data={"sd35": host}).changes == []
+
+
 def test_a_change_of_service_settings_makes_a_new_release():
     # The release keeps the settings it was tested with, so a rollback restores them too.
     host = settings(accelerator="cpu")
@@ -162,7 +206,7 @@ def test_release_is_created_then_switched_atomically_and_then_left_alone():
     assert manifest["links"]["venv"] == f"{ROOT}/venvs/{load_lock('cpu').id}"
     app = app_dir(host)
     assert manifest["links"]["app"] == app == f"{ROOT}/apps/{service_bundle()[1][:12]}"
-    base = dirs(f"{ROOT}/releases", f"{ROOT}/apps")
+    base = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps"), store_fact(Output([])))
     fresh = run_deploy(release_layer, merge_facts(base, {"Directory": {f"path={ROOT}/releases/{rid}": None,
                                                                        f"path={app}": None},
                                                          "Link": {f"path={ROOT}/current": None}}),
