@@ -129,7 +129,8 @@ class RecordedFacts:
         if isinstance(value, Output):
             fact: FactBase = cls()
             fact.command(**fact_kwargs)
-            return fact.process(list(value))
+            lines = list(value)
+            return fact.process(lines) if lines else fact.default()  # as pyinfra does for no output
         return value
 
 

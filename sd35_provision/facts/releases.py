@@ -26,6 +26,10 @@ class ReleaseStoreContents(FactBase[ReleaseStore]):
     ``venvs``, ``apps`` (of ``root``) and ``models`` (where pushed and cloned models live).
     """
 
+    @staticmethod
+    def default() -> ReleaseStore:
+        return ReleaseStore()  # pyinfra's answer when the command prints nothing (no release store yet)
+
     def command(self, root: str, models: str) -> str:
         r, m = shlex.quote(root), shlex.quote(models)
         return "\n".join([

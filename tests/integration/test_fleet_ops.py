@@ -254,7 +254,7 @@ def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet):
         ("batch 2/2", ["node4"], "not started")]
     hosts = {host["name"]: host for host in report["hosts"]}
     canary = hosts["node1"]
-    assert canary["status"] == "failed" and canary["step"] == "smoke test", canary
+    assert canary["status"] == "failed" and canary["step"] == "smoke test", canary["error"]
     assert "image is blank" in canary["error"]
     assert f"rolled back to {serving.removeprefix('releases/')}" in canary["error"]
     assert "(its smoke test passes)" in canary["error"]
