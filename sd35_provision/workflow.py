@@ -30,9 +30,8 @@ def _preflight(host: Host, settings: HostSettings) -> None:
         raise PreflightError(host.name, "preflight", "\n".join(failures))
 
 
-def _prepared_run(spec: FleetSpec, limit: tuple[str, ...], options: RunOptions | None,
-                  hosts: list[HostSettings] | None = None) -> FleetRun:
-    run = FleetRun(select_hosts(spec, limit) if hosts is None else hosts, options)
+def _prepared_run(hosts: list[HostSettings], options: RunOptions | None) -> FleetRun:
+    run = FleetRun(hosts, options)
     run.connect()
     prepare_changes(run)
     return run
@@ -46,7 +45,7 @@ def prepare_changes(run: FleetRun) -> None:
 
 def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:
     """Dry run: what would change on each host. Changes nothing."""
-    run = _prepared_run(spec, limit, options)
+    run = _prepared_run(select_hosts(spec, limit), options)
     run.disconnect()
     return run.report("plan")
 
@@ -59,22 +58,20 @@ def apply(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | No
     wave, and a wave that fails stops the rollout (see ``sd35_provision/rollout.py``).
     """
     if rollout is not None and rollout.staged:
-        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout, spec)
-    return _apply_hosts(spec, select_hosts(spec, limit), options, smoke)
+        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout)
+    return _apply_hosts(select_hosts(spec, limit), options, smoke)
 
 
-def _apply_hosts(spec: FleetSpec, hosts: list[HostSettings], options: RunOptions | None,
-                 smoke: bool) -> RunReport:
-    run = _prepared_run(spec, (), options, hosts)
+def _apply_hosts(hosts: list[HostSettings], options: RunOptions | None, smoke: bool) -> RunReport:
+    run = _prepared_run(hosts, options)
     run.execute()
     run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
     run.disconnect()
     return run.report("apply")
 
 
-def _rolling_apply(spec_hosts: list[HostSettings], options: RunOptions, smoke: bool, rollout: Rollout,
-                   spec: FleetSpec) -> RunReport:
-    by_name = {host.name: host for host in spec_hosts}
+def _rolling_apply(hosts: list[HostSettings], options: RunOptions, smoke: bool, rollout: Rollout) -> RunReport:
+    by_name = {host.name: host for host in hosts}
     waves = plan_waves(list(by_name), rollout)
     say = options.progress or (lambda message: None)
     outcomes: dict[str, HostOutcome] = {}
@@ -91,7 +88,7 @@ def _rolling_apply(spec_hosts: list[HostSettings], options: RunOptions, smoke: b
         unchecked = [name for name in wave.hosts if smoke and not by_name[name].smoke.enabled]
         if unchecked:
             say(f"   {', '.join(unchecked)}: smoke test disabled in the spec; only the apply gates this wave")
-        report = _apply_hosts(spec, [by_name[name] for name in wave.hosts], options, smoke)
+        report = _apply_hosts([by_name[name] for name in wave.hosts], options, smoke)
         failed = [host.name for host in report.hosts if host.failed or host.aborted]
         for host in report.hosts:
             host.wave = wave.label
