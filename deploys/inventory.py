@@ -8,7 +8,7 @@ Every group of the spec becomes a pyinfra group; ``all_hosts`` holds every host.
 import os
 
 from sd35_provision.inventory import connection_data
-from sd35_provision.spec import load_spec
+from sd35_provision.hostspec import load_spec
 
 _spec = load_spec(os.environ.get("SD35_SPEC", "inventory/example.yaml"))
 _accept_new = os.environ.get("SD35_ACCEPT_NEW_HOST_KEYS") == "1"

@@ -6,7 +6,7 @@ The sd35-provision CLI runs the same layers with preflight checks, plans,
 diffs and reports; this file exists so the deploys stay ordinary pyinfra code.
 """
 
-from deploys.layers import LAYERS
+from sd35_provision.deploys.layers import LAYERS
 
 for layer in LAYERS:
     layer()

@@ -74,7 +74,7 @@ def _progress(message: str) -> None:
 
 
 def _load(spec_path: Path, check_local_files: bool = True):
-    from sd35_provision.spec import load_spec
+    from sd35_provision.hostspec import load_spec
 
     return load_spec(spec_path, check_local_files=check_local_files)
 
@@ -95,7 +95,8 @@ def _exit_for(report) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@click.group(epilog=EXIT_CODES_HELP)
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sd35-provision", prog_name="sd35-provision")
 @click.option("-v", "--verbose", count=True, help="More output (-vv: pyinfra's debug log).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context

@@ -12,7 +12,7 @@ from typing import Any
 from pyinfra.api import Inventory
 
 from sd35_provision.errors import Sd35Error
-from sd35_provision.spec.model import FleetSpec, HostSettings
+from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 
 
 def select_hosts(spec: FleetSpec, limit: tuple[str, ...] = ()) -> list[HostSettings]:

@@ -6,7 +6,7 @@ agree on them.
 
 from __future__ import annotations
 
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 CONFIG_DIR = "/etc/sd35"
 ENV_FILE = f"{CONFIG_DIR}/env"
@@ -50,7 +50,7 @@ def render_profile_snippet() -> str:
     )
 
 
-# -- the environment root (python.venv_root, /opt/sd35 by default) -----------
+# -- the environment root (python.install_root, /opt/sd35 by default) -----------
 #
 #   venvs/<lock id>/        one venv per lock, never changed once stamped complete
 #   locks/<lock id>.txt     the lock it was built from
@@ -60,7 +60,7 @@ def render_profile_snippet() -> str:
 
 
 def venvs_dir(settings: HostSettings) -> str:
-    return f"{settings.python.venv_root}/venvs"
+    return f"{settings.python.install_root}/venvs"
 
 
 def venv_dir(settings: HostSettings, lock_id: str) -> str:
@@ -68,23 +68,23 @@ def venv_dir(settings: HostSettings, lock_id: str) -> str:
 
 
 def lock_path(settings: HostSettings, lock_id: str) -> str:
-    return f"{settings.python.venv_root}/locks/{lock_id}.txt"
+    return f"{settings.python.install_root}/locks/{lock_id}.txt"
 
 
 def wheelhouse_dir(settings: HostSettings) -> str:
-    return f"{settings.python.venv_root}/wheelhouse"
+    return f"{settings.python.install_root}/wheelhouse"
 
 
 def releases_dir(settings: HostSettings) -> str:
-    return f"{settings.python.venv_root}/releases"
+    return f"{settings.python.install_root}/releases"
 
 
 def current_link(settings: HostSettings) -> str:
-    return f"{settings.python.venv_root}/current"
+    return f"{settings.python.install_root}/current"
 
 
 def previous_link(settings: HostSettings) -> str:
-    return f"{settings.python.venv_root}/previous"
+    return f"{settings.python.install_root}/previous"
 
 
 def smoke_dir(settings: HostSettings) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sd35_provision import layout, modelcheck
 from sd35_provision.errors import Sd35Error
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 HF_TOKEN_PATH = f"{layout.CONFIG_DIR}/hf-token"
 PIPELINE_INDEX = modelcheck.PIPELINE_INDEX

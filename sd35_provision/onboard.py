@@ -30,10 +30,10 @@ import paramiko
 import yaml
 
 from sd35_provision.errors import Sd35Error, SpecError
-from sd35_provision.spec import model
-from sd35_provision.spec.edit import SpecEdit, add_host, restore
-from sd35_provision.spec.loader import is_valid_address, load_spec, merged_host_settings, resolve_local_path
-from sd35_provision.spec.yamlsource import load_yaml_document
+from sd35_provision.hostspec import settings as model
+from sd35_provision.hostspec.edit import SpecEdit, add_host, restore
+from sd35_provision.hostspec.loader import is_valid_address, load_spec, merged_host_settings, resolve_local_path
+from sd35_provision.hostspec.yamlsource import load_yaml_document
 
 Echo = Callable[[str], None]
 ConfirmHostKey = Callable[[str], bool]

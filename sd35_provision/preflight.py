@@ -28,7 +28,7 @@ from sd35_provision.cuda_compat import (
 )
 from sd35_provision.facts.host import HostFacts
 from sd35_provision.facts.nvidia import FP8_MIN_CAPABILITY
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 GB = 1e9
 SUPPORTED_OS = {"debian": "Debian", "ubuntu": "Ubuntu"}

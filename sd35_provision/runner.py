@@ -33,7 +33,7 @@ from sd35_provision.errors import HostError
 from sd35_provision.inventory import build_inventory
 from sd35_provision.operations import file_diffs_of, notes_of
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 logger = logging.getLogger(__name__)
 

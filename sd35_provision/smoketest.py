@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pyinfra.api.host import Host
 
 from sd35_provision import layout
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 UNIT_NAME = layout.SERVICE_UNIT
 API_KEY_PATH = layout.API_KEY_FILE
@@ -71,21 +71,21 @@ def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
 
 
 def current_release(host: Host, settings: HostSettings, link: str = "current") -> str | None:
-    ok, output = host.run_shell_command(f"readlink {shlex.quote(settings.python.venv_root + '/' + link)}",
+    ok, output = host.run_shell_command(f"readlink {shlex.quote(settings.python.install_root + '/' + link)}",
                                         print_output=False, **_as_root(host))
     return output.stdout.strip() if ok and output.stdout.strip() else None
 
 
 def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
     """Point ``current`` back at ``previous`` and restart the service: (release now current, what happened)."""
-    from deploys.release import switch_script
+    from sd35_provision.deploys.release import switch_script
 
     previous = current_release(host, settings, "previous")
     failed = current_release(host, settings, "current")
     if previous is None or previous == failed:
         return None, "no previous release to roll back to"
     command = "\n".join([
-        switch_script(settings.python.venv_root, previous),
+        switch_script(settings.python.install_root, previous),
         _restore_settings_script(settings),
         f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2",
     ])
@@ -97,7 +97,7 @@ def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
 
 def _restore_settings_script(settings: HostSettings) -> str:
     """Put back the service settings the restored release was made with (older releases kept none)."""
-    from deploys.service_settings import RELEASE_COPY, SERVICE_ENV_FILE
+    from sd35_provision.deploys.service_settings import RELEASE_COPY, SERVICE_ENV_FILE
 
     copy = shlex.quote(f"{layout.current_link(settings)}/{RELEASE_COPY}")
     user = shlex.quote(settings.service.user)

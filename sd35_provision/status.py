@@ -21,7 +21,7 @@ from sd35_provision.inventory import select_hosts
 from sd35_provision.report import HostOutcome
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
-from sd35_provision.spec.model import FleetSpec, HostSettings
+from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 
 HEADER = ("HOST", "REACHABLE", "OS", "GPU", "DRIVER", "FP8", "SERVICE", "RELEASE", "MODEL REV", "LAST SMOKE", "DRIFT")
 
@@ -116,7 +116,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
 
 def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
     state = host.get_fact(
-        ServiceState, unit=UNIT_NAME, venv_root=settings.python.venv_root,
+        ServiceState, unit=UNIT_NAME, install_root=settings.python.install_root,
         smoke_record=f"{layout.smoke_dir(settings)}/last.json", url=service_url(settings), api_key_file=API_KEY_PATH,
     )
     return state or NO_SERVICE

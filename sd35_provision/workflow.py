@@ -11,12 +11,12 @@ from sd35_provision.inventory import select_hosts
 from sd35_provision.report import HostOutcome, RunReport
 from sd35_provision.rollout import Rollout, plan_waves, stop_reason
 from sd35_provision.runner import FleetRun, RunOptions
-from sd35_provision.spec.model import FleetSpec, HostSettings
+from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 
 
 def _layers():
     # Imported late: deploys import pyinfra's operation machinery.
-    from deploys.layers import LAYERS
+    from sd35_provision.deploys.layers import LAYERS
 
     return LAYERS
 

@@ -71,7 +71,7 @@ def test_spec_elsewhere_names_the_fleet_files_by_absolute_path(tmp_path: Path) -
 
 
 def test_written_spec_passes_the_project_spec_loader(tmp_path: Path) -> None:
-    from sd35_provision.spec import load_spec
+    from sd35_provision.hostspec import load_spec
 
     fleet = paper_fleet(tmp_path)
     fleet.key_path.write_text("key")
@@ -290,7 +290,7 @@ def test_hosts_can_use_apt(test_fleet: Fleet) -> None:
 
 @pytest.mark.fleet
 def test_spec_file_loads_and_points_at_the_fleet(test_fleet: Fleet) -> None:
-    from sd35_provision.spec import load_spec
+    from sd35_provision.hostspec import load_spec
 
     model = test_fleet.state_dir / "weights"
     model.mkdir(exist_ok=True)

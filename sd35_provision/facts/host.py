@@ -11,7 +11,7 @@ from sd35_provision.cuda_compat import version_tuple
 from sd35_provision.facts.disk import FreeSpace, FreeSpaceInfo, StorageInfo, StorageKind
 from sd35_provision.facts.nvidia import GpuInfo, NvidiaGpus, NvidiaPciDevices, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter, PythonVersions
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,8 @@ NO_SERVICE = ServiceStatus(None, None, None, None, None, None)
 class ServiceState(FactBase):
     """The service's state on the host (see module docstring); changes nothing."""
 
-    def command(self, unit: str, venv_root: str, smoke_record: str, url: str, api_key_file: str) -> str:
-        args = [unit, venv_root, smoke_record, url, api_key_file]
+    def command(self, unit: str, install_root: str, smoke_record: str, url: str, api_key_file: str) -> str:
+        args = [unit, install_root, smoke_record, url, api_key_file]
         return "python3 -c " + shlex.quote(_PROBE) + " " + " ".join(shlex.quote(arg) for arg in args)
 
     def process(self, output: list[str]) -> ServiceStatus:

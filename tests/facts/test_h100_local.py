@@ -16,7 +16,7 @@ from sd35_provision.facts.nvidia import GpuInfo, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter
 from sd35_provision.facts.report import facts_row, render_facts_table
 from sd35_provision.preflight import check_preflight
-from sd35_provision.spec.model import CacheSettings, GpuSettings, HostSettings
+from sd35_provision.hostspec.settings import CacheSettings, GpuSettings, HostSettings
 
 RECORDED = Path(__file__).parents[1] / "fixtures" / "h100-local"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sd35_provision.facts import HostFacts, gather_host_facts
 from sd35_provision.facts.report import HEADER, facts_row, render_facts_table
-from sd35_provision.spec.model import CacheSettings, HostSettings
+from sd35_provision.hostspec.settings import CacheSettings, HostSettings
 from tests.pyinfra_fakes import Output, RecordedHost, fact_case
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sd35_provision import modelstore
-from sd35_provision.spec import load_spec
+from sd35_provision.hostspec import load_spec
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from tests.conftest import booted_fleet, cpu_fleet_defaults
 from tests.fakehub import FakeHub, FakeRepo

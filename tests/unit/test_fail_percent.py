@@ -7,7 +7,7 @@ import re
 
 from sd35_provision.report import render_plan, render_table
 from sd35_provision.runner import FleetRun, RunOptions
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 HOSTS = [HostSettings(name=f"n{i}", address=f"127.0.0.{i}") for i in range(1, 5)]
 

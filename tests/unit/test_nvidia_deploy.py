@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploys.nvidia import (
+from sd35_provision.deploys.nvidia import (
     DriverNotReady,
     debian_headers_package,
     enable_components_deb822,
@@ -18,7 +18,7 @@ from deploys.nvidia import (
     nvidia_driver,
 )
 from sd35_provision.errors import PreflightError
-from sd35_provision.spec.model import DriverSettings, GpuSettings, HostSettings, PythonSettings
+from sd35_provision.hostspec.settings import DriverSettings, GpuSettings, HostSettings, PythonSettings
 from tests.pyinfra_fakes import DeployRun, Output, existing_files, fact_case, merge_facts, run_deploy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -43,11 +43,11 @@ def dpkg_l(*packages: tuple[str, str]) -> Output:
 BASE_PACKAGES = (("adduser", "3.137ubuntu1"), ("apt", "2.7.14build2"), ("bash", "5.2.21-2ubuntu4"))
 
 
-def spec(mode: str = "install", flavor: str = "default", allow_reboot: bool = False, branch: str = "570",
+def spec(mode: str = "install", driver_flavour: str = "default", allow_reboot: bool = False, branch: str = "570",
          flavour: str = "auto", accelerator: str = "nvidia") -> HostSettings:
     return HostSettings(
         name="gpu-a1", address="10.0.0.1",
-        gpu=GpuSettings(accelerator=accelerator, driver=DriverSettings(mode=mode, branch=branch, flavor=flavor,
+        gpu=GpuSettings(accelerator=accelerator, driver=DriverSettings(mode=mode, branch=branch, flavour=driver_flavour,
                                                                        allow_reboot=allow_reboot)),
         python=PythonSettings(torch_flavour=flavour),
     )
@@ -65,14 +65,14 @@ def deploy(settings: HostSettings, os: str = "ubuntu-22.04", gpus: str = "absent
     return run_deploy(nvidia_driver, facts, {"sd35": settings})
 
 
-@pytest.mark.parametrize("os, flavor, expected", [
+@pytest.mark.parametrize("os, driver_flavour, expected", [
     ("ubuntu-22.04", "default", ["nvidia-driver-570", "linux-headers-5.15.0-126-generic"]),
     ("ubuntu-22.04", "server", ["nvidia-driver-570-server", "linux-headers-5.15.0-126-generic"]),
     ("ubuntu-24.04", "open", ["nvidia-driver-570-open", "linux-headers-6.8.0-49-generic"]),
     ("ubuntu-24.04", "server-open", ["nvidia-driver-570-server-open", "linux-headers-6.8.0-49-generic"]),
 ])
-def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, flavor, expected):
-    run = deploy(spec(flavor=flavor), os=os)
+def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, driver_flavour, expected):
+    run = deploy(spec(driver_flavour=driver_flavour), os=os)
     assert [op.name for op in run.changes] == [f"NVIDIA driver | Install {' '.join(expected)}"]
     assert run.commands() == ["apt-get update", f"{APT_INSTALL} {' '.join(expected)}"]
     assert run.notes == ["reboot required: NVIDIA driver newly installed; no nvidia module loaded now; the new "
@@ -80,7 +80,7 @@ def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, flavo
 
 
 def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
-    run = deploy(spec(flavor="server-open", allow_reboot=True), os="ubuntu-24.04", gpus="driver_not_loaded",
+    run = deploy(spec(driver_flavour="server-open", allow_reboot=True), os="ubuntu-24.04", gpus="driver_not_loaded",
                  module="installed_nouveau_running", packages=BASE_PACKAGES + (("nvidia-driver-535", "535.216.01"),))
     assert [op.name for op in run.changes] == [
         "NVIDIA driver | Install nvidia-driver-570-server-open linux-headers-6.8.0-49-generic",
@@ -154,12 +154,12 @@ def test_a_working_driver_of_another_branch_is_kept_and_said():
 def test_installed_but_not_rebooted_yields_nothing_and_says_reboot_required():
     installed = BASE_PACKAGES + (("nvidia-driver-570-server", "570.133.20-0ubuntu0.22.04.1"),
                                  ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"))
-    run = deploy(spec(flavor="server"), os="ubuntu-22.04", gpus="driver_library_mismatch",
+    run = deploy(spec(driver_flavour="server"), os="ubuntu-22.04", gpus="driver_library_mismatch",
                  module="upgraded_not_rebooted", packages=installed)
     assert run.changes == []
     assert run.notes == ["reboot required: nvidia module 570.133.20 installed, 550.127.05 loaded; the new driver "
                          "works only after a reboot (gpu.driver.allow_reboot is false)"]
-    rebooting = deploy(spec(flavor="server", allow_reboot=True), os="ubuntu-22.04", gpus="driver_library_mismatch",
+    rebooting = deploy(spec(driver_flavour="server", allow_reboot=True), os="ubuntu-22.04", gpus="driver_library_mismatch",
                        module="upgraded_not_rebooted", packages=installed)
     assert [op.name for op in rebooting.changes] == ["NVIDIA driver | Reboot to load the NVIDIA driver",
                                                      "NVIDIA driver | Check the NVIDIA driver after the reboot"]

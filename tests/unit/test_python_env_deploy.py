@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from deploys.python_env import EnvironmentNotReady, python_environment
-from deploys.release import app_dir, release_id, release_layer, release_manifest
+from sd35_provision.deploys.python_env import EnvironmentNotReady, python_environment
+from sd35_provision.deploys.release import app_dir, release_id, release_layer, release_manifest
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.locks import load_lock
-from sd35_provision.spec.model import GpuSettings, HostSettings, PythonSettings
+from sd35_provision.hostspec.settings import GpuSettings, HostSettings, PythonSettings
 from sd35_provision.wheelhouse import sha256_of
 from tests.pyinfra_fakes import Output, existing_files, fact_case, merge_facts, run_deploy
 from tests.unit.test_locks import PY311

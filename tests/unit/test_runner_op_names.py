@@ -7,7 +7,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from sd35_provision.runner import FleetRun
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 
 @deploy("Demo")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
-from deploys.release import release_id, release_manifest
-from deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PATH, render_service_env,
+from sd35_provision.deploys.release import release_id, release_manifest
+from sd35_provision.deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PATH, render_service_env,
                              render_service_unit, service_layer)
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.smoketest import smoke_command
 from sd35_provision.facts.model import ModelCheck
-from sd35_provision.spec.model import (CacheSettings, GpuSettings, HostSettings, ModelSettings, ServiceSettings,
+from sd35_provision.hostspec.settings import (CacheSettings, GpuSettings, HostSettings, ModelSettings, ServiceSettings,
                                      SmokeSettings)
 from tests.unit.test_model_deploy import model_fact
 from sd35_provision.locks import load_lock

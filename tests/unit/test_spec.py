@@ -12,8 +12,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from sd35_provision.errors import SpecError
-from sd35_provision.spec import load_spec
-from sd35_provision.spec.loader import SCHEMA_PATH
+from sd35_provision.hostspec import load_spec
+from sd35_provision.hostspec.loader import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 

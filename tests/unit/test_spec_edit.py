@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sd35_provision.errors import SpecError
-from sd35_provision.spec.edit import add_host, restore
+from sd35_provision.hostspec.edit import add_host, restore
 
 COMMENTED = """\
 # The lab fleet.

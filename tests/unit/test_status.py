@@ -27,7 +27,7 @@ def test_probe_runs_with_plain_python3_and_reads_what_is_there(tmp_path):
     smoke.write_text(json.dumps(APPLIED["smoke"]) + "\n")
 
     # 127.0.0.1:9 (discard) never answers HTTP: the service "gives no answer".
-    command = ServiceState().command(unit="sd35-nosuch.service", venv_root=str(root), smoke_record=str(smoke),
+    command = ServiceState().command(unit="sd35-nosuch.service", install_root=str(root), smoke_record=str(smoke),
                                      url="http://127.0.0.1:9", api_key_file=str(tmp_path / "no-key"))
     output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, check=True)
     state = parse_service_state(output.stdout.splitlines())
@@ -36,7 +36,7 @@ def test_probe_runs_with_plain_python3_and_reads_what_is_there(tmp_path):
     assert state.smoke == APPLIED["smoke"]
     assert state.ready == "no answer"
 
-    fresh = ServiceState().command(unit="sd35-nosuch.service", venv_root=str(tmp_path / "nothing"),
+    fresh = ServiceState().command(unit="sd35-nosuch.service", install_root=str(tmp_path / "nothing"),
                                    smoke_record=str(tmp_path / "nothing.json"), url="http://127.0.0.1:9",
                                    api_key_file="/nonexistent")
     state = parse_service_state(subprocess.run(["sh", "-c", fresh], capture_output=True, text=True,

@@ -40,7 +40,7 @@ from sd35_provision.errors import HostError
 from sd35_provision.facts.disk import FreeSpace
 from sd35_provision.facts.model import ModelCheck, ModelFiles, hashes_path, modelcheck_command
 from sd35_provision.operations import managed_file, record_diff, record_note
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 STEP = "Model"
 HF_TOKEN_PATH = modelstore.HF_TOKEN_PATH
@@ -55,7 +55,7 @@ class ModelNotReady(HostError, OperationError):
 
 def hub_python(settings: HostSettings) -> str:
     """The interpreter that runs huggingface_hub on the host: the locked venv's (one place to change it)."""
-    from deploys.python_env import venv_python
+    from sd35_provision.deploys.python_env import venv_python
 
     return venv_python(settings)
 

@@ -21,10 +21,10 @@ from jsonschema.exceptions import ValidationError
 
 from sd35_provision.errors import SpecError
 from sd35_provision.locks import LockError, parse_lock
-from sd35_provision.spec import model
-from sd35_provision.spec.yamlsource import PathKey, SourceDocument, format_path, load_yaml_document
+from sd35_provision.hostspec import settings as model
+from sd35_provision.hostspec.yamlsource import PathKey, SourceDocument, format_path, load_yaml_document
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "host-spec.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
 
 # Settings that name files on the control machine: resolved relative to the spec.
 LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {

@@ -1,6 +1,6 @@
 """The validated host spec as typed, immutable settings.
 
-The JSON Schema (schemas/host-spec.schema.json) is the single source of the
+The JSON Schema (sd35_provision/schemas/host-spec.schema.json) is the single source of the
 defaults: the loader fills them in before these dataclasses are built, so the
 defaults below only matter for code that builds settings by hand (unit tests).
 """
@@ -28,7 +28,7 @@ class SshSettings:
 class DriverSettings:
     mode: str = "verify"  # verify | install | skip
     branch: str = "570"
-    flavor: str = "default"  # default | server | open | server-open
+    flavour: str = "default"  # default | server | open | server-open
     allow_reboot: bool = False
     reboot_timeout_s: int = 600
 
@@ -66,7 +66,7 @@ class PythonSettings:
     wheelhouse: Path | None = None
     lock_file: Path | None = None
     find_links: str | None = None
-    venv_root: str = "/opt/sd35"
+    install_root: str = "/opt/sd35"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from sd35_provision.errors import SpecError
-from sd35_provision.spec.yamlsource import format_path, load_yaml_document
+from sd35_provision.hostspec.yamlsource import format_path, load_yaml_document
 
 
 @dataclass

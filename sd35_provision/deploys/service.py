@@ -1,6 +1,6 @@
 """Service layer: the inference service under systemd, running the ``current`` release.
 
-The unit runs ``<venv_root>/current/venv/bin/python -m sd35_provision.service``
+The unit runs ``<install_root>/current/venv/bin/python -m sd35_provision.service``
 from ``current/app`` as the service user, with the SD35_* settings in
 ``/etc/sd35/service.env`` (a copy of which each release keeps, for
 rollbacks) and the API key (if any) in a 0400 file the
@@ -18,16 +18,16 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import Link, Sha256File
 from pyinfra.operations import files, server, systemd
 
-from deploys.model import model_check
-from deploys.python_env import host_lock
-from deploys.release import release_id, release_manifest
-from deploys.service_settings import API_KEY_PATH, SERVICE_ENV_FILE, render_service_env, service_environment
+from sd35_provision.deploys.model import model_check
+from sd35_provision.deploys.python_env import host_lock
+from sd35_provision.deploys.release import release_id, release_manifest
+from sd35_provision.deploys.service_settings import API_KEY_PATH, SERVICE_ENV_FILE, render_service_env, service_environment
 from sd35_provision import layout
 from sd35_provision.facts.venv import Venv
 from sd35_provision.locks import compare_installed
 from sd35_provision.operations import managed_file, record_note
 from sd35_provision.service.unit import render_unit
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 STEP = "Service"
 UNIT_NAME = layout.SERVICE_UNIT

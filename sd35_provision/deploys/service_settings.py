@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from sd35_provision import layout
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 SERVICE_ENV_FILE = f"{layout.CONFIG_DIR}/service.env"
 API_KEY_PATH = layout.API_KEY_FILE

@@ -23,13 +23,13 @@ from pyinfra.api.command import FileUploadCommand
 from pyinfra.facts.files import Directory, Link
 from pyinfra.operations import files, server
 
-from deploys.python_env import host_lock
-from deploys.service_settings import RELEASE_COPY, render_service_env, service_env_digest
+from sd35_provision.deploys.python_env import host_lock
+from sd35_provision.deploys.service_settings import RELEASE_COPY, render_service_env, service_env_digest
 from sd35_provision import layout
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.facts.releases import ReleaseStore, ReleaseStoreContents
 from sd35_provision.modelstore import manifests_dir, model_directory, models_dir
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 STEP = "Release"
 
@@ -43,7 +43,7 @@ def release_parts(settings: HostSettings) -> dict[str, str]:
 
 def app_dir(settings: HostSettings) -> str:
     """Where this version of the service code is unpacked on the host."""
-    return f"{settings.python.venv_root}/apps/{service_bundle()[1][:12]}"
+    return f"{settings.python.install_root}/apps/{service_bundle()[1][:12]}"
 
 
 def release_manifest(settings: HostSettings) -> dict:
@@ -69,7 +69,7 @@ def release_layer() -> None:
     release = f"{releases}/{rid}"
 
     files.directory(name="Releases directory", path=releases, user="root", group="root", mode="755")
-    files.directory(name="Apps directory", path=f"{settings.python.venv_root}/apps", user="root", group="root",
+    files.directory(name="Apps directory", path=f"{settings.python.install_root}/apps", user="root", group="root",
                     mode="755")
     app = app_dir(settings)
     if not host.get_fact(Directory, path=app):
@@ -82,9 +82,9 @@ def release_layer() -> None:
     link = host.get_fact(Link, path=layout.current_link(settings))
     if not link or link.get("link_target") != target:
         server.shell(name=f"Switch current to release {rid}",
-                     commands=[switch_script(settings.python.venv_root, target)])
+                     commands=[switch_script(settings.python.install_root, target)])
 
-    store = host.get_fact(ReleaseStoreContents, root=settings.python.venv_root, models=models_dir(settings))
+    store = host.get_fact(ReleaseStoreContents, root=settings.python.install_root, models=models_dir(settings))
     stale = stale_paths(store, target, set(manifest["links"].values()))
     if stale:
         names = ", ".join(path.rsplit("/", 1)[-1] for path in stale)

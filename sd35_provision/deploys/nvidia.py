@@ -38,7 +38,7 @@ from sd35_provision.cuda_compat import (
 from sd35_provision.errors import PreflightError
 from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaKernelModule, NvidiaStatus
 from sd35_provision.operations import apt_packages_present, managed_file, record_note
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 
 STEP = "NVIDIA driver"
 UBUNTU_SUFFIX = {"default": "", "server": "-server", "open": "-open", "server-open": "-server-open"}
@@ -200,7 +200,7 @@ def nvidia_driver() -> None:
 
     kernel = (host.get_fact(KernelVersion) or "").strip()
     if os_id == "ubuntu":
-        packages = [f"nvidia-driver-{driver.branch}{UBUNTU_SUFFIX[driver.flavor]}", f"linux-headers-{kernel}"]
+        packages = [f"nvidia-driver-{driver.branch}{UBUNTU_SUFFIX[driver.flavour]}", f"linux-headers-{kernel}"]
     else:
         packages = ["nvidia-driver", "firmware-misc-nonfree", debian_headers_package(kernel)]
         branch = install_branch(os_id, os_version, driver.branch)

@@ -2,7 +2,7 @@
 
 - The torch flavour follows the host's GPU and driver (or ``python.torch_flavour``);
   its lock (``sd35_provision/locks/<flavour>.txt``) names the venv:
-  ``<venv_root>/venvs/<lock id>``. A new lock builds a new venv while the
+  ``<install_root>/venvs/<lock id>``. A new lock builds a new venv while the
   old one keeps serving; only a finished, stamped build is ever switched to
   (the release layer flips the ``current`` symlink).
 - ``pip --require-hashes``: a wheel whose hash is not in the lock stops the
@@ -34,7 +34,7 @@ from sd35_provision.facts.python import PythonVersions
 from sd35_provision.facts.venv import COMPLETE_STAMP, InterpreterEnvironment, Venv, WheelHashes
 from sd35_provision.locks import Lock, compare_installed, load_lock, load_lock_file, unlocked_packages
 from sd35_provision.operations import apt_packages_present, managed_file, record_diff, record_note
-from sd35_provision.spec.model import HostSettings
+from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.wheelhouse import WheelhouseError, wheels_for
 
 STEP = "Python environment"
@@ -96,8 +96,8 @@ def python_environment() -> None:
     lock_path = layout.lock_path(settings, lock.id)
 
     apt_packages_present(name="Install python3-venv", packages=["python3-venv"])
-    files.directory(name="Environment root", path=settings.python.venv_root, user="root", group="root", mode="755")
-    for directory in (layout.venvs_dir(settings), f"{settings.python.venv_root}/locks"):
+    files.directory(name="Environment root", path=settings.python.install_root, user="root", group="root", mode="755")
+    for directory in (layout.venvs_dir(settings), f"{settings.python.install_root}/locks"):
         files.directory(name=f"Directory {directory}", path=directory, user="root", group="root", mode="755")
     managed_file(name=f"Lock {lock.id}", path=lock_path, content=lock.text, user="root", group="root",
                  mode="644", summary=f"(lock {lock.id}: {len(lock.pins)} pinned packages, hashes checked)")
