@@ -76,7 +76,10 @@ def _progress(message: str) -> None:
 def _load(spec_path: Path, check_local_files: bool = True):
     from sd35_provision.hostspec import load_spec
 
-    return load_spec(spec_path, check_local_files=check_local_files)
+    spec = load_spec(spec_path, check_local_files=check_local_files)
+    for warning in spec.warnings:  # renamed keys still in the file
+        click.echo(warning, err=True)
+    return spec
 
 
 def _options(accept_new_host_keys: bool, quiet: bool = False, parallel: int = 0, fail_percent: int | None = None):

@@ -21,7 +21,21 @@ from jsonschema.exceptions import ValidationError
 
 from sd35_provision.errors import SpecError
 from sd35_provision.locks import LockError, parse_lock
-from sd35_provision.hostspec import settings as model
+from sd35_provision.hostspec.merge import deep_merge
+from sd35_provision.hostspec.renamed import rename_deprecated_keys
+from sd35_provision.hostspec.settings import (
+    SECTIONS,
+    CacheSettings,
+    DriverSettings,
+    FleetSpec,
+    GpuSettings,
+    HostSettings,
+    ModelSettings,
+    PythonSettings,
+    ServiceSettings,
+    SmokeSettings,
+    SshSettings,
+)
 from sd35_provision.hostspec.yamlsource import PathKey, SourceDocument, format_path, load_yaml_document
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
@@ -43,12 +57,13 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def load_spec(path: str | Path, *, check_local_files: bool = True) -> model.FleetSpec:
+def load_spec(path: str | Path, *, check_local_files: bool = True) -> FleetSpec:
     """Parse and validate ``path``; raise SpecError listing every problem."""
     spec_path = Path(path)
     document = load_yaml_document(spec_path)
+    warnings, problems = rename_deprecated_keys(document)
 
-    problems = schema_problems(document)
+    problems += schema_problems(document)
     if problems:
         # Semantic checks assume the shapes the schema guarantees.
         raise SpecError(problems)
@@ -69,7 +84,8 @@ def load_spec(path: str | Path, *, check_local_files: bool = True) -> model.Flee
     for host in hosts:
         for group in host.groups:
             groups[group] = (*groups[group], host.name)
-    return model.FleetSpec(path=spec_path, hosts=tuple(hosts), groups=groups, raw=document.data)
+    return FleetSpec(path=spec_path, hosts=tuple(hosts), groups=groups, raw=document.data,
+                     warnings=tuple(warnings))
 
 
 def schema_problems(document: SourceDocument) -> list[str]:
@@ -182,14 +198,14 @@ def merged_host_settings(
                     f"({earlier[1]!r} vs {value!r}); set it on the host to choose",
                 ))
             group_values.setdefault(leaf, (group, value))
-        _deep_merge(merged, group_settings)
-    _deep_merge(merged, _settings_only(host))
+        merged = deep_merge(merged, group_settings)
+    merged = deep_merge(merged, _settings_only(host))
     _fill_schema_defaults(merged)
     return merged, problems
 
 
 def _settings_only(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in mapping.items() if key in model.SECTIONS}
+    return {key: value for key, value in mapping.items() if key in SECTIONS}
 
 
 def _leaves(mapping: dict[str, Any], prefix: PathKey = ()) -> list[tuple[PathKey, Any]]:
@@ -202,14 +218,6 @@ def _leaves(mapping: dict[str, Any], prefix: PathKey = ()) -> list[tuple[PathKey
     return found
 
 
-def _deep_merge(into: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = copy.deepcopy(value)
-
-
 def _fill_schema_defaults(merged: dict[str, Any]) -> None:
     definitions = load_schema()["$defs"]
 
@@ -220,7 +228,7 @@ def _fill_schema_defaults(merged: dict[str, Any]) -> None:
             elif "default" in subschema and key not in target:
                 target[key] = subschema["default"]
 
-    for section in model.SECTIONS:
+    for section in SECTIONS:
         fill(merged.setdefault(section, {}), definitions[section])
 
 
@@ -312,7 +320,7 @@ def _get(data: Any, path: PathKey) -> Any:
     return data
 
 
-def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> model.HostSettings:
+def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> HostSettings:
     def build(cls: type, values: dict[str, Any]) -> Any:
         kwargs = {}
         for f in fields(cls):
@@ -320,22 +328,22 @@ def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> 
                 continue
             value = values[f.name]
             if f.name == "driver":
-                value = build(model.DriverSettings, value)
+                value = build(DriverSettings, value)
             kwargs[f.name] = value
         return cls(**kwargs)
 
     host = document.data["hosts"][name]
-    return model.HostSettings(
+    return HostSettings(
         name=name,
         address=host["address"],
         groups=tuple(host.get("groups", [])),
-        ssh=build(model.SshSettings, merged["ssh"]),
-        gpu=build(model.GpuSettings, merged["gpu"]),
-        cache=build(model.CacheSettings, merged["cache"]),
-        python=build(model.PythonSettings, merged["python"]),
-        model=build(model.ModelSettings, merged["model"]),
-        service=build(model.ServiceSettings, merged["service"]),
-        smoke=build(model.SmokeSettings, merged["smoke"]),
+        ssh=build(SshSettings, merged["ssh"]),
+        gpu=build(GpuSettings, merged["gpu"]),
+        cache=build(CacheSettings, merged["cache"]),
+        python=build(PythonSettings, merged["python"]),
+        model=build(ModelSettings, merged["model"]),
+        service=build(ServiceSettings, merged["service"]),
+        smoke=build(SmokeSettings, merged["smoke"]),
     )
 
 

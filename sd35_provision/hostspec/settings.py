@@ -136,6 +136,9 @@ class FleetSpec:
     hosts: tuple[HostSettings, ...]
     groups: dict[str, tuple[str, ...]]  # group name -> host names, in spec order
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    # "FILE:LINE: python.venv_root is deprecated: use python.install_root", one per old key
+    # in the file; every command that loads a spec prints them on stderr.
+    warnings: tuple[str, ...] = ()
 
     def host(self, name: str) -> HostSettings:
         for host in self.hosts:

@@ -224,3 +224,80 @@ def test_push_path_must_be_a_diffusers_pipeline(tmp_path):
                "pipeline directory (host a)" in p for p in problems), problems
     (tmp_path / "weights" / "model_index.json").write_text("{}")
     assert load_spec(write(tmp_path, text)).host("a").model.path == tmp_path / "weights"
+
+
+RENAMED = """\
+defaults:
+  python:
+    venv_root: /srv/old
+  gpu:
+    driver:
+      flavor: server
+  model: {source: push, path: weights}
+groups:
+  lab:
+    python: {venv_root: /srv/lab}
+hosts:
+  a: {address: 10.0.0.1}
+  b:
+    address: 10.0.0.2
+    groups: [lab]
+"""
+
+
+def test_renamed_keys_are_still_read_with_a_deprecation_line_each(tmp_path):
+    path = write(tmp_path, RENAMED)
+    spec = load_spec(path, check_local_files=False)
+    assert spec.host("a").python.install_root == "/srv/old"
+    assert spec.host("b").python.install_root == "/srv/lab"  # the group's old key still beats the defaults
+    assert spec.host("a").gpu.driver.flavour == "server"
+    assert spec.warnings == (
+        f"{path}:3: python.venv_root is deprecated: use python.install_root",
+        f"{path}:6: gpu.driver.flavor is deprecated: use gpu.driver.flavour",
+        f"{path}:10: python.venv_root is deprecated: use python.install_root",
+    )
+
+
+def test_renamed_key_keeps_its_line_for_later_errors(tmp_path):
+    text = "hosts:\n  a:\n    address: 10.0.0.1\n    python:\n      venv_root: relative/dir\n"
+    problems = problems_of(tmp_path, text, check_local_files=False)
+    assert any(p.startswith(f"{tmp_path}/fleet.yaml:5: hosts.a.python.install_root: 'relative/dir' is not valid")
+               for p in problems), problems
+
+
+def test_current_keys_give_no_deprecation_line(tmp_path):
+    text = ("defaults:\n  python: {install_root: /srv/new}\n  gpu: {driver: {flavour: open}}\n"
+            "  model: {source: push, path: weights}\nhosts:\n  a: {address: 10.0.0.1}\n")
+    spec = load_spec(write(tmp_path, text), check_local_files=False)
+    assert spec.warnings == ()
+    assert spec.host("a").python.install_root == "/srv/new"
+    assert spec.host("a").gpu.driver.flavour == "open"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("hosts:\n  a:\n    address: 10.0.0.1\n    python:\n      install_root: /srv/new\n      venv_root: /srv/old\n",
+         "fleet.yaml:6: hosts.a.python.venv_root: python.venv_root (deprecated) and python.install_root are both set; "
+         "keep only python.install_root"),
+        ("defaults:\n  gpu:\n    driver: {flavor: open, flavour: server}\nhosts:\n  a: {address: 10.0.0.1}\n",
+         "fleet.yaml:3: defaults.gpu.driver.flavor: gpu.driver.flavor (deprecated) and gpu.driver.flavour are both set; "
+         "keep only gpu.driver.flavour"),
+    ],
+)
+def test_old_and_new_key_together_is_an_error(tmp_path, text, expected):
+    problems = problems_of(tmp_path, text, check_local_files=False)
+    assert [p for p in problems if "deprecated" in p] == [f"{tmp_path}/{expected}"]
+    assert not any("unknown key" in p for p in problems), problems  # the old key is not reported twice
+
+
+def test_every_spec_command_prints_the_deprecation_lines_on_stderr(tmp_path):
+    path = write(tmp_path, RENAMED)
+    result = run_cli("validate", "--skip-local-files", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
+    assert result.stderr.splitlines() == [
+        f"{path}:3: python.venv_root is deprecated: use python.install_root",
+        f"{path}:6: gpu.driver.flavor is deprecated: use gpu.driver.flavour",
+        f"{path}:10: python.venv_root is deprecated: use python.install_root",
+    ]
