@@ -107,7 +107,7 @@ def cpu_fleet_defaults(fleet: Fleet, model: str | Path | dict, **sections: dict)
     """The spec defaults every fleet test starts from: CPU torch from the cached wheelhouse,
     caches under /srv/sd35, a tiny smoke test; ``model`` is a push directory or a whole model
     section, and ``sections`` are merged over the rest (``python={...}``, ``service={...}``)."""
-    from sd35_provision.testfleet.spec import deep_merge
+    from sd35_provision.hostspec.merge import deep_merge
 
     defaults = {
         "cache": {"root": "/srv/sd35", "min_free_gb": 1},

@@ -25,9 +25,17 @@ from typing import Any, NamedTuple
 
 import paramiko
 
+from sd35_provision import sshlogin
 from sd35_provision.testfleet import containers, keys
 from sd35_provision.testfleet.errors import TestFleetError
-from sd35_provision.testfleet.layout import check_state_dir, machine_name, parse_binds, plan_hosts
+from sd35_provision.testfleet.layout import (
+    check_state_dir,
+    client_key_path,
+    known_hosts_path,
+    machine_name,
+    parse_binds,
+    plan_hosts,
+)
 from sd35_provision.testfleet.rootfs import ensure_rootfs
 from sd35_provision.testfleet.spec import render_spec
 from sd35_provision.testfleet.state import FleetHost, FleetState, read_state, write_state
@@ -85,11 +93,11 @@ class Fleet:
 
     @property
     def key_path(self) -> Path:
-        return self.state_dir / "id_ed25519"
+        return client_key_path(self.state_dir)
 
     @property
     def known_hosts_path(self) -> Path:
-        return self.state_dir / "known_hosts"
+        return known_hosts_path(self.state_dir)
 
     @property
     def spec_path(self) -> Path:
@@ -120,7 +128,7 @@ class Fleet:
 
     def ssh(self, name: str, timeout: float = 10) -> paramiko.SSHClient:
         """A root SSH connection to one host; its host key is checked against known_hosts."""
-        return keys.connect(self.host(name).address, self.key_path, self.known_hosts_path, timeout)
+        return _connect(self, self.host(name), timeout)
 
     def run(self, name: str, command: str, timeout: float = 120) -> CommandResult:
         """Run a shell command on one host over SSH."""
@@ -165,7 +173,7 @@ class Fleet:
     def render_spec(self, extra_defaults: dict[str, Any] | None = None, groups: dict[str, Any] | None = None,
                     host_overrides: dict[str, dict[str, Any]] | None = None, spec_dir: Path | None = None) -> str:
         """See ``sd35_provision.testfleet.spec.render_spec``."""
-        return render_spec(self, extra_defaults, groups, host_overrides, spec_dir)
+        return render_spec(self.hosts, self.state_dir, extra_defaults, groups, host_overrides, spec_dir)
 
     def write_spec(self, path: Path | None = None, **kwargs: Any) -> Path:
         """Write a spec for this fleet (default ``<state-dir>/fleet.yaml``); returns its path."""
@@ -267,9 +275,15 @@ def _check_free(addresses: list[str]) -> None:
         )
 
 
+def _connect(fleet: Fleet, host: FleetHost, timeout: float) -> paramiko.SSHClient:
+    """Root on ``host`` with the fleet's key; a host key other than the recorded one is refused."""
+    return sshlogin.connect(host.address, user="root", key=fleet.key_path, known_hosts=fleet.known_hosts_path,
+                            timeout=timeout)
+
+
 def _ssh_ok(fleet: Fleet, host: FleetHost) -> bool:
     try:
-        keys.connect(host.address, fleet.key_path, fleet.known_hosts_path, timeout=3).close()
+        _connect(fleet, host, timeout=3).close()
     except (OSError, paramiko.SSHException):
         return False
     return True
@@ -284,7 +298,7 @@ def _wait_until_ready(fleet: Fleet, host: FleetHost, wait_s: float) -> None:
         if not containers.is_running(host):
             raise TestFleetError(f"{host.name}: the container exited while booting; see {log}")
         try:
-            client = keys.connect(host.address, fleet.key_path, fleet.known_hosts_path, timeout=5)
+            client = _connect(fleet, host, timeout=5)
             break
         except paramiko.BadHostKeyException as error:
             raise TestFleetError(

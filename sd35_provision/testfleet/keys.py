@@ -1,15 +1,14 @@
-"""SSH keys for the fleet and verified connections to its hosts.
+"""SSH keys for the fleet: the client key pair and the known_hosts lines of its hosts.
 
-Host keys are generated here before boot, so known_hosts is complete before
-any host answers; every connection uses paramiko's RejectPolicy against it.
+Host keys are generated before boot, so known_hosts is complete before any
+host answers; every connection (``sd35_provision.sshlogin``) verifies against it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import paramiko
-
+from sd35_provision.sshlogin import known_hosts_name
 from sd35_provision.testfleet.system import run_tool
 
 
@@ -34,22 +33,4 @@ def ensure_key(path: Path, comment: str) -> str:
 
 def known_hosts_line(address: str, public_key_line: str, port: int = 22) -> str:
     key_type, key_data = public_key_line.split()[:2]
-    where = address if port == 22 else f"[{address}]:{port}"
-    return f"{where} {key_type} {key_data}"
-
-
-def connect(address: str, key_path: Path, known_hosts_path: Path, timeout: float = 10) -> paramiko.SSHClient:
-    """Root SSH to ``address``; an unknown or changed host key is refused."""
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(known_hosts_path))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(
-            address, port=22, username="root", key_filename=str(key_path),
-            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-            allow_agent=False, look_for_keys=False,
-        )
-    except BaseException:
-        client.close()
-        raise
-    return client
+    return f"{known_hosts_name(address, port)} {key_type} {key_data}"

@@ -1,4 +1,4 @@
-"""What ``up`` will create, decided before anything is touched: names, addresses, binds."""
+"""What ``up`` will create, decided before anything is touched: names, addresses, binds, file names."""
 
 from __future__ import annotations
 
@@ -61,3 +61,13 @@ def machine_name(state_dir: Path, host_name: str) -> str:
     """The nspawn machine name: unique per state dir, so two fleets never share nspawn's runtime files."""
     tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
     return f"{host_name}-{tag}"
+
+
+def client_key_path(state_dir: Path) -> Path:
+    """The fleet's client key (``.pub`` beside it), kept across runs."""
+    return state_dir / "id_ed25519"
+
+
+def known_hosts_path(state_dir: Path) -> Path:
+    """The host keys of the fleet, written before any host boots."""
+    return state_dir / "known_hosts"
