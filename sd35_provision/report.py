@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from sd35_provision.texttable import render_rows
+
 
 @dataclass
 class OperationOutcome:
@@ -98,13 +100,7 @@ def render_table(report: RunReport) -> str:
             detail = "; ".join(filter(None, [detail, f"smoke ok in {host.smoke['latency_s']:.1f}s"]))
         rows.append((host.name, *((host.wave or "-",) if staged else ()), host.status, str(len(host.changes)),
                      detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        cells = [f"{cell:<{width}}" for cell, width in zip(row[:-2], widths)]
-        cells.append(f"{row[-2]:>{widths[-1]}}")  # CHANGES, right-aligned
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
+    return render_rows(rows, right_aligned={len(rows[0]) - 2})  # CHANGES, a count
 
 
 def render_plan(report: RunReport) -> str:

@@ -22,6 +22,7 @@ from sd35_provision.report import HostOutcome
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
+from sd35_provision.texttable import render_rows
 
 HEADER = ("HOST", "REACHABLE", "OS", "GPU", "DRIVER", "FP8", "SERVICE", "RELEASE", "MODEL REV", "LAST SMOKE", "DRIFT")
 
@@ -136,11 +137,8 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
 
 
 def render_status_table(rows: list[HostStatus]) -> str:
-    table = [HEADER, *(row.row() for row in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
-    lines += [f"{row.name}: {row.error}" for row in rows if row.error]
-    return "\n".join(lines)
+    errors = [f"{row.name}: {row.error}" for row in rows if row.error]
+    return "\n".join([render_rows([HEADER, *(row.row() for row in rows)]), *errors])
 
 
 def status_json(rows: list[HostStatus]) -> str:

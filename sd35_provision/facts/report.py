@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from sd35_provision.facts.host import HostFacts
+from sd35_provision.texttable import render_rows
 
 HEADER = ("HOST", "OS", "GPU", "DRIVER", "CUDA", "FP8", "CACHE FREE", "SSD")
 SSD_WORD = {"ssd": "yes", "hdd": "no", "unknown": "unknown"}
@@ -43,6 +44,4 @@ def facts_row(name: str, facts: HostFacts) -> tuple[str, ...]:
 
 def render_facts_table(rows: list[tuple[str, ...]]) -> str:
     """Rows from ``facts_row`` as an aligned plain-text table with a header."""
-    table = [HEADER, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
+    return render_rows([HEADER, *rows])
