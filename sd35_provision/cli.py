@@ -280,7 +280,7 @@ def onboard(spec: Path, address: str, name: str, user: str, password_prompt: boo
     import getpass
 
     from sd35_provision.facts.report import facts_row, render_facts_table
-    from sd35_provision.onboard import OnboardRequest, onboard as onboard_box, settings_from
+    from sd35_provision.onboarding import OnboardRequest, onboard as onboard_box, settings_from
     from sd35_provision.report import render_failures, render_table
 
     if password_prompt == (key is not None):

@@ -10,20 +10,10 @@ import paramiko
 import pytest
 
 from sd35_provision.errors import SpecError
-from sd35_provision.onboard import (
-    OnboardError,
-    OnboardRequest,
-    account_script,
-    as_root,
-    check_spec_with,
-    fingerprint,
-    host_key_verdict,
-    plan_entry,
-    record_host_key,
-    recorded_keys,
-    settings_from,
-    write_spec,
-)
+from sd35_provision.onboarding import OnboardError, OnboardRequest, settings_from
+from sd35_provision.onboarding.accounts import account_script, as_root
+from sd35_provision.onboarding.hostkeys import fingerprint, host_key_verdict, record_host_key, recorded_keys
+from sd35_provision.onboarding.specentry import check_spec_with, plan_entry, write_spec
 
 SPEC = """\
 # lab
@@ -153,6 +143,16 @@ def test_an_invalid_result_puts_the_old_file_back(spec):
     assert edit.changed and lines == [f"added n2 to {spec}:22"]
     _, again = write_spec(spec, "n2", {"address": "127.0.0.6"}, lines.append)
     assert not again.changed and lines[-1].endswith("with these settings; the spec is unchanged")
+
+
+def test_a_spec_with_a_renamed_key_onboards_and_names_it(spec):
+    old = SPEC.replace("    accelerator: cpu\n", "    accelerator: cpu\n  python:\n    venv_root: /srv/sd35\n")
+    spec.write_text(old)
+    check_spec_with(spec, "n2", {"address": "127.0.0.6"})  # the old key is no problem
+    loaded, edit = write_spec(spec, "n2", {"address": "127.0.0.6"}, [].append)
+    assert edit.changed
+    assert loaded.warnings == (f"{spec}:10: python.venv_root is deprecated: use python.install_root",)
+    assert loaded.host("n2").python.install_root == "/srv/sd35"
 
 
 def test_host_keys_known_unknown_changed(tmp_path):
