@@ -1,4 +1,11 @@
-"""A tiny but real Stable Diffusion 3 pipeline for tests.
+"""A tiny but real Stable Diffusion 3 pipeline: a test fixture that ships in the package.
+
+It lives in the product, not under tests/, because ``sd35-provision demo``
+pushes it to the local test fleet (the whole flow without gated weights) and
+the benchmark (sd35_provision.bench.models) builds its random full-size SD3.5
+Large and Medium pipelines with ``build_sd3_pipeline``, from the published
+configs; the unit, service and fleet tests use it too. Only the demo and the
+tests put it on a host: a real spec names real weights.
 
 It has the same structure as SD3.5 (two CLIP text encoders, a T5 encoder, an
 MMDiT transformer, a 16-channel VAE and a flow-matching scheduler) with every
@@ -8,10 +15,6 @@ can be exercised end to end without the gated multi-GB weights. It is about
 
 The same seed gives byte-identical files (with the same library versions), so
 tests can pin checksums.
-
-``build_sd3_pipeline`` assembles any SD3 pipeline with random weights from its
-components' configs; the benchmark (sd35_provision.bench.models) builds the
-full-size SD3.5 Large and Medium with it, from the published configs.
 """
 
 from __future__ import annotations
