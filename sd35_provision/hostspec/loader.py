@@ -20,7 +20,6 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from sd35_provision.errors import SpecError
-from sd35_provision.locks import LockError, parse_lock
 from sd35_provision.hostspec.merge import deep_merge
 from sd35_provision.hostspec.renamed import rename_deprecated_keys
 from sd35_provision.hostspec.settings import (
@@ -37,6 +36,7 @@ from sd35_provision.hostspec.settings import (
     SshSettings,
 )
 from sd35_provision.hostspec.yamlsource import PathKey, SourceDocument, format_path, load_yaml_document
+from sd35_provision.locks import LockError, parse_lock
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
 

@@ -39,8 +39,8 @@ def rename_deprecated_keys(document: SourceDocument) -> tuple[list[str], list[st
             line = document.line_of((*where, old))
             old_name, new_name = format_path((*section, old)), format_path((*section, new))
             if new in mapping:
-                problems.append((line, f"{document.path}:{line}: {format_path((*where, old))}: "
-                                       f"{old_name} (deprecated) and {new_name} are both set; keep only {new_name}"))
+                message = f"{old_name} (deprecated) and {new_name} are both set; keep only {new_name}"
+                problems.append((line, f"{document.path}:{line}: {format_path((*where, old))}: {message}"))
                 del mapping[old]
                 continue
             _rename_key(mapping, old, new)
