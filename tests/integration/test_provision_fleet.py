@@ -152,6 +152,16 @@ def test_limit_and_facts(fleet):
     assert facts["node1"]["cache_storage"]["kind"] == "unknown"  # a bind-mounted container root
 
 
+def test_a_spec_with_a_renamed_key_still_plans_and_says_so(fleet):
+    defaults = cpu_fleet_defaults(fleet, fleet.tiny_model, python={"venv_root": "/opt/legacy"})
+    spec = fleet.write_spec(fleet.state_dir / "renamed.yaml", extra_defaults=defaults)
+    line = next(number for number, text in enumerate(spec.read_text().splitlines(), 1) if "venv_root:" in text)
+    result = cli("plan", str(spec), "--limit", "node2", check_exit=0)
+    deprecation = f"{spec}:{line}: python.venv_root is deprecated: use python.install_root"
+    assert result.stderr.splitlines().count(deprecation) == 1, result.stderr
+    assert "/opt/legacy/" in result.stdout  # the old key's value is the install root the plan uses
+
+
 def test_deploys_run_with_plain_pyinfra(fleet):
     spec = write_spec(fleet)
     pyinfra = Path(sys.executable).with_name("pyinfra")
