@@ -199,6 +199,16 @@ def load_yaml_document(path: Path) -> SourceDocument:
     return SourceDocument(path=path, data=data, lines=lines)
 
 
+def _is_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _tag_name(tag: str) -> str:
     return "!!" + tag[len(_YAML_TAG):] if tag.startswith(_YAML_TAG) else tag
 
@@ -215,6 +225,11 @@ def _index(
             f"{file}:{node.start_mark.line + 1}: {format_path(path)}: the tag {_tag_name(node.tag)} is not allowed; "
             "a spec holds plain values (strings, numbers, booleans, lists, mappings)"
         )
+        return
+    if isinstance(node, yaml.ScalarNode) and not _is_text(node.value):
+        # Escapes in double-quoted YAML ("\0", "\ud800") make what no file, argv or HTTP body can carry.
+        problems.append(f"{file}:{node.start_mark.line + 1}: {format_path(path)}: "
+                        "contains a NUL character or a lone UTF-16 surrogate")
         return
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
