@@ -6,6 +6,8 @@ agree on them.
 
 from __future__ import annotations
 
+import shlex
+
 from sd35_provision.hostspec.settings import HostSettings
 
 CONFIG_DIR = "/etc/sd35"
@@ -34,7 +36,9 @@ def cache_directories(settings: HostSettings) -> list[str]:
 
 def render_env_file(settings: HostSettings) -> str:
     lines = ["# Managed by sd35-provision; edits are reverted on the next apply."]
-    lines += [f"{key}={value}" for key, value in cache_environment(settings).items()]
+    # /etc/profile.d sources this file: quoted, a value can never run as a command
+    # (the spec's paths are plain already, and then quoting changes nothing).
+    lines += [f"{key}={shlex.quote(value)}" for key, value in cache_environment(settings).items()]
     return "\n".join(lines) + "\n"
 
 

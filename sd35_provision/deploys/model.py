@@ -183,7 +183,7 @@ def git_fetch_script(settings: HostSettings, repair: list[str] | None) -> str:
         lines += [
             # Git objects only (pointers, no weights): cheap to redo if this was interrupted.
             f"if [ ! -d {d}/.git ]; then rm -rf {d}.partial && GIT_LFS_SKIP_SMUDGE=1 {GIT} clone --quiet "
-            f"--no-checkout {shlex.quote(model.url)} {d}.partial && rm -rf {d} && mv -T {d}.partial {d}; fi",
+            f"--no-checkout -- {shlex.quote(model.url)} {d}.partial && rm -rf {d} && mv -T {d}.partial {d}; fi",
             f"cd {d}",
             # The repo's own lfs filters: a host whose git-lfs was never set up system-wide still gets weights.
             f"{GIT} lfs install --local >/dev/null",

@@ -10,16 +10,18 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import math
 import re
 from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from sd35_provision.errors import SpecError
+from sd35_provision.hostspec import rules
 from sd35_provision.hostspec.merge import deep_merge
 from sd35_provision.hostspec.renamed import rename_deprecated_keys
 from sd35_provision.hostspec.settings import (
@@ -35,7 +37,12 @@ from sd35_provision.hostspec.settings import (
     SmokeSettings,
     SshSettings,
 )
-from sd35_provision.hostspec.yamlsource import PathKey, SourceDocument, format_path, load_yaml_document
+from sd35_provision.hostspec.yamlsource import (
+    PathKey,
+    SourceDocument,
+    format_path,
+    load_yaml_document,
+)
 from sd35_provision.locks import LockError, parse_lock
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
@@ -50,6 +57,22 @@ LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {
 
 _FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+# Settings that name local directories; the other LOCAL_PATH_FIELDS name files.
+LOCAL_DIRECTORY_FIELDS: dict[str, tuple[str, ...]] = {"python": ("wheelhouse",), "model": ("path",)}
+
+# A value's real type: YAML's 8000.0 is not an integer (JSON Schema would take it,
+# and the host would get SD35_PORT=8000.0), and .inf or .nan is no number of GB.
+_TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine_many({
+    "integer": lambda _checker, value: isinstance(value, int) and not isinstance(value, bool),
+    "number": lambda _checker, value: (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                       and math.isfinite(value)),
+})
+SpecValidator = validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
+
+_TYPE_NAMES = {"integer": "a whole number", "number": "a finite number", "string": "a string",
+               "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
 
 
 @lru_cache(maxsize=1)
@@ -70,11 +93,13 @@ def load_spec(path: str | Path, *, check_local_files: bool = True) -> FleetSpec:
 
     problems = semantic_problems(document)
     hosts = []
+    endpoints: dict[tuple[str, int], str] = {}
     for name in document.data["hosts"]:
         merged, merge_problems = merged_host_settings(document, name)
         problems.extend(merge_problems)
         if merge_problems:
             continue
+        problems.extend(_endpoint_problems(document, name, merged, endpoints))
         problems.extend(_host_setting_problems(document, name, merged, check_local_files))
         hosts.append(_build_host(document, name, merged))
     if problems:
@@ -89,7 +114,7 @@ def load_spec(path: str | Path, *, check_local_files: bool = True) -> FleetSpec:
 
 
 def schema_problems(document: SourceDocument) -> list[str]:
-    validator = Draft202012Validator(load_schema())
+    validator = SpecValidator(load_schema())
     problems: list[tuple[int, str]] = []
     for error in validator.iter_errors(document.data):
         for path, message in _explain(error):
@@ -117,6 +142,10 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
         return [(path, f"{error.instance} is above {error.validator_value}")]
     if error.validator == "minimum":
         return [(path, f"{error.instance} is below {error.validator_value}")]
+    if error.validator == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        expected = " or ".join(_TYPE_NAMES.get(name, name) for name in wanted)
+        return [(path, f"{error.instance!r} is not {expected}")]
     if error.validator == "propertyNames":
         return [((*path, error.instance), "name may only use letters, digits, '.', '_' and '-'")]
     return [(path, error.message)]
@@ -126,7 +155,6 @@ def semantic_problems(document: SourceDocument) -> list[str]:
     data = document.data
     groups = data.get("groups") or {}
     problems: list[str] = []
-    seen_endpoints: dict[tuple[str, int], str] = {}
     lowered_names: dict[str, str] = {}
     for name, host in data["hosts"].items():
         if name.lower() in lowered_names:
@@ -147,15 +175,19 @@ def semantic_problems(document: SourceDocument) -> list[str]:
                 problems.append(document.problem(
                     ("hosts", name, "groups", position), f"unknown group {group!r} (groups: {known})",
                 ))
-        port = host.get("ssh", {}).get("port") or _get(data, ("defaults", "ssh", "port")) or 22
-        endpoint = (address.lower(), port)
-        if endpoint in seen_endpoints:
-            problems.append(document.problem(
-                ("hosts", name, "address"),
-                f"{address}:{port} is already host {seen_endpoints[endpoint]!r}",
-            ))
-        seen_endpoints.setdefault(endpoint, name)
     return problems
+
+
+def _endpoint_problems(
+    document: SourceDocument, name: str, merged: dict[str, Any], seen: dict[tuple[str, int], str]
+) -> list[str]:
+    """Two hosts on one address:port, however the port is set and however the address is spelled."""
+    address, port = document.data["hosts"][name]["address"], merged["ssh"]["port"]
+    endpoint = rules.endpoint(address, port)
+    if endpoint in seen:
+        return [document.problem(("hosts", name, "address"), f"{address}:{port} is already host {seen[endpoint]!r}")]
+    seen[endpoint] = name
+    return []
 
 
 def is_valid_address(address: str) -> bool:
@@ -295,6 +327,24 @@ def _host_setting_problems(
             parse_lock(lock_file.read_text(), str(lock_file))
         except LockError as error:
             problem("python", "lock_file", str(error))
+
+    found: list[rules.Problem] = []
+    for section, key in rules.HOST_DIRECTORY_FIELDS:
+        found += rules.host_directory_problems(section, key, merged[section][key])
+    found += rules.repo_problems(model_settings["repo"])
+    if "url" in model_settings:
+        found += rules.git_url_problems(model_settings["url"])
+    found += rules.service_limit_problems(service, smoke)
+    if check_local_files:
+        files = {section: tuple(key for key in keys if key not in LOCAL_DIRECTORY_FIELDS.get(section, ()))
+                 for section, keys in LOCAL_PATH_FIELDS.items()}
+        wrong_kind = rules.local_file_problems(merged, files, LOCAL_DIRECTORY_FIELDS)
+        found += wrong_kind
+        key_file = service.get("api_key_file")
+        if key_file is not None and key_file.is_file() and not any(key == "api_key_file" for _, key, _ in wrong_kind):
+            found += rules.api_key_problems(key_file)
+    for section, key, message in found:
+        problem(section, key, message)
     return problems
 
 
@@ -347,4 +397,4 @@ def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> 
     )
 
 
-__all__ = ["load_spec", "is_loopback", "is_valid_address", "merged_host_settings", "format_path"]
+__all__ = ["format_path", "is_loopback", "is_valid_address", "load_spec", "merged_host_settings"]

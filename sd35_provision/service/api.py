@@ -7,18 +7,24 @@ OpenAI-style error body, so the client sees which field is wrong and why.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Limits, parse_size
 
 MAX_SEED = 2**63 - 1
+# A generation request is one flat object; nesting beyond this is refused before
+# the JSON parser (which recurses) ever sees it.
+MAX_JSON_DEPTH = 8
 # Fields of the OpenAI images API that change nothing here; accepted so stock clients work.
-IGNORED_FIELDS = frozenset({"model", "quality", "style", "user", "background", "moderation", "output_compression"})
+IGNORED_FIELDS = frozenset({"quality", "style", "user", "background", "moderation", "output_compression"})
 KNOWN_FIELDS = IGNORED_FIELDS | {
+    "model",
     "prompt",
     "n",
     "size",
@@ -51,7 +57,12 @@ class CapacityError(Exception):
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """The OpenAI error shape, which the openai client turns into its exception's message."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return {"error": {"message": _printable(message), "type": kind, "param": _printable(param), "code": code}}
+
+
+def _printable(text: str | None) -> str | None:
+    # Messages quote what the client sent, which may hold lone surrogates no JSON response can encode.
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,42 @@ class GenerationJob:
     num_inference_steps: int
     guidance_scale: float
     seed: int
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _json_depth(body: bytes) -> int:
+    """How deeply ``body`` nests arrays and objects, brackets inside strings not counted."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", body)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise RequestError(400, f"the request body is not valid JSON: {name} is not a JSON number")
+
+
+def decode_json_body(body: bytes) -> Any:
+    """The request body as JSON; RequestError for what is not plain, shallow, UTF-8 JSON."""
+    if _json_depth(body) > MAX_JSON_DEPTH:
+        raise RequestError(400, f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:  # pragma: no cover - the depth check comes first
+        raise RequestError(400, "the request body nests too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
+        raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+def model_not_found(name: str, names: Collection[str]) -> RequestError:
+    return RequestError(
+        404, f"the model {name!r} does not exist here; this service serves {', '.join(names)}", "model",
+        "model_not_found",
+    )
 
 
 def _integer(data: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -102,6 +149,10 @@ def _text(data: dict[str, Any], name: str, max_chars: int, required: bool) -> st
         raise RequestError(400, f"{name}: must be a string", name)
     if required and not value.strip():
         raise RequestError(400, f"{name}: must not be empty", name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800" escape decodes to half a character
+        raise RequestError(400, f"{name}: is not valid Unicode text (it holds a lone UTF-16 surrogate)", name) from None
     if len(value) > max_chars:
         raise RequestError(400, f"{name}: {len(value)} characters, the limit is {max_chars}", name)
     return value
@@ -134,9 +185,13 @@ def _size(data: dict[str, Any], limits: Limits, model: ModelLimits) -> tuple[int
 
 
 def parse_generation_request(
-    data: Any, limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float
+    data: Any, limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float,
+    model_names: Collection[str] | None = None,
 ) -> GenerationJob:
-    """Validate one ``POST /v1/images/generations`` body; raises RequestError."""
+    """Validate one ``POST /v1/images/generations`` body; raises RequestError.
+
+    ``model_names``: what ``model`` may name (any name when None); no ``model`` means this one.
+    """
     if not isinstance(data, dict):
         raise RequestError(400, "the request body must be a JSON object")
     # Unknown fields are refused rather than ignored: a typo such as "steps" would
@@ -146,6 +201,13 @@ def parse_generation_request(
         raise RequestError(
             400, f"{unknown[0]}: unknown field; accepted fields are {', '.join(sorted(KNOWN_FIELDS))}", unknown[0]
         )
+
+    requested_model = data.get("model")
+    if requested_model is not None:
+        if not isinstance(requested_model, str):
+            raise RequestError(400, "model: must be a string", "model")
+        if model_names is not None and requested_model not in model_names:
+            raise model_not_found(requested_model, model_names)
 
     response_format = data.get("response_format")
     if response_format == "url":

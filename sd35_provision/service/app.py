@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import logging
 import threading
 import time
@@ -22,7 +21,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import CapacityError, EngineLoader, LoadedEngine, RequestError, error_body, parse_generation_request
+from .api import (
+    CapacityError,
+    EngineLoader,
+    LoadedEngine,
+    RequestError,
+    decode_json_body,
+    error_body,
+    model_not_found,
+    parse_generation_request,
+)
 from .config import ServiceConfig
 from .metrics import ServiceMetrics
 from .worker import GPUWorker, QueueFull
@@ -30,8 +38,9 @@ from .worker import GPUWorker, QueueFull
 log = logging.getLogger("sd35.service")
 
 GENERATIONS_PATH = "/v1/images/generations"
+MODELS_PATH = "/v1/models"
 # Route labels for metrics; anything else is "other" so scanners cannot blow up label cardinality.
-KNOWN_ROUTES = frozenset({GENERATIONS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
+KNOWN_ROUTES = frozenset({GENERATIONS_PATH, MODELS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
 UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
 NOT_READY_RETRY_AFTER_S = 10
 
@@ -197,6 +206,23 @@ def create_app(
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
 
+    started = int(time.time())
+
+    def model_entry(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": started, "owned_by": "sd35-provision"}
+
+    @app.get(MODELS_PATH)
+    async def list_models() -> dict[str, Any]:
+        """The names ``model`` may take, in the shape of OpenAI's model list."""
+        return {"object": "list", "data": [model_entry(name) for name in config.model_names]}
+
+    @app.get(MODELS_PATH + "/{name:path}")
+    async def retrieve_model(name: str) -> JSONResponse:
+        if name not in config.model_names:
+            error = model_not_found(name, config.model_names)
+            return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(model_entry(name))
+
     @app.post(
         GENERATIONS_PATH,
         openapi_extra={
@@ -216,11 +242,7 @@ def create_app(
     async def _generate(request: Request) -> JSONResponse:
         if not _is_json(request.headers.get("content-type", "")):
             raise RequestError(415, "the request body must be JSON (Content-Type: application/json)")
-        body = await _read_body(request, body_limit)
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
+        data = decode_json_body(await _read_body(request, body_limit))
 
         loaded_engine = state.loaded
         if loaded_engine is None:
@@ -233,7 +255,7 @@ def create_app(
             )
         engine = loaded_engine.engine
         job = parse_generation_request(
-            data, config.limits, engine.limits, config.default_steps, config.default_guidance
+            data, config.limits, engine.limits, config.default_steps, config.default_guidance, config.model_names
         )
 
         def draw() -> tuple[list[str], float]:

@@ -23,6 +23,7 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_WARMUP_SIZES | sizes to warm up (and compile) for, e.g. 1024x1024,768x1344 | the model's native size |
 | SD35_API_KEY_FILE | file (mode 0600 or 0400) holding the bearer key, 16+ characters | none: no auth |
 | SD35_LOG_LEVEL | DEBUG, INFO, WARNING, ERROR | INFO |
+| SD35_MODEL_NAME, SD35_MODEL_ALIASES | the model id requests may name (listed by GET /v1/models), and other names for it (comma-separated) | sd3.5, none |
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ class ServiceConfig:
     api_key: ApiKey | None = None
     api_key_file: Path | None = None
     log_level: str = "INFO"
+    model_name: str = "sd3.5"
+    model_aliases: tuple[str, ...] = ()
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name a request's ``model`` may use: the id first, then the aliases."""
+        return (self.model_name, *(alias for alias in self.model_aliases if alias != self.model_name))
 
 
 def is_loopback(host: str) -> bool:
@@ -201,6 +209,16 @@ class _EnvReader:
 
         return self._parse(name, default, convert)
 
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        def convert(text: str) -> tuple[str, ...]:
+            names = tuple(item.strip() for item in text.split(",") if item.strip())
+            for item in names:
+                if not item.isprintable() or " " in item:
+                    raise ValueError(f"{item!r} is not a model name (printable, without spaces)")
+            return names
+
+        return self._parse(name, default, convert)
+
     def sizes(self, name: str) -> tuple[tuple[int, int], ...] | None:
         def convert(text: str) -> tuple[tuple[int, int], ...]:
             return tuple(parse_size(item) for item in text.split(",") if item.strip())
@@ -258,6 +276,10 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
     if "SD35_API_KEY" in (os.environ if env is None else env):
         r.problems.append("SD35_API_KEY: keys are not read from the environment; put it in SD35_API_KEY_FILE")
 
+    model_name = r.names("SD35_MODEL_NAME", (ServiceConfig.model_name,))
+    if len(model_name) != 1:
+        r.problems.append("SD35_MODEL_NAME: one name; other names go in SD35_MODEL_ALIASES")
+
     config = ServiceConfig(
         model_dir=model_dir,
         bind=bind,
@@ -273,6 +295,8 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
         api_key=api_key,
         api_key_file=api_key_file,
         log_level=r.choice("SD35_LOG_LEVEL", "INFO", LOG_LEVELS, fold=str.upper),
+        model_name=model_name[0] if len(model_name) == 1 else ServiceConfig.model_name,
+        model_aliases=r.names("SD35_MODEL_ALIASES", ()),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -130,3 +130,13 @@ def test_choices_match_the_precision_module() -> None:
 
     assert set(PRECISION_CHOICES) == set(precision.REQUESTS)
     assert set(COMPILE_CHOICES) == set(precision.COMPILE_REQUESTS)
+
+
+def test_model_names(model_dir: Path) -> None:
+    assert load_config({"SD35_MODEL_DIR": str(model_dir)}).model_names == ("sd3.5",)
+    config = load_config({"SD35_MODEL_DIR": str(model_dir), "SD35_MODEL_NAME": "sd3.5-large",
+                          "SD35_MODEL_ALIASES": "stabilityai/stable-diffusion-3.5-large, sd3.5-large,large"})
+    assert config.model_names == ("sd3.5-large", "stabilityai/stable-diffusion-3.5-large", "large")
+    found = problems({"SD35_MODEL_DIR": str(model_dir), "SD35_MODEL_NAME": "a,b", "SD35_MODEL_ALIASES": "two words"})
+    assert sorted(found) == ["SD35_MODEL_ALIASES: 'two words' is not a model name (printable, without spaces)",
+                             "SD35_MODEL_NAME: one name; other names go in SD35_MODEL_ALIASES"]

@@ -55,6 +55,20 @@ def test_openai_client_sees_clear_errors(live_service: RunningService) -> None:
     assert ok.data[0].b64_json
 
 
+def test_openai_client_lists_models_and_is_told_an_unknown_one_is_not_found(live_service: RunningService) -> None:
+    client = openai.OpenAI(base_url=f"{live_service.url}/v1", api_key="unused", max_retries=0)
+    assert [model.id for model in client.models.list()] == ["sd3.5", "sd3.5-large"]
+    assert client.models.retrieve("sd3.5-large").id == "sd3.5-large"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.images.generate(model="dall-e-3", prompt="a cat", size="64x64")  # type: ignore[arg-type]
+    assert caught.value.code == "model_not_found" and "'dall-e-3' does not exist" in caught.value.message
+    # the default name and no name at all both work
+    for model in ("sd3.5", None):
+        extra = {"model": model} if model else {}
+        assert client.images.generate(prompt="a cat", size="64x64", extra_body={"num_inference_steps": 1},
+                                      **extra).data[0].b64_json  # type: ignore[arg-type]
+
+
 def test_smoke_client_passes(live_service: RunningService, shipped_dir: Path) -> None:
     code, result = run_smoke(shipped_dir, live_service.url)
     assert code == 0, result

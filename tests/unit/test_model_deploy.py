@@ -156,7 +156,7 @@ def test_git_fresh_clone_checks_out_pointers_then_pulls_lfs_content_after_a_spac
     [script] = fetch.commands
     steps = script.splitlines()
     directory = modelstore.model_directory(host)
-    order = ["clone --quiet --no-checkout file:///mirror/tiny.git", "lfs install --local",
+    order = ["clone --quiet --no-checkout -- file:///mirror/tiny.git", "lfs install --local",
              f"fetch --quiet origin {REV}", f"checkout --quiet --force --detach {REV}", " git-manifest ", " space ", "lfs pull",
              f"rm -rf {directory}/.git/lfs/objects", "chown -h sd35:sd35", " verify --strict "]
     positions = [next(i for i, line in enumerate(steps) if part in line) for part in order]

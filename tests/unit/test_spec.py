@@ -50,7 +50,7 @@ hosts:
 def write(tmp_path: Path, text: str, name: str = "fleet.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
-    (tmp_path / "key.txt").write_text("not-a-real-key\n")
+    (tmp_path / "key.txt").write_text("not-a-real-key-0123456789\n")
     return path
 
 
