@@ -8,9 +8,11 @@ them along with the venv, code and model they were tested with.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from sd35_provision import layout
 from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.service import config
 
 SERVICE_ENV_FILE = f"{layout.CONFIG_DIR}/service.env"
 API_KEY_PATH = layout.API_KEY_FILE
@@ -18,23 +20,23 @@ RELEASE_COPY = "service.env"  # the copy in each release directory
 
 
 def service_environment(settings: HostSettings) -> dict[str, str]:
-    """The service's SD35_* settings (see sd35_provision/service/config.py); no secret in here."""
+    """The service's SD35_* settings, named and checked by sd35_provision/service/config.py; no secret in here."""
     service, current = settings.service, layout.current_link(settings)
-    env = {
-        "SD35_MODEL_DIR": f"{current}/model",
-        "SD35_BIND": service.bind,
-        "SD35_PORT": str(service.port),
-        "SD35_PRECISION": service.precision,
-        "SD35_COMPILE": service.compile,
-        "SD35_QUEUE_SIZE": str(service.queue_size),
-        "SD35_MAX_SIDE": str(service.max_side),
-        "SD35_MAX_PIXELS": str(service.max_side * service.max_side),
-        "SD35_MAX_STEPS": str(service.max_steps),
-        "SD35_MAX_N": str(service.max_n),
-    }
+    values: list[tuple[config.Setting[Any], Any]] = [
+        (config.MODEL_DIR, f"{current}/model"),
+        (config.BIND, service.bind),
+        (config.PORT, service.port),
+        (config.PRECISION, service.precision),
+        (config.COMPILE, service.compile),
+        (config.QUEUE_SIZE, service.queue_size),
+        (config.MAX_SIDE, service.max_side),
+        (config.MAX_PIXELS, service.max_side * service.max_side),
+        (config.MAX_STEPS, service.max_steps),
+        (config.MAX_N, service.max_n),
+    ]
     if service.api_key_file is not None:
-        env["SD35_API_KEY_FILE"] = API_KEY_PATH
-    return env
+        values.append((config.API_KEY_FILE, API_KEY_PATH))
+    return config.render_env(values)
 
 
 def render_service_env(settings: HostSettings) -> str:

@@ -44,6 +44,7 @@ from sd35_provision.hostspec.yamlsource import (
     load_yaml_document,
 )
 from sd35_provision.locks import LockError, parse_lock
+from sd35_provision.service.config import is_loopback  # the service's own rule: the spec refuses what it would
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
 
@@ -346,15 +347,6 @@ def _host_setting_problems(
     for section, key, message in found:
         problem(section, key, message)
     return problems
-
-
-def is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def resolve_local_path(base: Path, value: str | Path) -> Path:

@@ -3,6 +3,9 @@
 The JSON Schema (sd35_provision/schemas/host-spec.schema.json) is the single source of the
 defaults: the loader fills them in before these dataclasses are built, so the
 defaults below only matter for code that builds settings by hand (unit tests).
+The service's own settings (``service.*`` that reach the service) take their
+types and defaults from sd35_provision/service/config.py, the one definition
+of the service's contract; a test keeps the schema equal to it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sd35_provision.service import config as service_config
 
 SECTIONS = ("ssh", "gpu", "cache", "python", "model", "service", "smoke")
 
@@ -83,15 +88,15 @@ class ModelSettings:
 @dataclass(frozen=True)
 class ServiceSettings:
     user: str = "sd35"
-    bind: str = "127.0.0.1"
-    port: int = 8000
-    api_key_file: Path | None = None
-    precision: str = "auto"  # auto | fp8 | fp8-dynamic | fp8-storage | bf16 | fp32
-    compile: str = "auto"  # auto | on | off
-    queue_size: int = 4
-    max_side: int = 1536
-    max_steps: int = 60
-    max_n: int = 4
+    bind: str = service_config.BIND.default
+    port: int = service_config.PORT.default
+    api_key_file: Path | None = None  # on the control machine; the host copy is layout.API_KEY_FILE
+    precision: service_config.Precision = service_config.PRECISION.default
+    compile: service_config.CompileMode = service_config.COMPILE.default
+    queue_size: int = service_config.QUEUE_SIZE.default
+    max_side: int = service_config.MAX_SIDE.default
+    max_steps: int = service_config.MAX_STEPS.default
+    max_n: int = service_config.MAX_N.default
     start_timeout_s: int = 900
 
 

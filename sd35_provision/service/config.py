@@ -1,8 +1,17 @@
-"""Service configuration, read from environment variables only.
+"""The service's settings: the one definition of every SD35_* variable.
 
 systemd passes them in through ``EnvironmentFile=`` lines; nothing comes from
 argv, and the API key is read from a file (``SD35_API_KEY_FILE``) so it never
 sits in the environment or a process listing.
+
+This module is both ends of that contract: the service parses its
+environment with ``load_config``, and the control machine renders the
+settings file with ``render_env`` (sd35_provision/deploys/service_settings.py)
+from the same ``Setting`` entries: one name, type, default, bounds and set of
+choices each. It is shipped to hosts with the service, so it uses the
+standard library only. The host spec's ``service.*`` keys in
+sd35_provision/schemas/host-spec.schema.json repeat the bounds and defaults
+for users; tests/service/test_config.py keeps them equal.
 
 Every problem is reported at once, each as ``VAR: what is wrong``.
 
@@ -13,10 +22,10 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_PORT | TCP port | 8000 |
 | SD35_PRECISION | auto, fp8 (best FP8 the GPU has), fp8-dynamic, fp8-storage, bf16, fp32 | auto |
 | SD35_COMPILE | torch.compile the transformer: auto, on, off | auto |
-| SD35_QUEUE_SIZE | requests that may wait behind the running one; more get 429 | 8 |
-| SD35_MIN_SIDE, SD35_MAX_SIDE | image side limits in pixels (the model's own limit also applies) | 64, 2048 |
+| SD35_QUEUE_SIZE | requests that may wait behind the running one; more get 429 | 4 |
+| SD35_MIN_SIDE, SD35_MAX_SIDE | image side limits in pixels (the model's own limit also applies) | 64, 1536 |
 | SD35_MAX_PIXELS | width x height limit | 2359296 (1536x1536) |
-| SD35_MAX_STEPS, SD35_MAX_N | inference steps and images per request | 100, 4 |
+| SD35_MAX_STEPS, SD35_MAX_N | inference steps and images per request | 60, 4 |
 | SD35_MAX_PROMPT_CHARS | prompt and negative prompt length | 4000 |
 | SD35_DEFAULT_STEPS, SD35_DEFAULT_GUIDANCE | when a request does not say (Large: 28, 3.5; Turbo: 4, 0) | 28, 3.5 |
 | SD35_WARMUP_STEPS | steps of the start-up generation; 0 skips warm-up | 2 |
@@ -32,19 +41,149 @@ import ipaddress
 import math
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast, get_args
 
-# The same as precision.REQUESTS / COMPILE_REQUESTS, repeated so reading the config
-# does not import torch (a test keeps them equal).
-PRECISION_CHOICES = ("auto", "fp8", "fp8-dynamic", "fp8-storage", "bf16", "fp32")
-COMPILE_CHOICES = ("auto", "on", "off")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What "auto" and "fp8" resolve to on a given GPU (sd35_provision/service/precision.py).
+PrecisionMode = Literal["fp8-dynamic", "fp8-storage", "bf16", "fp32"]
+Precision = Literal["auto", "fp8", PrecisionMode]  # a nested Literal is flattened (PEP 586)
+CompileMode = Literal["auto", "on", "off"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+PRECISION_CHOICES: tuple[Precision, ...] = get_args(Precision)
+PRECISION_MODES: tuple[PrecisionMode, ...] = get_args(PrecisionMode)
+COMPILE_CHOICES: tuple[CompileMode, ...] = get_args(CompileMode)
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 MIN_API_KEY_CHARS = 16
+MAX_GUIDANCE = 30.0
 
-T = TypeVar("T")
+Value = TypeVar("Value")
+
+# systemd's EnvironmentFile= strips, unquotes and unescapes values: a value holding
+# one of these would not reach the service as written (a newline would even start
+# another variable), so the renderer refuses it.
+_ENV_FILE_SPECIAL = ("\n", "\r", '"', "'", "\\")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[Value]):
+    """One SD35_* variable: its name, type, default and what values it allows.
+
+    + env: the variable's name
+    + kind: ``int``, ``float`` or ``str``
+    + default: used when the variable is unset or empty (``""``: no default)
+    + minimum, maximum: bounds of a number (None: unbounded)
+    + choices: the fixed values a ``str`` may take (from a ``Literal``; empty: any)
+    + fold: how a value is normalised before it is matched against ``choices``
+    """
+
+    env: str
+    kind: type
+    default: Value
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    fold: Callable[[str], str] | None = None
+
+    def parse(self, text: str) -> Value:
+        """The value of ``text``; ValueError saying what is wrong (without the variable's name)."""
+        text = text.strip()
+        if self.kind is int:
+            try:
+                number = int(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not an integer") from None
+            if self.minimum is not None and number < self.minimum:
+                raise ValueError(f"{number} is below the minimum {self.minimum}")
+            if self.maximum is not None and number > self.maximum:
+                raise ValueError(f"{number} is above the maximum {self.maximum}")
+            return cast(Value, number)
+        if self.kind is float:
+            try:
+                real = float(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a number") from None
+            low = -math.inf if self.minimum is None else self.minimum
+            high = math.inf if self.maximum is None else self.maximum
+            if not math.isfinite(real) or not low <= real <= high:
+                raise ValueError(f"{text} is not between {low} and {high}")
+            return cast(Value, real)
+        folded = self.fold(text) if self.fold else text
+        if self.choices and folded not in self.choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(self.choices)}")
+        return cast(Value, folded)
+
+    def format(self, value: Value) -> str:
+        """``value`` as the settings file writes it; ValueError (naming the variable) if the service would refuse it."""
+        text = str(value)
+        if text != text.strip() or any(char in text for char in _ENV_FILE_SPECIAL):
+            raise ValueError(f"{self.env}: {text!r} cannot be written to an environment file")
+        try:
+            self.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{self.env}: {exc}") from None
+        return text
+
+
+def _int(env: str, default: int, minimum: int, maximum: int | None = None) -> Setting[int]:
+    return Setting(env, int, default, minimum, maximum)
+
+
+MODEL_DIR: Setting[str] = Setting("SD35_MODEL_DIR", str, "")  # required
+BIND: Setting[str] = Setting("SD35_BIND", str, "127.0.0.1")
+PORT = _int("SD35_PORT", 8000, 1, 65535)
+PRECISION: Setting[Precision] = Setting("SD35_PRECISION", str, "auto", choices=PRECISION_CHOICES, fold=str.lower)
+COMPILE: Setting[CompileMode] = Setting("SD35_COMPILE", str, "auto", choices=COMPILE_CHOICES, fold=str.lower)
+QUEUE_SIZE = _int("SD35_QUEUE_SIZE", 4, 1, 256)
+MIN_SIDE = _int("SD35_MIN_SIDE", 64, 16)
+MAX_SIDE = _int("SD35_MAX_SIDE", 1536, 64, 4096)
+MAX_PIXELS = _int("SD35_MAX_PIXELS", 1536 * 1536, 16 * 16)
+MAX_STEPS = _int("SD35_MAX_STEPS", 60, 1, 500)
+MAX_N = _int("SD35_MAX_N", 4, 1, 16)
+MAX_PROMPT_CHARS = _int("SD35_MAX_PROMPT_CHARS", 4000, 1)
+DEFAULT_STEPS = _int("SD35_DEFAULT_STEPS", 28, 1)
+DEFAULT_GUIDANCE: Setting[float] = Setting("SD35_DEFAULT_GUIDANCE", float, 3.5, 0.0, MAX_GUIDANCE)
+WARMUP_STEPS = _int("SD35_WARMUP_STEPS", 2, 0, 100)
+WARMUP_SIZES: Setting[str] = Setting("SD35_WARMUP_SIZES", str, "")  # "": the model's native size
+API_KEY_FILE: Setting[str] = Setting("SD35_API_KEY_FILE", str, "")  # "": no auth
+LOG_LEVEL: Setting[LogLevel] = Setting("SD35_LOG_LEVEL", str, "INFO", choices=LOG_LEVELS, fold=str.upper)
+MODEL_NAME: Setting[str] = Setting("SD35_MODEL_NAME", str, "sd3.5")
+MODEL_ALIASES: Setting[str] = Setting("SD35_MODEL_ALIASES", str, "")  # comma-separated; "": none
+
+# By the name of the ServiceConfig (or Limits) field each one fills; the host
+# spec's service.* keys that reach the service use the same names.
+SETTINGS: dict[str, Setting[Any]] = {
+    "model_dir": MODEL_DIR,
+    "bind": BIND,
+    "port": PORT,
+    "precision": PRECISION,
+    "compile": COMPILE,
+    "queue_size": QUEUE_SIZE,
+    "min_side": MIN_SIDE,
+    "max_side": MAX_SIDE,
+    "max_pixels": MAX_PIXELS,
+    "max_steps": MAX_STEPS,
+    "max_n": MAX_N,
+    "max_prompt_chars": MAX_PROMPT_CHARS,
+    "default_steps": DEFAULT_STEPS,
+    "default_guidance": DEFAULT_GUIDANCE,
+    "warmup_steps": WARMUP_STEPS,
+    "warmup_sizes": WARMUP_SIZES,
+    "api_key_file": API_KEY_FILE,
+    "log_level": LOG_LEVEL,
+    "model_name": MODEL_NAME,
+    "model_aliases": MODEL_ALIASES,
+}
+
+
+def render_env(values: Iterable[tuple[Setting[Any], Any]]) -> dict[str, str]:
+    """``{SD35_*: text}`` for the given settings and values, in their order (what the settings file holds).
+
+    Raises ValueError naming the variable for a value the service would refuse.
+    """
+    return {setting.env: setting.format(value) for setting, value in values}
 
 
 class ConfigError(Exception):
@@ -76,33 +215,33 @@ class ApiKey:
 class Limits:
     """What one request may ask for."""
 
-    min_side: int = 64
-    max_side: int = 2048
-    max_pixels: int = 1536 * 1536
-    max_steps: int = 100
-    max_n: int = 4
-    max_prompt_chars: int = 4000
-    max_guidance: float = 30.0
+    min_side: int = MIN_SIDE.default
+    max_side: int = MAX_SIDE.default
+    max_pixels: int = MAX_PIXELS.default
+    max_steps: int = MAX_STEPS.default
+    max_n: int = MAX_N.default
+    max_prompt_chars: int = MAX_PROMPT_CHARS.default
+    max_guidance: float = MAX_GUIDANCE
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     model_dir: Path
-    bind: str = "127.0.0.1"
-    port: int = 8000
-    precision: str = "auto"
-    compile: str = "auto"
-    queue_size: int = 8
+    bind: str = BIND.default
+    port: int = PORT.default
+    precision: Precision = PRECISION.default
+    compile: CompileMode = COMPILE.default
+    queue_size: int = QUEUE_SIZE.default
     limits: Limits = field(default_factory=Limits)
-    default_steps: int = 28
-    default_guidance: float = 3.5
-    warmup_steps: int = 2
+    default_steps: int = DEFAULT_STEPS.default
+    default_guidance: float = DEFAULT_GUIDANCE.default
+    warmup_steps: int = WARMUP_STEPS.default
     # None: warm up at the model's native size.
     warmup_sizes: tuple[tuple[int, int], ...] | None = None
     api_key: ApiKey | None = None
     api_key_file: Path | None = None
-    log_level: str = "INFO"
-    model_name: str = "sd3.5"
+    log_level: LogLevel = LOG_LEVEL.default
+    model_name: str = MODEL_NAME.default
     model_aliases: tuple[str, ...] = ()
 
     @property
@@ -152,151 +291,123 @@ def read_api_key(path: Path) -> ApiKey:
     return ApiKey(key)
 
 
+
 class _EnvReader:
-    """Reads typed values from the environment, collecting problems instead of stopping at the first."""
+    """Reads settings from the environment, collecting problems instead of stopping at the first."""
 
     def __init__(self, env: Mapping[str, str]):
         self.env = env
         self.problems: list[str] = []
 
-    def raw(self, name: str) -> str | None:
-        value = self.env.get(name)
+    def raw(self, setting: Setting[Any]) -> str | None:
+        value = self.env.get(setting.env)
         if value is None or value.strip() == "":
             return None
         return value.strip()
 
-    def _parse(self, name: str, default: T, convert: Callable[[str], T]) -> T:
-        value = self.raw(name)
+    def read(self, setting: Setting[Value]) -> Value:
+        value = self.raw(setting)
         if value is None:
-            return default
+            return setting.default
         try:
-            return convert(value)
+            return setting.parse(value)
         except ValueError as exc:
-            self.problems.append(f"{name}: {exc}")
-            return default
+            self.problems.append(f"{setting.env}: {exc}")
+            return setting.default
 
-    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-        def convert(text: str) -> int:
-            try:
-                number = int(text)
-            except ValueError:
-                raise ValueError(f"{text!r} is not an integer") from None
-            if number < minimum:
-                raise ValueError(f"{number} is below the minimum {minimum}")
-            if maximum is not None and number > maximum:
-                raise ValueError(f"{number} is above the maximum {maximum}")
-            return number
+    def sizes(self, setting: Setting[str]) -> tuple[tuple[int, int], ...] | None:
+        value = self.raw(setting)
+        if value is None:
+            return None
+        try:
+            return tuple(parse_size(item) for item in value.split(",") if item.strip())
+        except ValueError as exc:
+            self.problems.append(f"{setting.env}: {exc}")
+            return None
 
-        return self._parse(name, default, convert)
-
-    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
-        def convert(text: str) -> float:
-            try:
-                number = float(text)
-            except ValueError:
-                raise ValueError(f"{text!r} is not a number") from None
-            if not math.isfinite(number) or not minimum <= number <= maximum:
-                raise ValueError(f"{text} is not between {minimum} and {maximum}")
-            return number
-
-        return self._parse(name, default, convert)
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...], fold: Callable[[str], str] = str.lower) -> str:
-        def convert(text: str) -> str:
-            if fold(text) not in choices:
-                raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-            return fold(text)
-
-        return self._parse(name, default, convert)
-
-    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        def convert(text: str) -> tuple[str, ...]:
-            names = tuple(item.strip() for item in text.split(",") if item.strip())
-            for item in names:
-                if not item.isprintable() or " " in item:
-                    raise ValueError(f"{item!r} is not a model name (printable, without spaces)")
-            return names
-
-        return self._parse(name, default, convert)
-
-    def sizes(self, name: str) -> tuple[tuple[int, int], ...] | None:
-        def convert(text: str) -> tuple[tuple[int, int], ...]:
-            return tuple(parse_size(item) for item in text.split(",") if item.strip())
-
-        return self._parse(name, None, convert)
+    def names(self, setting: Setting[str]) -> tuple[str, ...]:
+        """A comma-separated list of model names (the setting's default when unset)."""
+        value = self.raw(setting)
+        names = tuple(item.strip() for item in (value or setting.default).split(",") if item.strip())
+        for item in names:
+            if not item.isprintable() or " " in item:
+                self.problems.append(f"{setting.env}: {item!r} is not a model name (printable, without spaces)")
+                return tuple(item for item in setting.default.split(",") if item)
+        return names
 
 
 def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
     """Build the config from ``env`` (default ``os.environ``); raises ConfigError listing every problem."""
-    r = _EnvReader(os.environ if env is None else env)
+    environment = os.environ if env is None else env
+    r = _EnvReader(environment)
 
-    model_dir_text = r.raw("SD35_MODEL_DIR")
+    model_dir_text = r.raw(MODEL_DIR)
     model_dir = Path(model_dir_text) if model_dir_text else Path()
     if model_dir_text is None:
-        r.problems.append("SD35_MODEL_DIR: not set (the directory holding model_index.json)")
+        r.problems.append(f"{MODEL_DIR.env}: not set (the directory holding model_index.json)")
     elif not (model_dir / "model_index.json").is_file():
-        r.problems.append(f"SD35_MODEL_DIR: {model_dir}/model_index.json does not exist")
+        r.problems.append(f"{MODEL_DIR.env}: {model_dir}/model_index.json does not exist")
 
-    bind = r.raw("SD35_BIND") or "127.0.0.1"
-    port = r.integer("SD35_PORT", 8000, 1, 65535)
+    bind = r.read(BIND)
+    port = r.read(PORT)
 
     limits = Limits(
-        min_side=r.integer("SD35_MIN_SIDE", Limits.min_side, 16),
-        max_side=r.integer("SD35_MAX_SIDE", Limits.max_side, 16),
-        max_pixels=r.integer("SD35_MAX_PIXELS", Limits.max_pixels, 16 * 16),
-        max_steps=r.integer("SD35_MAX_STEPS", Limits.max_steps, 1),
-        max_n=r.integer("SD35_MAX_N", Limits.max_n, 1),
-        max_prompt_chars=r.integer("SD35_MAX_PROMPT_CHARS", Limits.max_prompt_chars, 1),
+        min_side=r.read(MIN_SIDE),
+        max_side=r.read(MAX_SIDE),
+        max_pixels=r.read(MAX_PIXELS),
+        max_steps=r.read(MAX_STEPS),
+        max_n=r.read(MAX_N),
+        max_prompt_chars=r.read(MAX_PROMPT_CHARS),
     )
     if limits.min_side > limits.max_side:
-        r.problems.append(f"SD35_MIN_SIDE: {limits.min_side} is above SD35_MAX_SIDE {limits.max_side}")
+        r.problems.append(f"{MIN_SIDE.env}: {limits.min_side} is above {MAX_SIDE.env} {limits.max_side}")
 
-    default_steps = r.integer("SD35_DEFAULT_STEPS", 28, 1)
+    default_steps = r.read(DEFAULT_STEPS)
     if default_steps > limits.max_steps:
-        r.problems.append(f"SD35_DEFAULT_STEPS: {default_steps} is above SD35_MAX_STEPS {limits.max_steps}")
+        r.problems.append(f"{DEFAULT_STEPS.env}: {default_steps} is above {MAX_STEPS.env} {limits.max_steps}")
 
-    warmup_sizes = r.sizes("SD35_WARMUP_SIZES")
+    warmup_sizes = r.sizes(WARMUP_SIZES)
     for width, height in warmup_sizes or ():
         if width % 16 or height % 16 or width <= 0 or height <= 0:
-            r.problems.append(f"SD35_WARMUP_SIZES: {width}x{height} sides must be positive multiples of 16")
+            r.problems.append(f"{WARMUP_SIZES.env}: {width}x{height} sides must be positive multiples of 16")
 
-    api_key_file_text = r.raw("SD35_API_KEY_FILE")
+    api_key_file_text = r.raw(API_KEY_FILE)
     api_key_file = Path(api_key_file_text) if api_key_file_text else None
     api_key = None
     if api_key_file is not None:
         try:
             api_key = read_api_key(api_key_file)
         except ValueError as exc:
-            r.problems.append(f"SD35_API_KEY_FILE: {exc}")
+            r.problems.append(f"{API_KEY_FILE.env}: {exc}")
     elif not is_loopback(bind):
         r.problems.append(
-            f"SD35_BIND: {bind} is reachable from other machines; refusing to start without "
-            "SD35_API_KEY_FILE (a 0600 file holding the bearer key)"
+            f"{BIND.env}: {bind} is reachable from other machines; refusing to start without "
+            f"{API_KEY_FILE.env} (a 0600 file holding the bearer key)"
         )
-    if "SD35_API_KEY" in (os.environ if env is None else env):
-        r.problems.append("SD35_API_KEY: keys are not read from the environment; put it in SD35_API_KEY_FILE")
+    if "SD35_API_KEY" in environment:
+        r.problems.append(f"SD35_API_KEY: keys are not read from the environment; put it in {API_KEY_FILE.env}")
 
-    model_name = r.names("SD35_MODEL_NAME", (ServiceConfig.model_name,))
+    model_name = r.names(MODEL_NAME)
     if len(model_name) != 1:
-        r.problems.append("SD35_MODEL_NAME: one name; other names go in SD35_MODEL_ALIASES")
+        r.problems.append(f"{MODEL_NAME.env}: one name; other names go in {MODEL_ALIASES.env}")
 
     config = ServiceConfig(
         model_dir=model_dir,
         bind=bind,
         port=port,
-        precision=r.choice("SD35_PRECISION", "auto", PRECISION_CHOICES),
-        compile=r.choice("SD35_COMPILE", "auto", COMPILE_CHOICES),
-        queue_size=r.integer("SD35_QUEUE_SIZE", 8, 0, 10_000),
+        precision=r.read(PRECISION),
+        compile=r.read(COMPILE),
+        queue_size=r.read(QUEUE_SIZE),
         limits=limits,
         default_steps=default_steps,
-        default_guidance=r.number("SD35_DEFAULT_GUIDANCE", 3.5, 0.0, limits.max_guidance),
-        warmup_steps=r.integer("SD35_WARMUP_STEPS", 2, 0, 100),
+        default_guidance=r.read(DEFAULT_GUIDANCE),
+        warmup_steps=r.read(WARMUP_STEPS),
         warmup_sizes=warmup_sizes,
         api_key=api_key,
         api_key_file=api_key_file,
-        log_level=r.choice("SD35_LOG_LEVEL", "INFO", LOG_LEVELS, fold=str.upper),
-        model_name=model_name[0] if len(model_name) == 1 else ServiceConfig.model_name,
-        model_aliases=r.names("SD35_MODEL_ALIASES", ()),
+        log_level=r.read(LOG_LEVEL),
+        model_name=model_name[0] if len(model_name) == 1 else MODEL_NAME.default,
+        model_aliases=r.names(MODEL_ALIASES),
     )
     if r.problems:
         raise ConfigError(r.problems)

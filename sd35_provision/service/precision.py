@@ -34,9 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
-MODES = ("fp8-dynamic", "fp8-storage", "bf16", "fp32")
-REQUESTS = ("auto", "fp8") + MODES
-COMPILE_REQUESTS = ("auto", "on", "off")
+from .config import COMPILE_CHOICES as COMPILE_REQUESTS
+from .config import PRECISION_CHOICES as REQUESTS
+from .config import PRECISION_MODES as MODES
+
 # What torch.compile covers: "blocks" compiles each transformer block on its own
 # (regional compilation: the blocks share one compiled graph, so the warm-up
 # compiles a block, not all 38 of them), "model" the whole transformer as one graph.
