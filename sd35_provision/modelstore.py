@@ -2,7 +2,7 @@
 
 Every source ends in a directory the service loads with diffusers
 (``model_directory``), and a manifest kept outside it, in
-``<cache root>/manifests/`` (format: ``sd35_provision/modelcheck.py``):
+``<cache root>/manifests/`` (format: ``sd35_provision/hostside/manifests.py``):
 
 - ``hf``: the hub cache's snapshot ``models--org--name/snapshots/<revision>``
   under ``HF_HUB_CACHE``; the manifest is the hub's own listing at that
@@ -25,12 +25,13 @@ import os
 import re
 from pathlib import Path
 
-from sd35_provision import layout, modelcheck
+from sd35_provision import layout
 from sd35_provision.errors import Sd35Error
+from sd35_provision.hostside import manifests
 from sd35_provision.hostspec.settings import HostSettings
 
 HF_TOKEN_PATH = f"{layout.CONFIG_DIR}/hf-token"
-PIPELINE_INDEX = modelcheck.PIPELINE_INDEX
+PIPELINE_INDEX = manifests.PIPELINE_INDEX
 
 
 class ModelSourceError(Sd35Error):
@@ -99,7 +100,7 @@ def push_manifest(settings: HostSettings) -> tuple[dict, str]:
     assert directory is not None
     if not (directory / PIPELINE_INDEX).is_file():
         raise ModelSourceError(f"model.path {directory} has no {PIPELINE_INDEX}: not a diffusers pipeline directory")
-    manifest = modelcheck.directory_manifest(str(directory), str(_local_hash_cache(directory)))
+    manifest = manifests.directory_manifest(str(directory), str(_local_hash_cache(directory)))
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
     return manifest, text
 

@@ -1,7 +1,8 @@
 """The model's files checked against their manifest: missing, Git-LFS pointers, wrong size or checksum.
 
-The check itself is ``sd35_provision/modelcheck.py``, run on the host with its
-own python3 (standard library only). It keeps a hash cache beside the
+The check itself is ``sd35_provision/hostside/modelcheck.py`` (with the manifest
+library ``hostside/manifests.py``), run on the host with its own python3
+(standard library only). It keeps a hash cache beside the
 manifest, keyed by each file's (size, mtime, ctime, inode, device) like
 git's index, so ``drift`` hashes only files whose stat changed: a file edited
 by hand always is, and a healthy 30 GB model costs a few ``stat`` calls.
@@ -14,19 +15,24 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
 
 from pyinfra.api import FactBase
 
-@lru_cache(maxsize=1)
+from sd35_provision import hostside
+
+
+@cache
 def modelcheck_source() -> str:
-    """The checker's source, shipped to hosts as ``python3 -c``."""
-    return (Path(__file__).resolve().parents[1] / "modelcheck.py").read_text()
+    """The checker with the manifest library it imports, one program shipped to hosts as ``python3 -c``.
+
+    ``-c`` and not stdin: ``verify --expected-stdin`` reads a pushed model's manifest there.
+    """
+    return hostside.program("modelcheck.py", "manifests.py")
 
 
 def modelcheck_command(python: str, *args: str) -> str:
-    """A shell command running ``modelcheck.py <args>`` with ``python`` on the host."""
+    """A shell command running ``hostside/modelcheck.py <args>`` with ``python`` on the host."""
     quoted = " ".join(shlex.quote(arg) for arg in args)
     return f"{shlex.quote(python)} -c {shlex.quote(modelcheck_source())} {quoted}"
 

@@ -4,7 +4,8 @@ The command runs the host's own ``python3`` (preflight requires it): systemd's
 view of the unit (none when it was never installed), /readyz through the loopback (with the API key when the
 service has one; it stays on the host), the release ``current`` points at,
 its ``release.json`` and the last smoke test's ``last.json``. One JSON line
-out; ``ServiceState.process`` is a pure parser of it.
+out (the program is sd35_provision/hostside/service_state.py);
+``ServiceState.process`` is a pure parser of it.
 """
 
 from __future__ import annotations
@@ -16,46 +17,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-_PROBE = r"""
-import json, os, subprocess, sys, urllib.error, urllib.request
-unit, root, smoke, url, key_file = sys.argv[1:6]
-out = {}
-try:
-    shown = subprocess.run(["systemctl", "show", unit, "--property=LoadState", "--property=ActiveState"],
-                           capture_output=True, text=True, timeout=10).stdout
-    states = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
-    # A unit that was never installed is "inactive" to is-active: say it is not there.
-    out["active"] = None if states.get("LoadState", "not-found") == "not-found" else states.get("ActiveState")
-except Exception:
-    out["active"] = None
-current = os.path.join(root, "current")
-out["release"] = os.readlink(current) if os.path.islink(current) else None
-for name, path in (("release_info", os.path.join(current, "release.json")), ("smoke", smoke)):
-    try:
-        with open(path) as handle:
-            out[name] = json.load(handle)
-    except Exception:
-        out[name] = None
-request = urllib.request.Request(url + "/readyz")
-try:
-    with open(key_file) as handle:
-        request.add_header("Authorization", "Bearer " + handle.read().strip())
-except OSError:
-    pass
-try:
-    with urllib.request.urlopen(request, timeout=3) as answer:
-        out["ready_status"], body = answer.status, answer.read()
-except urllib.error.HTTPError as error:
-    out["ready_status"], body = error.code, error.read()
-except Exception as error:
-    out["ready_status"], body = None, b""
-    out["ready_error"] = str(getattr(error, "reason", error))
-try:
-    out["ready_phase"] = json.loads(body or b"{}").get("status")
-except Exception:
-    out["ready_phase"] = None
-print(json.dumps(out))
-"""
+from sd35_provision import hostside
 
 
 @dataclass(frozen=True)
@@ -100,7 +62,8 @@ class ServiceState(FactBase):
 
     def command(self, unit: str, install_root: str, smoke_record: str, url: str, api_key_file: str) -> str:
         args = [unit, install_root, smoke_record, url, api_key_file]
-        return "python3 -c " + shlex.quote(_PROBE) + " " + " ".join(shlex.quote(arg) for arg in args)
+        program = hostside.source("service_state.py")
+        return "python3 -c " + shlex.quote(program) + " " + " ".join(shlex.quote(arg) for arg in args)
 
     def process(self, output: list[str]) -> ServiceStatus:
         return parse_service_state(output)

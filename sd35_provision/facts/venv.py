@@ -8,20 +8,14 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
+from sd35_provision import hostside
+
 COMPLETE_STAMP = ".sd35-complete"
 
-# The PEP 508 marker values of the venv's interpreter, and what is installed in it.
-_PROBE = (
-    "import importlib.metadata as m, json, os, platform, sys; "
-    "env = {'implementation_name': sys.implementation.name, "
-    "'os_name': os.name, 'platform_machine': platform.machine(), "
-    "'platform_python_implementation': platform.python_implementation(), "
-    "'platform_release': platform.release(), 'platform_system': platform.system(), "
-    "'python_full_version': platform.python_version(), "
-    "'python_version': '.'.join(platform.python_version_tuple()[:2]), 'sys_platform': sys.platform}; "
-    "pkgs = {d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}; "
-    "print(json.dumps({'environment': env, 'packages': pkgs}))"
-)
+
+def _probe() -> str:
+    """The interpreter's PEP 508 markers and installed distributions: sd35_provision/hostside/venv_probe.py."""
+    return shlex.quote(hostside.source("venv_probe.py"))
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,7 @@ class Venv(FactBase[VenvState]):
         return (
             f"if [ ! -d {venv} ]; then echo absent; "
             f"elif [ ! -f {venv}/{COMPLETE_STAMP} ] || [ ! -x {venv}/bin/python ]; then echo incomplete; "
-            f"else echo complete; {venv}/bin/python -c {shlex.quote(_PROBE)} || echo '{{}}'; fi"
+            f"else echo complete; {venv}/bin/python -c {_probe()} || echo '{{}}'; fi"
         )
 
     def process(self, output: list[str]) -> VenvState:
@@ -70,7 +64,7 @@ class InterpreterEnvironment(FactBase[dict[str, str]]):
     """The PEP 508 marker values of ``interpreter`` (the lock's pins depend on them)."""
 
     def command(self, interpreter: str) -> str:
-        return f"{shlex.quote(interpreter)} -c {shlex.quote(_PROBE)}"
+        return f"{shlex.quote(interpreter)} -c {_probe()}"
 
     def process(self, output: list[str]) -> dict[str, str]:
         try:

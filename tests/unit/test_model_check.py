@@ -1,7 +1,8 @@
-"""The model checker (sd35_provision/modelcheck.py) on real files: every kind of broken file,
-the stat-keyed hash cache, git+LFS manifests and the pointer trap, the free-space check, the
-fact's command as the host runs it, and ``hf-fetch`` against a fake hub (fresh download, repair
-of one file, 403/401/unknown revision, the token read from its file only).
+"""The model checker (sd35_provision/hostside/modelcheck.py, with hostside/manifests.py) on real
+files: every kind of broken file, the stat-keyed hash cache, git+LFS manifests and the pointer
+trap, the free-space check, the fact's command as the host runs it, and ``hf-fetch`` against a
+fake hub (fresh download, repair of one file, 403/401/unknown revision, the token read from its
+file only).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision import modelcheck
+from sd35_provision.hostside import manifests, modelcheck
 from sd35_provision.facts.model import ModelFiles, modelcheck_source
 from tests.fakehub import FakeHub, FakeRepo
 
@@ -39,7 +40,7 @@ def problems(result: dict) -> dict[str, str]:
 
 def test_healthy_then_each_kind_of_broken_file(tmp_path):
     model = make_model(tmp_path / "m")
-    manifest = modelcheck.directory_manifest(str(model))
+    manifest = manifests.directory_manifest(str(model))
     cache = str(tmp_path / "hashes.json")
     assert modelcheck.verify(str(model), manifest, cache)["broken"] == []
 
@@ -56,7 +57,7 @@ def test_healthy_then_each_kind_of_broken_file(tmp_path):
 
 def test_hash_cache_rehashes_only_changed_files_even_when_the_mtime_is_put_back(tmp_path):
     model = make_model(tmp_path / "m")
-    manifest = modelcheck.directory_manifest(str(model))
+    manifest = manifests.directory_manifest(str(model))
     cache = str(tmp_path / "hashes.json")
     assert modelcheck.verify(str(model), manifest, cache)["rehashed"] == 3
     assert modelcheck.verify(str(model), manifest, cache)["rehashed"] == 0  # stat unchanged: nothing read
@@ -82,7 +83,7 @@ def test_without_a_manifest_only_pointer_files_are_reported(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs files owned by root and a user that is not")
 def test_files_the_service_user_cannot_read_are_named_with_owner_and_mode(tmp_path):
     model = make_model(tmp_path / "m")
-    manifest = modelcheck.directory_manifest(str(model))
+    manifest = manifests.directory_manifest(str(model))
     tmp_path.chmod(0o755)
     (model / WEIGHT).chmod(0o600)
     result = modelcheck.verify(str(model), manifest, None, user="nobody")
@@ -115,7 +116,7 @@ def test_git_manifest_takes_lfs_oids_and_blob_ids_and_catches_the_pointer_trap(t
     bare, revision = lfs_mirror
     trap = tmp_path / "trap"  # cloned the way a host without git-lfs set up clones
     git("clone", "-q", f"file://{bare}", str(trap), cwd=tmp_path, env={"GIT_LFS_SKIP_SMUDGE": "1"})
-    manifest = modelcheck.git_manifest(str(trap))
+    manifest = manifests.git_manifest(str(trap))
     assert manifest["revision"] == revision
     real = (tmp_path / "src" / WEIGHT).read_bytes()
     assert manifest["files"][WEIGHT] == {"size": len(real), "sha256": hashlib.sha256(real).hexdigest(), "lfs": True}
@@ -131,7 +132,7 @@ def test_git_manifest_takes_lfs_oids_and_blob_ids_and_catches_the_pointer_trap(t
 
 def test_space_check_names_the_directory_and_both_sizes(tmp_path):
     model = make_model(tmp_path / "m")
-    manifest = modelcheck.directory_manifest(str(model))
+    manifest = manifests.directory_manifest(str(model))
     assert modelcheck.bytes_needed(str(model), manifest) == 0
     (model / WEIGHT).unlink()
     assert modelcheck.bytes_needed(str(model), manifest) == 300_000
@@ -149,7 +150,7 @@ def run_shipped(*args: str, python: str = "python3", stdin: str | None = None, e
 
 def test_the_fact_command_runs_in_sh_with_an_inline_manifest(tmp_path):
     model = make_model(tmp_path / "m")
-    manifest = modelcheck.directory_manifest(str(model))
+    manifest = manifests.directory_manifest(str(model))
     (model / "transformer" / "config.json").write_text("{}\n")
     fact = ModelFiles()
     command = fact.command(directory=str(model), manifest_path=str(tmp_path / "manifest.json"),
@@ -162,7 +163,7 @@ def test_the_fact_command_runs_in_sh_with_an_inline_manifest(tmp_path):
 
 def test_strict_verify_exits_1_naming_each_broken_file(tmp_path):
     model = make_model(tmp_path / "m")
-    modelcheck.write_json(str(tmp_path / "manifest.json"), modelcheck.directory_manifest(str(model)))
+    manifests.write_json(str(tmp_path / "manifest.json"), manifests.directory_manifest(str(model)))
     (model / WEIGHT).unlink()
     result = run_shipped("verify", "--strict", "--dir", str(model), "--manifest", str(tmp_path / "manifest.json"))
     assert result.returncode == 1
@@ -204,10 +205,10 @@ def test_pipeline_files_are_the_index_and_its_component_folders():
              "vae": ["diffusers", "AutoencoderKL"], "tokenizer": ["transformers", "CLIPTokenizer"],
              "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "image_encoder": [None, None]}
-    assert sorted(modelcheck.pipeline_files(files, index)) == [
+    assert sorted(manifests.pipeline_files(files, index)) == [
         "model_index.json", "scheduler/scheduler_config.json", "text_encoder/model.bin",  # its only weights
         "tokenizer/vocab.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
-    assert modelcheck.pipeline_files(files, {"_class_name": "Custom"}) == files  # nothing to go by: all
+    assert manifests.pipeline_files(files, {"_class_name": "Custom"}) == files  # nothing to go by: all
 
 
 def hf_fetch(tmp_path: Path, hub: FakeHub, repo: str = "sd35-test/tiny", token: str | None = TOKEN,

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision.deploys.service_settings import render_service_env, service_environment
+from sd35_provision.deploys.service_settings import (
+    render_service_env,
+    service_environment,
+)
 from sd35_provision.hostspec import load_spec
 from sd35_provision.hostspec.loader import load_schema
 from sd35_provision.hostspec.settings import ServiceSettings
