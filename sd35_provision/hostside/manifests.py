@@ -153,12 +153,12 @@ def git_manifest(directory: str) -> dict:
                              check=True, stdout=subprocess.PIPE).stdout.decode()
     head = subprocess.run(GIT + ["-C", directory, "rev-parse", "HEAD"], check=True,
                           stdout=subprocess.PIPE).stdout.decode().strip()
-    blobs = []
+    blobs: list[tuple[str, str, int]] = []
     for record in filter(None, listing.split("\0")):
         meta, _, path = record.partition("\t")
-        mode, kind, oid, size = meta.split()
+        mode, kind, oid, size_text = meta.split()
         if kind == "blob" and mode != "120000":
-            blobs.append((path, oid, int(size)))
+            blobs.append((path, oid, int(size_text)))
     small = [oid for _, oid, size in blobs if size <= LFS_POINTER_MAX_SIZE]
     contents = _cat_blobs(directory, small)
     files = {}

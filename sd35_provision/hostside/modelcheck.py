@@ -24,6 +24,7 @@ import pwd
 import shutil
 import stat
 import sys
+from typing import Any
 
 from sd35_provision.hostside.manifests import (
     PIPELINE_INDEX,
@@ -123,15 +124,15 @@ def verify(directory: str, manifest: dict | None, cache_path: str | None, user: 
     content), ``size``, ``checksum``, ``unreadable`` (the service user cannot
     read it). Without a manifest only pointer files can be found.
     """
-    result = {"directory": os.path.isdir(directory), "manifest": manifest is not None, "files": 0,
-              "bytes": 0, "rehashed": 0, "broken": []}
+    broken: list[dict[str, str]] = []
+    result: dict[str, Any] = {"directory": os.path.isdir(directory), "manifest": manifest is not None, "files": 0,
+                              "bytes": 0, "rehashed": 0, "broken": broken}
     if with_git:
         result["git_head"] = git_head(directory) if result["directory"] else None
     if not result["directory"]:
         return result
     reader = _reader(user)
     cache = HashCache(cache_path)
-    broken = result["broken"]
     if manifest is None:
         for name in walk_files(directory):
             full = os.path.join(directory, name)
