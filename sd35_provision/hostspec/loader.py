@@ -44,7 +44,7 @@ from sd35_provision.hostspec.yamlsource import (
     load_yaml_document,
 )
 from sd35_provision.locks import LockError, parse_lock
-from sd35_provision.service.config import is_loopback  # the service's own rule: the spec refuses what it would
+from sd35_provision.service.config import is_loopback
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
 
@@ -287,6 +287,7 @@ def _host_setting_problems(
         problems.append(document.problem(_origin(document, name, section, key), f"{message} (host {name})"))
 
     service = merged["service"]
+    # The service's own loopback rule (service/config.py): the spec refuses what the service would.
     if not is_loopback(service["bind"]) and "api_key_file" not in service:
         problem("service", "bind", f"{service['bind']} is not loopback, so service.api_key_file is required")
     if service["bind"] not in ("0.0.0.0", "::") and not is_valid_address(service["bind"]):
