@@ -8,6 +8,7 @@ SpecError before anything touches a host.
 from __future__ import annotations
 
 import copy
+import datetime
 import ipaddress
 import json
 import math
@@ -145,6 +146,10 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
     if error.validator == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         expected = " or ".join(_TYPE_NAMES.get(name, name) for name in wanted)
+        if "string" in wanted and isinstance(error.instance, (int, float, datetime.date)):
+            # YAML read it as something else: 0123456 is octal 42798, 2024-01-01 a date.
+            return [(path, f"{error.instance!r} is not a string (YAML read it as "
+                           f"{type(error.instance).__name__}); quote it")]
         return [(path, f"{error.instance!r} is not {expected}")]
     if error.validator == "propertyNames":
         return [((*path, error.instance), "name may only use letters, digits, '.', '_' and '-'")]
