@@ -320,8 +320,14 @@ def _host_setting_problems(
                 continue
             resolved = resolve_local_path(base, merged[section][key])
             merged[section][key] = resolved
-            if check_local_files and not resolved.exists():
-                problem(section, key, f"{resolved} does not exist on this machine")
+            if not check_local_files:
+                continue
+            try:
+                if not resolved.exists():
+                    problem(section, key, f"{resolved} does not exist on this machine")
+            except OSError as error:  # a name too long, a directory that may not be searched
+                problem(section, key, f"{resolved} cannot be used: {error.strerror or error}")
+                del merged[section][key]  # the checks below look at the files that can be
     push_path = merged["model"].get("path")
     if check_local_files and model_settings["source"] == "push" and push_path is not None and push_path.exists():
         if not (push_path / "model_index.json").is_file():
