@@ -21,6 +21,7 @@ from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from sd35_provision.errors import SpecError
+from sd35_provision.hostspec.rules import endpoint
 from sd35_provision.hostspec.yamlsource import format_path, load_yaml_document
 
 
@@ -105,7 +106,7 @@ def _conflicts(path: Path, document: CommentedMap, hosts: CommentedMap, name: st
         if not isinstance(other_entry, dict):
             continue
         address = str(other_entry.get("address", ""))
-        if address.lower() == str(entry.get("address", "")).lower() and _ssh_port(document, other_entry) == port:
+        if endpoint(address, _ssh_port(document, other_entry)) == endpoint(str(entry.get("address", "")), port):
             raise SpecError([
                 f"{path}:{_line_of(hosts, (other, 'address'))}: hosts.{other}.address: {address}:{port} is "
                 f"already host {other!r}; onboard it as --name {other}, or remove that entry first"
@@ -128,8 +129,12 @@ def _differences(want: Any, have: Any, prefix: tuple = ()) -> list[tuple[tuple, 
 
 
 def _ssh_port(document: CommentedMap, entry: dict[str, Any]) -> int:
-    # The loader's rule for "two hosts on one address:port": the host's port, else the defaults'.
-    for source in (entry, document.get("defaults") or {}):
+    # The loader's precedence: the host's port, else its groups' (the last listed wins), else the defaults'.
+    groups = document.get("groups") or {}
+    listed = entry.get("groups") or []
+    sources = [entry, *(groups.get(group) for group in reversed(list(listed)) if isinstance(groups, dict)),
+               document.get("defaults") or {}]
+    for source in sources:
         port = (source.get("ssh") or {}).get("port") if isinstance(source, dict) else None
         if port:
             return int(port)

@@ -8,6 +8,7 @@ SpecError before anything touches a host.
 from __future__ import annotations
 
 import copy
+import datetime
 import ipaddress
 import json
 import math
@@ -146,6 +147,10 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
     if error.validator == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         expected = " or ".join(_TYPE_NAMES.get(name, name) for name in wanted)
+        if "string" in wanted and isinstance(error.instance, (int, float, datetime.date)):
+            # YAML read it as something else: 0123456 is octal 42798, 2024-01-01 a date.
+            return [(path, f"{error.instance!r} is not a string (YAML read it as "
+                           f"{type(error.instance).__name__}); quote it")]
         return [(path, f"{error.instance!r} is not {expected}")]
     if error.validator == "propertyNames":
         return [((*path, error.instance), "name may only use letters, digits, '.', '_' and '-'")]
@@ -317,8 +322,14 @@ def _host_setting_problems(
                 continue
             resolved = resolve_local_path(base, merged[section][key])
             merged[section][key] = resolved
-            if check_local_files and not resolved.exists():
-                problem(section, key, f"{resolved} does not exist on this machine")
+            if not check_local_files:
+                continue
+            try:
+                if not resolved.exists():
+                    problem(section, key, f"{resolved} does not exist on this machine")
+            except OSError as error:  # a name too long, a directory that may not be searched
+                problem(section, key, f"{resolved} cannot be used: {error.strerror or error}")
+                del merged[section][key]  # the checks below look at the files that can be
     push_path = merged["model"].get("path")
     if check_local_files and model_settings["source"] == "push" and push_path is not None and push_path.exists():
         if not (push_path / "model_index.json").is_file():

@@ -57,6 +57,7 @@ class SourceDocument:
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 MAX_VALUES = 100_000  # scalars, lists and mappings, counting every alias use in full
+MAX_NUMBER_CHARS = 100
 
 # Plain YAML values only: what JSON has, plus merge keys and (implicit) dates,
 # which the schema then refuses where a string is wanted.
@@ -194,6 +195,8 @@ def load_yaml_document(path: Path) -> SourceDocument:
             mark = error.problem_mark or error.context_mark
             line = mark.line + 1 if mark else 1
             raise SpecError([f"{path}:{line}: YAML error: {error.problem or error}"]) from error
+        except (ValueError, OverflowError) as error:  # pragma: no cover - _index refuses what leads here
+            raise SpecError([f"{path}:1: YAML error: {error}"]) from error
     finally:
         loader.dispose()
     return SourceDocument(path=path, data=data, lines=lines)
@@ -225,6 +228,11 @@ def _index(
             f"{file}:{node.start_mark.line + 1}: {format_path(path)}: the tag {_tag_name(node.tag)} is not allowed; "
             "a spec holds plain values (strings, numbers, booleans, lists, mappings)"
         )
+        return
+    if node.tag == _YAML_TAG + "int" and len(node.value) > MAX_NUMBER_CHARS:
+        # Python refuses to convert integers of thousands of digits; say where, not how.
+        problems.append(f"{file}:{node.start_mark.line + 1}: {format_path(path)}: a number of "
+                        f"{len(node.value)} characters; no setting needs more than {MAX_NUMBER_CHARS}")
         return
     if isinstance(node, yaml.ScalarNode) and not _is_text(node.value):
         # Escapes in double-quoted YAML ("\0", "\ud800") make what no file, argv or HTTP body can carry.

@@ -126,6 +126,18 @@ def test_same_address_on_another_port_is_another_host(tmp_path):
     assert add_host(path, "b1", {"address": "10.0.0.1", "ssh": {"port": 2222}}).changed
 
 
+def test_ports_set_by_groups_and_other_address_spellings_count_as_the_loader_counts_them(tmp_path):
+    text = COMMENTED.replace('    description: "the lab"   # quoted on purpose\n',
+                             '    description: "the lab"   # quoted on purpose\n    ssh: {port: 2222}\n')
+    path = spec_file(tmp_path, text)
+    # a1 is 10.0.0.1:2222 through its group, so port 22 there is free...
+    assert add_host(path, "b1", {"address": "10.0.0.1"}).changed
+    # ...and 2222 is taken, however the address is spelled.
+    with pytest.raises(SpecError) as caught:
+        add_host(path, "b2", {"address": "::ffff:10.0.0.1", "groups": ["lab"]})
+    assert caught.value.problems[0].startswith(f"{path}:12: hosts.a1.address: 10.0.0.1:2222 is already host 'a1'")
+
+
 def test_restore_puts_the_old_text_back_and_keeps_the_mode(tmp_path):
     path = spec_file(tmp_path, COMMENTED)
     path.chmod(0o640)
