@@ -14,10 +14,13 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
+# The code, and the playground page's files that the service serves itself (service/static/).
+SHIPPED_SUFFIXES = frozenset({".py", ".html", ".js", ".css"})
 
 
 def _files() -> list[Path]:
-    service = sorted(p for p in (PACKAGE_ROOT / "service").rglob("*.py") if "__pycache__" not in p.parts)
+    service = sorted(p for p in (PACKAGE_ROOT / "service").rglob("*")
+                     if p.suffix in SHIPPED_SUFFIXES and p.is_file() and "__pycache__" not in p.parts)
     return [PACKAGE_ROOT / "__init__.py", *service]
 
 

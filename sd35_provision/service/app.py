@@ -32,7 +32,9 @@ from .api import (
     parse_generation_request,
 )
 from .config import ServiceConfig
+from .edits import EDITS_PATH, add_edits_route
 from .metrics import ServiceMetrics
+from .playground import PAGE_PATHS, add_playground
 from .worker import GPUWorker, QueueFull
 
 log = logging.getLogger("sd35.service")
@@ -40,8 +42,8 @@ log = logging.getLogger("sd35.service")
 GENERATIONS_PATH = "/v1/images/generations"
 MODELS_PATH = "/v1/models"
 # Route labels for metrics; anything else is "other" so scanners cannot blow up label cardinality.
-KNOWN_ROUTES = frozenset({GENERATIONS_PATH, MODELS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
-UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+KNOWN_ROUTES = frozenset({GENERATIONS_PATH, EDITS_PATH, MODELS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
+UNAUTHENTICATED_PATHS = frozenset({"/healthz"}) | PAGE_PATHS  # the playground page holds no secret
 NOT_READY_RETRY_AFTER_S = 10
 
 
@@ -295,4 +297,6 @@ def create_app(
             }
         )
 
+    add_edits_route(app, config)
+    add_playground(app, config)
     return app

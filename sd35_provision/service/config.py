@@ -33,6 +33,7 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_API_KEY_FILE | file (mode 0600 or 0400) holding the bearer key, 16+ characters | none: no auth |
 | SD35_LOG_LEVEL | DEBUG, INFO, WARNING, ERROR | INFO |
 | SD35_MODEL_NAME, SD35_MODEL_ALIASES | the model id requests may name (listed by GET /v1/models), and other names for it (comma-separated) | sd3.5, none |
+| SD35_PLAYGROUND | the playground page at ``/``: on, off | on |
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ Value = TypeVar("Value")
 # one of these would not reach the service as written (a newline would even start
 # another variable), so the renderer refuses it.
 _ENV_FILE_SPECIAL = ("\n", "\r", '"', "'", "\\")
+# What a bool setting accepts; the settings file writes on/off.
+_SWITCH_WORDS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Setting(Generic[Value]):
     """One SD35_* variable: its name, type, default and what values it allows.
 
     + env: the variable's name
-    + kind: ``int``, ``float`` or ``str``
+    + kind: ``int``, ``float``, ``bool`` (written ``on``/``off``) or ``str``
     + default: used when the variable is unset or empty (``""``: no default)
     + minimum, maximum: bounds of a number (None: unbounded)
     + choices: the fixed values a ``str`` may take (from a ``Literal``; empty: any)
@@ -90,6 +93,11 @@ class Setting(Generic[Value]):
     def parse(self, text: str) -> Value:
         """The value of ``text``; ValueError saying what is wrong (without the variable's name)."""
         text = text.strip()
+        if self.kind is bool:
+            switch = text.lower()
+            if switch not in _SWITCH_WORDS:
+                raise ValueError(f"{text!r} is not one of on, off")
+            return cast(Value, _SWITCH_WORDS[switch])
         if self.kind is int:
             try:
                 number = int(text)
@@ -117,7 +125,7 @@ class Setting(Generic[Value]):
 
     def format(self, value: Value) -> str:
         """``value`` as the settings file writes it; ValueError (naming the variable) if the service would refuse it."""
-        text = str(value)
+        text = ("on" if value else "off") if self.kind is bool else str(value)
         if text != text.strip() or any(char in text for char in _ENV_FILE_SPECIAL):
             raise ValueError(f"{self.env}: {text!r} cannot be written to an environment file")
         try:
@@ -151,6 +159,7 @@ API_KEY_FILE: Setting[str] = Setting("SD35_API_KEY_FILE", str, "")  # "": no aut
 LOG_LEVEL: Setting[LogLevel] = Setting("SD35_LOG_LEVEL", str, "INFO", choices=LOG_LEVELS, fold=str.upper)
 MODEL_NAME: Setting[str] = Setting("SD35_MODEL_NAME", str, "sd3.5")
 MODEL_ALIASES: Setting[str] = Setting("SD35_MODEL_ALIASES", str, "")  # comma-separated; "": none
+PLAYGROUND: Setting[bool] = Setting("SD35_PLAYGROUND", bool, True)  # the page at / (service/playground.py)
 
 # By the name of the ServiceConfig (or Limits) field each one fills; the host
 # spec's service.* keys that reach the service use the same names.
@@ -175,6 +184,7 @@ SETTINGS: dict[str, Setting[Any]] = {
     "log_level": LOG_LEVEL,
     "model_name": MODEL_NAME,
     "model_aliases": MODEL_ALIASES,
+    "playground": PLAYGROUND,
 }
 
 
@@ -243,6 +253,7 @@ class ServiceConfig:
     log_level: LogLevel = LOG_LEVEL.default
     model_name: str = MODEL_NAME.default
     model_aliases: tuple[str, ...] = ()
+    playground: bool = PLAYGROUND.default
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -408,6 +419,7 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
         log_level=r.read(LOG_LEVEL),
         model_name=model_name[0] if len(model_name) == 1 else MODEL_NAME.default,
         model_aliases=r.names(MODEL_ALIASES),
+        playground=r.read(PLAYGROUND),
     )
     if r.problems:
         raise ConfigError(r.problems)

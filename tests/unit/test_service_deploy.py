@@ -112,6 +112,10 @@ def test_service_bundle_is_reproducible_and_only_the_service():
     names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
     assert "sd35_provision/service/__main__.py" in names and "sd35_provision/__init__.py" in names
     assert all(name.startswith("sd35_provision/service/") or name == "sd35_provision/__init__.py" for name in names)
+    # The playground's page and assets, served by the service itself, travel with the code.
+    assert {"sd35_provision/service/static/playground.html", "sd35_provision/service/static/playground.js",
+            "sd35_provision/service/static/playground.css"} <= set(names)
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
 
 
 def test_direct_smoke_commands_use_sudo_when_the_spec_says_so():

@@ -1,0 +1,364 @@
+"""``POST /v1/images/edits``: image-to-image in the OpenAI multipart shape.
+
+The request is ``multipart/form-data`` (``image``, ``prompt``, ``n``, ``size``,
+``response_format``, and this service's ``strength``, ``num_inference_steps``,
+``guidance_scale``, ``seed``, ``negative_prompt``). The form is parsed with
+the standard library's MIME parser, because python-multipart (what FastAPI's
+``Form`` needs) is not in the hosts' locked requirements.
+
+The image is checked before it is decoded (format, size of the upload, pixel
+count from the header: a decompression bomb never reaches ``load()``), and the
+edit runs on SD3's img2img pipeline made from the modules the service already
+loaded: the same weights, no second copy in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import io
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .api import CapacityError, GenerationJob, ModelLimits, RequestError, error_body, parse_generation_request
+from .config import Limits, ServiceConfig
+from .worker import QueueFull
+
+log = logging.getLogger("sd35.service")
+
+EDITS_PATH = "/v1/images/edits"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Pixels an uploaded image may have before it is scaled to the output size (4096x4096, 48 MiB
+# decoded): checked from the header, so a small file claiming a huge image is refused undecoded.
+MAX_INPUT_PIXELS = 4096 * 4096
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+# Modes that convert to RGB without guessing (no CMYK profiles, no 16-bit or float data).
+IMAGE_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P"})
+DEFAULT_STRENGTH = 0.6
+# Form fields besides the generation ones; "mask" is answered on its own (see parse_edit_request).
+EDIT_ONLY_FIELDS = frozenset({"image", "image[]", "strength", "input_fidelity", "mask"})
+INTEGER_FIELDS = ("n", "num_inference_steps", "seed")
+NUMBER_FIELDS = ("guidance_scale", "strength")
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """One edit: the generation settings, the source image (RGB, already at the output size) and how much to change it."""
+
+    generation: GenerationJob
+    image: Any  # PIL.Image.Image
+    strength: float
+
+
+@dataclass(frozen=True)
+class FormPart:
+    name: str
+    data: bytes
+    filename: str | None
+    content_type: str
+
+
+def check_form_type(content_type: str) -> None:
+    if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data" or "boundary=" not in content_type:
+        raise RequestError(415, "the request body must be multipart/form-data (an image file and form fields)")
+
+
+def parse_form(body: bytes, content_type: str) -> dict[str, list[FormPart]]:
+    """The parts of a ``multipart/form-data`` body, by field name; RequestError when it is not one."""
+    check_form_type(content_type)
+    header = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = BytesParser(policy=policy.HTTP).parsebytes(header + body)
+    if not message.is_multipart() or not isinstance(message, EmailMessage):
+        raise RequestError(400, "the multipart body could not be read (no parts found for its boundary)")
+    fields: dict[str, list[FormPart]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise RequestError(400, "a multipart part has no form field name (Content-Disposition: form-data; name=...)")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        fields.setdefault(name, []).append(FormPart(name, data, part.get_filename(), part.get_content_type()))
+    return fields
+
+
+def _text_value(part: FormPart) -> str:
+    try:
+        return part.data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, f"{part.name}: is not UTF-8 text", part.name) from None
+
+
+def _typed(name: str, text: str) -> Any:
+    """A form value (always text) as the JSON type the generation parser checks."""
+    if name in INTEGER_FIELDS:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise RequestError(400, f"{name}: must be an integer, got {text!r}", name) from None
+    if name in NUMBER_FIELDS:
+        try:
+            number = float(text.strip())
+        except ValueError:
+            raise RequestError(400, f"{name}: must be a number, got {text!r}", name) from None
+        if not math.isfinite(number):
+            raise RequestError(400, f"{name}: must be a finite number, got {text!r}", name)
+        return number
+    return text
+
+
+def read_image(part: FormPart, max_pixels: int = MAX_INPUT_PIXELS) -> Any:
+    """The uploaded image decoded as RGB; RequestError (400/413) for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not part.data:
+        raise RequestError(400, "image: the file is empty", "image")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns, then raises, past its own bomb limit; ours (checked below) is lower.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(part.data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise RequestError(
+            400, f"image: not a {', '.join(IMAGE_FORMATS)} image", "image", "invalid_image_format"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestError(413, f"image: more pixels than the limit of {max_pixels}", "image", "image_too_large") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RequestError(
+            413, f"image: {width}x{height} is {width * height} pixels, the limit is {max_pixels}", "image",
+            "image_too_large",
+        )
+    if getattr(image, "n_frames", 1) > 1:
+        raise RequestError(400, "image: animated images are not accepted; send one frame", "image")
+    if image.mode not in IMAGE_MODES:
+        raise RequestError(
+            400, f"image: mode {image.mode} is not accepted; send {', '.join(sorted(IMAGE_MODES))} (8-bit)", "image",
+            "invalid_image_mode",
+        )
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise RequestError(400, f"image: the {image.format} data is damaged ({exc})", "image") from None
+    if image.mode in ("RGBA", "LA", "P"):
+        # Transparent areas become white, as a viewer shows them on a page.
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def fitted_size(width: int, height: int, limits: Limits, model: ModelLimits) -> tuple[int, int]:
+    """The image's own size scaled into the service's limits and rounded down to the model's multiple."""
+    max_side = limits.max_side if model.max_side is None else min(limits.max_side, model.max_side)
+    scale = min(1.0, max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
+    multiple = model.size_multiple
+
+    def side(value: int) -> int:
+        return max(limits.min_side, int(value * scale) // multiple * multiple)
+
+    return side(width), side(height)
+
+
+def parse_edit_request(
+    form: dict[str, list[FormPart]], limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float
+) -> EditJob:
+    """Validate one ``POST /v1/images/edits`` form; raises RequestError."""
+    if "mask" in form:
+        raise RequestError(
+            400, "mask: inpainting is not supported by this service; send the image without a mask "
+            "(the whole image is edited, as much as strength says)", "mask", "unsupported_parameter",
+        )
+    images = form.get("image", []) + form.get("image[]", [])
+    if not images:
+        raise RequestError(400, "image: is required (the picture to edit, as a file part)", "image")
+    if len(images) > 1:
+        raise RequestError(400, f"image: {len(images)} images sent, this service edits one at a time", "image")
+
+    data: dict[str, Any] = {}
+    for name, parts in form.items():
+        if name in EDIT_ONLY_FIELDS and name != "strength":
+            continue
+        if len(parts) > 1:
+            raise RequestError(400, f"{name}: given {len(parts)} times", name)
+        data[name] = _typed(name, _text_value(parts[0]))
+    strength = data.pop("strength", DEFAULT_STRENGTH)
+    if not 0.0 < strength <= 1.0:
+        raise RequestError(400, f"strength: {strength} is outside the allowed range (0, 1]", "strength")
+
+    image = read_image(images[0])
+    if data.get("size") in (None, "auto"):
+        width, height = fitted_size(*image.size, limits, model)
+        data["size"] = f"{width}x{height}"
+    job = parse_generation_request(data, limits, model, default_steps, default_guidance)
+    # img2img skips the first (1 - strength) of the schedule (diffusers' get_timesteps, the same
+    # arithmetic); at least one step must remain.
+    steps = job.num_inference_steps
+    steps_run = steps - int(max(steps - min(steps * strength, steps), 0))
+    if steps_run < 1:
+        raise RequestError(
+            400, f"strength: {strength} of {job.num_inference_steps} steps leaves no step to run; "
+            "raise strength or num_inference_steps", "strength",
+        )
+    if image.size != (job.width, job.height):
+        from PIL import Image
+
+        image = image.resize((job.width, job.height), Image.Resampling.LANCZOS)
+    return EditJob(generation=job, image=image, strength=strength)
+
+
+class ImageEditor:
+    """SD3 img2img over an already loaded text-to-image pipeline's modules (shared, not copied)."""
+
+    def __init__(self, pipe: Any):
+        from diffusers import StableDiffusion3Img2ImgPipeline
+
+        accepted = inspect.signature(StableDiffusion3Img2ImgPipeline.__init__).parameters
+        components = {name: module for name, module in pipe.components.items() if name in accepted}
+        self.pipe = StableDiffusion3Img2ImgPipeline(**components)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def edit(self, job: EditJob) -> list[bytes]:
+        import torch
+
+        from .pipeline import _generators, encode_png
+
+        g = job.generation
+        try:
+            result = self.pipe(
+                prompt=g.prompt,
+                negative_prompt=g.negative_prompt,
+                # One copy per image: with one generator per image, diffusers encodes image[i] for each.
+                image=[job.image] * g.n,
+                strength=job.strength,
+                num_inference_steps=g.num_inference_steps,
+                guidance_scale=g.guidance_scale,
+                height=g.height,
+                width=g.width,
+                num_images_per_prompt=g.n,
+                generator=_generators(g.seed, g.n),
+            )
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory editing: %dx%d, n=%d", g.width, g.height, g.n)
+            raise CapacityError(
+                f"out of GPU memory for {g.n} edit(s) of {g.width}x{g.height}; retry later or ask for less"
+            ) from None
+        return [encode_png(image) for image in result.images]
+
+
+def editor_for(engine: Any) -> Any:
+    """What runs an edit for ``engine``: its own ``edit`` (test engines), else img2img on its pipeline."""
+    if callable(getattr(engine, "edit", None)):
+        return engine
+    pipe = getattr(engine, "pipe", None)
+    if pipe is None:
+        return None
+    return ImageEditor(pipe)
+
+
+def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
+    """Register ``POST /v1/images/edits`` on the service app (uses its state, worker and metrics)."""
+    state, worker, metrics = app.state.service, app.state.worker, app.state.metrics
+    editors: dict[int, Any] = {}  # by id(engine): built once, on the GPU thread, on the first edit
+    app.state.image_editors = editors
+
+    def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(error_body(message, kind), status_code=status, headers=headers)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            raise RequestError(413, f"the request body is larger than {MAX_UPLOAD_BYTES} bytes", "image")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_UPLOAD_BYTES:
+                raise RequestError(413, f"the request body is larger than {MAX_UPLOAD_BYTES} bytes", "image")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post(
+        EDITS_PATH,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["image", "prompt"],
+                    "properties": {"image": {"type": "string", "format": "binary"}, "prompt": {"type": "string"},
+                                   "strength": {"type": "number"}},
+                }}},
+            }
+        },
+    )
+    async def edits(request: Request) -> JSONResponse:
+        try:
+            return await _edit(request)
+        except RequestError as exc:
+            metrics.errors.labels("invalid").inc()
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def _edit(request: Request) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        check_form_type(content_type)
+        body = await read_body(request)
+        loaded = state.loaded
+        if loaded is None:
+            metrics.errors.labels("not_ready").inc()
+            return _error(503, f"the model is not ready ({state.phase}); retry later", "server_error",
+                          headers={"Retry-After": "10"})
+        engine = loaded.engine
+
+        def parse() -> EditJob:
+            form = parse_form(body, content_type)
+            return parse_edit_request(form, config.limits, engine.limits, config.default_steps, config.default_guidance)
+
+        # Parsing and decoding a large upload takes a while: off the event loop, so /healthz stays quick.
+        job = await asyncio.to_thread(parse)
+
+        def draw() -> tuple[list[str], float]:
+            editor = editors.get(id(engine))
+            if editor is None:
+                editor = editors.setdefault(id(engine), editor_for(engine))
+            if editor is None:
+                raise RequestError(501, "this service's engine cannot edit images")
+            begin = time.monotonic()
+            pngs = editor.edit(job)
+            return [base64.b64encode(png).decode("ascii") for png in pngs], time.monotonic() - begin
+
+        g = job.generation
+        try:
+            images, elapsed = await worker.run(draw)
+        except QueueFull as exc:
+            metrics.errors.labels("queue_full").inc()
+            return _error(429, f"the service is busy ({config.queue_size} requests waiting); retry after "
+                          f"{exc.retry_after_s} s", "rate_limit_error", headers={"Retry-After": str(exc.retry_after_s)})
+        except CapacityError as exc:
+            metrics.errors.labels("capacity").inc()
+            return _error(503, str(exc), "server_error", headers={"Retry-After": str(worker.retry_after_s())})
+        except RequestError:
+            raise
+        except Exception:
+            metrics.errors.labels("internal").inc()
+            log.exception("edit failed (%dx%d, n=%d, %d steps)", g.width, g.height, g.n, g.num_inference_steps)
+            return _error(500, "image edit failed; the service logged the details", "server_error")
+
+        metrics.generation.observe(elapsed)
+        metrics.images.inc(len(images))
+        return JSONResponse({
+            "created": int(time.time()),
+            "data": [{"b64_json": image, "seed": g.seed + i} for i, image in enumerate(images)],
+            "size": f"{g.width}x{g.height}",
+            "output_format": "png",
+        })
