@@ -36,6 +36,7 @@ def service_environment(settings: HostSettings) -> dict[str, str]:
     ]
     if service.api_key_file is not None:
         values.append((config.API_KEY_FILE, API_KEY_PATH))
+    values.append((config.PLAYGROUND, service.playground))
     return config.render_env(values)
 
 

@@ -98,6 +98,7 @@ class ServiceSettings:
     max_steps: int = service_config.MAX_STEPS.default
     max_n: int = service_config.MAX_N.default
     start_timeout_s: int = 900
+    playground: bool = service_config.PLAYGROUND.default
 
 
 @dataclass(frozen=True)

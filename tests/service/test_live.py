@@ -69,6 +69,35 @@ def test_openai_client_lists_models_and_is_told_an_unknown_one_is_not_found(live
                                       **extra).data[0].b64_json  # type: ignore[arg-type]
 
 
+def test_openai_client_edits(live_service: RunningService, tmp_path: Path) -> None:
+    from .support import noise_png
+
+    source = tmp_path / "source.png"
+    source.write_bytes(noise_png(96, 64, seed=3))
+    client = openai.OpenAI(base_url=f"{live_service.url}/v1", api_key="unused-on-loopback", max_retries=0)
+    with source.open("rb") as image:
+        result = client.images.edit(
+            image=image,
+            prompt="the same scene at night",
+            n=2,
+            size="64x64",
+            response_format="b64_json",
+            extra_body={"strength": 0.5, "num_inference_steps": 2, "guidance_scale": 2.0, "seed": 11},
+        )
+    assert [item.model_extra["seed"] for item in result.data] == [11, 12]
+    for item in result.data:
+        image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
+        assert (image.format, image.size) == ("PNG", (64, 64))
+    # Without size, the picture's own size; a text file is refused in the OpenAI error shape.
+    kept = client.images.edit(image=("in.png", source.read_bytes(), "image/png"), prompt="x",
+                              extra_body={"num_inference_steps": 2, "strength": 0.5})
+    assert Image.open(io.BytesIO(base64.b64decode(kept.data[0].b64_json))).size == (96, 64)
+    with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG, WEBP image"):
+        client.images.edit(image=("notes.png", b"just text", "image/png"), prompt="x")
+    with pytest.raises(openai.BadRequestError, match="inpainting is not supported"):
+        client.images.edit(image=("in.png", source.read_bytes()), mask=("mask.png", source.read_bytes()), prompt="x")
+
+
 def test_smoke_client_passes(live_service: RunningService, shipped_dir: Path) -> None:
     code, result = run_smoke(shipped_dir, live_service.url)
     assert code == 0, result

@@ -52,7 +52,7 @@ def test_the_schema_agrees_with_the_service_config(key: str) -> None:
     assert schema.get("enum") == (list(setting.choices) or None)
     assert schema.get("minimum") == setting.minimum
     assert schema.get("maximum") == setting.maximum
-    assert schema["type"] == {int: "integer", float: "number", str: "string"}[setting.kind]
+    assert schema["type"] == {int: "integer", float: "number", str: "string", bool: "boolean"}[setting.kind]
 
 
 def test_the_control_side_defaults_are_the_service_defaults() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from sd35_provision.deploys.release import release_id, release_manifest
@@ -88,6 +89,12 @@ def test_api_key_goes_in_a_0400_file_never_in_unit_env_diff_or_command(tmp_path)
     assert KEY not in everything and KEY not in repr(run.diffs) and KEY not in repr(run.notes)
     assert f"SD35_API_KEY_FILE={API_KEY_PATH}" in render_service_env(host)
     assert KEY not in smoke_command(host) and f"--api-key-file {API_KEY_PATH}" in smoke_command(host)
+
+
+def test_playground_is_off_in_the_service_env_when_the_spec_says_so():
+    assert "SD35_PLAYGROUND=on\n" in render_service_env(settings())
+    off = dataclasses.replace(settings(), service=ServiceSettings(playground=False))
+    assert "SD35_PLAYGROUND=off\n" in render_service_env(off)
 
 
 def test_unit_runs_the_current_release_hardened():
