@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian 12 machine (as root):
-# the test fleet's tools (debootstrap, systemd-nspawn), git-lfs, and a project
+# the test fleet's tools (debootstrap, systemd-nspawn), git-lfs, chromium, and a project
 # venv in .venv with the control side plus the service stack used by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for tool in debootstrap:debootstrap systemd-nspawn:systemd-container git-lfs:git-lfs ssh-keygen:openssh-client git:git; do
+# chromium: the headless browser the playground and status-page tests drive (DevTools over a pipe).
+for tool in debootstrap:debootstrap systemd-nspawn:systemd-container git-lfs:git-lfs ssh-keygen:openssh-client git:git chromium:chromium; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)

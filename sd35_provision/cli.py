@@ -236,15 +236,22 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 @click.option("--parallel", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Check at most N hosts at a time (0: all at once).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool) -> None:
+@click.option("--html", type=click.Path(dir_okay=False, writable=True, path_type=Path), metavar="FILE",
+              help="Also write the table, with each host's last smoke image, as one self-contained HTML page.")
+def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, html: Path | None) -> None:
     """One row per host: reachable, OS, GPU, driver, FP8, service, release, model, last smoke, drift.
 
     One SSH connection per host, all hosts in parallel; changes nothing.
     """
     from sd35_provision.status import fleet_status, render_status_table, status_json
+    from sd35_provision.statuspage import StatusPage
 
-    rows = fleet_status(_load(spec), limit, _options(False, quiet=True, parallel=parallel))
+    page = StatusPage(html, spec) if html is not None else None  # a bad path fails before any host is asked
+    rows = fleet_status(_load(spec), limit, _options(False, quiet=True, parallel=parallel),
+                        also_read=page.read_host if page is not None else None)
     click.echo(status_json(rows) if as_json else render_status_table(rows))
+    if page is not None:
+        page.write(rows)
     if any(not row.reachable or row.error for row in rows):
         sys.exit(EXIT_FAILED)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,8 +76,13 @@ class HostStatus:
         return data
 
 
-def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> list[HostStatus]:
-    """The status of each selected host, in spec order. Changes nothing."""
+def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None,
+                 also_read: Callable[[Host, HostSettings], None] | None = None) -> list[HostStatus]:
+    """The status of each selected host, in spec order. Changes nothing.
+
+    ``also_read`` runs on each reachable host's connection after its row is read
+    (``status --html`` fetches the smoke images with it).
+    """
     from sd35_provision import workflow
 
     options = options or RunOptions()
@@ -87,6 +93,8 @@ def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptio
 
     def read(host: Host, settings: HostSettings) -> None:
         _read_host(host, settings, rows[host.name])
+        if also_read is not None:
+            also_read(host, settings)
 
     run.for_each_active_host("status", read)
     # Drift: the dry run apply would start with (preflight, then every layer's prepared commands).
