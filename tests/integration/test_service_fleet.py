@@ -67,6 +67,40 @@ def test_fresh_apply_serves_and_reapply_is_a_no_op(fleet):
     cli("drift", str(spec), check_exit=0)
 
 
+def test_status_page_playground_and_edits_on_the_host(fleet, tmp_path):
+    import base64
+    import io
+
+    import openai
+    from PIL import Image
+
+    from tests.service.support import noise_png
+
+    # status --html: the host's last smoke image comes back over status's own connection, as a thumbnail.
+    spec = write_spec(fleet)
+    page_path = tmp_path / "status.html"
+    table = cli("status", str(spec), "--html", str(page_path), check_exit=0)
+    assert table.stdout.splitlines()[0].startswith("HOST")
+    page = page_path.read_text()
+    assert page.count('<tr class="host"') == 1 and 'id="host-node1"' in page
+    (data,) = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert Image.open(io.BytesIO(base64.b64decode(data))).size == (64, 64)  # the smoke size, under 256
+
+    # The deployed release serves the playground (its static files were shipped) and edits.
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    page = httpx.get(f"{url(fleet)}/", timeout=10)
+    assert page.status_code == 200 and 'src="playground/playground.js"' in page.text
+    assert httpx.get(f"{url(fleet)}/playground/playground.js", timeout=10).status_code == 200
+    assert httpx.get(f"{url(fleet)}/playground/options", timeout=10).status_code == 401
+    assert httpx.get(f"{url(fleet)}/playground/options", headers=auth, timeout=10).json()["sizes"][0] == "64x64"
+    client = openai.OpenAI(base_url=f"{url(fleet)}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    edited = client.images.edit(image=("in.png", noise_png(96, 64)), prompt="the same at night",
+                                extra_body={"strength": 0.5, "num_inference_steps": 2, "seed": 1})
+    assert Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json))).size == (96, 64)
+    with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG, WEBP image"):
+        client.images.edit(image=("in.png", b"not an image"), prompt="x")
+
+
 @pytest.mark.parametrize("damage, expect", [
     ("sed -i 's/^ProtectHome=yes$/ProtectHome=no/' /etc/systemd/system/sd35-inference.service && systemctl daemon-reload",
      "-ProtectHome=no"),

@@ -184,3 +184,20 @@ def test_an_rgba_image_is_flattened_on_white() -> None:
 def test_fitted_size_scales_into_the_limits(size: tuple[int, int], expected: tuple[int, int]) -> None:
     limits = Limits(max_side=2048, max_pixels=1536 * 1536)
     assert fitted_size(*size, limits, ModelLimits(1024, 1024, 16, None)) == expected
+
+
+def test_openapi_documents_the_multipart_edit(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["image", "prompt"] and body["properties"]["image"]["format"] == "binary"
+
+
+def test_an_engine_that_cannot_edit_says_so(tiny_model_dir: Path) -> None:
+    from .support import FakeEngine
+
+    engine = FakeEngine()  # generates, but has neither a pipeline nor an edit method
+    with TestClient(create_app(make_config(tiny_model_dir), load_engine=engine.loader())) as fake:
+        wait_ready(fake)
+        response = edit(fake, noise_png(64, 64), size="64x64")
+        assert response.status_code == 501 and "cannot edit images" in response.json()["error"]["message"]
+        assert fake.post("/v1/images/generations", json={"prompt": "x", "size": "64x64"}).status_code == 200
