@@ -9,7 +9,9 @@ the standard library's MIME parser, because python-multipart (what FastAPI's
 The image is checked before it is decoded (format, size of the upload, pixel
 count from the header: a decompression bomb never reaches ``load()``), and the
 edit runs on SD3's img2img pipeline made from the modules the service already
-loaded: the same weights, no second copy in memory.
+loaded: the same weights, no second copy in memory. With a ``mask`` (OpenAI's:
+a PNG whose fully transparent pixels mark what to change) it is SD3's
+inpainting pipeline, made the same way.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # Modes that convert to RGB without guessing (no CMYK profiles, no 16-bit or float data).
 IMAGE_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P"})
 DEFAULT_STRENGTH = 0.6
-# Form fields besides the generation ones; "mask" is answered on its own (see parse_edit_request).
+# Form fields besides the generation ones.
 EDIT_ONLY_FIELDS = frozenset({"image", "image[]", "strength", "input_fidelity", "mask"})
 INTEGER_FIELDS = ("n", "num_inference_steps", "seed")
 NUMBER_FIELDS = ("guidance_scale", "strength")
@@ -59,6 +61,7 @@ class EditJob:
     generation: GenerationJob
     image: Any  # PIL.Image.Image
     strength: float
+    mask: Any = None  # PIL "L" image, white where to repaint (inpainting); None: img2img on the whole image
 
 
 @dataclass(frozen=True)
@@ -117,46 +120,68 @@ def _typed(name: str, text: str) -> Any:
     return text
 
 
-def read_image(part: FormPart, max_pixels: int = MAX_INPUT_PIXELS) -> Any:
-    """The uploaded image decoded as RGB; RequestError (400/413) for anything else."""
+def _open_upload(part: FormPart, formats: tuple[str, ...], max_pixels: int) -> Any:
+    """Decode one uploaded picture after checking, from its header only, that it is one we take."""
     from PIL import Image, UnidentifiedImageError
 
+    field = part.name.removesuffix("[]")
     if not part.data:
-        raise RequestError(400, "image: the file is empty", "image")
+        raise RequestError(400, f"{field}: the file is empty", field)
     try:
         with warnings.catch_warnings():
             # PIL warns, then raises, past its own bomb limit; ours (checked below) is lower.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(part.data), formats=IMAGE_FORMATS)
+            image = Image.open(io.BytesIO(part.data), formats=formats)
     except UnidentifiedImageError:
         raise RequestError(
-            400, f"image: not a {', '.join(IMAGE_FORMATS)} image", "image", "invalid_image_format"
+            400, f"{field}: not a {', '.join(formats)} image", field, "invalid_image_format"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(413, f"image: more pixels than the limit of {max_pixels}", "image", "image_too_large") from None
+        raise RequestError(413, f"{field}: more pixels than the limit of {max_pixels}", field, "image_too_large") from None
     width, height = image.size
     if width * height > max_pixels:
         raise RequestError(
-            413, f"image: {width}x{height} is {width * height} pixels, the limit is {max_pixels}", "image",
+            413, f"{field}: {width}x{height} is {width * height} pixels, the limit is {max_pixels}", field,
             "image_too_large",
         )
     if getattr(image, "n_frames", 1) > 1:
-        raise RequestError(400, "image: animated images are not accepted; send one frame", "image")
+        raise RequestError(400, f"{field}: animated images are not accepted; send one frame", field)
     if image.mode not in IMAGE_MODES:
         raise RequestError(
-            400, f"image: mode {image.mode} is not accepted; send {', '.join(sorted(IMAGE_MODES))} (8-bit)", "image",
+            400, f"{field}: mode {image.mode} is not accepted; send {', '.join(sorted(IMAGE_MODES))} (8-bit)", field,
             "invalid_image_mode",
         )
     try:
         image.load()
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        raise RequestError(400, f"image: the {image.format} data is damaged ({exc})", "image") from None
+        raise RequestError(400, f"{field}: the {image.format} data is damaged ({exc})", field) from None
+    return image
+
+
+def read_image(part: FormPart, max_pixels: int = MAX_INPUT_PIXELS) -> Any:
+    """The uploaded image decoded as RGB; RequestError (400/413) for anything else."""
+    from PIL import Image
+
+    image = _open_upload(part, IMAGE_FORMATS, max_pixels)
     if image.mode in ("RGBA", "LA", "P"):
         # Transparent areas become white, as a viewer shows them on a page.
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def read_mask(part: FormPart, image_size: tuple[int, int], max_pixels: int = MAX_INPUT_PIXELS) -> Any:
+    """OpenAI's mask (a PNG whose fully transparent pixels mark what to repaint) as the inpainting
+    pipeline's: an L image, white where it repaints."""
+    mask = _open_upload(part, ("PNG",), max_pixels)
+    if mask.size != image_size:
+        raise RequestError(400, f"mask: {mask.size[0]}x{mask.size[1]}, the image is {image_size[0]}x{image_size[1]}; "
+                           "they must be the same size", "mask")
+    if mask.mode not in ("RGBA", "LA") and not (mask.mode == "P" and "transparency" in mask.info):
+        raise RequestError(400, f"mask: a {mask.mode} PNG without an alpha channel; its fully transparent pixels "
+                           "mark what to edit", "mask", "invalid_mask")
+    return mask.convert("RGBA").getchannel("A").point(lambda alpha: 255 if alpha == 0 else 0)
 
 
 def fitted_size(width: int, height: int, limits: Limits, model: ModelLimits) -> tuple[int, int]:
@@ -175,11 +200,6 @@ def parse_edit_request(
     form: dict[str, list[FormPart]], limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float
 ) -> EditJob:
     """Validate one ``POST /v1/images/edits`` form; raises RequestError."""
-    if "mask" in form:
-        raise RequestError(
-            400, "mask: inpainting is not supported by this service; send the image without a mask "
-            "(the whole image is edited, as much as strength says)", "mask", "unsupported_parameter",
-        )
     images = form.get("image", []) + form.get("image[]", [])
     if not images:
         raise RequestError(400, "image: is required (the picture to edit, as a file part)", "image")
@@ -198,6 +218,10 @@ def parse_edit_request(
         raise RequestError(400, f"strength: {strength} is outside the allowed range (0, 1]", "strength")
 
     image = read_image(images[0])
+    masks = form.get("mask", [])
+    if len(masks) > 1:
+        raise RequestError(400, f"mask: given {len(masks)} times", "mask")
+    mask = read_mask(masks[0], image.size) if masks else None
     if data.get("size") in (None, "auto"):
         width, height = fitted_size(*image.size, limits, model)
         data["size"] = f"{width}x{height}"
@@ -215,19 +239,27 @@ def parse_edit_request(
         from PIL import Image
 
         image = image.resize((job.width, job.height), Image.Resampling.LANCZOS)
-    return EditJob(generation=job, image=image, strength=strength)
+        if mask is not None:
+            mask = mask.resize((job.width, job.height), Image.Resampling.NEAREST)
+    return EditJob(generation=job, image=image, strength=strength, mask=mask)
 
 
 class ImageEditor:
-    """SD3 img2img over an already loaded text-to-image pipeline's modules (shared, not copied)."""
+    """SD3 img2img and inpainting over an already loaded text-to-image pipeline's modules (shared, not copied)."""
 
     def __init__(self, pipe: Any):
-        from diffusers import StableDiffusion3Img2ImgPipeline
+        from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline
 
-        accepted = inspect.signature(StableDiffusion3Img2ImgPipeline.__init__).parameters
-        components = {name: module for name, module in pipe.components.items() if name in accepted}
-        self.pipe = StableDiffusion3Img2ImgPipeline(**components)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = self._sharing(StableDiffusion3Img2ImgPipeline, pipe)
+        self.inpaint = self._sharing(StableDiffusion3InpaintPipeline, pipe)
+
+    @staticmethod
+    def _sharing(cls: Any, pipe: Any) -> Any:
+        # Constructing from the loaded modules allocates no weights (a test checks the pointers).
+        accepted = inspect.signature(cls.__init__).parameters
+        made = cls(**{name: module for name, module in pipe.components.items() if name in accepted})
+        made.set_progress_bar_config(disable=True)
+        return made
 
     def edit(self, job: EditJob) -> list[bytes]:
         import torch
@@ -235,12 +267,14 @@ class ImageEditor:
         from .pipeline import _generators, encode_png
 
         g = job.generation
+        # One copy per image: with one generator per image, diffusers encodes image[i] for each.
+        inputs: dict[str, Any] = {"image": [job.image] * g.n}
+        if job.mask is not None:
+            inputs["mask_image"] = [job.mask] * g.n
         try:
-            result = self.pipe(
+            result = (self.pipe if job.mask is None else self.inpaint)(
                 prompt=g.prompt,
                 negative_prompt=g.negative_prompt,
-                # One copy per image: with one generator per image, diffusers encodes image[i] for each.
-                image=[job.image] * g.n,
                 strength=job.strength,
                 num_inference_steps=g.num_inference_steps,
                 guidance_scale=g.guidance_scale,
@@ -248,6 +282,7 @@ class ImageEditor:
                 width=g.width,
                 num_images_per_prompt=g.n,
                 generator=_generators(g.seed, g.n),
+                **inputs,
             )
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()

@@ -99,8 +99,8 @@ def test_edits_run_on_the_loaded_weights_not_a_copy(client: TestClient) -> None:
                     seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
         return sum(seen.values())
 
-    # The parameter storage of both pipelines together is that of the one loaded.
-    assert storage_bytes(pipe, img2img) == storage_bytes(pipe) > 0
+    # The parameter storage of all three pipelines together is that of the one loaded.
+    assert storage_bytes(pipe, img2img, editor.inpaint) == storage_bytes(pipe) > 0
 
 
 def test_edit_runs_the_same_openai_shape_as_generations(client: TestClient) -> None:
@@ -147,12 +147,56 @@ def test_bad_edits_are_refused_in_the_openai_error_shape(
     assert text in error["message"], error["message"]
 
 
-def test_mask_is_refused_clearly(client: TestClient) -> None:
-    response = client.post("/v1/images/edits", data=FORM, files={
-        "image": ("in.png", noise_png(64, 64), "image/png"), "mask": ("mask.png", noise_png(64, 64), "image/png")})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "mask"
-    assert "inpainting is not supported" in response.json()["error"]["message"]
+def mask_png(width: int, height: int, transparent_left: int, mode: str = "RGBA") -> bytes:
+    """OpenAI's mask shape: fully transparent pixels (here the left ``transparent_left`` columns) are edited."""
+    mask = Image.new(mode, (width, height), (0, 0, 0, 255) if mode == "RGBA" else 0)
+    if transparent_left and mode == "RGBA":
+        mask.paste((0, 0, 0, 0), (0, 0, transparent_left, height))
+    return encoded(mask, "PNG")
+
+
+def with_mask(client: TestClient, image: bytes, mask: bytes, **fields: str):
+    return client.post("/v1/images/edits", data={**FORM, **fields}, files={
+        "image": ("in.png", image, "image/png"), "mask": ("mask.png", mask, "image/png")})
+
+
+def test_mask_inpaints_on_the_same_weights(client: TestClient) -> None:
+    source = noise_png(96, 64, seed=4)
+    whole = edit(client, source, strength="1.0").json()["data"][0]["b64_json"]
+    half = with_mask(client, source, mask_png(96, 64, 48), strength="1.0")
+    assert half.status_code == 200, half.text
+    assert half.json()["size"] == "96x64"
+    inpainted = decode(half.json()["data"][0])
+    assert (inpainted.format, inpainted.size) == ("PNG", (96, 64))
+    # Inpainting keeps the masked-off half's latents: not the plain edit, and the mask matters.
+    assert half.json()["data"][0]["b64_json"] != whole
+    other_half = with_mask(client, source, mask_png(96, 64, 16), strength="1.0").json()["data"][0]["b64_json"]
+    assert other_half != half.json()["data"][0]["b64_json"]
+    # Scaled with the image when a size is asked for.
+    assert with_mask(client, source, mask_png(96, 64, 48), size="64x64").json()["size"] == "64x64"
+
+    (editor,) = client.app.state.image_editors.values()
+    pipe = client.app.state.service.loaded.engine.pipe
+    assert type(editor.inpaint).__name__ == "StableDiffusion3InpaintPipeline"
+    assert editor.inpaint.transformer is pipe.transformer and editor.inpaint.vae is pipe.vae
+    assert editor.inpaint.text_encoder_3 is pipe.text_encoder_3
+
+
+@pytest.mark.parametrize(
+    ("mask", "text"),
+    [
+        (mask_png(96, 64, 0, mode="L"), "mask: a L PNG without an alpha channel"),
+        (mask_png(64, 64, 10), "mask: 64x64, the image is 96x64; they must be the same size"),
+        (encoded(Image.new("RGB", (96, 64)), "JPEG"), "mask: not a PNG image"),
+        (png_header_only(20000, 20000), f"mask: more pixels than the limit of {MAX_INPUT_PIXELS}"),
+    ],
+    ids=["no-alpha", "other-size", "jpeg", "bomb"],
+)
+def test_bad_masks_are_refused(client: TestClient, mask: bytes, text: str) -> None:
+    response = with_mask(client, noise_png(96, 64), mask)
+    assert response.status_code in (400, 413)
+    error = response.json()["error"]
+    assert error["param"] == "mask" and text in error["message"], error
 
 
 def test_missing_image_wrong_body_and_oversized_upload(client: TestClient) -> None:

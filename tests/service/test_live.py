@@ -94,7 +94,15 @@ def test_openai_client_edits(live_service: RunningService, tmp_path: Path) -> No
     assert Image.open(io.BytesIO(base64.b64decode(kept.data[0].b64_json))).size == (96, 64)
     with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG, WEBP image"):
         client.images.edit(image=("notes.png", b"just text", "image/png"), prompt="x")
-    with pytest.raises(openai.BadRequestError, match="inpainting is not supported"):
+    # A mask in OpenAI's shape (transparent where to edit) inpaints; one without alpha is refused.
+    mask = Image.new("RGBA", (96, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 48, 64))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    inpainted = client.images.edit(image=("in.png", source.read_bytes()), mask=("mask.png", buffer.getvalue()),
+                                   prompt="a moon", extra_body={"num_inference_steps": 2, "strength": 1.0})
+    assert Image.open(io.BytesIO(base64.b64decode(inpainted.data[0].b64_json))).size == (96, 64)
+    with pytest.raises(openai.BadRequestError, match="without an alpha channel"):
         client.images.edit(image=("in.png", source.read_bytes()), mask=("mask.png", source.read_bytes()), prompt="x")
 
 
