@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from collections.abc import Collection
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -197,9 +198,10 @@ def fitted_size(width: int, height: int, limits: Limits, model: ModelLimits) -> 
 
 
 def parse_edit_request(
-    form: dict[str, list[FormPart]], limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float
+    form: dict[str, list[FormPart]], limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float,
+    model_names: Collection[str] | None = None,
 ) -> EditJob:
-    """Validate one ``POST /v1/images/edits`` form; raises RequestError."""
+    """Validate one ``POST /v1/images/edits`` form; raises RequestError (``model_names`` as for generations)."""
     images = form.get("image", []) + form.get("image[]", [])
     if not images:
         raise RequestError(400, "image: is required (the picture to edit, as a file part)", "image")
@@ -225,7 +227,7 @@ def parse_edit_request(
     if data.get("size") in (None, "auto"):
         width, height = fitted_size(*image.size, limits, model)
         data["size"] = f"{width}x{height}"
-    job = parse_generation_request(data, limits, model, default_steps, default_guidance)
+    job = parse_generation_request(data, limits, model, default_steps, default_guidance, model_names)
     # img2img skips the first (1 - strength) of the schedule (diffusers' get_timesteps, the same
     # arithmetic); at least one step must remain.
     steps = job.num_inference_steps
@@ -357,7 +359,8 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
 
         def parse() -> EditJob:
             form = parse_form(body, content_type)
-            return parse_edit_request(form, config.limits, engine.limits, config.default_steps, config.default_guidance)
+            return parse_edit_request(form, config.limits, engine.limits, config.default_steps,
+                                      config.default_guidance, config.model_names)
 
         # Parsing and decoding a large upload takes a while: off the event loop, so /healthz stays quick.
         job = await asyncio.to_thread(parse)

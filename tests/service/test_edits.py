@@ -104,10 +104,15 @@ def test_edits_run_on_the_loaded_weights_not_a_copy(client: TestClient) -> None:
 
 
 def test_edit_runs_the_same_openai_shape_as_generations(client: TestClient) -> None:
-    response = edit(client, noise_png(64, 64), response_format="b64_json", model="sd3.5-large", output_format="png",
+    response = edit(client, noise_png(64, 64), response_format="b64_json", model="sd3.5", output_format="png",
                     negative_prompt="blurry", guidance_scale="2.5")
     assert response.status_code == 200, response.text
     assert set(response.json()) == {"created", "data", "size", "output_format"}
+
+
+def test_edit_names_only_the_served_model(client: TestClient) -> None:
+    response = edit(client, noise_png(64, 64), model="dall-e-2")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize(
