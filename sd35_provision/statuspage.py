@@ -126,8 +126,8 @@ def render_status_page(rows: list[HostStatus], images: dict[str, bytes], title: 
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f'<p class="when">{e(stamp)}</p>',
-        f'<p class="summary"><span>{len(rows)} hosts</span><span>{reachable} reachable</span>'
-        f"<span>{drifted} drifted</span><span>{failing} failing</span></p>",
+        (f'<p class="summary"><span>{len(rows)} hosts</span><span>{reachable} reachable</span>'
+         f"<span>{drifted} drifted</span><span>{failing} failing</span></p>"),
         f"<table><thead><tr>{head}</tr></thead><tbody>",
         *body,
         "</tbody></table></body></html>",

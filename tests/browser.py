@@ -68,7 +68,8 @@ class Browser:
              "--disable-extensions", "--disable-background-networking", "--remote-debugging-pipe",
              f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=child_fds, close_fds=False,
+            # Only dup/dup2 run between fork and exec (async-signal-safe), so threads do not matter here.
+            preexec_fn=child_fds, close_fds=False,  # noqa: PLW1509
         )
 
     def _send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:

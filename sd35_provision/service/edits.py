@@ -24,11 +24,11 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from collections.abc import Collection
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -225,7 +225,7 @@ def parse_edit_request(
         raise RequestError(400, f"mask: given {len(masks)} times", "mask")
     mask = read_mask(masks[0], image.size) if masks else None
     if data.get("size") in (None, "auto"):
-        width, height = fitted_size(*image.size, limits, model)
+        width, height = fitted_size(image.size[0], image.size[1], limits, model)
         data["size"] = f"{width}x{height}"
     job = parse_generation_request(data, limits, model, default_steps, default_guidance, model_names)
     # img2img skips the first (1 - strength) of the schedule (diffusers' get_timesteps, the same
@@ -256,10 +256,10 @@ class ImageEditor:
         self.inpaint = self._sharing(StableDiffusion3InpaintPipeline, pipe)
 
     @staticmethod
-    def _sharing(cls: Any, pipe: Any) -> Any:
+    def _sharing(pipeline_class: Any, pipe: Any) -> Any:
         # Constructing from the loaded modules allocates no weights (a test checks the pointers).
-        accepted = inspect.signature(cls.__init__).parameters
-        made = cls(**{name: module for name, module in pipe.components.items() if name in accepted})
+        accepted = inspect.signature(pipeline_class.__init__).parameters
+        made = pipeline_class(**{name: module for name, module in pipe.components.items() if name in accepted})
         made.set_progress_bar_config(disable=True)
         return made
 

@@ -44,6 +44,8 @@ async function loadOptions() {
   if (!response.ok) {
     setStatus("Not ready: " + (body.error ? body.error.message : "HTTP " + response.status));
     showError(response.status, body);
+    // Still loading the model: ask again when the service says to (a wrong key waits for a new one).
+    if (response.status === 503) setTimeout(loadOptions, 1000 * Number(response.headers.get("Retry-After") || 10));
     return;
   }
   clearError();
