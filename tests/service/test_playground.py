@@ -143,3 +143,20 @@ def test_playground_in_headless_chromium(auth_service: RunningService, browser: 
 def fill(browser: Browser, **values: str) -> None:
     for field, value in values.items():
         browser.evaluate(f"document.getElementById({field!r}).value = {value!r}")
+
+
+def test_options_say_not_ready_while_the_model_loads(tiny_model_dir: Path) -> None:
+    import threading
+
+    from .support import FakeEngine
+
+    gate = threading.Event()
+    app = create_app(make_config(tiny_model_dir), load_engine=FakeEngine().loader(gate))
+    with TestClient(app, raise_server_exceptions=False) as loading:
+        early = loading.get("/playground/options")
+        assert early.status_code == 503 and early.headers["Retry-After"] == "10"
+        assert "not ready (loading)" in early.json()["error"]["message"]
+        assert loading.get("/").status_code == 200  # the page itself is there at once
+        gate.set()
+        wait_ready(loading)
+        assert loading.get("/playground/options").json()["sizes"][0] == "64x64"
