@@ -57,9 +57,7 @@ class StatusPage:
 
     def read_host(self, host: Host, settings: HostSettings) -> None:
         image = host.get_fact(
-            SmokeImage, path=f"{layout.smoke_dir(settings)}/last.png",
-            python=f"{layout.current_link(settings)}/venv/bin/python",
-        )
+            SmokeImage, path=f"{layout.smoke_dir(settings)}/last.png", current=layout.current_link(settings))
         if image:
             with self._lock:
                 self.images[host.name] = image

@@ -1,9 +1,10 @@
 """The last smoke test's image on a host, as a small PNG (for ``status --html``).
 
-The host scales it down itself with the Pillow of its current release's venv,
-so a fleet's page stays small whatever ``smoke.size`` is; a host without that
-venv sends the file as it is, up to ``max_bytes``. Either way it comes back as
-one base64 line on the fact's connection; ``parse_smoke_image`` is pure.
+The host scales it down itself, with ``sd35_provision.service.thumbnail`` from
+its current release (whose venv has Pillow), so a fleet's page stays small
+whatever ``smoke.size`` is; a release without that module sends the file as it
+is, up to ``max_bytes``. Either way it comes back as one base64 line on the
+fact's connection; ``parse_smoke_image`` is pure.
 """
 
 from __future__ import annotations
@@ -18,25 +19,17 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 THUMBNAIL_PIXELS = 256
 MAX_BYTES = 4 * 1024 * 1024
 
-_THUMBNAIL = (
-    "import base64, io, sys\n"
-    "from PIL import Image\n"
-    "image = Image.open(sys.argv[1])\n"
-    "image.thumbnail((int(sys.argv[2]), int(sys.argv[2])))\n"
-    "out = io.BytesIO()\n"
-    "image.save(out, format='PNG')\n"
-    "sys.stdout.write(base64.b64encode(out.getvalue()).decode())\n"
-)
-
 
 class SmokeImage(FactBase):
-    """The PNG bytes of ``path`` (thumbnailed when ``python`` has Pillow), or None when there is none."""
+    """The PNG bytes of ``path`` (a thumbnail made by the release in ``current``), or None when there is none."""
 
-    def command(self, path: str, python: str, size: int = THUMBNAIL_PIXELS, max_bytes: int = MAX_BYTES) -> str:
-        image, py = shlex.quote(path), shlex.quote(python)
+    def command(self, path: str, current: str, size: int = THUMBNAIL_PIXELS, max_bytes: int = MAX_BYTES) -> str:
+        image = shlex.quote(path)
+        thumbnail = (f"cd {shlex.quote(current + '/app')} && {shlex.quote(current + '/venv/bin/python')} "
+                     f"-m sd35_provision.service.thumbnail {image} {int(size)}")
         return (
             f"if [ -f {image} ]; then "
-            f"{py} -c {shlex.quote(_THUMBNAIL)} {image} {int(size)} 2>/dev/null || "
+            f"( {thumbnail} ) 2>/dev/null || "
             f"{{ [ \"$(stat -c %s {image})\" -le {int(max_bytes)} ] && base64 -w0 {image}; }}; "
             "fi; true"
         )

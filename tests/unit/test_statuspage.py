@@ -18,7 +18,8 @@ from sd35_provision.status import HostStatus
 from sd35_provision.statuspage import render_status_page, write_status_page
 from tests.browser import Browser, find_chromium
 
-ARTIFACTS = Path(os.environ.get("SD35_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("SD35_TEST_ARTIFACTS", REPO / "test-artifacts"))
 RELEASE = "3f9c0a1b2c4d-8e7f6a5b4c3d"
 
 
@@ -48,35 +49,47 @@ def recorded_rows() -> list[HostStatus]:
     ]
 
 
+def release(tmp_path: Path) -> Path:
+    """A release as the hosts have it: ``app/`` holding sd35_provision (this checkout's), ``venv/`` with Pillow."""
+    current = tmp_path / "current"
+    (current / "app").mkdir(parents=True)
+    (current / "app" / "sd35_provision").symlink_to(REPO / "sd35_provision")
+    (current / "venv").symlink_to(Path(sys.prefix))
+    return current
+
+
 def test_fact_command_sends_a_thumbnail_made_on_the_host(tmp_path: Path) -> None:
     image = tmp_path / "smoke" / "last.png"
     image.parent.mkdir()
     image.write_bytes(png(512, 384))
-    command = SmokeImage().command(path=str(image), python=sys.executable)
+    command = SmokeImage().command(path=str(image), current=str(release(tmp_path)))
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
     thumbnail = parse_smoke_image(result.stdout.splitlines())
     assert thumbnail is not None
     assert Image.open(io.BytesIO(thumbnail)).size == (256, 192)
 
 
-def test_fact_command_without_pillow_sends_the_file_up_to_a_limit(tmp_path: Path) -> None:
+def test_fact_command_without_a_release_sends_the_file_up_to_a_limit(tmp_path: Path) -> None:
     image = tmp_path / "last.png"
     image.write_bytes(png(64, 64))
-    no_venv = str(tmp_path / "no-release" / "venv" / "bin" / "python")
-    raw = subprocess.run(["sh", "-c", SmokeImage().command(path=str(image), python=no_venv)],
+    none = str(tmp_path / "no-release")
+    raw = subprocess.run(["sh", "-c", SmokeImage().command(path=str(image), current=none)],
                          capture_output=True, text=True, check=True)
     assert parse_smoke_image(raw.stdout.splitlines()) == image.read_bytes()
-    too_big = subprocess.run(["sh", "-c", SmokeImage().command(path=str(image), python=no_venv, max_bytes=100)],
+    too_big = subprocess.run(["sh", "-c", SmokeImage().command(path=str(image), current=none, max_bytes=100)],
                              capture_output=True, text=True, check=True)
     assert too_big.stdout == "" and parse_smoke_image(too_big.stdout.splitlines()) is None
-    missing = subprocess.run(["sh", "-c", SmokeImage().command(path=str(tmp_path / "none.png"), python=sys.executable)],
+    missing = subprocess.run(["sh", "-c", SmokeImage().command(path=str(tmp_path / "none.png"),
+                                                               current=str(release(tmp_path)))],
                              capture_output=True, text=True, check=False)
     assert missing.returncode == 0 and missing.stdout == ""
 
 
 def test_fact_command_quotes_the_paths() -> None:
-    command = SmokeImage().command(path="/srv/sd 35/smoke/last.png", python="/opt/sd35/current/venv/bin/python")
-    assert "'/srv/sd 35/smoke/last.png'" in command and "/opt/sd35/current/venv/bin/python -c" in command
+    command = SmokeImage().command(path="/srv/sd 35/smoke/last.png", current="/opt/sd 35/current")
+    assert "'/srv/sd 35/smoke/last.png'" in command
+    assert "cd '/opt/sd 35/current/app' && '/opt/sd 35/current/venv/bin/python' -m sd35_provision.service.thumbnail" \
+        in command
 
 
 @pytest.mark.parametrize("output", [[], [""], ["not base64 at all!"], [base64.b64encode(b"GIF89a...").decode()]])
@@ -128,7 +141,7 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_status_html_to_a_missing_directory_fails_before_any_host_is_asked(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parents[2]
+    repo = REPO
     result = subprocess.run(
         [sys.executable, "-m", "sd35_provision.cli", "status", str(repo / "inventory" / "example.yaml"),
          "--html", str(tmp_path / "gone" / "s.html")],
