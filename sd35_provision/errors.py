@@ -14,12 +14,18 @@ class Sd35Error(Exception):
 class SpecError(Sd35Error):
     """The host spec file cannot be used (syntax, schema or semantic errors).
 
-    ``problems`` holds one ``FILE:LINE: path.to.field: message`` line each.
+    ``problems`` holds one ``FILE:LINE: path.to.field: message`` line each;
+    ``notes`` says what was done about them (not counted as problems).
     """
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], notes: list[str] | None = None):
         self.problems = problems
-        super().__init__("\n".join(problems))
+        self.notes = list(notes or [])
+        super().__init__("\n".join([*problems, *self.notes]))
+
+
+class UsageError(Sd35Error):
+    """The command line names something the spec does not have (exit 64, like any usage error)."""
 
 
 class HostError(Sd35Error):

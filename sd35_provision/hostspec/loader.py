@@ -96,14 +96,20 @@ def load_spec(path: str | Path, *, check_local_files: bool = True) -> FleetSpec:
     problems = semantic_problems(document)
     hosts = []
     endpoints: dict[tuple[str, int], str] = {}
+    # A problem set in defaults or a group is the same for every host that inherits it: said once, at its line.
+    setting_problems: dict[tuple[PathKey, str], list[str]] = {}
     for name in document.data["hosts"]:
         merged, merge_problems = merged_host_settings(document, name)
         problems.extend(merge_problems)
         if merge_problems:
             continue
         problems.extend(_endpoint_problems(document, name, merged, endpoints))
-        problems.extend(_host_setting_problems(document, name, merged, check_local_files))
+        for origin, message in _host_setting_problems(document, name, merged, check_local_files):
+            setting_problems.setdefault((origin, message), []).append(name)
         hosts.append(_build_host(document, name, merged))
+    host_count = len(document.data["hosts"])
+    for (origin, message), names in setting_problems.items():
+        problems.append(document.problem(origin, f"{message} ({_hosts_phrase(names, host_count)})"))
     if problems:
         raise SpecError(problems)
 
@@ -283,13 +289,22 @@ def _origin(document: SourceDocument, name: str, section: str, key: str) -> Path
     return ("hosts", name)
 
 
+def _hosts_phrase(names: list[str], host_count: int) -> str:
+    if len(names) == 1:
+        return f"host {names[0]}"
+    if len(names) == host_count:
+        return f"all {host_count} hosts"
+    return f"hosts {', '.join(names)}"
+
+
 def _host_setting_problems(
     document: SourceDocument, name: str, merged: dict[str, Any], check_local_files: bool
-) -> list[str]:
-    problems: list[str] = []
+) -> list[tuple[PathKey, str]]:
+    """(where the value was set, what is wrong) for each problem of one host's merged settings."""
+    problems: list[tuple[PathKey, str]] = []
 
     def problem(section: str, key: str, message: str) -> None:
-        problems.append(document.problem(_origin(document, name, section, key), f"{message} (host {name})"))
+        problems.append((_origin(document, name, section, key), message))
 
     service = merged["service"]
     # The service's own loopback rule (service/config.py): the spec refuses what the service would.

@@ -130,8 +130,8 @@ def check_spec_with(spec_path: Path, name: str, entry: dict[str, Any]) -> None:
         add_host(copy, name, entry)
         load_spec(copy)
     except SpecError as error:
-        raise SpecError([problem.replace(str(copy), str(spec_path)) for problem in error.problems]
-                        + ["(checked before contacting the host; the spec file was not changed)"]) from error
+        raise SpecError([problem.replace(str(copy), str(spec_path)) for problem in error.problems],
+                        notes=["(checked before contacting the host; the spec file was not changed)"]) from error
     finally:
         copy.unlink(missing_ok=True)
 
@@ -143,7 +143,7 @@ def write_spec(spec_path: Path, name: str, entry: dict[str, Any], echo: Echo) ->
         spec = load_spec(spec_path)
     except SpecError as error:
         restore(edit)
-        raise SpecError(error.problems + [f"(the spec file {spec_path} was put back as it was)"]) from error
+        raise SpecError(error.problems, notes=[f"(the spec file {spec_path} was put back as it was)"]) from error
     if edit.changed:
         echo(f"added {name} to {spec_path}:{edit.line}")
     else:

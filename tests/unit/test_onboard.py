@@ -135,7 +135,7 @@ def test_an_invalid_result_puts_the_old_file_back(spec):
     with pytest.raises(SpecError) as caught:
         write_spec(spec, "n2", {"address": "127.0.0.6", "service": {"bind": "0.0.0.0"}}, print)
     assert "service.api_key_file is required" in "\n".join(caught.value.problems)
-    assert caught.value.problems[-1] == f"(the spec file {spec} was put back as it was)"
+    assert caught.value.notes == [f"(the spec file {spec} was put back as it was)"]
     assert spec.read_text() == SPEC
 
     lines: list[str] = []

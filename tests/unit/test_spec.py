@@ -167,10 +167,29 @@ def test_semantic_rules(tmp_path):
       b: {address: 10.0.0.1}
     """
     problems = "\n".join(problems_of(tmp_path, text))
-    assert "fleet.yaml:2: defaults.service.bind: 10.1.1.1 is not loopback, so service.api_key_file is required (host a)" in problems
+    assert "fleet.yaml:2: defaults.service.bind: 10.1.1.1 is not loopback, so service.api_key_file is required (all 2 hosts)" in problems
     assert "fleet.yaml:3: defaults.smoke.size: 100x64 is not a multiple of 16" in problems
-    assert "fleet.yaml:4: defaults.model.source: source 'push' needs model.path (host a)" in problems
+    assert "fleet.yaml:4: defaults.model.source: source 'push' needs model.path (all 2 hosts)" in problems
     assert "fleet.yaml:7: hosts.b.address: 10.0.0.1:22 is already host 'a'" in problems
+
+
+def test_a_problem_in_defaults_is_reported_once_at_its_line(tmp_path):
+    text = """\
+    defaults:
+      model: {source: push, path: weights/}
+    groups:
+      g: {}
+    hosts:
+      a: {address: 10.0.0.1, groups: [g]}
+      b: {address: 10.0.0.2}
+      c: {address: 10.0.0.3, model: {source: push, path: /}}
+    """
+    problems = problems_of(tmp_path, text)
+    assert problems == [
+        f"{tmp_path}/fleet.yaml:2: defaults.model.path: {tmp_path}/weights does not exist on this machine (hosts a, b)",
+        f"{tmp_path}/fleet.yaml:8: hosts.c.model.path: / has no model_index.json: not a diffusers pipeline directory "
+        "(host c)",
+    ], problems
 
 
 def test_missing_local_file_is_an_error_unless_skipped(tmp_path):
