@@ -3,38 +3,84 @@
 Exit codes: 0 success; 1 a host failed or the input is invalid; 2 drift found
 (``drift`` only); 3 the run was aborted (more than ``--fail-percent`` of the
 hosts failed, or a canary or batch failed and the rollout stopped); 64 the
-command line itself is wrong.
+command line itself is wrong; 130 interrupted (Ctrl-C).
+
+Importing this module changes nothing (gevent patches the standard library
+only when a command that runs pyinfra starts), so tests drive it in-process
+with click's CliRunner.
 """
 
-from gevent import monkey
+from __future__ import annotations
 
-monkey.patch_all()  # pyinfra runs hosts in greenlets; must precede socket/ssl imports
+import functools
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import logging  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import click
 
-import click  # noqa: E402
-
-from sd35_provision.errors import Sd35Error, SpecError  # noqa: E402
+from sd35_provision.errors import Sd35Error, SpecError, UsageError
 
 EXIT_FAILED = 1
 EXIT_DRIFT = 2
 EXIT_ABORTED = 3
 EXIT_USAGE = 64
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 a host failed, or the spec or input is invalid; "
     "2 drift found (drift); 3 the run was aborted because more than --fail-percent of the hosts failed "
     "(hosts it did not finish are listed as aborted), or a canary or batch failed and the rollout stopped "
-    "(hosts it did not start are listed as not started); 64 the command line is wrong."
+    "(hosts it did not start are listed as not started); 64 the command line is wrong (or --limit names no host or group); "
+    "130 interrupted (Ctrl-C; each host's state is printed)."
 )
 
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 limit_option = click.option(
-    "--limit", "limit", multiple=True, metavar="HOST_OR_GROUP",
-    help="Only these hosts or groups (repeatable).",
+    "-l", "--limit", "limit", multiple=True, metavar="PATTERN",
+    help="Only these hosts or groups: names, comma lists or globs (node1,node2 or 'gpu-*'); repeatable.",
 )
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as one JSON document (schemas/report.schema.json; progress "
+                           "stays on stderr).")
+
+
+def runs_pyinfra(function: Callable[..., Any]) -> Callable[..., Any]:
+    """For commands that connect with pyinfra: gevent's patches go in before anything opens a socket.
+
+    pyinfra runs hosts in gevent greenlets, so sockets, ssl and threads must be
+    gevent's. Patching here, when such a command starts, rather than at import
+    keeps ``import sd35_provision.cli`` free of side effects.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from gevent import monkey
+
+        if not monkey.is_module_patched("socket"):
+            monkey.patch_all()
+        _interrupt_in_main_greenlet()
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _interrupt_in_main_greenlet() -> None:
+    """Ctrl-C raises KeyboardInterrupt in this (the main) greenlet.
+
+    Python raises it in whatever runs when the signal comes: with gevent that is
+    often a connection's greenlet, where paramiko turns it into an SSH error
+    and the run goes on. gevent's handler runs in its loop and hands it here.
+    """
+    import signal
+
+    import gevent
+
+    main_greenlet = gevent.getcurrent()
+    gevent.signal_handler(signal.SIGINT, gevent.kill, main_greenlet, KeyboardInterrupt)
 
 
 def fleet_run_options(function):
@@ -73,20 +119,25 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _load(spec_path: Path, check_local_files: bool = True):
+def _load(spec_path: Path, check_local_files: bool = True, accept_new_host_keys: bool = False):
     from sd35_provision.hostspec import load_spec
 
-    spec = load_spec(spec_path, check_local_files=check_local_files)
+    spec = load_spec(spec_path, check_local_files=check_local_files,
+                     known_hosts_may_be_missing=accept_new_host_keys)
     for warning in spec.warnings:  # renamed keys still in the file
         click.echo(warning, err=True)
     return spec
+
+
+# The runs of this command, so that Ctrl-C can say where each host was.
+_runs: list = []
 
 
 def _options(accept_new_host_keys: bool, quiet: bool = False, parallel: int = 0, fail_percent: int | None = None):
     from sd35_provision.runner import RunOptions
 
     return RunOptions(accept_new_host_keys=accept_new_host_keys, progress=None if quiet else _progress,
-                      parallel=parallel, fail_percent=fail_percent)
+                      parallel=parallel, fail_percent=fail_percent, on_start=_runs.append)
 
 
 def _exit_for(report) -> None:
@@ -98,18 +149,98 @@ def _exit_for(report) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="sd35-provision", prog_name="sd35-provision")
-@click.option("-v", "--verbose", count=True, help="More output (-vv: pyinfra's debug log).")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
-    """Provision Stable Diffusion 3.5 inference hosts from a YAML spec."""
-    ctx.obj = {"debug": debug}
+def _verbosity(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """-v/-vv add up wherever they are given (before or after the command's name)."""
+    settings = ctx.find_root().ensure_object(dict)
+    settings["verbose"] = settings.get("verbose", 0) + value
+    verbose = settings["verbose"]
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
     logging.getLogger("pyinfra").setLevel(level if verbose else logging.CRITICAL)
     logging.getLogger("paramiko").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
+
+
+def _debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    settings = ctx.find_root().ensure_object(dict)
+    settings["debug"] = settings.get("debug", False) or value
+
+
+def _common_options() -> list[click.Option]:
+    return [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_verbosity,
+                     help="More output (-vv: pyinfra's and paramiko's debug log); before or after the command."),
+        click.Option(["--debug"], is_flag=True, expose_value=False, callback=_debug,
+                     help="Show tracebacks for errors."),
+    ]
+
+
+def _with_common_options(command: click.Command) -> click.Command:
+    """Give ``command`` (and a group's commands) -v and --debug, as Ansible and pyinfra take them anywhere."""
+    if not any("--verbose" in param.opts for param in command.params):
+        command.params.extend(_common_options())
+    for sub in getattr(command, "commands", {}).values():
+        _with_common_options(sub)
+    return command
+
+
+class Sd35Group(click.Group):
+    """The command group: subpackages' command groups are imported only when used."""
+
+    lazy_commands = {
+        "testfleet": "sd35_provision.testfleet.cli:testfleet",
+        "bench": "sd35_provision.bench.cli:bench",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.lazy_commands:
+            module, _, name = self.lazy_commands[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), name)
+        return _with_common_options(command) if command is not None else None
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Run, turning errors into one line and the documented exit codes (also under click's CliRunner)."""
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except (KeyboardInterrupt, click.Abort):  # click turns Ctrl-C into Abort
+            click.echo("interrupted", err=True)
+            _say_where_hosts_were()
+            sys.exit(EXIT_INTERRUPTED)
+        except click.UsageError as error:
+            error.show()
+            sys.exit(EXIT_USAGE)
+        except SpecError as error:
+            for problem in error.problems:
+                click.echo(problem, err=True)
+            for note in error.notes:
+                click.echo(note, err=True)
+            click.echo(f"{len(error.problems)} problem(s); nothing was changed.", err=True)
+            sys.exit(EXIT_FAILED)
+        except UsageError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(EXIT_USAGE)
+        except Sd35Error as error:
+            if "--debug" in args:
+                raise
+            click.echo(f"error: {error}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+@click.group(cls=Sd35Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sd35-provision", prog_name="sd35-provision")
+def cli() -> None:
+    """Provision Stable Diffusion 3.5 inference hosts from a YAML spec."""
+
+
+cli.params.extend(_common_options())
 
 
 @cli.command()
@@ -121,23 +252,38 @@ def validate(spec: Path, skip_local_files: bool) -> None:
     click.echo(f"ok: {len(fleet.hosts)} host(s), {len(fleet.groups)} group(s)")
 
 
+def _plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
+          fail_percent: int | None, as_json: bool) -> None:
+    from sd35_provision import workflow
+    from sd35_provision.report import render_plan, render_table
+
+    report = workflow.plan(_load(spec, accept_new_host_keys=accept_new_host_keys), limit,
+                           _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent))
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        click.echo(render_plan(report))
+        click.echo("")
+        click.echo(render_table(report))
+    _exit_for(report)
+
+
+diff_option = click.option("--diff", is_flag=True,
+                           help="Show the unified diff of each file that changes (plan always shows them).")
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
 @spec_argument
 @limit_option
 @accept_new_option
 @fleet_run_options
+@diff_option
+@json_option
+@runs_pyinfra
 def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
-         fail_percent: int | None) -> None:
+         fail_percent: int | None, diff: bool, as_json: bool) -> None:
     """Dry run: per host, what would change, with diffs. Changes nothing."""
-    from sd35_provision import workflow
-    from sd35_provision.report import render_plan, render_table
-
-    report = workflow.plan(_load(spec), limit, _options(accept_new_host_keys, parallel=parallel,
-                                                        fail_percent=fail_percent))
-    click.echo(render_plan(report))
-    click.echo("")
-    click.echo(render_table(report))
-    _exit_for(report)
+    _plan(spec, limit, accept_new_host_keys, parallel, fail_percent, as_json)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -152,20 +298,33 @@ def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, paralle
               help="Apply N hosts (or P% of the hosts, rounded up) at a time; each batch must pass its "
               "smoke test before the next starts. A failed host is rolled back and the rollout stops "
               "(exit 3), unless --fail-percent still allows it.")
-@click.option("--json", "as_json", is_flag=True, help="Print every host's outcome as JSON (progress stays on stderr).")
+@click.option("--check", is_flag=True, help="Change nothing: the same as `plan` (Ansible's check mode).")
+@diff_option
+@json_option
+@runs_pyinfra
 def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
-          fail_percent: int | None, canary: int | None, batch, as_json: bool) -> None:
+          fail_percent: int | None, canary: int | None, batch, check: bool, diff: bool, as_json: bool) -> None:
     """Bring every host to the spec, all hosts in parallel; exit 0 only if every host succeeded."""
+    if check:
+        if canary or batch:
+            raise click.UsageError("--check changes nothing, so --canary and --batch do not apply")
+        _plan(spec, limit, accept_new_host_keys, parallel, fail_percent, as_json)
+        return
     from sd35_provision import workflow
-    from sd35_provision.report import render_failures, render_table
+    from sd35_provision.report import render_failures, render_plan, render_table
     from sd35_provision.rollout import Rollout
 
-    report = workflow.apply(_load(spec), limit, _options(accept_new_host_keys, parallel=parallel,
-                                                         fail_percent=fail_percent),
+    report = workflow.apply(_load(spec, accept_new_host_keys=accept_new_host_keys), limit,
+                            _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent),
                             rollout=Rollout(batch=batch, canary=canary or 0))
-    click.echo(report.to_json() if as_json else render_table(report))
-    if not report.ok and not as_json:
-        click.echo("\n" + render_failures(report), err=True)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        if diff:
+            click.echo(render_plan(report) + "\n")
+        click.echo(render_table(report))
+        if not report.ok:
+            click.echo("\n" + render_failures(report), err=True)
     _exit_for(report)
 
 
@@ -173,7 +332,8 @@ def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parall
 @spec_argument
 @limit_option
 @fleet_run_options
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@json_option
+@runs_pyinfra
 def drift(spec: Path, limit: tuple[str, ...], parallel: int, fail_percent: int | None, as_json: bool) -> None:
     """Like plan, for automation: exit 0 no drift, 2 drift, 1 error, 3 aborted."""
     from sd35_provision import workflow
@@ -191,22 +351,21 @@ def drift(spec: Path, limit: tuple[str, ...], parallel: int, fail_percent: int |
 @cli.command()
 @spec_argument
 @limit_option
-@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@json_option
+@runs_pyinfra
 def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
     """Gather and print per-host facts: OS, GPU, driver, FP8, disk, SSD."""
-    import json
-
     from sd35_provision import workflow
     from sd35_provision.facts.report import facts_row, render_facts_table
+    from sd35_provision.jsonreport import dumps, facts_document
     from sd35_provision.report import render_failures
 
     gathered, report = workflow.gather_facts(_load(spec), limit, _options(False, quiet=True))
     if as_json:
-        payload = {name: host_facts.to_dict() for name, host_facts in gathered.items()}
-        payload.update({h.name: {"error": f"{h.step}: {h.error}"} for h in report.hosts if h.failed})
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        click.echo(render_facts_table([facts_row(name, f) for name, f in gathered.items()]))
+        click.echo(dumps(facts_document(gathered, report)))
+    else:  # spec order, whichever host answered first
+        click.echo(render_facts_table([facts_row(host.name, gathered[host.name])
+                                       for host in report.hosts if host.name in gathered]))
     if not report.ok:
         click.echo(render_failures(report), err=True)
         sys.exit(EXIT_FAILED)
@@ -215,7 +374,8 @@ def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 @cli.command()
 @spec_argument
 @limit_option
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@json_option
+@runs_pyinfra
 def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
     """Smoke-test each host's running service: one small image, checked (exit 1 if any host fails)."""
     from sd35_provision import workflow
@@ -235,9 +395,10 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 @limit_option
 @click.option("--parallel", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Check at most N hosts at a time (0: all at once).")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@json_option
 @click.option("--html", type=click.Path(dir_okay=False, writable=True, path_type=Path), metavar="FILE",
               help="Also write the table, with each host's last smoke image, as one self-contained HTML page.")
+@runs_pyinfra
 def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, html: Path | None) -> None:
     """One row per host: reachable, OS, GPU, driver, FP8, service, release, model, last smoke, drift.
 
@@ -254,6 +415,32 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
         page.write(rows)
     if any(not row.reachable or row.error for row in rows):
         sys.exit(EXIT_FAILED)
+
+
+@cli.command("import-ansible")
+@click.argument("inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the spec here (refused if it exists) instead of printing it.")
+def import_ansible(inventory: Path, output: Path | None) -> None:
+    """Turn an Ansible inventory (INI or YAML) into a host spec skeleton, keeping host and group names.
+
+    ansible_host, ansible_port, ansible_user, ansible_ssh_private_key_file and
+    ansible_become become each host's or group's address and ssh settings; the
+    `all` group's become defaults. Check the model, gpu, cache and service
+    settings before use.
+    """
+    from sd35_provision.ansible_import import read_inventory, spec_from_inventory
+
+    text = spec_from_inventory(read_inventory(inventory))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "x", encoding="utf-8") as written:
+            written.write(text)
+    except FileExistsError:
+        raise click.UsageError(f"{output} exists; give a new file name") from None
+    click.echo(f"wrote {output}; check it with: sd35-provision validate {output}", err=True)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -277,6 +464,7 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
 @click.option("--accept-host-key", is_flag=True,
               help="Trust the host key shown (otherwise you are asked; without a terminal it is refused).")
 @click.option("--skip-apply", is_flag=True, help="Stop after adding the host and gathering its facts.")
+@runs_pyinfra
 def onboard(spec: Path, address: str, name: str, user: str, password_prompt: bool, key: Path | None,
             port: int | None, groups: tuple[str, ...], deploy_user: str | None, deploy_key: Path | None,
             sudo: bool, settings: tuple[str, ...], accept_host_key: bool, skip_apply: bool) -> None:
@@ -337,6 +525,7 @@ def wheelhouse(directory: Path, flavour: str, lock_file: Path | None, python_ver
 @click.option("--hosts", default=2, show_default=True, type=click.IntRange(1, 20))
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Test fleet state directory (default: the testfleet default).")
+@runs_pyinfra
 def demo(hosts: int, state_dir: Path | None) -> None:
     """End to end on a local test fleet with the tiny model: validate, plan, apply, re-apply."""
     from sd35_provision.demo import run_demo
@@ -345,38 +534,16 @@ def demo(hosts: int, state_dir: Path | None) -> None:
     run_demo(hosts, state_dir or default_state_dir(), click.echo)
 
 
-def _mount_optional_commands() -> None:
-    # Subcommand groups owned by their own subpackages.
-    from sd35_provision.bench.cli import bench
-    from sd35_provision.testfleet.cli import testfleet
+def _say_where_hosts_were() -> None:
+    """After Ctrl-C: each host of the interrupted runs and how far it got."""
+    from sd35_provision.interrupted import host_states
 
-    cli.add_command(testfleet)
-    cli.add_command(bench)
+    for line in host_states(_runs):
+        click.echo(line, err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _mount_optional_commands()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        cli.main(args=argv, prog_name="sd35-provision", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(EXIT_FAILED)
-    except click.UsageError as error:
-        error.show()
-        sys.exit(EXIT_USAGE)
-    except SpecError as error:
-        for problem in error.problems:
-            click.echo(problem, err=True)
-        click.echo(f"{len(error.problems)} problem(s); nothing was changed.", err=True)
-        sys.exit(EXIT_FAILED)
-    except Sd35Error as error:
-        if debug:
-            raise
-        click.echo(f"error: {error}", err=True)
-        sys.exit(EXIT_FAILED)
+    cli.main(args=argv, prog_name="sd35-provision")
 
 
 if __name__ == "__main__":

@@ -7,27 +7,37 @@ exactly the same inventory.
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 from pyinfra.api import Inventory
 
-from sd35_provision.errors import Sd35Error
+from sd35_provision.errors import UsageError
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 
 
 def select_hosts(spec: FleetSpec, limit: tuple[str, ...] = ()) -> list[HostSettings]:
-    """Hosts named by ``limit`` (host or group names); all hosts when empty."""
+    """Hosts named by ``limit``, in spec order; all hosts when empty.
+
+    Each item is a host or group name, a comma-separated list of them, or a
+    shell-style glob over both (``node*``, ``gpu-h100-a[12]``), as Ansible's
+    and pyinfra's ``--limit`` take them. A name or glob that matches nothing
+    is a UsageError naming the known hosts and groups.
+    """
     if not limit:
         return list(spec.hosts)
+    host_names = [host.name for host in spec.hosts]
     wanted: set[str] = set()
-    for name in limit:
-        if name in spec.groups:
-            wanted.update(spec.groups[name])
-        elif any(host.name == name for host in spec.hosts):
-            wanted.add(name)
-        else:
-            known = ", ".join([host.name for host in spec.hosts] + list(spec.groups))
-            raise Sd35Error(f"{spec.path}: --limit {name}: no such host or group (known: {known})")
+    for item in limit:
+        for pattern in filter(None, (part.strip() for part in item.split(","))):
+            hosts = fnmatch.filter(host_names, pattern)
+            groups = fnmatch.filter(list(spec.groups), pattern)
+            if not hosts and not groups:
+                known = ", ".join(host_names + [f"{group} (group)" for group in spec.groups])
+                raise UsageError(f"{spec.path}: --limit {pattern}: no such host or group (known: {known})")
+            wanted.update(hosts)
+            for group in groups:
+                wanted.update(spec.groups[group])
     return [host for host in spec.hosts if host.name in wanted]
 
 

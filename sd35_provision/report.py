@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from sd35_provision.texttable import render_rows
 
@@ -22,6 +21,7 @@ class HostOutcome:
     operations: list[OperationOutcome] = field(default_factory=list)
     failed: bool = False
     unreachable: bool = False
+    local_error: bool = False  # could not connect for a reason on this side (key, known_hosts, host key)
     aborted: bool = False  # the run was aborted (--fail-percent) before this host finished
     skipped: bool = False  # a staged rollout stopped before this host's wave: it was not touched
     wave: str | None = None  # "canary", "batch 2/3" in a staged rollout
@@ -39,6 +39,8 @@ class HostOutcome:
     def status(self) -> str:
         if self.unreachable:
             return "unreachable"
+        if self.local_error:
+            return "error"
         if self.failed:
             return "failed"
         if self.aborted:
@@ -66,20 +68,10 @@ class RunReport:
         return any(host.changes for host in self.hosts)
 
     def to_json(self) -> str:
-        hosts = []
-        for host in self.hosts:
-            entry = asdict(host)
-            entry["status"] = host.status
-            entry["changes"] = [
-                {"operation": op.name, "change": "would change" if not host.executed else "changed",
-                 "diff": op.diff}
-                for op in host.changes
-            ]
-            hosts.append(entry)
-        payload = {"mode": self.mode, "ok": self.ok, "drift": self.drifted, "aborted": self.aborted}
-        if self.waves is not None:
-            payload["waves"] = self.waves
-        return json.dumps({**payload, "hosts": hosts}, indent=2)
+        """The report as the one JSON document of every ``--json`` (see jsonreport.py)."""
+        from sd35_provision.jsonreport import dumps, run_document
+
+        return dumps(run_document(self))
 
 
 def render_table(report: RunReport) -> str:
@@ -113,7 +105,7 @@ def render_plan(report: RunReport) -> str:
         if not host.changes:
             blocks.append(f"== {host.name}: no changes")
             continue
-        lines = [f"== {host.name}: {len(host.changes)} operation(s) would change"]
+        lines = [f"== {host.name}: {len(host.changes)} operation(s) {'changed' if host.executed else 'would change'}"]
         lines += [f"  ~ {op.name}" for op in host.changes]
         lines += [f"  note: {note}" for note in host.notes]
         for op in host.changes:

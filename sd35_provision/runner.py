@@ -29,6 +29,7 @@ from pyinfra.api.operations import run_ops
 from pyinfra.api.state import BaseStateCallback, StateStage
 from pyinfra.context import ctx_host, ctx_state
 
+from sd35_provision import sshcheck
 from sd35_provision.errors import HostError
 from sd35_provision.inventory import build_inventory
 from sd35_provision.operations import file_diffs_of, notes_of
@@ -47,6 +48,7 @@ class RunOptions:
     parallel: int = 0  # hosts at a time; 0: all of them
     fail_percent: int | None = None  # abort once more than this % of the run's hosts failed
     progress: ProgressSink | None = None
+    on_start: Callable[[FleetRun], None] | None = None  # told of each run (the CLI says where hosts were on Ctrl-C)
 
 
 class _FailPercentExceeded(PyinfraError):
@@ -131,16 +133,31 @@ class FleetRun:
         self.outcomes: dict[str, HostOutcome] = {name: HostOutcome(name=name) for name in self.hosts}
         self.aborted: str | None = None
         self.state.sd35_run = self
+        if self.options.on_start:
+            self.options.on_start(self)
 
     # -- stages ---------------------------------------------------------------
 
     def connect(self) -> None:
         self.state.set_stage(StateStage.Connect)
-        self._tolerate_all_failed(connect_all, self.state)
+        accept_new = self.options.accept_new_host_keys
+        # A bad key or known_hosts file: said in one line, and pyinfra is not asked to connect those hosts.
+        refused = sshcheck.check_before_connect(self.hosts.values(), accept_new)
+        watch = sshcheck.KnownHostsWatch(self.hosts.values()) if accept_new else None
+        limit = self.state.limit_hosts
+        if refused:
+            self.state.limit_hosts = [host for host in self.state.inventory if host.name not in refused]
+        try:
+            self._tolerate_all_failed(connect_all, self.state)
+        finally:
+            self.state.limit_hosts = limit
+        for line in watch.accepted() if watch and self.options.progress else ():
+            self.options.progress(line)
         for host in self.state.inventory:
             if not host.connected:
-                reason = self.recorder.connect_errors.get(host.name, "could not connect")
-                self._fail(host, "connect", reason, unreachable=True)
+                problem = refused.get(host.name) or sshcheck.explain_connect_error(
+                    self.hosts[host.name], self.recorder.connect_errors.get(host.name, "could not connect"))
+                self._fail(host, "connect", problem.message, unreachable=not problem.local, local=problem.local)
 
     def for_each_active_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
         """Run ``action`` per active host, in parallel, in pyinfra's context; a raise fails only that host."""
@@ -259,7 +276,7 @@ class FleetRun:
     def _ops_not_run(self, host: Host) -> bool:
         return any(not data.operation_meta.is_complete() for data in self.state.ops[host].values())
 
-    def _fail(self, host: Host, step: str, reason: str, unreachable: bool = False) -> None:
+    def _fail(self, host: Host, step: str, reason: str, unreachable: bool = False, local: bool = False) -> None:
         outcome = self.outcomes[host.name]
         if outcome.failed:
             if step != outcome.step:  # a later stage adds to it (e.g. the rollback after a failed start)
@@ -267,6 +284,7 @@ class FleetRun:
             return
         outcome.failed = True
         outcome.unreachable = unreachable
+        outcome.local_error = local
         outcome.step = step
         outcome.error = reason
         if host in self.state.active_hosts:

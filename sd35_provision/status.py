@@ -8,7 +8,6 @@ the hosts changes. What a host does not have yet shows as ``-``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ class HostStatus:
     drift: bool | None = None  # None: could not be worked out (see error)
     drift_operations: list[str] = field(default_factory=list)
     error: str | None = None  # "step: reason" when something could not be read
+    status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
     @property
     def service(self) -> str:
@@ -72,6 +72,7 @@ class HostStatus:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["status"]  # the JSON document puts it first, beside the name
         data["service"] = {"active": data.pop("service_active"), "ready": data.pop("service_ready")}
         return data
 
@@ -86,7 +87,7 @@ def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptio
     from sd35_provision import workflow
 
     options = options or RunOptions()
-    run = FleetRun(select_hosts(spec, limit), RunOptions(parallel=options.parallel))  # quiet: no progress
+    run = FleetRun(select_hosts(spec, limit), RunOptions(parallel=options.parallel, on_start=options.on_start))  # quiet
     rows = {name: HostStatus(name=name, address=settings.address, reachable=False)
             for name, settings in run.hosts.items()}
     run.connect()
@@ -132,6 +133,8 @@ def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
 
 
 def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
+    if outcome.failed or outcome.aborted:
+        row.status = outcome.status
     if outcome.unreachable:
         row.reachable = False
         row.error = f"connect: {outcome.error}"
@@ -150,4 +153,6 @@ def render_status_table(rows: list[HostStatus]) -> str:
 
 
 def status_json(rows: list[HostStatus]) -> str:
-    return json.dumps({"hosts": [row.to_dict() for row in rows]}, indent=2)
+    from sd35_provision.jsonreport import dumps, status_document
+
+    return dumps(status_document(rows))

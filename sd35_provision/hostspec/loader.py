@@ -82,8 +82,12 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def load_spec(path: str | Path, *, check_local_files: bool = True) -> FleetSpec:
-    """Parse and validate ``path``; raise SpecError listing every problem."""
+def load_spec(path: str | Path, *, check_local_files: bool = True,
+              known_hosts_may_be_missing: bool = False) -> FleetSpec:
+    """Parse and validate ``path``; raise SpecError listing every problem.
+
+    ``known_hosts_may_be_missing``: for ``--accept-new-host-keys``, which creates it.
+    """
     spec_path = Path(path)
     document = load_yaml_document(spec_path)
     warnings, problems = rename_deprecated_keys(document)
@@ -104,7 +108,8 @@ def load_spec(path: str | Path, *, check_local_files: bool = True) -> FleetSpec:
         if merge_problems:
             continue
         problems.extend(_endpoint_problems(document, name, merged, endpoints))
-        for origin, message in _host_setting_problems(document, name, merged, check_local_files):
+        for origin, message in _host_setting_problems(document, name, merged, check_local_files,
+                                                      known_hosts_may_be_missing):
             setting_problems.setdefault((origin, message), []).append(name)
         hosts.append(_build_host(document, name, merged))
     host_count = len(document.data["hosts"])
@@ -298,7 +303,8 @@ def _hosts_phrase(names: list[str], host_count: int) -> str:
 
 
 def _host_setting_problems(
-    document: SourceDocument, name: str, merged: dict[str, Any], check_local_files: bool
+    document: SourceDocument, name: str, merged: dict[str, Any], check_local_files: bool,
+    known_hosts_may_be_missing: bool = False,
 ) -> list[tuple[PathKey, str]]:
     """(where the value was set, what is wrong) for each problem of one host's merged settings."""
     problems: list[tuple[PathKey, str]] = []
@@ -339,8 +345,9 @@ def _host_setting_problems(
             merged[section][key] = resolved
             if not check_local_files:
                 continue
+            creatable = known_hosts_may_be_missing and (section, key) == ("ssh", "known_hosts")
             try:
-                if not resolved.exists():
+                if not resolved.exists() and not creatable:
                     problem(section, key, f"{resolved} does not exist on this machine")
             except OSError as error:  # a name too long, a directory that may not be searched
                 problem(section, key, f"{resolved} cannot be used: {error.strerror or error}")

@@ -28,8 +28,20 @@ def testfleet() -> None:
               help="Bind a directory of this machine read-only into every host (repeatable).")
 @click.option("--first-address", default=testfleet_api.DEFAULT_FIRST_ADDRESS, show_default=True,
               help="node1's address; node2 gets the next one, and so on (inside 127.0.0.0/8).")
-def up(count: int, state_dir: Path, binds: tuple[str, ...], first_address: str) -> None:
-    """Boot COUNT fresh hosts (replacing any fleet in STATE_DIR) and write STATE_DIR/fleet.yaml."""
+@click.option("--replace", is_flag=True,
+              help="Take down the fleet already booted from STATE_DIR first (without it, that is refused).")
+def up(count: int, state_dir: Path, binds: tuple[str, ...], first_address: str, replace: bool) -> None:
+    """Boot COUNT fresh hosts and write STATE_DIR/fleet.yaml.
+
+    A fleet already in STATE_DIR (the default one is shared by everyone on this
+    machine) is replaced only with --replace.
+    """
+    existing = testfleet_api.Fleet.load(state_dir)
+    if existing.hosts and not replace:
+        names = ", ".join(f"{host.name} ({host.address})" for host in existing.hosts)
+        raise click.UsageError(
+            f"{existing.state_dir} already has a test fleet: {names}. Pass --replace to take it down and boot a new "
+            "one, use another --state-dir, or `sd35-provision testfleet down` it first")
     started = time.monotonic()
     fleet = testfleet_api.up(count, state_dir, binds, first_address, progress=lambda line: click.echo(line, err=True))
     for host in fleet.hosts:
