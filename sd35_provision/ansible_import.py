@@ -264,7 +264,7 @@ def _groups_of(inventory: Inventory, host: str, parents: dict[str, list[str]]) -
     def climb(group: str, level: int, seen: tuple[str, ...]) -> None:
         if group in seen or group in IMPLICIT_GROUPS:
             return
-        depth[group] = max(depth.get(group, 0), level)
+        depth[group] = max(depth.get(group, level), level)
         for parent in parents.get(group, []):
             climb(parent, level - 1, (*seen, group))
 
