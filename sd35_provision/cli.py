@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -187,7 +187,7 @@ def _with_common_options(command: click.Command) -> click.Command:
 class Sd35Group(click.Group):
     """The command group: subpackages' command groups are imported only when used."""
 
-    lazy_commands = {
+    lazy_commands: ClassVar[dict[str, str]] = {
         "testfleet": "sd35_provision.testfleet.cli:testfleet",
         "bench": "sd35_provision.bench.cli:bench",
     }

@@ -79,7 +79,7 @@ def key_problem(path: Path) -> str | None:
         private = path.with_suffix("") if path.suffix == ".pub" else None
         hint = f" ({private}?)" if private is not None and private.is_file() else ""
         return f"ssh.key {path} is a public key: give the private key{hint}"
-    error: Exception | None = None
+    last_error: Exception | None = None
     for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
             key_class.from_private_key_file(str(path))
@@ -89,8 +89,8 @@ def key_problem(path: Path) -> str | None:
                     f"load it into ssh-agent (ssh-add {path}) and remove ssh.key from the spec (without "
                     "ssh.key the agent's keys are used; with it, only that file), or use a key without a passphrase")
         except (paramiko.SSHException, ValueError) as failed:
-            error = failed
-    return f"ssh.key {path} is not a private key that paramiko can read (ed25519, ECDSA or RSA): {error}"
+            last_error = failed
+    return f"ssh.key {path} is not a private key that paramiko can read (ed25519, ECDSA or RSA): {last_error}"
 
 
 def _known_hosts_problem(path: Path, accept_new: bool) -> str | None:
@@ -99,8 +99,8 @@ def _known_hosts_problem(path: Path, accept_new: bool) -> str | None:
     if path.exists():
         return f"known_hosts {path} is not a file"
     if not accept_new:
-        return (f"no known_hosts file {path}: pass --accept-new-host-keys to create it and record the hosts' keys "
-                "(check the fingerprints it prints)")
+        return (f"no known_hosts file {path}: pass --accept-new-host-keys to create it (with plan or apply) and "
+                "record the hosts' keys; check the fingerprints it prints")
     try:
         if not path.parent.is_dir():
             path.parent.mkdir(mode=0o700, parents=True)
@@ -119,7 +119,8 @@ def explain_connect_error(settings: HostSettings, error: str) -> ConnectProblem:
     entry = host_entry(settings)
     if "No host key for" in error:
         return ConnectProblem(f"{entry} is not in {known_hosts}: check the host's key fingerprint, then pass "
-                              "--accept-new-host-keys once to record it (or onboard the host)", local=True)
+                              "--accept-new-host-keys once to record it, with plan or apply (or onboard the host)",
+                              local=True)
     if "does not match" in error and "Host key" in error:
         return ConnectProblem(host_key_mismatch(settings), local=True)
     if "Authentication" in error:

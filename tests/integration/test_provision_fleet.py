@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from sd35_provision.jsonreport import load_schema
 from tests.conftest import booted_fleet, cpu_fleet_defaults
 
 pytestmark = pytest.mark.fleet
@@ -29,10 +33,10 @@ def fleet(tmp_path_factory, cpu_wheelhouse, fleet_tiny_model):
         yield booted
 
 
-def cli(*args: str, check_exit: int | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, check_exit: int | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "sd35_provision.cli", *args],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **(env or {})},
     )
     if check_exit is not None:
         assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -42,6 +46,28 @@ def cli(*args: str, check_exit: int | None = None) -> subprocess.CompletedProces
 def write_spec(fleet, name: str = "spec.yaml", host_overrides: dict | None = None, **extra) -> Path:
     defaults = {**cpu_fleet_defaults(fleet, fleet.tiny_model), **extra}
     return fleet.write_spec(fleet.state_dir / name, extra_defaults=defaults, host_overrides=host_overrides)
+
+
+def json_report(result: subprocess.CompletedProcess) -> dict:
+    """The --json output, valid against schemas/report.schema.json."""
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, load_schema(), cls=jsonschema.Draft202012Validator)
+    return report
+
+
+def fingerprint(public_key_line: str, tmp_path: Path) -> str:
+    """OpenSSH's SHA256 fingerprint of ``type base64`` (ssh-keygen -l), to check ours against."""
+    line_file = tmp_path / "key-to-fingerprint.pub"
+    line_file.write_text(public_key_line + "\n")
+    result = subprocess.run(["ssh-keygen", "-l", "-f", str(line_file)], capture_output=True, text=True, check=True)
+    return result.stdout.split()[1]
+
+
+def host_key_line(fleet, name: str) -> str:
+    """``type base64`` of the host key the fleet recorded for ``name``."""
+    address = fleet.host(name).address
+    line = next(line for line in fleet.known_hosts_path.read_text().splitlines() if line.split()[0] == address)
+    return " ".join(line.split()[1:3])
 
 
 def exists(fleet, host: str, path: str) -> bool:
@@ -90,8 +116,8 @@ def test_drift_is_reported_and_apply_restores(fleet):
     fleet.run("node1", "rm -rf /srv/sd35 && echo HF_HOME=/tmp >> /etc/sd35/env")
 
     result = cli("drift", str(spec), "--json", check_exit=2)
-    report = json.loads(result.stdout)
-    assert report["drift"] is True
+    report = json_report(result)
+    assert report["command"] == "drift" and report["drift"] is True
     by_host = {host["name"]: host for host in report["hosts"]}
     assert by_host["node2"]["changes"] == []
     changed = {change["operation"] for change in by_host["node1"]["changes"]}
@@ -122,34 +148,105 @@ def test_host_keys_are_verified_and_accept_new_only_when_asked(fleet, tmp_path):
     empty.write_text("")
     spec.write_text(spec.read_text().replace("known_hosts: known_hosts", f"known_hosts: {empty.name}"))
 
+    # Not in known_hosts: a problem on this side ("error", not "unreachable"), in one line with what to do.
     refused = cli("plan", str(spec), "--limit", "node1", check_exit=1)
-    assert "node1  unreachable" in refused.stdout
+    assert "node1  error" in refused.stdout
+    address = fleet.host("node1").address
+    assert f"connect: {address} is not in {empty}: check the host's key fingerprint, then pass " \
+           "--accept-new-host-keys once to record it" in refused.stdout
     assert empty.read_text() == ""
 
-    cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=0)
+    accepted = cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=0)
     recorded = empty.read_text()
     assert fleet.host("node1").address in recorded and "ssh-ed25519" in recorded
+    node1_key = fingerprint(host_key_line(fleet, "node1"), tmp_path)
+    assert f"node1: accepted new host key ssh-ed25519 {node1_key}, recorded in {empty}:1" in accepted.stderr
 
-    # A host presenting a different key than recorded is refused even with accept-new.
-    other = fleet.known_hosts_path.read_text().splitlines()[1].split()[1:]
-    empty.write_text(f"{fleet.host('node1').address} {' '.join(other)}\n")
+    # A host presenting a different key than recorded is refused even with accept-new: both fingerprints, file, line.
+    other = host_key_line(fleet, "node2")
+    empty.write_text(f"# an older entry\n{address} {other}\n")
     changed_key = cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=1)
-    assert "node1  unreachable" in changed_key.stdout
+    assert "node1  error" in changed_key.stdout
+    assert (f"connect: host key of {address} changed: it presents ssh-ed25519 {node1_key}, {empty}:2 has ssh-ed25519 "
+            f"{fingerprint(other, tmp_path)}. Someone may be intercepting the connection") in changed_key.stdout
+    assert f"ssh-keygen -R '{address}' -f {empty}" in changed_key.stdout
+    assert empty.read_text() == f"# an older entry\n{address} {other}\n"  # nothing recorded
+
+
+def test_a_passphrase_protected_or_public_key_is_one_line_with_what_to_do(fleet, tmp_path):
+    protected = tmp_path / "protected_key"
+    shutil.copy(fleet.key_path, protected)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "secret", "-f", str(protected)], check=True)
+    public = Path(f"{fleet.key_path}.pub")
+    for key, expected in ((protected, f"ssh.key {protected} is protected by a passphrase"),
+                          (public, f"ssh.key {public} is a public key: give the private key ({fleet.key_path}?)")):
+        spec = write_spec(fleet, "key.yaml", ssh={"key": str(key)})
+        result = cli("plan", str(spec), "--limit", "node1", check_exit=1)
+        assert "node1  error" in result.stdout and expected in result.stdout, result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
+        assert len((result.stdout + result.stderr).splitlines()) < 10  # not 130 lines of traceback
+
+    # What the message advises works: without ssh.key, the key in ssh-agent logs in.
+    home, socket_path = tmp_path / "home", tmp_path / "agent.sock"
+    home.mkdir()
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if socket_path.exists():
+                break
+            subprocess.run(["sleep", "0.1"])
+        agent_env = {"SSH_AUTH_SOCK": str(socket_path), "HOME": str(home)}  # HOME: no ~/.ssh/id_* to fall back on
+        subprocess.run(["ssh-add", "-q", str(fleet.key_path)], check=True, env={**os.environ, **agent_env})
+        spec = write_spec(fleet, "agent.yaml")
+        spec.write_text("".join(line for line in spec.read_text().splitlines(keepends=True)
+                                if not line.strip().startswith("key:")))
+        cli("plan", str(spec), "--limit", "node1", check_exit=0, env=agent_env)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_accept_new_host_keys_creates_known_hosts_on_a_fresh_control_machine(fleet, tmp_path):
+    home = tmp_path / "fresh-home"  # no ~/.ssh at all
+    home.mkdir()
+    spec = write_spec(fleet, "default-known-hosts.yaml")
+    spec.write_text(spec.read_text().replace("    known_hosts: known_hosts\n", ""))
+    known_hosts = home / ".ssh" / "known_hosts"
+
+    refused = cli("plan", str(spec), "--limit", "node1", check_exit=1, env={"HOME": str(home)})
+    assert "node1  error" in refused.stdout
+    assert f"no known_hosts file {known_hosts}: pass --accept-new-host-keys to create it" in refused.stdout
+    assert not (home / ".ssh").exists()
+
+    accepted = cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=0,
+                   env={"HOME": str(home)})
+    assert stat.S_IMODE((home / ".ssh").stat().st_mode) == 0o700
+    assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+    node1_key = fingerprint(host_key_line(fleet, "node1"), tmp_path)
+    assert f"node1: accepted new host key ssh-ed25519 {node1_key}, recorded in {known_hosts}:1" in accepted.stderr
+    assert known_hosts.read_text().split() == [fleet.host("node1").address, *host_key_line(fleet, "node1").split()]
 
 
 def test_limit_and_facts(fleet):
     spec = write_spec(fleet)
     result = cli("plan", str(spec), "--limit", "node2", check_exit=0)
     assert "node2" in result.stdout and "node1" not in result.stdout
-    bad = cli("plan", str(spec), "--limit", "nope", check_exit=1)
-    assert "--limit nope: no such host or group" in bad.stderr
+    bad = cli("plan", str(spec), "--limit", "nope", check_exit=64)
+    assert "--limit nope: no such host or group (known: node1, node2)" in bad.stderr
 
-    facts = json.loads(cli("facts", str(spec), "--json", check_exit=0).stdout)
-    assert set(facts) == {"node1", "node2"}
-    assert facts["node1"]["os_name"] == "Debian" and facts["node1"]["os_version"] == "12"
-    assert facts["node1"]["python_versions"]["python3"].startswith("3.11")
-    assert facts["node1"]["fp8_capable"] is False
-    assert facts["node1"]["cache_storage"]["kind"] == "unknown"  # a bind-mounted container root
+    for limit in (["-l", "node1,node2"], ["-l", "node*"], ["--limit", "node?", "-v"]):
+        facts = json_report(cli("facts", str(spec), *limit, "--json", check_exit=0))
+        assert facts["command"] == "facts" and facts["ok"] is True
+        assert [host["name"] for host in facts["hosts"]] == ["node1", "node2"]  # spec order, every time
+    node1 = facts["hosts"][0]["facts"]
+    assert node1["os_name"] == "Debian" and node1["os_version"] == "12"
+    assert node1["python_versions"]["python3"].startswith("3.11")
+    assert node1["fp8_capable"] is None  # no GPU: null, as status says it
+    assert node1["cache_storage"]["kind"] == "unknown"  # a bind-mounted container root
+
+    status = json_report(cli("status", str(spec), "-l", "node1", "--json", check_exit=0))
+    assert [(host["name"], host["status"], host["fp8_capable"]) for host in status["hosts"]] == [
+        ("node1", "ok", node1["fp8_capable"])]
 
 
 def test_a_spec_with_a_renamed_key_still_plans_and_says_so(fleet):

@@ -8,7 +8,10 @@ import pytest
 import yaml
 
 from sd35_provision.ansible_import import (
-    AnsibleInventoryError, expand_host_pattern, read_inventory, spec_from_inventory,
+    AnsibleInventoryError,
+    expand_host_pattern,
+    read_inventory,
+    spec_from_inventory,
 )
 from sd35_provision.hostspec import load_spec
 

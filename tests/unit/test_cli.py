@@ -69,7 +69,7 @@ def test_importing_the_cli_patches_nothing():
     code = ("import socket, ssl, sys, threading; before = (socket.socket, threading.Lock)\n"
             "import sd35_provision.cli\n"
             "print(before == (socket.socket, threading.Lock), 'gevent' in sys.modules, 'pyinfra' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False", "False"]
 
@@ -227,3 +227,40 @@ def test_ctrl_c_exits_130_and_says_where_each_host_was(tmp_path):
     assert run.returncode == EXIT_INTERRUPTED, out + err
     assert err.splitlines()[-2:] == ["interrupted", "quiet: interrupted while connecting; nothing changed"], err
     assert "Traceback" not in err
+
+
+def test_apply_diff_shows_what_changed_before_the_table(runner, spec, monkeypatch, no_gevent_patching):
+    from sd35_provision import workflow
+    from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
+
+    def apply(fleet, limit, options, rollout):
+        ops = [OperationOutcome("System | Cache environment file", True, diff="-HF_HOME=/tmp\n+HF_HOME=/srv\n"),
+               OperationOutcome("System | Service user", False)]
+        return RunReport(mode="apply", hosts=[HostOutcome("node1", operations=ops, executed=True)])
+
+    monkeypatch.setattr(workflow, "apply", apply)
+    result = runner.invoke(cli, ["apply", str(spec), "--diff"])
+    assert result.exit_code == 0, result.output
+    diff_at = result.output.index("== node1: 1 operation(s) changed\n  ~ System | Cache environment file")
+    assert result.output.index("    +HF_HOME=/srv") > diff_at
+    assert result.output.index("\nHOST ") > diff_at
+    plain = runner.invoke(cli, ["apply", str(spec)])
+    assert "+HF_HOME=/srv" not in plain.output and "node1  changed" in plain.output
+
+
+def test_where_each_host_was_when_interrupted():
+    from pyinfra.api.state import StateStage
+
+    from sd35_provision.hostspec.settings import HostSettings
+    from sd35_provision.interrupted import host_states
+    from sd35_provision.runner import FleetRun
+
+    run = FleetRun([HostSettings(name=f"n{i}", address=f"127.0.0.{i}") for i in (1, 2)])
+    outcome = run.outcomes["n2"]
+    outcome.failed, outcome.step, outcome.error = True, "preflight", "python3 3.9 is older than 3.11\nmore"
+    run.state.current_stage = StateStage.Prepare
+    assert host_states([run]) == ["n1: interrupted while working out the changes (nothing changed yet)",
+                                  "n2: failed at preflight: python3 3.9 is older than 3.11"]
+    later = FleetRun([HostSettings(name="n1", address="127.0.0.1")])
+    later.state.current_stage = StateStage.Execute
+    assert host_states([run, later])[0] == "n1: interrupted while applying"  # the later run says the last word

@@ -15,7 +15,7 @@ import pytest
 
 from sd35_provision.facts.disk import FreeSpaceInfo
 from sd35_provision.facts.nvidia import NvidiaStatus
-from sd35_provision.jsonreport import dumps, facts_document, load_schema, run_document, status_document
+from sd35_provision.jsonreport import dumps, facts_document, load_schema, run_document
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 from sd35_provision.rollout import BatchSize, Rollout
 from sd35_provision.runner import FleetRun, RunOptions
