@@ -119,3 +119,18 @@ def test_fingerprints_match_openssh(tmp_path):
     key_path = keygen(tmp_path / "id")
     openssh = subprocess.run(["ssh-keygen", "-l", "-f", str(key_path)], capture_output=True, text=True, check=True)
     assert paramiko.Ed25519Key.from_private_key_file(str(key_path)).fingerprint == openssh.stdout.split()[1]
+
+
+def test_a_spec_naming_a_missing_known_hosts_loads_when_accept_new_will_create_it(tmp_path):
+    from sd35_provision.errors import SpecError
+    from sd35_provision.hostspec import load_spec
+
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text("defaults:\n  ssh: {known_hosts: fresh/known_hosts}\n"
+                    "  model: {source: hf, repo: a/b, revision: ceddf0a7fdf2064ea28e2213e3b84e4afa170a0f}\n"
+                    "hosts:\n  n1: {address: 10.0.0.1}\n")
+    with pytest.raises(SpecError, match="fresh/known_hosts does not exist on this machine"):
+        load_spec(spec)
+    [settings] = load_spec(spec, known_hosts_may_be_missing=True).hosts
+    assert sshcheck.check_before_connect([settings], accept_new=True) == {}
+    assert (tmp_path / "fresh" / "known_hosts").is_file()
