@@ -22,7 +22,7 @@ import pytest
 
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from tests.conftest import booted_fleet, cpu_fleet_defaults
-from tests.integration.test_provision_fleet import REPO, cli
+from tests.integration.test_provision_fleet import REPO, cli, json_report
 
 pytestmark = pytest.mark.fleet
 UNIT = "sd35-inference.service"
@@ -74,6 +74,7 @@ def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, tmp_pat
 
     assert apply.returncode == 1, "".join(progress)
     report = json.loads(report_path.read_text())
+    json_report(subprocess.CompletedProcess([], 0, stdout=report_path.read_text()))  # valid against the schema
     assert report["ok"] is False and report["aborted"] is None
     hosts = {host["name"]: host for host in report["hosts"]}
     assert list(hosts) == ["node1", "node2", "node3"]  # every host's outcome, in spec order
@@ -101,7 +102,7 @@ def test_status_of_a_mixed_fleet(fleet):
     started = time.monotonic()
     result = cli("status", str(spec), "--json", check_exit=1)  # 1: a host was unreachable
     took = time.monotonic() - started
-    rows = {row["name"]: row for row in json.loads(result.stdout)["hosts"]}
+    rows = {row["name"]: row for row in json_report(result)["hosts"]}
     assert list(rows) == ["node1", "node2", "node3", "node4"]
 
     applied = rows["node1"]
@@ -247,7 +248,7 @@ def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet):
     bad = write_spec(fleet, "bad-update.yaml", model=blank_image_model(fleet), queue_size=3)
     result = cli("apply", str(bad), "--limit", "node1", "--limit", "node2", "--limit", "node4",
                  "--canary", "1", "--batch", "1", "--json", check_exit=3)
-    report = json.loads(result.stdout)
+    report = json_report(result)
     assert report["aborted"] == "the canary failed (node1); the rollout stopped before any other host"
     assert [(w["wave"], w["hosts"], w["result"]) for w in report["waves"]] == [
         ("canary", ["node1"], "failed"), ("batch 1/2", ["node2"], "not started"),

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import time
@@ -25,7 +24,7 @@ from sd35_provision.hostspec import load_spec
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from tests.conftest import booted_fleet, cpu_fleet_defaults
 from tests.fakehub import FakeHub, FakeRepo
-from tests.integration.test_provision_fleet import cli
+from tests.integration.test_provision_fleet import cli, json_report
 
 pytestmark = pytest.mark.fleet
 WEIGHT = "transformer/diffusion_pytorch_model.safetensors"
@@ -121,7 +120,7 @@ def test_git_fresh_apply_noop_and_a_corrupted_weight_fetched_again_alone(fleet):
     assert re.search(rf"- {re.escape(WEIGHT)}: checksum mismatch: sha256 [0-9a-f]{{12}}\.\.\., expected "
                      rf"{local_sha256(fleet, WEIGHT)[:12]}\.\.\.", drift.stdout), drift.stdout
     assert f"+ fetch again: {WEIGHT}" in drift.stdout
-    report = json.loads(cli("drift", str(spec), "--json", check_exit=2).stdout)
+    report = json_report(cli("drift", str(spec), "--json", check_exit=2))
     [host] = report["hosts"]
     assert report["drift"] and any(WEIGHT in (change["diff"] or "") for change in host["changes"])
 
