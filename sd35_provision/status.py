@@ -87,7 +87,8 @@ def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptio
     from sd35_provision import workflow
 
     options = options or RunOptions()
-    run = FleetRun(select_hosts(spec, limit), RunOptions(parallel=options.parallel, on_start=options.on_start))  # quiet
+    # Quiet: no progress lines; told of the run (for Ctrl-C) all the same.
+    run = FleetRun(select_hosts(spec, limit), RunOptions(parallel=options.parallel, on_start=options.on_start))
     rows = {name: HostStatus(name=name, address=settings.address, reachable=False)
             for name, settings in run.hosts.items()}
     run.connect()
