@@ -9,8 +9,9 @@ A lock's id is the hash of its text: the venv built from it lives in
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from packaging.markers import Marker
@@ -60,7 +61,7 @@ class Lock:
         return {pin.name: pin.version for pin in self.pins if pin.applies_to(environment)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_lock(flavour: str) -> Lock:
     if flavour not in FLAVOURS:
         raise LockError(f"no lock for torch flavour {flavour!r}; shipped: {', '.join(FLAVOURS)}")
@@ -97,9 +98,10 @@ def parse_lock(text: str, source: str) -> tuple[Pin, ...]:
     return tuple(pins)
 
 
-def _logical_lines(text: str):
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """(first line number, text) of each requirement, continuation lines joined, comments dropped."""
-    start, parts = 0, []
+    start = 0
+    parts: list[str] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not line and not parts:
@@ -117,7 +119,7 @@ def _logical_lines(text: str):
 def compare_installed(lock: Lock, environment: dict[str, str], installed: dict[str, str]) -> list[str]:
     """How ``installed`` ({name: version}) differs from the lock, one readable line per package."""
     expected = lock.expected(environment)
-    have = {canonicalize_name(name): version for name, version in installed.items()}
+    have: dict[str, str] = {canonicalize_name(name): version for name, version in installed.items()}
     problems = []
     for name, version in sorted(expected.items()):
         if name not in have:

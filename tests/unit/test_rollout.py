@@ -14,10 +14,10 @@ import re
 import pytest
 
 from sd35_provision import workflow
+from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.report import HostOutcome, RunReport, render_table
 from sd35_provision.rollout import BatchSize, Rollout, parse_batch, plan_waves
 from sd35_provision.runner import RunOptions
-from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from tests.unit.test_spec import run_cli
 
 NAMES = [f"n{i}" for i in range(1, 8)]
