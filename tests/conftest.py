@@ -24,6 +24,16 @@ ADDRESS_BLOCKS = range(10, 250)  # 127.0.X.0/24; 127.0.2.x stays free for the CL
 CLAIMS_DIR = Path("/run/lock/sd35-testfleet")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reverse", action="store_true",
+                     help="run the tests in reverse order (to check that none depends on the ones before it)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
 def _require_fleet_support() -> None:
     if os.geteuid() != 0:
         pytest.skip("the test fleet needs root (systemd-nspawn, mounts, port 22)")

@@ -344,6 +344,23 @@ def test_stopped_host_comes_back_with_its_disk(test_fleet: Fleet) -> None:
 
 
 @pytest.mark.fleet
+def test_reset_host_keeps_its_identity_and_nothing_else(test_fleet: Fleet) -> None:
+    identity = "cat /etc/machine-id /etc/hostname; stat -c '%n %a %U' /root /root/.ssh /root/.ssh/authorized_keys"
+    before = test_fleet.run("node2", identity).stdout
+    test_fleet.run("node2", "echo mine > /root/reset-me && useradd resetme")
+    old_pid = test_fleet.host("node2").pid
+    test_fleet.reset_host("node2")
+    # test_fleet.run verifies the recorded host key and logs in with the fleet's key: the same host.
+    assert test_fleet.run("node2", identity).stdout == before
+    assert test_fleet.run("node2", "test -e /root/reset-me || echo gone; id resetme 2>&1 || true").stdout == (
+        "gone\nid: 'resetme': no such user\n")
+    rows = {row.name: row for row in test_fleet.status()}
+    assert rows["node2"].running and rows["node2"].ssh_ok and rows["node2"].pid != old_pid
+    assert rows["node1"].running and rows["node1"].ssh_ok
+    assert Fleet.load(test_fleet.state_dir).host("node2").pid == rows["node2"].pid
+
+
+@pytest.mark.fleet
 def test_up_refuses_an_address_already_served(tmp_path: Path, fleet_addresses) -> None:
     first = fleet_addresses(1)
     squatter = socket.socket()

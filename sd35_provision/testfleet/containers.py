@@ -23,6 +23,9 @@ from sd35_provision.testfleet.system import command_line, descendants, is_alive,
 NSPAWN = "systemd-nspawn"
 NSPAWN_RUNTIME = Path("/run/systemd/nspawn")
 SSHD_DROP_IN = "etc/ssh/sshd_config.d/00-testfleet.conf"
+# What ``configure_disk`` wrote: a reset disk keeps them, so the host keeps its name, address and keys.
+IDENTITY_FILES = ("etc/hostname", "etc/hosts", "etc/machine-id", SSHD_DROP_IN, "etc/ssh/ssh_host_ed25519_key",
+                  "etc/ssh/ssh_host_ed25519_key.pub", "root/.ssh/authorized_keys")
 
 
 def create_disk(host: FleetHost) -> None:
@@ -77,6 +80,29 @@ def configure_disk(host: FleetHost, authorized_key: str) -> str:
     authorized.write_text(authorized_key + "\n")
     authorized.chmod(0o600)
     return generate_key(root / "etc/ssh/ssh_host_ed25519_key", f"root@{host.name}")
+
+
+def reset_disk(host: FleetHost) -> None:
+    """Put a stopped host's disk back to how ``up`` left it: an empty writable layer but for its identity.
+
+    Seconds instead of a new fleet: tests that need a never-provisioned host get one this way.
+    """
+    if is_running(host):
+        raise TestFleetError(f"{host.name}: stop the host before resetting its disk")
+    layer = host.root.parent
+    if os.path.ismount(host.root):
+        run_tool(["umount", str(host.root)], what=f"{host.name}: unmounting its disk")
+    fresh = layer / "upper.reset"
+    run_tool(["rm", "-rf", str(fresh)], what=f"{host.name}: clearing {fresh}")
+    fresh.mkdir()
+    # --parents with -a keeps the owners and modes of the directories on the way (/root is 0700).
+    run_tool(["cp", "-a", "--parents", *IDENTITY_FILES, str(fresh)], what=f"{host.name}: keeping its identity",
+             cwd=layer / "upper")
+    for old in ("upper", "work"):
+        run_tool(["rm", "-rf", str(layer / old)], what=f"{host.name}: deleting its old {old} layer")
+    fresh.rename(layer / "upper")
+    (layer / "work").mkdir()
+    mount_disk(host)
 
 
 def nspawn_command(host: FleetHost, binds: list[str]) -> list[str]:

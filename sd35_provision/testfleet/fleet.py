@@ -160,6 +160,13 @@ class Fleet:
         self.save()
         _wait_until_ready(self, host, wait_s)
 
+    def reset_host(self, name: str, wait_s: float = BOOT_TIMEOUT_S) -> None:
+        """Boot one host again on a disk as ``up`` made it (same name, address and keys, nothing else kept)."""
+        containers.stop([self.host(name)])
+        self.save()
+        containers.reset_disk(self.host(name))
+        self.start_host(name, wait_s)
+
     def status(self) -> list[HostStatus]:
         rows = []
         for host in self.hosts:

@@ -6,6 +6,7 @@ untouched; a rollout in batches.
 
 One 4-host fleet for the module (node4 is never applied: the "fresh" host), plus a 2-host fleet of boxes
 that are not in any spec for onboarding. Applies install the venv from the cached CPU wheelhouse.
+Each test asks ``states`` for the hosts it starts from, so it runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from tests.conftest import booted_fleet, cpu_fleet_defaults
-from tests.integration.test_provision_fleet import REPO, cli, json_report
+from tests.integration.support import PROVISIONED, REPO, cli
+from tests.integration.test_provision_fleet import json_report
 
 pytestmark = pytest.mark.fleet
 UNIT = "sd35-inference.service"
@@ -47,7 +49,8 @@ def sh(fleet, host: str, command: str) -> str:
     return result.stdout.strip()
 
 
-def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, tmp_path):
+def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, states, tmp_path):
+    states.fresh("node1", "node2", "node3")  # node3 must still need its wheels when it goes away
     spec = write_spec(fleet)
     report_path = tmp_path / "report.json"
     with open(report_path, "w") as report_file:
@@ -89,11 +92,15 @@ def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, tmp_pat
     assert any(line.startswith("node3: FAILED") for line in progress)
     # Live progress, one line per host and change, not a wall of text.
     assert all(re.match(r"^(node\d: (changed|FAILED)|ABORTED)", line) for line in progress), progress
+    states.are(spec, "node1", "node2")
+    states.kept("node4")
 
 
-def test_status_of_a_mixed_fleet(fleet):
+def test_status_of_a_mixed_fleet(fleet, states):
     # node1 applied; node2 applied, then its service stopped (drift); node3 stopped; node4 never applied.
     spec = write_spec(fleet)
+    states.converged(spec, "node1", "node2")
+    states.fresh("node4")
     sh(fleet, "node2", f"systemctl stop {UNIT}")
     if fleet.is_running("node3"):  # when run on its own
         fleet.stop_host("node3")
@@ -128,14 +135,16 @@ def test_status_of_a_mixed_fleet(fleet):
 
     table = cli("status", str(spec), check_exit=1).stdout.splitlines()
     assert table[0].split()[:3] == ["HOST", "REACHABLE", "OS"]
-    assert re.match(rf"node1\s+yes\s+Debian 12\s+none\s+-\s+-\s+active/ready\s+{release}\s+push-\w+\s+ok \d+\.\ds\s+no$",
-                    table[1]), table[1]
+    assert re.match(rf"node1\s+yes\s+Debian 12\s+none\s+-\s+-\s+active/ready\s+{release}\s+push-\w+\s+"
+                    r"ok \d+\.\ds\s+no$", table[1]), table[1]
     assert re.match(r"node2\s+yes\s+.*inactive\s+.*\s+yes$", table[2]), table[2]
     assert re.match(r"node3\s+no(\s+-){9}$", table[3]), table[3]
     assert re.match(r"node4\s+yes\s+Debian 12\s+none(\s+-){6}\s+yes$", table[4]), table[4]
     assert table[5].startswith("node3: connect: ")
     # One connection per host, all in parallel: about as fast as one host's dry run, not four.
     assert took < 60, took
+    states.kept("node1", "node4")
+    states.are(PROVISIONED, "node2")
 
 
 def onboard(spec: Path, *args: str, password: str | None = None) -> subprocess.CompletedProcess:
@@ -147,7 +156,7 @@ def onboard(spec: Path, *args: str, password: str | None = None) -> subprocess.C
     )
 
 
-def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, boot_fleet):
+def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, states, boot_fleet):
     boxes = boot_fleet(2)  # booted, but in no spec of ours: their own keys and known_hosts
     spec = write_spec(fleet, "onboard.yaml")
     known_hosts = fleet.state_dir / "onboard_known_hosts"
@@ -204,6 +213,7 @@ def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, boot_flee
     assert re.search(r"^new2\s+Debian 12\s+", with_password.stdout, re.M)  # facts through ops + sudo
     assert sh(boxes, "node2", "stat -c '%a %U' /etc/sudoers.d/90-sd35-ops") == "440 root"
     cli("validate", str(spec), check_exit=0)
+    states.kept()  # onboarding applies to the new host only
 
 
 def blank_image_model(fleet) -> str:
@@ -234,12 +244,12 @@ def host_state(fleet, name: str) -> tuple[str, str, str]:
             fleet.run(name, "ls /srv/sd35/models 2>/dev/null").stdout.strip())
 
 
-def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet):
+def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet, states):
     for name in ("node1", "node2", "node4"):
         if not fleet.is_running(name):
             fleet.start_host(name)
     good = write_spec(fleet)
-    cli("apply", str(good), "--limit", "node1", check_exit=0)  # a no-op after the tests above
+    states.converged(good, "node1")
     serving = sh(fleet, "node1", "readlink /opt/sd35/current")
     settings_before = sh(fleet, "node1", "cat /etc/sd35/service.env")
     untouched = {name: host_state(fleet, name) for name in ("node2", "node4")}
@@ -272,9 +282,13 @@ def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet):
     assert re.search(r"^node1\s+unchanged\s+0\s+smoke ok in", assert_smoke_ok.stdout, re.M)
     # ... and drift names the spec's update as still to do.
     assert "Switch current to release" in cli("drift", str(bad), "--limit", "node1", check_exit=2).stdout
+    states.are(PROVISIONED, "node1")
+    states.kept("node2", "node4")
 
 
-def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet):
+def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet, states):
+    # Each host has a release of the good model already: the update is its second release.
+    states.provisioned(write_spec(fleet), "node1", "node2")
     for name in ("node1", "node2"):
         if not fleet.is_running(name):
             fleet.start_host(name)
@@ -282,7 +296,7 @@ def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet):
     result = cli("apply", str(update), "--limit", "node1", "--limit", "node2", "--batch", "50%", check_exit=0)
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["HOST", "WAVE", "STATUS", "CHANGES", "DETAIL"]
-    for line, batch in zip(lines[1:], ("1/2", "2/2")):
+    for line, batch in zip(lines[1:3], ("1/2", "2/2"), strict=True):
         assert re.match(rf"node\d\s+batch {batch}\s+changed\s+\d+\s+.*smoke ok in", line), result.stdout
     progress = result.stderr.splitlines()
     # The second batch starts only after the first passed.
@@ -292,8 +306,11 @@ def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet):
         assert sh(fleet, name, f"systemctl is-active {UNIT}") == "active"
         # Only the new release and the one a rollback would go back to are kept: node1's canary
         # release of the test above went, with the blank-image model only it used.
-        kept = {sh(fleet, name, f"readlink /opt/sd35/{link}").removeprefix("releases/") for link in ("current", "previous")}
+        kept = {sh(fleet, name, f"readlink /opt/sd35/{link}").removeprefix("releases/")
+                for link in ("current", "previous")}
         assert set(sh(fleet, name, "ls /opt/sd35/releases").split()) == kept
         assert len(sh(fleet, name, "ls /srv/sd35/models").split()) == 1  # both use the one good model
     assert_unchanged = cli("apply", str(update), "--limit", "node1", "--limit", "node2", check_exit=0)
     assert re.search(r"^node1\s+unchanged\s+0", assert_unchanged.stdout, re.M), assert_unchanged.stdout
+    states.are(update, "node1", "node2")
+    states.kept("node4")

@@ -7,6 +7,8 @@
 - ``hf``: a fake hub (tests/fakehub.py) on the fleet's loopback block, requiring the token:
   download, repair of one file, the token never in any output, host file (but its own), journal
   or process list, and a gated repo's 403 reported with what to do.
+
+Each test asks ``states`` for the host it starts from, so it runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from sd35_provision.hostspec import load_spec
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from tests.conftest import booted_fleet, cpu_fleet_defaults
 from tests.fakehub import FakeHub, FakeRepo
-from tests.integration.test_provision_fleet import cli, json_report
+from tests.integration.support import PROVISIONED, cli
+from tests.integration.test_provision_fleet import json_report
 
 pytestmark = pytest.mark.fleet
 WEIGHT = "transformer/diffusion_pytorch_model.safetensors"
@@ -97,9 +99,14 @@ def assert_unchanged(result) -> None:
     assert re.search(r"node1\s+unchanged\s+0", result.stdout), result.stdout + result.stderr
 
 
-def test_git_fresh_apply_noop_and_a_corrupted_weight_fetched_again_alone(fleet):
-    spec = write_spec(fleet, "git.yaml", {"source": "git", "url": "file:///mirror/tiny.git",
+def git_spec(fleet) -> Path:
+    return write_spec(fleet, "git.yaml", {"source": "git", "url": "file:///mirror/tiny.git",
                                           "revision": fleet.revision})
+
+
+def test_git_fresh_apply_noop_and_a_corrupted_weight_fetched_again_alone(fleet, states):
+    states.fresh()
+    spec = git_spec(fleet)
     directory = model_dir(spec)
     plan = cli("plan", str(spec), check_exit=0)
     assert f"Model | Fetch model file:///mirror/tiny.git at {fleet.revision[:12]}" in plan.stdout
@@ -128,11 +135,12 @@ def test_git_fresh_apply_noop_and_a_corrupted_weight_fetched_again_alone(fleet):
     assert host_sha256(fleet, f"{directory}/{WEIGHT}") == local_sha256(fleet, WEIGHT)
     assert stats(fleet, directory, others) == before  # nothing else was fetched again
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
-def test_pointer_trap_a_clone_made_without_git_lfs_is_found_and_repaired(fleet):
-    spec = write_spec(fleet, "git.yaml", {"source": "git", "url": "file:///mirror/tiny.git",
-                                          "revision": fleet.revision})
+def test_pointer_trap_a_clone_made_without_git_lfs_is_found_and_repaired(fleet, states):
+    spec = git_spec(fleet)
+    states.converged(spec)
     directory = model_dir(spec)
     # What a host does when git-lfs was never set up (GIT_CONFIG_NOSYSTEM hides `git lfs install --system`).
     sh(fleet, f"rm -rf {directory} && GIT_CONFIG_NOSYSTEM=1 git clone -q file:///mirror/tiny.git {directory} && "
@@ -145,9 +153,10 @@ def test_pointer_trap_a_clone_made_without_git_lfs_is_found_and_repaired(fleet):
     for name in WEIGHTS:
         assert host_sha256(fleet, f"{directory}/{name}") == local_sha256(fleet, name), name
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
-def test_push_sends_only_what_the_host_lacks_or_holds_broken(fleet):
+def test_push_sends_only_what_the_host_lacks_or_holds_broken(fleet, states):
     spec = write_spec(fleet, "push.yaml", {"source": "push", "path": str(fleet.tiny)})
     directory = model_dir(spec)
     cli("apply", str(spec), check_exit=0)
@@ -157,7 +166,8 @@ def test_push_sends_only_what_the_host_lacks_or_holds_broken(fleet):
     gone, corrupt = "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"
     kept = [name for name in WEIGHTS if name not in (gone, corrupt)]
     before = stats(fleet, directory, kept)
-    sh(fleet, f"rm {directory}/{gone} && printf 'X' | dd of={directory}/{corrupt} bs=1 seek=99 conv=notrunc status=none")
+    sh(fleet, f"rm {directory}/{gone} && "
+              f"printf 'X' | dd of={directory}/{corrupt} bs=1 seek=99 conv=notrunc status=none")
     drift = cli("drift", str(spec), check_exit=2)
     assert f"- {gone}: missing" in drift.stdout and f"- {corrupt}: checksum mismatch" in drift.stdout
     assert f"+ fetch again: {corrupt}, {gone}" in drift.stdout
@@ -167,6 +177,7 @@ def test_push_sends_only_what_the_host_lacks_or_holds_broken(fleet):
     for name in (gone, corrupt):
         assert host_sha256(fleet, f"{directory}/{name}") == local_sha256(fleet, name)
     assert_unchanged(cli("apply", str(spec), check_exit=0))
+    states.are(spec)
 
 
 @pytest.fixture
@@ -185,7 +196,7 @@ def hf_spec(fleet, hub, repo: str = "sd35-test/tiny-sd3", name: str = "hf.yaml")
                                     "endpoint": hub.url, "token_file": str(fleet.token_file)})
 
 
-def test_hf_download_repair_and_the_token_never_leaks(fleet, hub):
+def test_hf_download_repair_and_the_token_never_leaks(fleet, states, hub):
     spec = hf_spec(fleet, hub)
     directory = model_dir(spec)
     # Sample the host's process list during the whole apply: the token must never be in it.
@@ -218,16 +229,19 @@ def test_hf_download_repair_and_the_token_never_leaks(fleet, hub):
                       "2>/dev/null || true")
     assert found.split() == ["/etc/sd35/hf-token"]
     assert sh(fleet, f"journalctl --no-pager -o cat | grep -cF -e '{TOKEN}' || true") == "0"
+    states.are(spec)
 
 
-def test_gated_repo_403_names_host_step_and_what_to_do(fleet, hub):
+def test_gated_repo_403_names_host_step_and_what_to_do(fleet, states, hub):
+    states.provisioned(git_spec(fleet))  # a release is serving (which one does not matter)
     spec = hf_spec(fleet, hub, repo="sd35-test/gated-sd3", name="gated.yaml")
     serving = sh(fleet, "readlink /opt/sd35/current")
     result = cli("apply", str(spec), check_exit=1)
-    assert re.search(r"node1\s+failed\s+\d+\s+Model \| Download model sd35-test/gated-sd3 at 5ad3d1b3c0b1: 403 Forbidden",
-                     result.stdout), result.stdout
+    assert re.search(r"node1\s+failed\s+\d+\s+Model \| Download model sd35-test/gated-sd3 at 5ad3d1b3c0b1: "
+                     r"403 Forbidden", result.stdout), result.stdout
     assert (f"403 Forbidden from {hub.url}: sd35-test/gated-sd3 is a gated repository and the account that owns the "
             f"token in model.token_file has not been granted access; open {hub.url}/sd35-test/gated-sd3 logged in "
             "as that account, accept the license, then run apply again") in result.stderr
     assert TOKEN not in result.stdout + result.stderr
     assert sh(fleet, "readlink /opt/sd35/current") == serving  # the running release is untouched
+    states.are(PROVISIONED)

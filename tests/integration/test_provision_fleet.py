@@ -1,7 +1,8 @@
 """End to end over real SSH: plan, apply, re-apply, drift, preflight, isolation.
 
 Boots its own two-host test fleet (systemd-nspawn containers on a free 127.0.X.0/24 block)
-and drives the `sd35-provision` command line as a user would.
+and drives the `sd35-provision` command line as a user would. Each test asks ``states`` for the
+hosts it starts from (fresh, or applied with the spec), so it runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import pytest
 
 from sd35_provision.jsonreport import load_schema
 from tests.conftest import booted_fleet, cpu_fleet_defaults
+from tests.integration.support import REPO, cli
 
 pytestmark = pytest.mark.fleet
-REPO = Path(__file__).resolve().parents[2]
-
+__all__ = ["REPO", "cli"]  # the other fleet modules used to import them from here
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +32,6 @@ def fleet(tmp_path_factory, cpu_wheelhouse, fleet_tiny_model):
         booted.wheelhouse = cpu_wheelhouse
         booted.tiny_model = fleet_tiny_model
         yield booted
-
-
-def cli(*args: str, check_exit: int | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "sd35_provision.cli", *args],
-        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **(env or {})},
-    )
-    if check_exit is not None:
-        assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 def write_spec(fleet, name: str = "spec.yaml", host_overrides: dict | None = None, **extra) -> Path:
@@ -74,15 +65,18 @@ def exists(fleet, host: str, path: str) -> bool:
     return fleet.run(host, f"test -e {path}").exit_status == 0
 
 
-def test_preflight_failure_changes_nothing_on_that_host(fleet):
+def test_preflight_failure_changes_nothing_on_that_host(fleet, states):
+    states.fresh("node2")
     spec = write_spec(fleet, "preflight.yaml", host_overrides={"node2": {"cache": {"min_free_gb": 10**7}}})
     result = cli("apply", str(spec), "--limit", "node2", check_exit=1)
     assert "node2  failed" in result.stdout
     assert "GB required (cache.min_free_gb)" in result.stdout + result.stderr
     assert not exists(fleet, "node2", "/etc/sd35") and not exists(fleet, "node2", "/srv/sd35")
+    states.kept()
 
 
-def test_plan_shows_diffs_and_changes_nothing(fleet):
+def test_plan_shows_diffs_and_changes_nothing(fleet, states):
+    states.fresh()
     spec = write_spec(fleet)
     result = cli("plan", str(spec), check_exit=0)
     assert "== node1:" in result.stdout and "would change" in result.stdout
@@ -92,14 +86,17 @@ def test_plan_shows_diffs_and_changes_nothing(fleet):
     for host in ("node1", "node2"):
         assert not exists(fleet, host, "/etc/sd35/env")
         assert not exists(fleet, host, "/usr/bin/git-lfs")
+    states.kept()
 
 
-def test_apply_then_reapply_is_a_no_op(fleet):
+def test_apply_then_reapply_is_a_no_op(fleet, states):
+    states.fresh()
     spec = write_spec(fleet)
     first = cli("apply", str(spec), check_exit=0)
     assert "node1  changed" in first.stdout and "node2  changed" in first.stdout
     for host in ("node1", "node2"):
-        assert fleet.run(host, "git config --system --get filter.lfs.process").stdout.strip() == "git-lfs filter-process"
+        lfs_filter = fleet.run(host, "git config --system --get filter.lfs.process").stdout.strip()
+        assert lfs_filter == "git-lfs filter-process"
         stat = fleet.run(host, "stat -c '%U %a' /srv/sd35/huggingface/hub").stdout.strip()
         assert stat == "sd35 750"
         env = fleet.run(host, "bash -lc 'echo $HF_HOME'").stdout.strip()
@@ -108,11 +105,12 @@ def test_apply_then_reapply_is_a_no_op(fleet):
     second = cli("apply", str(spec), check_exit=0)
     assert "node1  unchanged        0" in second.stdout and "node2  unchanged        0" in second.stdout
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
-def test_drift_is_reported_and_apply_restores(fleet):
+def test_drift_is_reported_and_apply_restores(fleet, states):
     spec = write_spec(fleet)
-    cli("apply", str(spec), check_exit=0)
+    states.converged(spec)
     fleet.run("node1", "rm -rf /srv/sd35 && echo HF_HOME=/tmp >> /etc/sd35/env")
 
     result = cli("drift", str(spec), "--json", check_exit=2)
@@ -130,9 +128,11 @@ def test_drift_is_reported_and_apply_restores(fleet):
     assert exists(fleet, "node1", "/srv/sd35/huggingface/hub")
     assert "HF_HOME=/tmp" not in fleet.run("node1", "cat /etc/sd35/env").stdout
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
-def test_unreachable_host_is_reported_by_name_and_others_finish(fleet):
+def test_unreachable_host_is_reported_by_name_and_others_finish(fleet, states):
+    states.converged(write_spec(fleet))
     spec = write_spec(fleet, "with-ghost.yaml")
     ghost = fleet.host("node1").address.rsplit(".", 1)[0] + ".250"  # nothing listens there
     text = spec.read_text() + f"  ghost:\n    address: {ghost}\n"
@@ -140,9 +140,10 @@ def test_unreachable_host_is_reported_by_name_and_others_finish(fleet):
     result = cli("apply", str(spec), check_exit=1)
     assert "ghost  unreachable" in result.stdout
     assert "node1  unchanged" in result.stdout and "node2  unchanged" in result.stdout
+    states.kept()
 
 
-def test_host_keys_are_verified_and_accept_new_only_when_asked(fleet, tmp_path):
+def test_host_keys_are_verified_and_accept_new_only_when_asked(fleet, states, tmp_path):
     spec = write_spec(fleet, "fresh-known-hosts.yaml")
     empty = fleet.state_dir / "empty_known_hosts"
     empty.write_text("")
@@ -171,9 +172,10 @@ def test_host_keys_are_verified_and_accept_new_only_when_asked(fleet, tmp_path):
             f"{fingerprint(other, tmp_path)}. Someone may be intercepting the connection") in changed_key.stdout
     assert f"ssh-keygen -R '{address}' -f {empty}" in changed_key.stdout
     assert empty.read_text() == f"# an older entry\n{address} {other}\n"  # nothing recorded
+    states.kept()  # plans only
 
 
-def test_a_passphrase_protected_or_public_key_is_one_line_with_what_to_do(fleet, tmp_path):
+def test_a_passphrase_protected_or_public_key_is_one_line_with_what_to_do(fleet, states, tmp_path):
     protected = tmp_path / "protected_key"
     shutil.copy(fleet.key_path, protected)
     subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "secret", "-f", str(protected)], check=True)
@@ -204,9 +206,10 @@ def test_a_passphrase_protected_or_public_key_is_one_line_with_what_to_do(fleet,
     finally:
         agent.terminate()
         agent.wait(timeout=10)
+    states.kept()  # plans only
 
 
-def test_accept_new_host_keys_creates_known_hosts_on_a_fresh_control_machine(fleet, tmp_path):
+def test_accept_new_host_keys_creates_known_hosts_on_a_fresh_control_machine(fleet, states, tmp_path):
     home = tmp_path / "fresh-home"  # no ~/.ssh at all
     home.mkdir()
     spec = write_spec(fleet, "default-known-hosts.yaml")
@@ -225,9 +228,10 @@ def test_accept_new_host_keys_creates_known_hosts_on_a_fresh_control_machine(fle
     node1_key = fingerprint(host_key_line(fleet, "node1"), tmp_path)
     assert f"node1: accepted new host key ssh-ed25519 {node1_key}, recorded in {known_hosts}:1" in accepted.stderr
     assert known_hosts.read_text().split() == [fleet.host("node1").address, *host_key_line(fleet, "node1").split()]
+    states.kept()  # plans only
 
 
-def test_limit_and_facts(fleet):
+def test_limit_and_facts(fleet, states):
     spec = write_spec(fleet)
     result = cli("plan", str(spec), "--limit", "node2", check_exit=0)
     assert "node2" in result.stdout and "node1" not in result.stdout
@@ -247,9 +251,10 @@ def test_limit_and_facts(fleet):
     status = json_report(cli("status", str(spec), "-l", "node1", "--json", check_exit=0))
     assert [(host["name"], host["status"], host["fp8_capable"]) for host in status["hosts"]] == [
         ("node1", "ok", node1["fp8_capable"])]
+    states.kept()  # plans, facts and status only
 
 
-def test_a_spec_with_a_renamed_key_still_plans_and_says_so(fleet):
+def test_a_spec_with_a_renamed_key_still_plans_and_says_so(fleet, states):
     defaults = cpu_fleet_defaults(fleet, fleet.tiny_model, python={"venv_root": "/opt/legacy"})
     spec = fleet.write_spec(fleet.state_dir / "renamed.yaml", extra_defaults=defaults)
     line = next(number for number, text in enumerate(spec.read_text().splitlines(), 1) if "venv_root:" in text)
@@ -257,10 +262,12 @@ def test_a_spec_with_a_renamed_key_still_plans_and_says_so(fleet):
     deprecation = f"{spec}:{line}: python.venv_root is deprecated: use python.install_root"
     assert result.stderr.splitlines().count(deprecation) == 1, result.stderr
     assert "/opt/legacy/" in result.stdout  # the old key's value is the install root the plan uses
+    states.kept()  # a plan only
 
 
-def test_deploys_run_with_plain_pyinfra(fleet):
+def test_deploys_run_with_plain_pyinfra(fleet, states):
     spec = write_spec(fleet)
+    states.converged(spec)  # what the deploys find to do is not the point here: that they run is
     pyinfra = Path(sys.executable).with_name("pyinfra")
     result = subprocess.run(
         [str(pyinfra), "-y", "deploys/inventory.py", "deploys/site.py"],

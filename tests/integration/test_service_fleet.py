@@ -1,6 +1,9 @@
 """The whole stack on one host over real SSH, tiny model on the CPU: fresh apply -> smoke passes ->
 re-apply changes nothing -> each kind of drift is reported and repaired -> bad requests get 4xx and
 the service keeps serving -> a release that cannot start is rolled back.
+
+Each test starts from the state it needs (``states``: a fresh host, or the host applied with the
+spec), so any one runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pytest
 
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from tests.conftest import booted_fleet, cpu_fleet_defaults
-from tests.integration.test_provision_fleet import cli
+from tests.integration.support import cli
 
 pytestmark = pytest.mark.fleet
 API_KEY = "fleet-test-key-0123456789abcdef"
@@ -31,6 +34,14 @@ def fleet(tmp_path_factory, cpu_wheelhouse):
         (booted.state_dir / "api-key").write_text(API_KEY + "\n")
         booted.wheelhouse = cpu_wheelhouse
         yield booted
+
+
+@pytest.fixture
+def spec(fleet, states) -> Path:
+    """The service spec, applied to node1 (one apply, unless the test before left it so)."""
+    applied = write_spec(fleet)
+    states.converged(applied)
+    return applied
 
 
 def write_spec(fleet, name: str = "service.yaml", model: str = "tiny-sd3") -> Path:
@@ -52,7 +63,8 @@ def assert_smoke_ok(result) -> None:
     assert re.search(r"node1\s+\w+\s+\d+\s+.*smoke ok in", result.stdout), result.stdout + result.stderr
 
 
-def test_fresh_apply_serves_and_reapply_is_a_no_op(fleet):
+def test_fresh_apply_serves_and_reapply_is_a_no_op(fleet, states):
+    states.fresh()
     spec = write_spec(fleet)
     result = cli("apply", str(spec), check_exit=0)
     assert_smoke_ok(result)
@@ -60,11 +72,12 @@ def test_fresh_apply_serves_and_reapply_is_a_no_op(fleet):
     record = json.loads(sh(fleet, "cat /srv/sd35/smoke/last.json"))
     assert record["ok"] and (record["width"], record["height"]) == (64, 64)
     assert sh(fleet, "head -c 8 /srv/sd35/smoke/last.png | od -An -c | tr -d ' '") == "211PNG\\r\\n032\\n"
-    assert sh(fleet, f"ps -o user= -C python -o args= | grep sd35_provision.service | cut -d' ' -f1") == "sd35"
+    assert sh(fleet, "ps -o user= -C python -o args= | grep sd35_provision.service | cut -d' ' -f1") == "sd35"
 
     again = cli("apply", str(spec), check_exit=0)
     assert re.search(r"node1\s+unchanged\s+0", again.stdout), again.stdout
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
 def test_status_page_playground_and_edits_on_the_host(fleet, tmp_path):
@@ -102,23 +115,22 @@ def test_status_page_playground_and_edits_on_the_host(fleet, tmp_path):
 
 
 @pytest.mark.parametrize("damage, expect", [
-    ("sed -i 's/^ProtectHome=yes$/ProtectHome=no/' /etc/systemd/system/sd35-inference.service && systemctl daemon-reload",
+    (f"sed -i 's/^ProtectHome=yes$/ProtectHome=no/' /etc/systemd/system/{UNIT} && systemctl daemon-reload",
      "-ProtectHome=no"),
     (f"systemctl stop {UNIT}", f"{UNIT} enabled and running"),
     ("/opt/sd35/current/venv/bin/python -m pip uninstall --quiet --yes pillow", "+pillow==13.0.0"),
 ])
-def test_drift_is_reported_and_apply_repairs_it(fleet, damage, expect):
-    spec = write_spec(fleet)
+def test_drift_is_reported_and_apply_repairs_it(fleet, states, spec, damage, expect):
     sh(fleet, damage)
     drift = cli("drift", str(spec), check_exit=2)
     assert expect in drift.stdout
     assert_smoke_ok(cli("apply", str(spec), check_exit=0))
     assert sh(fleet, f"systemctl is-active {UNIT}") == "active"
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
-def test_killed_service_is_restarted_by_systemd(fleet):
-    spec = write_spec(fleet)
+def test_killed_service_is_restarted_by_systemd(fleet, states, spec):
     before = sh(fleet, f"systemctl show -p MainPID --value {UNIT}")
     sh(fleet, f"kill -9 {before}")
     deadline = time.monotonic() + 60
@@ -131,6 +143,7 @@ def test_killed_service_is_restarted_by_systemd(fleet):
         pytest.fail(f"systemd did not bring {UNIT} back")
     assert_smoke_ok(cli("smoke", str(spec), check_exit=0))
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
 @pytest.mark.parametrize("headers, body, status", [
@@ -142,7 +155,7 @@ def test_killed_service_is_restarted_by_systemd(fleet):
     (None, {"prompt": "", "size": "64x64"}, 400),
     (None, "prompt=a cat", 415),
 ])
-def test_bad_requests_get_4xx_and_the_service_keeps_serving(fleet, headers, body, status):
+def test_bad_requests_get_4xx_and_the_service_keeps_serving(fleet, states, spec, headers, body, status):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     send_headers = auth if headers is None else headers
     if isinstance(body, str):
@@ -153,10 +166,10 @@ def test_bad_requests_get_4xx_and_the_service_keeps_serving(fleet, headers, body
     assert response.status_code == status, response.text
     assert "Traceback" not in response.text
     assert httpx.get(f"{url(fleet)}/readyz", headers=auth, timeout=10).status_code == 200
+    states.are(spec)
 
 
-def test_api_key_never_leaves_its_file(fleet):
-    spec = write_spec(fleet)
+def test_api_key_never_leaves_its_file(fleet, states, spec):
     outputs = [cli(command, str(spec)) for command in ("plan", "drift", "apply")]
     assert all(API_KEY not in out.stdout + out.stderr for out in outputs)
     assert sh(fleet, "stat -c '%a %U' /etc/sd35/api-key") == "400 sd35"
@@ -164,11 +177,11 @@ def test_api_key_never_leaves_its_file(fleet):
     assert found == ["/etc/sd35/api-key"]
     processes = sh(fleet, "ps -eo args")  # this command line holds no key
     assert API_KEY not in processes and "sd35_provision.service" in processes
+    states.are(spec)
 
 
-def test_a_release_that_cannot_start_is_rolled_back(fleet):
-    good = write_spec(fleet)
-    cli("apply", str(good), check_exit=0)
+def test_a_release_that_cannot_start_is_rolled_back(fleet, spec):
+    good = spec
     serving = sh(fleet, "readlink /opt/sd35/current")
 
     broken = fleet.state_dir / "tiny-broken"
