@@ -44,7 +44,8 @@ def rename_deprecated_keys(document: SourceDocument) -> tuple[list[str], list[st
                 del mapping[old]
                 continue
             _rename_key(mapping, old, new)
-            document.lines[(*where, new)] = line
+            new_path = (*where, new)  # a variable: mypy reads (*where, new) inside [] as 3.11-only syntax
+            document.lines[new_path] = line
             warnings.append((line, f"{document.path}:{line}: {old_name} is deprecated: use {new_name}"))
     return [text for _, text in sorted(warnings)], [text for _, text in sorted(problems)]
 
