@@ -22,6 +22,7 @@ from sd35_provision.testfleet.system import command_line, descendants, is_alive,
 
 NSPAWN = "systemd-nspawn"
 NSPAWN_RUNTIME = Path("/run/systemd/nspawn")
+KILL_WAIT_S = 30.0
 SSHD_DROP_IN = "etc/ssh/sshd_config.d/00-testfleet.conf"
 # What ``configure_disk`` wrote: a reset disk keeps them, so the host keeps its name, address and keys.
 IDENTITY_FILES = ("etc/hostname", "etc/hosts", "etc/machine-id", SSHD_DROP_IN, "etc/ssh/ssh_host_ed25519_key",
@@ -195,7 +196,12 @@ def _finish_stop(name: str, pid: int, namespace: str | None, deadline: float) ->
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    if not _wait_exit(pid, 10) or any(is_alive(p) for p in members):
+    # A killed process with a large memory or pending disk writes can take a while to go on a busy machine.
+    kill_deadline = time.monotonic() + KILL_WAIT_S
+    gone = _wait_exit(pid, KILL_WAIT_S)
+    while gone and any(is_alive(p) for p in members) and time.monotonic() < kill_deadline:
+        time.sleep(0.1)
+    if not gone or any(is_alive(p) for p in members):
         raise TestFleetError(f"{name}: container (nspawn pid {pid}) survived SIGKILL; check `ps -ef` and kill it")
 
 

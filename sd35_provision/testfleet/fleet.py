@@ -162,7 +162,8 @@ class Fleet:
 
     def reset_host(self, name: str, wait_s: float = BOOT_TIMEOUT_S) -> None:
         """Boot one host again on a disk as ``up`` made it (same name, address and keys, nothing else kept)."""
-        containers.stop([self.host(name)])
+        # A provisioned host stops its services first (the inference service with its model loaded).
+        containers.stop([self.host(name)], timeout=60)
         self.save()
         containers.reset_disk(self.host(name))
         self.start_host(name, wait_s)
