@@ -80,7 +80,7 @@ def test_fresh_apply_serves_and_reapply_is_a_no_op(fleet, states):
     states.are(spec)
 
 
-def test_status_page_playground_and_edits_on_the_host(fleet, tmp_path):
+def test_status_page_playground_and_edits_on_the_host(fleet, states, spec, tmp_path):
     import base64
     import io
 
@@ -90,7 +90,6 @@ def test_status_page_playground_and_edits_on_the_host(fleet, tmp_path):
     from tests.service.support import noise_png
 
     # status --html: the host's last smoke image comes back over status's own connection, as a thumbnail.
-    spec = write_spec(fleet)
     page_path = tmp_path / "status.html"
     table = cli("status", str(spec), "--html", str(page_path), check_exit=0)
     assert table.stdout.splitlines()[0].startswith("HOST")
@@ -112,6 +111,7 @@ def test_status_page_playground_and_edits_on_the_host(fleet, tmp_path):
     assert Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json))).size == (96, 64)
     with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG, WEBP image"):
         client.images.edit(image=("in.png", b"not an image"), prompt="x")
+    states.are(spec)  # reads and requests only
 
 
 @pytest.mark.parametrize("damage, expect", [
