@@ -120,7 +120,8 @@ def test_smoke_client_fails_on_wrong_size_of_model(live_service: RunningService,
 
 
 def test_metrics_after_live_requests(live_service: RunningService) -> None:
-    httpx.post(f"{live_service.url}/v1/images/generations", json={"prompt": "x", "size": "64x64", "num_inference_steps": 1})
+    httpx.post(f"{live_service.url}/v1/images/generations", json={"prompt": "x", "size": "64x64", "num_inference_steps": 1},
+               timeout=60)
     text = httpx.get(f"{live_service.url}/metrics").text
     assert 'sd35_http_requests_total{method="POST",route="/v1/images/generations",status="200"}' in text
     assert "sd35_images_generated_total" in text
@@ -178,10 +179,10 @@ def test_auth_required_except_healthz(auth_service: RunningService) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789ab"}, {"Authorization": f"Basic {TEST_KEY}"}):
         assert httpx.get(f"{url}/readyz", headers=headers).status_code == 401
         assert httpx.get(f"{url}/metrics", headers=headers).status_code == 401
-        denied = httpx.post(f"{url}/v1/images/generations", json=body, headers=headers)
+        denied = httpx.post(f"{url}/v1/images/generations", json=body, headers=headers, timeout=60)
         assert denied.status_code == 401
         assert "API key" in denied.json()["error"]["message"]
-    assert httpx.post(f"{url}/v1/images/generations", json=body, headers=good).status_code == 200
+    assert httpx.post(f"{url}/v1/images/generations", json=body, headers=good, timeout=60).status_code == 200
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=TEST_KEY, max_retries=0)
     assert client.images.generate(prompt="a cat", size="64x64", extra_body={"num_inference_steps": 1}).data
