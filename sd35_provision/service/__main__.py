@@ -53,8 +53,9 @@ def _stopped(signum: int, frame: object) -> None:
 def quiet_start() -> None:
     """Filter the known start-up warnings and the health polls' access-log lines."""
     # torchao and others still carry invalid escape sequences, which Python 3.12
-    # reports as SyntaxWarning when it compiles them on first import.
-    warnings.filterwarnings("ignore", category=SyntaxWarning, message=r"invalid escape sequence")
+    # reports as SyntaxWarning (3.11: DeprecationWarning) when it compiles them on first import.
+    for category in (SyntaxWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, message=r"invalid escape sequence")
     for logger, text in QUIET_MESSAGES:
         logging.getLogger(logger).addFilter(_MessageFilter(text))
     logging.getLogger("uvicorn.access").addFilter(_HealthPollFilter())
