@@ -17,6 +17,7 @@ from .api import CapacityError, EngineLoader, GenerationJob, LoadedEngine, Model
 from .config import ServiceConfig
 from .precision import (
     DeviceInfo,
+    MemoryPlan,
     PrecisionChoice,
     choose_memory_plan,
     choose_precision,
@@ -119,7 +120,15 @@ def _load_component(model_dir: Path, name: str, dtype: Any, device: DeviceInfo) 
     return module.eval().requires_grad_(False)
 
 
-def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, max_batch: int = 1) -> Any:
+def plan_memory(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, max_batch: int = 1) -> MemoryPlan:
+    """The memory plan (resident or lean) from the sizes on disk, the GPU's memory and ``max_batch``."""
+    sizes = component_bytes(model_dir)
+    return choose_memory_plan(choice, device, sizes.get("transformer"),
+                              sum(sizes.get(name, 0) for name in TEXT_ENCODERS), max_batch)
+
+
+def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, max_batch: int = 1,
+                  plan: MemoryPlan | None = None) -> Any:
     """Load the pipeline from local files onto ``device``, each component straight into its target precision.
 
     Component by component (LOAD_ORDER): the transformer is read in the compute
@@ -136,8 +145,8 @@ def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, 
     if device.kind == "cuda" and not _accelerate_available():
         log.warning("accelerate is not installed: each component passes through host memory on its way to the GPU")
     sizes = component_bytes(model_dir)
-    plan = choose_memory_plan(choice, device, sizes.get("transformer"),
-                              sum(sizes.get(name, 0) for name in TEXT_ENCODERS), max_batch)
+    if plan is None:
+        plan = plan_memory(model_dir, choice, device, max_batch)
     log.info("memory plan: %s", plan.reason)
     _quiet_progress_bars()
     components: dict[str, Any] = {}
@@ -348,7 +357,8 @@ def engine_loader(config: ServiceConfig) -> EngineLoader:
         set_phase("loading")
         begin = time.monotonic()
         largest = max(config.limits.max_n, config.max_batch)
-        pipe = load_pipeline(config.model_dir, choice, device, largest)
+        plan = plan_memory(config.model_dir, choice, device, largest)
+        pipe = load_pipeline(config.model_dir, choice, device, largest, plan)
         load_s = time.monotonic() - begin
         log.info("loaded %s in %.1f s%s", config.model_dir, load_s, _gpu_memory_note(device))
         engine = PipelineEngine(pipe, device, choice)
@@ -369,6 +379,7 @@ def engine_loader(config: ServiceConfig) -> EngineLoader:
             "load_s": f"{load_s:.1f}",
             "warmup_s": f"{warmup_s:.1f}",
             "max_batch": str(config.max_batch),
+            "memory_plan": "lean" if plan.text_encoders_fp8 else "resident",
         }
         if limit is not None:
             description["gpu_memory_limit"] = f"{limit / 2**30:.2f} GiB"

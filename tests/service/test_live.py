@@ -251,3 +251,7 @@ def test_sigterm_exits_0(shipped_dir: Path, tiny_model_dir: Path, tmp_path: Path
     service.process.terminate()
     assert service.process.wait(timeout=60) == 0, service.log()
     assert "Finished server process" in service.log()
+
+
+def test_readyz_names_the_memory_plan(live_service: RunningService) -> None:
+    assert httpx.get(live_service.url + "/readyz", timeout=10).json()["memory_plan"] == "resident"  # a CPU
