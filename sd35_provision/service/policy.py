@@ -262,3 +262,34 @@ def memory_need(weight_bytes: int, batch: int, tiled: bool, total: int) -> int:
 def gpu_device(name: str, compute_capability: tuple[int, int] | None, memory_mib: int | None) -> DeviceInfo:
     """A DeviceInfo from a host's GPU facts (nvidia-smi reports memory in MiB)."""
     return DeviceInfo("cuda", name, compute_capability, None if memory_mib is None else memory_mib << 20)
+
+
+# The published SD3.5 pipelines' bf16 weights (transformer, the three text encoders
+# together), the components the service loads: what the control machine plans with
+# before the model is on the host.
+PUBLISHED_WEIGHTS = {
+    "stable-diffusion-3.5-large": (16_290_000_000, 11_160_000_000),
+    "stable-diffusion-3.5-large-turbo": (16_290_000_000, 11_160_000_000),
+    "stable-diffusion-3.5-medium": (4_940_000_000, 11_160_000_000),
+}
+# What a host's venv offers: the GPU locks pin torch >= 2.9 with torchao (sd35_provision/locks/cu*.txt).
+GPU_LOCK_SOFTWARE = Software(float8=True, torchao=True, torch_version="from the cu128/cu130 lock")
+
+
+def host_plan(requested: str, compile: str, device: DeviceInfo, repo: str | None, max_batch: int,
+              software: Software = GPU_LOCK_SOFTWARE) -> str:
+    """One line for the control side: the precision and memory plan the service will pick on ``device``.
+
+    ``repo`` names the model (its published weight sizes, when known);
+    ``max_batch`` is the most images one pipeline call draws (max_n or the batching limit).
+    """
+    name = (repo or "").rstrip("/").rsplit("/", 1)[-1].lower()
+    transformer, encoders = PUBLISHED_WEIGHTS.get(name, (None, None))
+    total_bf16 = None if transformer is None else transformer + encoders
+    try:
+        precision = choose_precision(requested, device, software, compile, total_bf16)
+    except ValueError as exc:
+        return f"service: precision {requested} cannot run: {exc}"
+    memory = choose_memory_plan(precision.mode, device, transformer, encoders, max_batch)
+    return (f"service: {precision.mode}{' + compile' if precision.compile else ''}, "
+            f"memory {memory.reason.split(':', 1)[0]} ({memory.reason.split(':', 1)[1].strip()})")

@@ -104,3 +104,24 @@ def test_activation_budget_is_per_image():
     assert not choose_memory_plan("bf16", device, weights, 0, 2).text_encoders_fp8
     assert choose_memory_plan("bf16", device, weights, 0, 3).text_encoders_fp8
     assert policy.memory_need(weights, 3, tiled=True, total=total) < total  # what lean saves makes room
+
+
+@pytest.mark.parametrize(
+    "memory_mib,repo,max_batch,expected",
+    [
+        (143771, "stabilityai/stable-diffusion-3.5-large", 4, "service: fp8-dynamic + compile, memory resident"),
+        (23034, "stabilityai/stable-diffusion-3.5-large", 4, "service: fp8-dynamic + compile, memory lean"),
+        (23034, "stabilityai/stable-diffusion-3.5-medium", 1, "service: fp8-dynamic + compile, memory resident"),
+        (23034, "someone/custom-sd3", 4, "service: fp8-dynamic + compile, memory resident (sizes or GPU unknown)"),
+    ],
+)
+def test_host_plan_from_gpu_facts(memory_mib, repo, max_batch, expected):
+    """What the control machine can say about a host before the model is there: from its GPU facts and the spec."""
+    line = policy.host_plan("auto", "auto", gpu_device("NVIDIA L4", (8, 9), memory_mib), repo, max_batch)
+    assert line.startswith(expected), line
+
+
+def test_host_plan_names_a_precision_the_gpu_cannot_run():
+    line = policy.host_plan("fp8-dynamic", "auto", gpu_device("NVIDIA A100", (8, 0), 81920),
+                            "stabilityai/stable-diffusion-3.5-large", 4)
+    assert line.startswith("service: precision fp8-dynamic cannot run: fp8-dynamic needs compute capability >= 8.9")
