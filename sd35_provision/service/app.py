@@ -7,6 +7,7 @@ long load and /readyz says when generation can start.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -33,7 +34,7 @@ from .api import (
 )
 from .config import ServiceConfig
 from .edits import EDITS_PATH, add_edits_route
-from .metrics import ServiceMetrics
+from .metrics import ServiceMetrics, process_started_at
 from .playground import PAGE_PATHS, add_playground
 from .worker import GPUWorker, QueueFull
 
@@ -102,8 +103,10 @@ def create_app(
         load_engine = engine_loader(config)
 
     state = ServiceState()
-    worker = GPUWorker(config.queue_size)
+    worker = GPUWorker(config.queue_size, config.max_batch)
     metrics = ServiceMetrics(queue_depth=lambda: worker.waiting, in_progress=lambda: worker.running)
+    worker.on_batch = metrics.batch_images.observe
+    created = time.time()
     body_limit = 16 * 1024 + 8 * config.limits.max_prompt_chars
 
     def loaded(future: Any) -> None:
@@ -118,6 +121,11 @@ def create_app(
                 on_fatal(exc)
             return
         result: LoadedEngine = future.result()
+        # From the process's start (its imports included) to ready: what a restart costs.
+        started = process_started_at() or created
+        ready_s = max(0.0, time.time() - started)
+        result = LoadedEngine(engine=result.engine, description={**result.description, "ready_s": f"{ready_s:.1f}"})
+        metrics.ready_seconds.set(ready_s)
         state.set_loaded(result)
         metrics.ready.set(1)
         metrics.info.info(result.description)
@@ -266,8 +274,25 @@ def create_app(
             elapsed = time.monotonic() - begin
             return [base64.b64encode(png).decode("ascii") for png in pngs], elapsed
 
+        def draw_batch(jobs: list[Any]) -> list[tuple[list[Any], float]]:
+            begin = time.monotonic()
+            images = engine.draw(jobs)
+            elapsed = time.monotonic() - begin
+            return [(found, elapsed) for found in images]
+
+        def encode(images: list[Any]) -> list[str]:
+            return [base64.b64encode(engine.encode(image)).decode("ascii") for image in images]
+
         try:
-            images, elapsed = await worker.run(draw)
+            if hasattr(engine, "draw"):
+                # Batchable engine: jobs of one size, steps and guidance share a
+                # pipeline call, and the PNG/base64 encoding runs here, off the GPU
+                # thread, which moves on to the next batch meanwhile.
+                key = (job.width, job.height, job.num_inference_steps, job.guidance_scale)
+                drawn, elapsed = await worker.run_batched(key, job.n, job, draw_batch)
+                images = await asyncio.to_thread(encode, drawn)
+            else:
+                images, elapsed = await worker.run(draw)
         except QueueFull as exc:
             metrics.errors.labels("queue_full").inc()
             return _error(

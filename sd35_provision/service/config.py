@@ -23,6 +23,8 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_PRECISION | auto, fp8 (best FP8 the GPU has), fp8-dynamic, fp8-storage, bf16, fp32 | auto |
 | SD35_COMPILE | torch.compile the transformer: auto, on, off | auto |
 | SD35_QUEUE_SIZE | requests that may wait behind the running one; more get 429 | 4 |
+| SD35_MAX_BATCH | images drawn in one pipeline call: waiting requests of one size, steps and guidance join (1: one at a time) | 4 |
+| SD35_GPU_MEMORY_GIB | cap this process's GPU memory (torch allocator) and plan for that much; 0: the whole GPU | 0 |
 | SD35_MIN_SIDE, SD35_MAX_SIDE | image side limits in pixels (the model's own limit also applies) | 64, 1536 |
 | SD35_MAX_PIXELS | width x height limit | 2359296 (1536x1536) |
 | SD35_MAX_STEPS, SD35_MAX_N | inference steps and images per request | 60, 4 |
@@ -160,6 +162,9 @@ LOG_LEVEL: Setting[LogLevel] = Setting("SD35_LOG_LEVEL", str, "INFO", choices=LO
 MODEL_NAME: Setting[str] = Setting("SD35_MODEL_NAME", str, "sd3.5")
 MODEL_ALIASES: Setting[str] = Setting("SD35_MODEL_ALIASES", str, "")  # comma-separated; "": none
 PLAYGROUND: Setting[bool] = Setting("SD35_PLAYGROUND", bool, True)  # the page at / (service/playground.py)
+# Batching won on the H200 at 4+ concurrent clients (docs/benchmarks.md).
+MAX_BATCH = _int("SD35_MAX_BATCH", 4, 1, 64)
+GPU_MEMORY_GIB: Setting[float] = Setting("SD35_GPU_MEMORY_GIB", float, 0.0, 0.0, 4096.0)  # 0: no cap
 
 # By the name of the ServiceConfig (or Limits) field each one fills; the host
 # spec's service.* keys that reach the service use the same names.
@@ -185,6 +190,8 @@ SETTINGS: dict[str, Setting[Any]] = {
     "model_name": MODEL_NAME,
     "model_aliases": MODEL_ALIASES,
     "playground": PLAYGROUND,
+    "max_batch": MAX_BATCH,
+    "gpu_memory_gib": GPU_MEMORY_GIB,
 }
 
 
@@ -254,6 +261,8 @@ class ServiceConfig:
     model_name: str = MODEL_NAME.default
     model_aliases: tuple[str, ...] = ()
     playground: bool = PLAYGROUND.default
+    max_batch: int = MAX_BATCH.default
+    gpu_memory_gib: float | None = None  # None: the whole GPU
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -420,6 +429,8 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
         model_name=model_name[0] if len(model_name) == 1 else MODEL_NAME.default,
         model_aliases=r.names(MODEL_ALIASES),
         playground=r.read(PLAYGROUND),
+        max_batch=r.read(MAX_BATCH),
+        gpu_memory_gib=r.read(GPU_MEMORY_GIB) or None,
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +20,19 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
+
+
+def process_started_at() -> float | None:
+    """This process's start (Unix time) from /proc; None where there is no /proc."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        ticks = int(fields[19])  # starttime: field 22, clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class CudaMemoryCollector:
@@ -78,6 +93,13 @@ class ServiceMetrics:
         self.ready = Gauge("sd35_model_ready", "1 once the model is loaded and warmed up.", registry=r)
         self.load_seconds = Gauge("sd35_model_load_seconds", "Time spent loading and warming up the model.", registry=r)
         self.info = Info("sd35_model", "The precision and device the model runs with.", registry=r)
+        self.ready_seconds = Gauge(
+            "sd35_ready_seconds", "Seconds from the process's start to ready (imports, load, warm-up).", registry=r
+        )
+        self.batch_images = Histogram(
+            "sd35_batch_images", "Images drawn per pipeline call (batched requests together).",
+            buckets=BATCH_BUCKETS, registry=r,
+        )
         ProcessCollector(registry=r)
         r.register(CudaMemoryCollector())
 

@@ -100,9 +100,13 @@ def test_nvidia_gpus_command_on_recorded_nvidia_smi(tmp_path: Path, recorded: Pa
     result = subprocess.run(["sh", "-c", fact.command()], capture_output=True, text=True, check=True, env=env)
     status = fact.process(result.stdout.splitlines())
     assert status.state == "ok" and status.cuda_version
+    # The directory names the card: h100* recorded on the lent H100, h200* on the lent 2 x H200.
+    name, min_mib = {"h100": ("NVIDIA H100", 80_000), "h200": ("NVIDIA H200", 140_000)}[recorded.name[:4]]
     for gpu in status.gpus:
-        assert gpu.name.startswith("NVIDIA H100") and gpu.compute_capability == (9, 0) and gpu.fp8_capable
-        assert gpu.memory_mib and gpu.memory_mib > 80_000 and gpu.driver_version[:3].isdigit()
+        assert gpu.name.startswith(name) and gpu.compute_capability == (9, 0) and gpu.fp8_capable
+        assert gpu.memory_mib and gpu.memory_mib > min_mib and gpu.driver_version[:3].isdigit()
+    if recorded.name == "h200":
+        assert [g.index for g in status.gpus] == [0, 1] and len({g.uuid for g in status.gpus}) == 2
 
 
 def test_nvidia_gpus_command_when_the_driver_is_not_loaded(tmp_path: Path) -> None:

@@ -140,3 +140,17 @@ def test_model_names(model_dir: Path) -> None:
     found = problems({"SD35_MODEL_DIR": str(model_dir), "SD35_MODEL_NAME": "a,b", "SD35_MODEL_ALIASES": "two words"})
     assert sorted(found) == ["SD35_MODEL_ALIASES: 'two words' is not a model name (printable, without spaces)",
                              "SD35_MODEL_NAME: one name; other names go in SD35_MODEL_ALIASES"]
+
+
+def test_batching_and_gpu_memory_settings(model_dir: Path) -> None:
+    default = load_config({"SD35_MODEL_DIR": str(model_dir)})
+    assert (default.max_batch, default.gpu_memory_gib) == (4, None)  # batching won on the H200
+    config = load_config({"SD35_MODEL_DIR": str(model_dir), "SD35_MAX_BATCH": "1", "SD35_GPU_MEMORY_GIB": "22.35"})
+    assert (config.max_batch, config.gpu_memory_gib) == (1, 22.35)
+    assert load_config({"SD35_MODEL_DIR": str(model_dir), "SD35_GPU_MEMORY_GIB": "0"}).gpu_memory_gib is None
+
+
+def test_bad_batching_and_gpu_memory_settings_are_named(model_dir: Path) -> None:
+    found = problems({"SD35_MODEL_DIR": str(model_dir), "SD35_MAX_BATCH": "0", "SD35_GPU_MEMORY_GIB": "lots"})
+    assert "SD35_MAX_BATCH: 0 is below the minimum 1" in found
+    assert "SD35_GPU_MEMORY_GIB: 'lots' is not a number" in found

@@ -222,3 +222,37 @@ def test_shipped_package_imports_nothing_else_of_the_project(shipped_dir: Path) 
     location, foreign = (result.stdout.splitlines() + [""])[:2]
     assert location.startswith(str(shipped_dir))
     assert foreign == ""
+
+
+def test_quiet_start_and_health_polls_leave_no_access_lines(live_service: RunningService) -> None:
+    # start_service polled /readyz until ready; poll the others too, then make one real request.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(live_service.url + path, timeout=10).status_code == 200
+    body = {"prompt": "quiet", "size": "64x64", "num_inference_steps": 1, "seed": 5}
+    assert httpx.post(live_service.url + "/v1/images/generations", json=body, timeout=60).status_code == 200
+    log = live_service.log()
+    assert '"POST /v1/images/generations HTTP/1.1" 200' in log  # real requests are still logged
+    for noise in ("GET /readyz", "GET /healthz", "GET /metrics", "SyntaxWarning", "Unable to import `torchao`"):
+        assert noise not in log, noise
+
+
+def test_readyz_and_metrics_report_start_up_time(live_service: RunningService) -> None:
+    ready = httpx.get(live_service.url + "/readyz", timeout=10).json()
+    assert float(ready["ready_s"]) >= float(ready["load_s"]) + float(ready["warmup_s"]) > 0
+    metrics = httpx.get(live_service.url + "/metrics", timeout=10).text
+    line = next(x for x in metrics.splitlines() if x.startswith("sd35_ready_seconds "))
+    assert abs(float(line.split()[1]) - float(ready["ready_s"])) < 0.1
+
+
+def test_sigterm_exits_0(shipped_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """systemd stops the unit with SIGTERM: a clean stop, exit status 0 (uvicorn would re-raise the signal)."""
+    from .support import start_service
+
+    service = start_service(shipped_dir, base_env(tiny_model_dir), tmp_path / "service.log")
+    service.process.terminate()
+    assert service.process.wait(timeout=60) == 0, service.log()
+    assert "Finished server process" in service.log()
+
+
+def test_readyz_names_the_memory_plan(live_service: RunningService) -> None:
+    assert httpx.get(live_service.url + "/readyz", timeout=10).json()["memory_plan"] == "resident"  # a CPU
