@@ -40,14 +40,12 @@ from sd35_provision.facts.disk import FreeSpace
 from sd35_provision.facts.model import ModelCheck, ModelFiles, hashes_path, modelcheck_command
 from sd35_provision.hostplan import MODEL_STEP as STEP
 from sd35_provision.hostplan import HostPlan, ModelNotReady
+from sd35_provision.hostscripts import render_script
 from sd35_provision.operations import HostRecorder, managed_file
 
 __all__ = ["STEP", "ModelNotReady", "model_layer"]
 
 HF_TOKEN_PATH = layout.HF_TOKEN_FILE
-# Run git as root on the service user's checkout (then hand it over): git refuses a repo owned by
-# another user unless told; the command-line setting covers this run only.
-GIT = "git -c safe.directory='*' -c advice.detachedHead=false"
 
 
 def model_check(plan: HostPlan) -> ModelCheck:
@@ -129,14 +127,14 @@ def model_pushed(plan: HostPlan, check: ModelCheck, names: list[str], recorder: 
         return
     settings, directory = plan.settings, plan.model_dir
     recorder.diff(describe_changes(check, directory, f"push of {settings.model.path}", names))
-    user, d = settings.service.user, shlex.quote(directory)
+    user = settings.service.user
     parents = sorted({f"{directory}/{name}".rsplit("/", 1)[0] for name in names} | {directory})
     yield f"install -d -o {user} -g {user} -m 750 {' '.join(shlex.quote(p) for p in parents)}"
     for name in names:
         remote = f"{directory}/{name}"
         yield FileUploadCommand(str(settings.model.path / name), f"{remote}.partial")
         yield f"mv -f {shlex.quote(remote + '.partial')} {shlex.quote(remote)}"
-    yield hand_over_script(d, user)
+    yield hand_over_script(directory, user)
     yield verify_command(plan)
 
 
@@ -163,43 +161,27 @@ def model_cloned(plan: HostPlan, check: ModelCheck, fresh: bool, recorder: HostR
 
 def git_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
     """The commands that bring the checkout to the pinned commit: everything (``repair`` None) or those files."""
-    settings = plan.settings
-    model = settings.model
+    model = plan.settings.model
     directory, manifest = plan.model_dir, plan.model_manifest_path
-    d, m, revision = shlex.quote(directory), shlex.quote(manifest), shlex.quote(model.revision)
-    user = settings.service.user
     space = modelcheck_command("python3", "space", "--dir", directory, "--manifest", manifest, "--factor", "2",
                                "--why", " (git-lfs holds a second copy until the checkout is done)")
     lines = ["set -eu", "umask 022"]
     if repair is None:
         lines += [
-            # Git objects only (pointers, no weights): cheap to redo if this was interrupted.
-            f"if [ ! -d {d}/.git ]; then rm -rf {d}.partial && GIT_LFS_SKIP_SMUDGE=1 {GIT} clone --quiet "
-            f"--no-checkout -- {shlex.quote(model.url)} {d}.partial && rm -rf {d} && mv -T {d}.partial {d}; fi",
-            f"cd {d}",
-            # The repo's own lfs filters: a host whose git-lfs was never set up system-wide still gets weights.
-            f"{GIT} lfs install --local >/dev/null",
-            f"{GIT} cat-file -e {revision}^{{commit}} 2>/dev/null || GIT_LFS_SKIP_SMUDGE=1 {GIT} fetch --quiet "
-            f"origin {revision} 2>/dev/null || GIT_LFS_SKIP_SMUDGE=1 {GIT} fetch --quiet --tags origin",
-            f"GIT_LFS_SKIP_SMUDGE=1 {GIT} checkout --quiet --force --detach {revision}",
-            f"{modelcheck_command('python3', 'git-manifest', '--dir', directory, '--out', manifest)}",
+            render_script("model-git-checkout.sh", dir=directory, partial=f"{directory}.partial", url=model.url,
+                          revision=model.revision),
+            modelcheck_command("python3", "git-manifest", "--dir", directory, "--out", manifest),
             space,
-            f"{GIT} lfs pull",
+            render_script("model-git-pull.sh", include=[]),
         ]
     elif repair:
-        names = " ".join(shlex.quote(name) for name in repair)
         lines += [
-            f"cd {d}",
-            f"{GIT} lfs install --local >/dev/null",
-            # Gone first, so git writes their pointers again instead of cleaning the broken content.
-            f"rm -f -- {names}",
-            f"GIT_LFS_SKIP_SMUDGE=1 {GIT} checkout --quiet {revision} -- {names}",
+            render_script("model-git-restore.sh", dir=directory, names=repair, revision=model.revision),
             space,
-            f"{GIT} lfs pull --include={shlex.quote(','.join(repair))}",
+            render_script("model-git-pull.sh", include=[f"--include={','.join(repair)}"]),
         ]
-    # The weights are checked out: git-lfs's own copies only double the disk use.
-    lines.append(f"rm -rf {d}/.git/lfs/objects {d}/.git/lfs/tmp")
-    lines.append(hand_over_script(d, user))
+    lines.append(render_script("model-git-clean.sh", dir=directory))
+    lines.append(hand_over_script(directory, plan.settings.service.user))
     lines.append(verify_command(plan))
     return "\n".join(lines)
 
@@ -240,11 +222,11 @@ def hf_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
     for name in repair or ():
         args += ["--repair", name]
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items())
-    storage = shlex.quote(layout.hub_storage(settings.cache.hf_home, model.repo))
+    storage = layout.hub_storage(settings.cache.hf_home, model.repo)
     lines = ["set -eu"]
     if repair is None or repair:
         lines.append(f"runuser -u {user} -- env {env} {modelcheck_command(plan.venv_python, *args)}")
-    lines.append(f"if [ -d {storage} ]; then {hand_over_script(storage, user)}; fi")
+    lines.append(f"if [ -d {shlex.quote(storage)} ]; then\n{hand_over_script(storage, user)}\nfi")
     lines.append(verify_command(plan))
     return "\n".join(lines)
 
@@ -252,12 +234,9 @@ def hf_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
 # -- shared ---------------------------------------------------------------------------
 
 
-def hand_over_script(quoted_root: str, user: str) -> str:
-    """Give the service user what it does not own yet under a root, readable; leave the rest untouched
-    (a chown changes ctime, which would make the next check hash every file again)."""
-    return (f"find {quoted_root} \\( ! -user {user} -o ! -group {user} \\) -exec chown -h {user}:{user} {{}} + && "
-            f"find {quoted_root} \\( -type f ! -perm -u=r -exec chmod u+r {{}} + \\) -o "
-            f"\\( -type d ! -perm -u=rx -exec chmod u+rx {{}} + \\)")
+def hand_over_script(root: str, user: str) -> str:
+    """Give the service user what it does not own yet under ``root``, readable (see hostside/hand-over.sh)."""
+    return render_script("hand-over.sh", root=root, user=user, owner=f"{user}:{user}")
 
 
 def verify_command(plan: HostPlan) -> str:

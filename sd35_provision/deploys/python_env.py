@@ -29,6 +29,7 @@ from sd35_provision import layout
 from sd35_provision.facts.venv import COMPLETE_STAMP, Venv, WheelHashes
 from sd35_provision.hostplan import PYTHON_STEP as STEP
 from sd35_provision.hostplan import EnvironmentNotReady, HostPlan
+from sd35_provision.hostscripts import render_script
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.locks import Lock, compare_installed, unlocked_packages
 from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
@@ -100,7 +101,7 @@ def wheels_pushed(wheels: list[tuple[str, str, str]], directory: str):
 
 @operation()
 def venv_restored(venv: str, lock: Lock, installed: dict[str, str], environment: dict[str, str],
-                  lock_path: str, pip_options: str, recorder: HostRecorder):
+                  lock_path: str, pip_options: list[str], recorder: HostRecorder):
     """
     Put a drifted venv back to its lock: remove what the lock lacks, reinstall the rest.
 
@@ -133,50 +134,21 @@ def _pip_environment(settings: HostSettings) -> dict[str, str]:
             "PIP_NO_INPUT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _pip_options(settings: HostSettings, lock: Lock, find_links: str | None) -> str:
+def _pip_options(settings: HostSettings, lock: Lock, find_links: str | None) -> list[str]:
     options = ["--require-hashes", "--only-binary=:all:", "--no-color", "--progress-bar=off"]
     if find_links or settings.python.find_links:
         options.append("--no-index")
         options += [f"--find-links={link}" for link in (find_links, settings.python.find_links) if link]
     elif lock.flavour in FLAVOUR_EXTRA_INDEX:
         options.append(f"--extra-index-url={FLAVOUR_EXTRA_INDEX[lock.flavour]}")
-    return " ".join(shlex.quote(option) for option in options)
+    return options
 
 
-_FAILURE_SUMMARY = [
-    # pip's own words name the package: a hash mismatch, or no wheel for it.
-    "grep -E -A2 'DO NOT MATCH THE HASHES|^ +[A-Za-z0-9_.+-]+==.* from |No matching distribution|"
-    "Could not find a version|^ERROR' \"$log\" | grep -v 'Expected     or' | head -20 >&2",
-    "bad=$(sed -n 's/^ *\\([A-Za-z0-9_.+-]*==[^ ]*\\) from .*/\\1/p' \"$log\" | sort -u | paste -sd, -)",
-    'if [ -n "$bad" ]; then why="wheels do not match the lock\'s hashes: $bad"; else why="pip failed (above)"; fi',
-]
+def _build_script(interpreter: str, venv: str, lock_path: str, pip_options: list[str]) -> str:
+    return render_script("venv-build.sh", venv_name=venv.rsplit("/", 1)[-1], interpreter=interpreter, venv=venv,
+                         lock=lock_path, pip_options=pip_options, stamp=COMPLETE_STAMP)
 
 
-def _build_script(interpreter: str, venv: str, lock_path: str, pip_options: str) -> str:
-    v, lock = shlex.quote(venv), shlex.quote(lock_path)
-    name = venv.rsplit("/", 1)[-1]
-    return "\n".join([
-        "set -u",
-        "log=$(mktemp /tmp/sd35-venv.XXXXXX)",
-        # An unstamped venv is a half-built one (e.g. an earlier run was cut off): start again.
-        f"rm -rf {v}",
-        f"if ! {shlex.quote(interpreter)} -m venv {v} >\"$log\" 2>&1 || "
-        f"! {v}/bin/python -m pip install --quiet {pip_options} -r {lock} >>\"$log\" 2>&1 || "
-        f"! {v}/bin/python -c 'import torch, diffusers, transformers' >>\"$log\" 2>&1; then",
-        *("    " + line for line in _FAILURE_SUMMARY),
-        f"    rm -rf {v} \"$log\"",
-        f'    echo "venv {name} not built, $why; the running environment is unchanged" >&2',
-        "    exit 1",
-        "fi",
-        'rm -f "$log"',
-        f"cp {lock} {v}/{COMPLETE_STAMP}",
-    ])
-
-
-def _repair_script(venv: str, lock_path: str, pip_options: str, extras: list[str]) -> str:
-    v, lock = shlex.quote(venv), shlex.quote(lock_path)
-    lines = ["set -eu"]
-    if extras:
-        lines.append(f"{v}/bin/python -m pip uninstall --quiet --yes {' '.join(shlex.quote(e) for e in extras)}")
-    lines.append(f"{v}/bin/python -m pip install --quiet {pip_options} -r {lock}")
-    return "\n".join(lines)
+def _repair_script(venv: str, lock_path: str, pip_options: list[str], extras: list[str]) -> str:
+    return render_script("venv-repair.sh", venv=venv, lock=lock_path, pip_options=pip_options, extras=extras,
+                         remove="yes" if extras else "")

@@ -28,6 +28,7 @@ from sd35_provision import layout
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.facts.releases import ReleaseStore, ReleaseStoreContents
 from sd35_provision.hostplan import HostPlan
+from sd35_provision.hostscripts import render_script
 from sd35_provision.operations import HostRecorder
 
 STEP = "Release"
@@ -88,15 +89,7 @@ def prune_script(cache_root: str, stale: list[str]) -> str:
 
 def switch_script(root: str, target: str) -> str:
     """Point ``current`` at ``target`` atomically (rename over the old link), keep the old one as ``previous``."""
-    r, t = shlex.quote(root), shlex.quote(target)
-    return "\n".join([
-        "set -eu",
-        f"cd {r}",
-        "old=$(readlink current 2>/dev/null || true)",
-        f"ln -sfn {t} .current.new",
-        "mv -T .current.new current",
-        f'if [ -n "$old" ] && [ "$old" != {t} ]; then ln -sfn "$old" .previous.new && mv -T .previous.new previous; fi',
-    ])
+    return render_script("release-switch.sh", root=root, target=target)
 
 
 @operation()
@@ -113,11 +106,10 @@ def service_code_unpacked(app: str):
 
 
 def _create_script(releases: str, rid: str, manifest: Mapping[str, Any], service_env: str) -> str:
-    final, staging = shlex.quote(f"{releases}/{rid}"), shlex.quote(f"{releases}/.{rid}.new")
-    lines = ["set -eu", f"rm -rf {staging}", f"mkdir -m 755 {staging}"]
-    lines += [f"ln -s {shlex.quote(target)} {staging}/{name}" for name, target in manifest["links"].items()]
-    lines.append(f"printf '%s\\n' {shlex.quote(json.dumps(manifest, indent=2, sort_keys=True))} > {staging}/release.json")
-    lines.append(f"printf '%s' {shlex.quote(service_env)} > {staging}/{layout.RELEASE_SERVICE_ENV}")
-    lines.append(f"chmod 644 {staging}/release.json {staging}/{layout.RELEASE_SERVICE_ENV}")
-    lines.append(f"mv -T {staging} {final}")
-    return "\n".join(lines)
+    links = manifest["links"]
+    return render_script(
+        "release-create.sh", staging=f"{releases}/.{rid}.new", release=f"{releases}/{rid}",
+        venv=links["venv"], app=links["app"], model=links["model"],
+        release_json=json.dumps(manifest, indent=2, sort_keys=True), service_env=service_env,
+        service_env_copy=layout.RELEASE_SERVICE_ENV,
+    )
