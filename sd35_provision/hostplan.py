@@ -26,8 +26,16 @@ from pyinfra.api.exceptions import OperationError
 
 from sd35_provision import layout
 from sd35_provision.appbundle import service_bundle
-from sd35_provision.cuda_compat import install_branch, pick_flavour_for_branch, version_tuple, wanted_flavour
-from sd35_provision.deploys.service_settings import render_service_env, service_env_digest
+from sd35_provision.cuda_compat import (
+    install_branch,
+    pick_flavour_for_branch,
+    version_tuple,
+    wanted_flavour,
+)
+from sd35_provision.deploys.service_settings import (
+    render_service_env,
+    service_env_digest,
+)
 from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.facts.host import HostFacts
 from sd35_provision.facts.nvidia import NvidiaStatus, PciDevice

@@ -83,18 +83,18 @@ def managed_file(
     + user/group/mode: ownership and permissions
     + secret: never read, diff or log the content (tokens, API keys)
     + summary: show this line instead of a diff (generated files too long to read, like locks)
-    + recorder: where the diff goes (the host's recorder)
+    + recorder: the host's recorder, where the diff goes (None: no diff shown)
     """
     data = content.encode()
-    if host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest():
-        if recorder is not None and not host.state.is_executing:
-            if secret:
-                diff = f"--- {path}\n+++ {path}\n{SECRET_NOTICE}\n"
-            elif summary:
-                diff = f"--- {path}\n+++ {path}\n{summary}\n"
-            else:
-                diff = unified_diff(path, host.get_fact(FileContents, path=path), content)
-            recorder.diff(diff)
+    changed = host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest()
+    if changed and recorder is not None and not host.state.is_executing:
+        if secret:
+            diff = f"--- {path}\n+++ {path}\n{SECRET_NOTICE}\n"
+        elif summary:
+            diff = f"--- {path}\n+++ {path}\n{summary}\n"
+        else:
+            diff = unified_diff(path, host.get_fact(FileContents, path=path), content)
+        recorder.diff(diff)
     yield from files.put._inner(
         src=io.BytesIO(data),
         dest=path,

@@ -16,7 +16,13 @@ from sd35_provision.facts.host import HostFacts
 from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaPciDevices
 from sd35_provision.facts.python import PythonVersions
 from sd35_provision.facts.venv import InterpreterEnvironment
-from sd35_provision.hostplan import HostPlan, PlanFacts, build_host_plan, needs_gpu_facts, pick_interpreter
+from sd35_provision.hostplan import (
+    HostPlan,
+    PlanFacts,
+    build_host_plan,
+    needs_gpu_facts,
+    pick_interpreter,
+)
 from sd35_provision.hostspec.settings import HostSettings
 
 

@@ -12,10 +12,23 @@ from sd35_provision.appbundle import service_bundle
 from sd35_provision.facts.host import HostFacts
 from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaPciDevices, NvidiaStatus
 from sd35_provision.facts.python import PythonInterpreter
-from sd35_provision.hostplan import (EnvironmentNotReady, Instance, ModelNotReady, PlanFacts, build_host_plan,
-                                     release_id)
-from sd35_provision.hostspec.settings import (CacheSettings, DriverSettings, GpuSettings, HostSettings, ModelSettings,
-                                              PythonSettings, ServiceSettings)
+from sd35_provision.hostplan import (
+    EnvironmentNotReady,
+    Instance,
+    ModelNotReady,
+    PlanFacts,
+    build_host_plan,
+    release_id,
+)
+from sd35_provision.hostspec.settings import (
+    CacheSettings,
+    DriverSettings,
+    GpuSettings,
+    HostSettings,
+    ModelSettings,
+    PythonSettings,
+    ServiceSettings,
+)
 from sd35_provision.locks import load_lock
 from tests.pyinfra_fakes import fact_case
 
