@@ -143,3 +143,21 @@ def test_direct_smoke_commands_use_sudo_when_the_spec_says_so():
 
     assert _as_root(FakeHost({"_sudo": True})) == {"_sudo": True}
     assert _as_root(FakeHost({})) == {}
+
+
+def test_a_model_fetched_again_restarts_the_service():
+    # The model layer's fetch feeds the service: its change, not a second look at the files, restarts it.
+    from sd35_provision.deploys.model import model_layer
+    from sd35_provision.facts.model import ModelCheck
+    from tests.unit.test_model_deploy import model_fact
+
+    host = settings(bind="10.0.0.1")
+    model = merge_facts({"Directory": {f"path=/srv/sd35/{name}": {"mode": 750, "user": "sd35", "group": "sd35"}
+                                       for name in ("models", "manifests")}},
+                        model_fact(host, ModelCheck(manifest=True, exists=False)))
+    current = facts(host, render_service_unit(host), render_service_env(host), None, target(host))
+    run = run_deploy([model_layer, *LAYERS], merge_facts(current, model), host)
+    assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
+    assert "service restarts (model changed)" in run.notes
+    healthy = merge_facts(current, model, model_fact(host, ModelCheck(manifest=True, exists=True, git_head="a" * 40)))
+    assert run_deploy([model_layer, *LAYERS], healthy, host).changes == []
