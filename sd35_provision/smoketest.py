@@ -51,7 +51,8 @@ def smoke_command(settings: HostSettings) -> str:
     ]
     if settings.service.api_key_file is not None:
         args += ["--api-key-file", API_KEY_PATH]  # a path: the key never reaches argv
-    return f"mkdir -p {shlex.quote(layout.smoke_dir(cache_root))} && cd {shlex.quote(current + '/app')} && " + " ".join(map(shlex.quote, args))
+    return (f"mkdir -p {shlex.quote(layout.smoke_dir(cache_root))} && cd {shlex.quote(current + '/app')} && "
+            + " ".join(map(shlex.quote, args)))
 
 
 def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:

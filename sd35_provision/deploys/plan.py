@@ -13,8 +13,8 @@ from pyinfra.api.host import Host
 from pyinfra.facts.server import LinuxDistribution
 
 from sd35_provision.facts.host import HostFacts
-from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaPciDevices
-from sd35_provision.facts.python import PythonVersions
+from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaPciDevices, PciDevice
+from sd35_provision.facts.python import PythonInterpreter, PythonVersions
 from sd35_provision.facts.venv import InterpreterEnvironment
 from sd35_provision.hostplan import (
     HostPlan,
@@ -28,14 +28,16 @@ from sd35_provision.hostspec.settings import HostSettings
 
 def read_plan_facts(host: Host, settings: HostSettings) -> PlanFacts:
     """The facts the plan needs, and no others (a CPU host or a pinned flavour reads no GPU fact)."""
-    facts = PlanFacts(pythons=tuple(host.get_fact(PythonVersions)))
+    pythons: list[PythonInterpreter] = host.get_fact(PythonVersions)
+    facts = PlanFacts(pythons=tuple(pythons))
     if not needs_gpu_facts(settings):
         return facts
     status = host.get_fact(NvidiaGpus)
     facts = replace(facts, nvidia=status)
     if status.working or settings.gpu.driver.mode != "install":
         return facts
-    pci = tuple(host.get_fact(NvidiaPciDevices))
+    devices: list[PciDevice] = host.get_fact(NvidiaPciDevices)
+    pci = tuple(devices)
     if not pci:
         return replace(facts, nvidia_pci=pci)
     release = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
