@@ -1,8 +1,9 @@
 """Turn a validated spec into a pyinfra Inventory.
 
-Each host's merged settings travel as ``host.data.sd35`` (a HostSettings), so
-deploys read typed settings and plain ``pyinfra`` (deploys/inventory.py) gets
-exactly the same inventory.
+Each host's merged settings travel as ``host.data.sd35`` (a HostSettings) for
+plain ``pyinfra`` (deploys/inventory.py gets exactly the same inventory), where
+deploys/site.py builds the host's plan from them; the runner hands the layers
+their plan as an argument instead.
 """
 
 from __future__ import annotations

@@ -1,44 +1,54 @@
-"""Where things live on a provisioned host, derived from its settings.
+"""Where things live on a provisioned host: every host path, in one place.
 
-One place for these paths so the deploys, the service unit and ``status``
-agree on them.
+The deploys, the per-host plan, the smoke test, the rollback and ``status``
+all take their paths from here, so they agree on them. Each function takes
+what the path depends on (a root, an id), not the whole settings.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 
-from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.hostspec.settings import CacheSettings, ModelSettings
+
+# -- /etc -----------------------------------------------------------------------------
 
 CONFIG_DIR = "/etc/sd35"
 ENV_FILE = f"{CONFIG_DIR}/env"
 SERVICE_UNIT = "sd35-inference.service"
+UNIT_PATH = f"/etc/systemd/system/{SERVICE_UNIT}"
+SERVICE_ENV_FILE = f"{CONFIG_DIR}/service.env"  # the service's SD35_* settings
+RELEASE_SERVICE_ENV = "service.env"  # the copy of them in each release directory, for rollbacks
 API_KEY_FILE = f"{CONFIG_DIR}/api-key"  # the service's bearer key, 0400, owned by the service user
+HF_TOKEN_FILE = f"{CONFIG_DIR}/hf-token"  # the hub token, 0600, owned by the service user
 PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
 
 
-def cache_environment(settings: HostSettings) -> dict[str, str]:
+# -- the cache root (cache.root, on the SSD) --------------------------------------------
+
+
+def cache_environment(cache: CacheSettings) -> dict[str, str]:
     """The variables that point every tool at the SSD caches."""
-    cache = settings.cache
     return {
         "HF_HOME": cache.hf_home,
-        "HF_HUB_CACHE": f"{cache.hf_home}/hub",
+        "HF_HUB_CACHE": hub_cache(cache.hf_home),
         "TORCH_HOME": cache.torch_home,
         "PIP_CACHE_DIR": cache.pip_cache,
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
 
 
-def cache_directories(settings: HostSettings) -> list[str]:
-    env = cache_environment(settings)
-    return [settings.cache.root, env["HF_HOME"], env["HF_HUB_CACHE"], env["TORCH_HOME"], env["PIP_CACHE_DIR"]]
+def cache_directories(cache: CacheSettings) -> list[str]:
+    env = cache_environment(cache)
+    return [cache.root, env["HF_HOME"], env["HF_HUB_CACHE"], env["TORCH_HOME"], env["PIP_CACHE_DIR"]]
 
 
-def render_env_file(settings: HostSettings) -> str:
+def render_env_file(cache: CacheSettings) -> str:
     lines = ["# Managed by sd35-provision; edits are reverted on the next apply."]
     # /etc/profile.d sources this file: quoted, a value can never run as a command
     # (the spec's paths are plain already, and then quoting changes nothing).
-    lines += [f"{key}={shlex.quote(value)}" for key, value in cache_environment(settings).items()]
+    lines += [f"{key}={shlex.quote(value)}" for key, value in cache_environment(cache).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -54,43 +64,131 @@ def render_profile_snippet() -> str:
     )
 
 
+def smoke_dir(cache_root: str) -> str:
+    """The last smoke test's result (last.json) and image (last.png)."""
+    return f"{cache_root}/smoke"
+
+
+def smoke_record(cache_root: str) -> str:
+    return f"{smoke_dir(cache_root)}/last.json"
+
+
+def smoke_image(cache_root: str) -> str:
+    return f"{smoke_dir(cache_root)}/last.png"
+
+
+# -- models (format of the manifests: sd35_provision/modelcheck.py) ----------------------
+#
+#   <hf_home>/hub/models--org--name/snapshots/<revision>/   source hf: the hub cache's snapshot
+#   <cache root>/models/git-<name>-<commit>/                 source git: a checkout
+#   <cache root>/models/push-<manifest hash>/                source push: files sent from here
+#   <cache root>/manifests/<model dir name>.json             what each file must hash to
+
+
+def models_dir(cache_root: str) -> str:
+    return f"{cache_root}/models"
+
+
+def manifests_dir(cache_root: str) -> str:
+    return f"{cache_root}/manifests"
+
+
+def hub_cache(hf_home: str) -> str:
+    return f"{hf_home}/hub"
+
+
+def hub_storage(hf_home: str, repo: str) -> str:
+    """The hub cache folder of ``repo`` (blobs, snapshots, refs)."""
+    org, name = repo.split("/", 1)
+    return f"{hub_cache(hf_home)}/models--{org}--{name}"
+
+
+def model_dir(cache: CacheSettings, model: ModelSettings, push_digest: str | None = None) -> str:
+    """The directory the service loads with diffusers (the release's ``model`` link points here).
+
+    ``push_digest``: for ``push``, the sha256 of the manifest's text (it names the directory).
+    """
+    revision = model.revision or ""  # the spec pins it; settings built in code may leave it out
+    if model.source == "hf":
+        assert model.repo is not None
+        return f"{hub_storage(cache.hf_home, model.repo)}/snapshots/{revision}"
+    if model.source == "git":
+        assert model.url is not None
+        name = _slug(model.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))
+        return f"{models_dir(cache.root)}/git-{name}-{revision[:12]}"
+    assert push_digest is not None, "a pushed model is named by its manifest's hash"
+    return f"{models_dir(cache.root)}/push-{push_digest[:12]}"
+
+
+def model_manifest_path(cache: CacheSettings, model: ModelSettings, directory: str) -> str:
+    """Where the manifest of the model in ``directory`` is kept (outside it)."""
+    if model.source == "hf":
+        assert model.repo is not None
+        org, name = model.repo.split("/", 1)
+        return f"{manifests_dir(cache.root)}/hf-{_slug(org)}--{_slug(name)}-{(model.revision or '')[:12]}.json"
+    return manifest_of(cache.root, directory)
+
+
+def manifest_of(cache_root: str, directory: str) -> str:
+    """The manifest of a model directory under ``models/`` (it goes when that directory is pruned)."""
+    return f"{manifests_dir(cache_root)}/{directory.rsplit('/', 1)[-1]}.json"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[-60:] or "model"
+
+
 # -- the environment root (python.install_root, /opt/sd35 by default) -----------
 #
 #   venvs/<lock id>/        one venv per lock, never changed once stamped complete
 #   locks/<lock id>.txt     the lock it was built from
 #   wheelhouse/             wheels pushed from python.wheelhouse
-#   releases/<release id>/  venv (symlink), model (symlink), release.json
+#   apps/<code digest>/     the service code of one version
+#   releases/<release id>/  venv, app, model (symlinks), release.json, service.env
 #   current, previous       symlinks to releases; the service runs `current`
 
 
-def venvs_dir(settings: HostSettings) -> str:
-    return f"{settings.python.install_root}/venvs"
+def venvs_dir(install_root: str) -> str:
+    return f"{install_root}/venvs"
 
 
-def venv_dir(settings: HostSettings, lock_id: str) -> str:
-    return f"{venvs_dir(settings)}/{lock_id}"
+def venv_dir(install_root: str, lock_id: str) -> str:
+    return f"{venvs_dir(install_root)}/{lock_id}"
 
 
-def lock_path(settings: HostSettings, lock_id: str) -> str:
-    return f"{settings.python.install_root}/locks/{lock_id}.txt"
+def locks_dir(install_root: str) -> str:
+    return f"{install_root}/locks"
 
 
-def wheelhouse_dir(settings: HostSettings) -> str:
-    return f"{settings.python.install_root}/wheelhouse"
+def lock_path(install_root: str, lock_id: str) -> str:
+    return f"{locks_dir(install_root)}/{lock_id}.txt"
 
 
-def releases_dir(settings: HostSettings) -> str:
-    return f"{settings.python.install_root}/releases"
+def wheelhouse_dir(install_root: str) -> str:
+    return f"{install_root}/wheelhouse"
 
 
-def current_link(settings: HostSettings) -> str:
-    return f"{settings.python.install_root}/current"
+def apps_dir(install_root: str) -> str:
+    return f"{install_root}/apps"
 
 
-def previous_link(settings: HostSettings) -> str:
-    return f"{settings.python.install_root}/previous"
+def app_dir(install_root: str, code_digest: str) -> str:
+    """Where one version of the service code is unpacked."""
+    return f"{apps_dir(install_root)}/{code_digest[:12]}"
 
 
-def smoke_dir(settings: HostSettings) -> str:
-    """The last smoke test's result (last.json) and image (last.png)."""
-    return f"{settings.cache.root}/smoke"
+def releases_dir(install_root: str) -> str:
+    return f"{install_root}/releases"
+
+
+def release_target(release_id: str) -> str:
+    """What ``current`` points at for a release (relative to the install root)."""
+    return f"releases/{release_id}"
+
+
+def current_link(install_root: str) -> str:
+    return f"{install_root}/current"
+
+
+def previous_link(install_root: str) -> str:
+    return f"{install_root}/previous"

@@ -1,8 +1,8 @@
-"""Where the model lives on a host, and what its files must hash to (control side).
+"""What the model's files must hash to, and the hub token (control side).
 
-Every source ends in a directory the service loads with diffusers
-(``model_directory``), and a manifest kept outside it, in
-``<cache root>/manifests/`` (format: ``sd35_provision/hostside/manifests.py``):
+Every source ends in a directory the service loads with diffusers, and a
+manifest kept outside it (paths: ``sd35_provision/layout.py``; format:
+``sd35_provision/hostside/manifests.py``):
 
 - ``hf``: the hub cache's snapshot ``models--org--name/snapshots/<revision>``
   under ``HF_HUB_CACHE``; the manifest is the hub's own listing at that
@@ -22,58 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
-from sd35_provision import layout
 from sd35_provision.errors import Sd35Error
 from sd35_provision.hostside import manifests
 from sd35_provision.hostspec.settings import HostSettings
 
-HF_TOKEN_PATH = f"{layout.CONFIG_DIR}/hf-token"
 PIPELINE_INDEX = manifests.PIPELINE_INDEX
 
 
 class ModelSourceError(Sd35Error):
     """The model source on the control machine cannot be used (push directory, token file)."""
-
-
-def models_dir(settings: HostSettings) -> str:
-    return f"{settings.cache.root}/models"
-
-
-def manifests_dir(settings: HostSettings) -> str:
-    return f"{settings.cache.root}/manifests"
-
-
-def hub_cache(settings: HostSettings) -> str:
-    return layout.cache_environment(settings)["HF_HUB_CACHE"]
-
-
-def hub_storage(settings: HostSettings) -> str:
-    """The hub cache folder of ``model.repo`` (blobs, snapshots, refs)."""
-    org, name = settings.model.repo.split("/", 1)
-    return f"{hub_cache(settings)}/models--{org}--{name}"
-
-
-def model_directory(settings: HostSettings) -> str:
-    """The directory the service loads with diffusers (the release's ``model`` link points here)."""
-    model = settings.model
-    if model.source == "hf":
-        return f"{hub_storage(settings)}/snapshots/{model.revision}"
-    if model.source == "git":
-        name = _slug(model.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))
-        return f"{models_dir(settings)}/git-{name}-{model.revision[:12]}"
-    _, text = push_manifest(settings)
-    return f"{models_dir(settings)}/push-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
-def manifest_path(settings: HostSettings) -> str:
-    directory = model_directory(settings)
-    if settings.model.source == "hf":
-        org, name = settings.model.repo.split("/", 1)
-        return f"{manifests_dir(settings)}/hf-{_slug(org)}--{_slug(name)}-{settings.model.revision[:12]}.json"
-    return f"{manifests_dir(settings)}/{directory.rsplit('/', 1)[-1]}.json"
 
 
 def read_token(settings: HostSettings) -> str:
@@ -109,6 +68,3 @@ def _local_hash_cache(directory: Path) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd35-provision" / "push-hashes"
     return base / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]}.json"
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[-60:] or "model"

@@ -1,8 +1,9 @@
 """Operations shared by the deploys.
 
 ``managed_file`` is pyinfra's ``files.put`` plus a standard unified diff that
-``plan`` and ``drift`` show per host. Secret files never show content: their
-diff is a one-line notice, and their content is compared by hash only.
+``plan`` and ``drift`` show per host, kept by the host's ``HostRecorder``.
+Secret files never show content: their diff is a one-line notice, and their
+content is compared by hash only.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
-from collections import defaultdict
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents, Sha256File
 from pyinfra.operations import apt, files
@@ -21,29 +22,33 @@ from pyinfra.operations import apt, files
 SECRET_NOTICE = "(secret file: content not shown)"
 
 
-def file_diffs_of(state) -> dict[str, dict[str, str]]:
-    """Per-host ``{operation hash: unified diff}`` recorded while preparing ``state``."""
-    if not hasattr(state, "sd35_file_diffs"):
-        state.sd35_file_diffs = defaultdict(dict)
-    return state.sd35_file_diffs
+class HostRecorder:
+    """What preparing one host's layers found worth showing, and what the service runs on.
 
+    One per host, handed to every layer with the plan: ``diffs`` (per
+    operation hash, shown by ``plan``/``drift``), ``notes`` (e.g. "reboot
+    required") and ``service_inputs``: the operations whose change means the
+    running service must restart (its ``_if=any_changed(...)``).
+    Nothing is recorded while executing: the prepared run already said it.
+    """
 
-def notes_of(state) -> dict[str, list[str]]:
-    """Per-host notes for the report (e.g. "reboot required"), recorded while preparing."""
-    if not hasattr(state, "sd35_notes"):
-        state.sd35_notes = defaultdict(list)
-    return state.sd35_notes
+    def __init__(self) -> None:
+        self.diffs: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.service_inputs: dict[str, list[OperationMeta]] = {}
 
+    def note(self, text: str) -> None:
+        if not host.state.is_executing and text not in self.notes:
+            self.notes.append(text)
 
-def record_note(text: str) -> None:
-    if not host.state.is_executing and text not in notes_of(host.state)[host.name]:
-        notes_of(host.state)[host.name].append(text)
+    def diff(self, text: str) -> None:
+        """Show ``text`` as the current operation's diff in ``plan``/``drift`` (call inside an operation)."""
+        if not host.state.is_executing:
+            self.diffs[host.current_op_hash] = text
 
-
-def record_diff(text: str) -> None:
-    """Show ``text`` as the current operation's diff in ``plan``/``drift`` (call inside an operation)."""
-    if not host.state.is_executing:
-        file_diffs_of(host.state)[host.name][host.current_op_hash] = text
+    def feeds_service(self, reason: str, *operations: OperationMeta) -> None:
+        """The service restarts, saying ``reason`` changed, when one of ``operations`` changes something."""
+        self.service_inputs.setdefault(reason, []).extend(operations)
 
 
 def unified_diff(path: str, current: list[str] | None, wanted: str) -> str:
@@ -68,6 +73,7 @@ def managed_file(
     mode: str | None = None,
     secret: bool = False,
     summary: str | None = None,
+    recorder: HostRecorder | None = None,
 ):
     """
     Make a remote text file hold ``content``.
@@ -77,17 +83,18 @@ def managed_file(
     + user/group/mode: ownership and permissions
     + secret: never read, diff or log the content (tokens, API keys)
     + summary: show this line instead of a diff (generated files too long to read, like locks)
+    + recorder: the host's recorder, where the diff goes (None: no diff shown)
     """
     data = content.encode()
-    if host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest():
-        if not host.state.is_executing:
-            if secret:
-                diff = f"--- {path}\n+++ {path}\n{SECRET_NOTICE}\n"
-            elif summary:
-                diff = f"--- {path}\n+++ {path}\n{summary}\n"
-            else:
-                diff = unified_diff(path, host.get_fact(FileContents, path=path), content)
-            file_diffs_of(host.state)[host.name][host.current_op_hash] = diff
+    changed = host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest()
+    if changed and recorder is not None and not host.state.is_executing:
+        if secret:
+            diff = f"--- {path}\n+++ {path}\n{SECRET_NOTICE}\n"
+        elif summary:
+            diff = f"--- {path}\n+++ {path}\n{summary}\n"
+        else:
+            diff = unified_diff(path, host.get_fact(FileContents, path=path), content)
+        recorder.diff(diff)
     yield from files.put._inner(
         src=io.BytesIO(data),
         dest=path,

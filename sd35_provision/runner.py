@@ -13,10 +13,8 @@ finished are reported as aborted.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import gevent.pool
@@ -31,14 +29,15 @@ from pyinfra.context import ctx_host, ctx_state
 
 from sd35_provision import sshcheck
 from sd35_provision.errors import HostError
+from sd35_provision.hostplan import HostPlan
 from sd35_provision.inventory import build_inventory
-from sd35_provision.operations import file_diffs_of, notes_of
+from sd35_provision.operations import HostRecorder
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 from sd35_provision.hostspec.settings import HostSettings
 
 logger = logging.getLogger(__name__)
 
-Layer = Callable[[], None]
+Layer = Callable[[HostPlan, HostRecorder], None]
 ProgressSink = Callable[[str], None]
 
 
@@ -69,7 +68,7 @@ class _Recorder(BaseStateCallback):
     def operation_host_success(self, state: State, host: Host, op_hash, retry_count: int = 0) -> None:
         # Called before pyinfra marks the operation complete: use the prepared verdict.
         meta = state.ops[host][op_hash].operation_meta
-        if self.progress and meta._maybe_is_change:
+        if self.progress and meta.will_change:
             self.progress(f"{host.name}: changed: {_op_name(state, op_hash, host)}")
 
     def operation_host_error(self, state: State, host: Host, op_hash, retry_count: int = 0, max_retries: int = 0) -> None:
@@ -83,40 +82,23 @@ class _Recorder(BaseStateCallback):
 
 
 def _op_name(state: State, op_hash: str, host: Host | None = None) -> str:
-    """The operation's name on ``host`` (pyinfra's shared meta unites the names of all hosts)."""
-    if host is not None:
-        name = getattr(state, "sd35_op_names", {}).get(host.name, {}).get(op_hash)
-        if name:
-            return name
-    return sorted(state.get_op_meta(op_hash).names)[0]
-
-
-def _remember_op_names_per_host() -> None:
-    """Record each host's own name for each of its operations while they are prepared.
+    """The operation's name on ``host``.
 
     In pyinfra's API mode an operation's hash is its position in the host's
     list, so when hosts need different operations (one fresh, one applied)
-    the n-th operations of two hosts share one hash and one set of names;
-    without this, a host's change could be shown under another host's name.
+    the n-th operations of two hosts share one hash, and its shared meta
+    unites their names. The ``name=`` each host's call gave is kept per host
+    in that host's operation data (``global_arguments``): use it to pick the
+    host's own name, so a host's change is never shown under another's name.
     """
-    # The module, not the `operation` decorator that pyinfra.api exports under the same name.
-    pyinfra_operation = importlib.import_module("pyinfra.api.operation")
-    original = pyinfra_operation.solve_operation_consistency
-    if getattr(original, "sd35_names", False):
-        return
-
-    def solve_operation_consistency(names, state, host):
-        op_order, op_hash = original(names, state, host)
-        if not hasattr(state, "sd35_op_names"):
-            state.sd35_op_names = defaultdict(dict)
-        state.sd35_op_names[host.name][op_hash] = sorted(names)[0]
-        return op_order, op_hash
-
-    solve_operation_consistency.sd35_names = True
-    pyinfra_operation.solve_operation_consistency = solve_operation_consistency
-
-
-_remember_op_names_per_host()
+    names = sorted(state.get_op_meta(op_hash).names)
+    op_data = state.ops[host].get(op_hash) if host is not None else None
+    own = op_data.global_arguments.get("name") if op_data is not None else None
+    if own:
+        mine = [name for name in names if name == own or name.endswith(f" | {own}")]
+        if mine:
+            return mine[0]
+    return names[0]
 
 
 class FleetRun:
@@ -131,6 +113,7 @@ class FleetRun:
         self.recorder = _Recorder(self, self.options.progress)
         self.state.add_callback_handler(self.recorder)
         self.outcomes: dict[str, HostOutcome] = {name: HostOutcome(name=name) for name in self.hosts}
+        self.recorders: dict[str, HostRecorder] = {name: HostRecorder() for name in self.hosts}
         self.aborted: str | None = None
         self.state.sd35_run = self
         if self.options.on_start:
@@ -183,12 +166,16 @@ class FleetRun:
                     action(host, self.hosts[host.name])
                 except Exception as error:  # noqa: BLE001 - isolate hosts
                     logger.debug("%s: %s failed", host.name, step, exc_info=True)
-                    self._fail(host, step, _describe(error))
+                    # A host's first failure names the step that raised it (e.g. the plan's "Python environment").
+                    named = isinstance(error, HostError) and not self.outcomes[host.name].failed
+                    self._fail(host, error.step if named else step, _describe(error))
 
         self._in_pool(one, hosts)
 
-    def prepare(self, layers: Iterable[Layer]) -> None:
+    def prepare(self, layers: Iterable[Layer], plans: Mapping[str, HostPlan]) -> None:
         """Work out every operation's commands from current facts (the dry run).
+
+        Each layer gets the host's plan and recorder (its diffs and notes).
 
         Hosts are prepared in parallel greenlets, each through all layers in
         order: reading facts is mostly waiting on SSH. In pyinfra's API mode an
@@ -204,7 +191,7 @@ class FleetRun:
             for layer in layers:
                 step = getattr(layer, "deploy_name", layer.__name__)
                 try:
-                    add_deploy(self.state, layer, host=host)
+                    add_deploy(self.state, layer, plans[host.name], self.recorders[host.name], host=host)
                 except Exception as error:  # noqa: BLE001 - isolate hosts
                     logger.debug("%s: preparing %s failed", host.name, step, exc_info=True)
                     self._fail(host, step, _describe(error))
@@ -304,8 +291,8 @@ class FleetRun:
                 raise
 
     def _collect(self, executed: bool) -> None:
-        diffs = file_diffs_of(self.state)
         for host in self.state.inventory:
+            recorder = self.recorders[host.name]
             outcome = self.outcomes[host.name]
             operations: list[OperationOutcome] = []
             for op_hash in self.state.get_op_order():
@@ -328,11 +315,11 @@ class FleetRun:
                             outcome.unreachable = True
                             outcome.error = "the SSH connection was lost during this step (host down or unreachable)"
                 else:
-                    changed, error = bool(meta._maybe_is_change), None
+                    changed, error = meta.will_change, None
                 operations.append(OperationOutcome(
-                    name=name, changed=changed, error=error, diff=diffs.get(host.name, {}).get(op_hash)
+                    name=name, changed=changed, error=error, diff=recorder.diffs.get(op_hash)
                 ))
-            outcome.notes = list(notes_of(self.state).get(host.name, []))
+            outcome.notes = list(recorder.notes)
             if operations or not outcome.failed:
                 outcome.operations = operations
             outcome.executed = executed

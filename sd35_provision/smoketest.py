@@ -42,16 +42,17 @@ def service_url(settings: HostSettings) -> str:
 
 
 def smoke_command(settings: HostSettings) -> str:
-    current, smoke = layout.current_link(settings), layout.smoke_dir(settings)
+    current, cache_root = layout.current_link(settings.python.install_root), settings.cache.root
     args = [
         f"{current}/venv/bin/python", "-m", "sd35_provision.service.smoke",
         "--url", service_url(settings), "--size", settings.smoke.size, "--steps", str(settings.smoke.steps),
         "--timeout", str(settings.smoke.timeout_s), "--prompt", settings.smoke.prompt,
-        "--save", f"{smoke}/last.png", "--record", f"{smoke}/last.json",
+        "--save", layout.smoke_image(cache_root), "--record", layout.smoke_record(cache_root),
     ]
     if settings.service.api_key_file is not None:
         args += ["--api-key-file", API_KEY_PATH]  # a path: the key never reaches argv
-    return f"mkdir -p {shlex.quote(smoke)} && cd {shlex.quote(current + '/app')} && " + " ".join(map(shlex.quote, args))
+    return (f"mkdir -p {shlex.quote(layout.smoke_dir(cache_root))} && cd {shlex.quote(current + '/app')} && "
+            + " ".join(map(shlex.quote, args)))
 
 
 def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
@@ -65,13 +66,16 @@ def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
         if isinstance(result, dict) and "ok" in result:
             return SmokeOutcome(ok=bool(result["ok"]), reason=result.get("reason", ""),
                                 latency_s=result.get("latency_s"),
-                                image=f"{layout.smoke_dir(settings)}/last.png" if result["ok"] else None)
+                                image=layout.smoke_image(settings.cache.root) if result["ok"] else None)
     detail = (output.stderr or output.stdout).strip().splitlines()
     return SmokeOutcome(ok=False, reason=detail[-1] if detail else "the smoke test printed no result")
 
 
 def current_release(host: Host, settings: HostSettings, link: str = "current") -> str | None:
-    ok, output = host.run_shell_command(f"readlink {shlex.quote(settings.python.install_root + '/' + link)}",
+    """What the ``current`` (or ``previous``) link points at, e.g. ``releases/<id>``."""
+    root = settings.python.install_root
+    path = layout.previous_link(root) if link == "previous" else layout.current_link(root)
+    ok, output = host.run_shell_command(f"readlink {shlex.quote(path)}",
                                         print_output=False, **_as_root(host))
     return output.stdout.strip() if ok and output.stdout.strip() else None
 
@@ -97,9 +101,8 @@ def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
 
 def _restore_settings_script(settings: HostSettings) -> str:
     """Put back the service settings the restored release was made with (older releases kept none)."""
-    from sd35_provision.deploys.service_settings import RELEASE_COPY, SERVICE_ENV_FILE
-
-    copy = shlex.quote(f"{layout.current_link(settings)}/{RELEASE_COPY}")
+    copy = shlex.quote(f"{layout.current_link(settings.python.install_root)}/{layout.RELEASE_SERVICE_ENV}")
+    env_file = layout.SERVICE_ENV_FILE
     user = shlex.quote(settings.service.user)
-    return (f"if [ -f {copy} ]; then install -m 640 -o root -g {user} {copy} {SERVICE_ENV_FILE}.new && "
-            f"mv -f {SERVICE_ENV_FILE}.new {SERVICE_ENV_FILE}; fi")
+    return (f"if [ -f {copy} ]; then install -m 640 -o root -g {user} {copy} {env_file}.new && "
+            f"mv -f {env_file}.new {env_file}; fi")

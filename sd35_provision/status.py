@@ -128,7 +128,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
 def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
     state = host.get_fact(
         ServiceState, unit=UNIT_NAME, install_root=settings.python.install_root,
-        smoke_record=f"{layout.smoke_dir(settings)}/last.json", url=service_url(settings), api_key_file=API_KEY_PATH,
+        smoke_record=layout.smoke_record(settings.cache.root), url=service_url(settings), api_key_file=API_KEY_PATH,
     )
     return state or NO_SERVICE
 

@@ -57,7 +57,8 @@ class StatusPage:
 
     def read_host(self, host: Host, settings: HostSettings) -> None:
         image = host.get_fact(
-            SmokeImage, path=f"{layout.smoke_dir(settings)}/last.png", current=layout.current_link(settings))
+            SmokeImage, path=layout.smoke_image(settings.cache.root),
+            current=layout.current_link(settings.python.install_root))
         if image:
             with self._lock:
                 self.images[host.name] = image

@@ -7,6 +7,7 @@ from pyinfra.api.host import Host
 from dataclasses import asdict
 
 from sd35_provision.errors import HostError, PreflightError
+from sd35_provision.hostplan import HostPlan
 from sd35_provision.inventory import select_hosts
 from sd35_provision.report import HostOutcome, RunReport
 from sd35_provision.rollout import Rollout, plan_waves, stop_reason
@@ -21,13 +22,20 @@ def _layers():
     return LAYERS
 
 
-def _preflight(host: Host, settings: HostSettings) -> None:
+def _preflight_and_plan(plans: dict[str, HostPlan]):
+    """Per host: preflight on the gathered facts, then the host's plan from the same facts (read once)."""
+    from sd35_provision.deploys.plan import plan_host
     from sd35_provision.facts import gather_host_facts
     from sd35_provision.preflight import check_preflight
 
-    failures = check_preflight(settings, gather_host_facts(host, settings))
-    if failures:
-        raise PreflightError(host.name, "preflight", "\n".join(failures))
+    def one(host: Host, settings: HostSettings) -> None:
+        facts = gather_host_facts(host, settings)
+        failures = check_preflight(settings, facts)
+        if failures:
+            raise PreflightError(host.name, "preflight", "\n".join(failures))
+        plans[host.name] = plan_host(host, settings, facts)
+
+    return one
 
 
 def _prepared_run(hosts: list[HostSettings], options: RunOptions | None) -> FleetRun:
@@ -38,9 +46,10 @@ def _prepared_run(hosts: list[HostSettings], options: RunOptions | None) -> Flee
 
 
 def prepare_changes(run: FleetRun) -> None:
-    """On a connected run: preflight, then every layer's commands worked out (the dry run)."""
-    run.for_each_active_host("preflight", _preflight)
-    run.prepare(_layers())
+    """On a connected run: preflight, each host's plan, then every layer's commands worked out (the dry run)."""
+    plans: dict[str, HostPlan] = {}
+    run.for_each_active_host("preflight", _preflight_and_plan(plans))
+    run.prepare(_layers(), plans)
 
 
 def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:

@@ -10,8 +10,14 @@ fails with its name and arguments.
 
     run = run_deploy(nvidia_driver, facts={"LinuxDistribution": {...},
                                            "FileContents": {"path=/etc/apt/sources.list": [...]}},
-                     data={"sd35": settings})
+                     settings=settings)
     run.commands("Install the NVIDIA driver")  # -> ["apt-get update", "DEBIAN_FRONTEND=... install ..."]
+
+A layer gets the host's plan, built from ``settings`` and the recorded facts
+the way deploys/site.py builds it (facts the plan reads that a test did not
+record default to ``PLAN_DEFAULTS``; the plan's reads are not in
+``facts_read``), and a fresh ``HostRecorder`` whose notes and diffs the
+result holds. Several layers in a list run in order, sharing both.
 
 Facts are keyed by class name ("NvidiaGpus") or pyinfra's full name
 ("server.LinuxDistribution"). A fact read with arguments takes a dict keyed the
@@ -25,7 +31,7 @@ import hashlib
 import io
 import json
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from inspect import getcallargs
 from pathlib import Path
@@ -40,7 +46,11 @@ from pyinfra.api.state import StateStage
 from pyinfra.api.util import get_kwargs_str
 from pyinfra.context import ctx_host, ctx_state
 
-from sd35_provision.operations import file_diffs_of, notes_of
+from sd35_provision.deploys.plan import plan_host
+from sd35_provision.facts.python import PythonInterpreter
+from sd35_provision.hostplan import HostPlan
+from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.operations import HostRecorder
 
 
 class FactNotRecorded(LookupError):
@@ -49,6 +59,9 @@ class FactNotRecorded(LookupError):
 
 # Facts of the connection rather than of the host's state, answered unless a test records them.
 CONNECTION_FACTS: dict[str, Any] = {"TmpDir": "/tmp"}
+# What the plan reads that a layer's test may not care about: a Debian 12 host's Python, no GPU on PCI.
+PLAN_DEFAULTS: dict[str, Any] = {"PythonVersions": [PythonInterpreter("python3", "/usr/bin/python3", "3.11.2")],
+                                  "NvidiaPciDevices": []}
 
 
 class Output(list):
@@ -135,30 +148,45 @@ class RecordedFacts:
 
 
 def run_deploy(
-    deploy: Callable[..., Any],
+    deploy: Callable[..., Any] | Sequence[Callable[..., Any]],
     facts: dict[str, Any],
-    data: dict[str, Any] | None = None,
+    settings: HostSettings | None = None,
     *args: Any,
+    plan: HostPlan | None = None,
     host_name: str = "testhost",
     **kwargs: Any,
 ) -> DeployRun:
-    """Prepare ``deploy`` (a @deploy function or an @operation) for one host with recorded facts."""
-    inventory = Inventory(([(host_name, dict(data or {}))], {}))
+    """Prepare ``deploy`` for one host with recorded facts.
+
+    A layer (or a list of layers, run in order) given ``settings`` (or a ready
+    ``plan``) gets ``(plan, recorder)``; anything else gets ``args``/``kwargs``.
+    """
+    inventory = Inventory(([(host_name, {})], {}))
     state = State(inventory, Config())
     state.set_stage(StateStage.Prepare)
     host = inventory.get_host(host_name)
     recorded = RecordedFacts({**CONNECTION_FACTS, **facts})
+    answering = [recorded]
 
     def get_fact(_state: State, _host: Any, cls: type, args: Any = None, kwargs: Any = None, **_: Any) -> Any:
-        return recorded.get(cls, args, kwargs)
+        return answering[-1].get(cls, args, kwargs)
 
     def no_connection(*_: Any, **__: Any) -> None:
         raise AssertionError("a deploy under test tried to reach the host")
 
+    deploys = list(deploy) if isinstance(deploy, Sequence) else [deploy]
+    recorder = HostRecorder()
     with mock.patch("pyinfra.api.host.get_fact", get_fact), \
             mock.patch.object(type(host), "connect", no_connection), \
             mock.patch.object(type(host), "run_shell_command", no_connection):
-        add_deploy(state, deploy, *args, host=host, **kwargs)
+        if plan is None and settings is not None:
+            answering.append(RecordedFacts({**CONNECTION_FACTS, **PLAN_DEFAULTS, **facts}))
+            with ctx_state.use(state), ctx_host.use(host):
+                plan = plan_host(host, settings)
+            answering.pop()
+        layer_args = (plan, recorder) if plan is not None else args
+        for each in deploys:
+            add_deploy(state, each, *layer_args, host=host, **kwargs)
         operations = []
         with ctx_state.use(state), ctx_host.use(host):  # operations generate their commands in context
             for op_hash in state.get_op_order():
@@ -171,10 +199,16 @@ def run_deploy(
 
     return DeployRun(
         operations=operations,
-        notes=list(notes_of(state).get(host_name, [])),
-        diffs=list(file_diffs_of(state).get(host_name, {}).values()),
+        notes=list(recorder.notes),
+        diffs=list(recorder.diffs.values()),
         facts_read=recorded.read,
     )
+
+
+def plan_for(settings: HostSettings, facts: dict[str, Any] | None = None) -> HostPlan:
+    """The plan ``run_deploy`` gives a layer for ``settings`` on a host with these recorded facts."""
+    host = RecordedHost({**PLAN_DEFAULTS, **(facts or {})})
+    return plan_host(host, settings)  # type: ignore[arg-type]
 
 
 def merge_facts(*recordings: dict[str, Any]) -> dict[str, Any]:

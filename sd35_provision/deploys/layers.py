@@ -1,7 +1,9 @@
 """The deploy layers, in the order a host is brought up.
 
-The runner adds these one by one; ``deploys/site.py`` calls them for plain
-``pyinfra``. Later layers rely on what earlier ones put in place.
+Each takes the host's plan (sd35_provision/hostplan.py) and its recorder
+(diffs, notes, what the service runs on): the runner adds them one by one;
+``deploys/site.py`` calls them for plain ``pyinfra``. Later layers rely on
+what earlier ones put in place.
 """
 
 from sd35_provision.deploys.model import model_layer

@@ -31,52 +31,39 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import OperationError, deploy, operation
+from pyinfra.api import deploy, operation
 from pyinfra.api.command import FileUploadCommand
 from pyinfra.operations import files
 
 from sd35_provision import layout, modelstore
-from sd35_provision.errors import HostError
 from sd35_provision.facts.disk import FreeSpace
 from sd35_provision.facts.model import ModelCheck, ModelFiles, hashes_path, modelcheck_command
-from sd35_provision.operations import managed_file, record_diff, record_note
-from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.hostplan import MODEL_STEP as STEP
+from sd35_provision.hostplan import HostPlan, ModelNotReady
+from sd35_provision.hostscripts import render_script
+from sd35_provision.operations import HostRecorder, managed_file
 
-STEP = "Model"
-HF_TOKEN_PATH = modelstore.HF_TOKEN_PATH
-# Run git as root on the service user's checkout (then hand it over): git refuses a repo owned by
-# another user unless told; the command-line setting covers this run only.
-GIT = "git -c safe.directory='*' -c advice.detachedHead=false"
+__all__ = ["STEP", "ModelNotReady", "model_layer"]
 
-
-class ModelNotReady(HostError, OperationError):
-    """The model cannot be put on this host as the spec says (too little disk, unusable source)."""
+HF_TOKEN_PATH = layout.HF_TOKEN_FILE
 
 
-def hub_python(settings: HostSettings) -> str:
-    """The interpreter that runs huggingface_hub on the host: the locked venv's (one place to change it)."""
-    from sd35_provision.deploys.python_env import venv_python
-
-    return venv_python(settings)
-
-
-def model_check(settings: HostSettings) -> ModelCheck:
+def model_check(plan: HostPlan) -> ModelCheck:
     """The ModelFiles fact for this host's model, as the layer reads it (pyinfra caches the read)."""
-    directory, manifest = modelstore.model_directory(settings), modelstore.manifest_path(settings)
-    user = settings.service.user
-    if settings.model.source == "push":
-        return host.get_fact(ModelFiles, directory=directory, manifest_path=manifest, user=user,
-                             manifest=modelstore.push_manifest(settings)[1])
-    return host.get_fact(ModelFiles, directory=directory, manifest_path=manifest, user=user,
-                         git=settings.model.source == "git")
+    user = plan.settings.service.user
+    if plan.model_manifest_text is not None:  # push: the manifest is computed here, not read there
+        return host.get_fact(ModelFiles, directory=plan.model_dir, manifest_path=plan.model_manifest_path, user=user,
+                             manifest=plan.model_manifest_text)
+    return host.get_fact(ModelFiles, directory=plan.model_dir, manifest_path=plan.model_manifest_path, user=user,
+                         git=plan.settings.model.source == "git")
 
 
 @deploy(STEP)
-def model_layer() -> None:
-    settings: HostSettings = host.data.sd35
+def model_layer(plan: HostPlan, recorder: HostRecorder) -> None:
+    settings = plan.settings
     model = settings.model
     user = settings.service.user
-    for directory in (modelstore.models_dir(settings), modelstore.manifests_dir(settings)):
+    for directory in (layout.models_dir(settings.cache.root), layout.manifests_dir(settings.cache.root)):
         files.directory(name=f"Directory {directory}", path=directory, user=user, group=user, mode="750")
     if model.source == "hf" and model.token_file is not None:
         try:
@@ -84,30 +71,29 @@ def model_layer() -> None:
         except modelstore.ModelSourceError as error:
             raise ModelNotReady(host.name, STEP, str(error)) from None
         managed_file(name="Hugging Face token", path=HF_TOKEN_PATH, content=token + "\n",
-                     user=user, group=user, mode="600", secret=True)
+                     user=user, group=user, mode="600", secret=True, recorder=recorder)
 
-    try:
-        check = model_check(settings)
-    except modelstore.ModelSourceError as error:
-        raise ModelNotReady(host.name, STEP, str(error)) from None
-    _note(check, settings)
+    check = model_check(plan)
+    _note(check, recorder)
     if model.source == "push":
-        _push(settings, check)
+        fetched = _push(plan, check, recorder)
     elif model.source == "git":
         fresh = not (check.manifest and check.exists) or not (check.git_head or "").startswith(model.revision)
-        model_cloned(name=f"Fetch model {model.url} at {model.revision[:12]}", settings=settings, check=check,
-                     fresh=fresh)
+        fetched = model_cloned(name=f"Fetch model {model.url} at {model.revision[:12]}", plan=plan, check=check,
+                               fresh=fresh, recorder=recorder)
     else:
-        model_downloaded(name=f"Download model {model.repo} at {model.revision[:12]}", settings=settings,
-                         check=check, fresh=not (check.manifest and check.exists))
+        fetched = model_downloaded(name=f"Download model {model.repo} at {model.revision[:12]}", plan=plan,
+                                   check=check, fresh=not (check.manifest and check.exists), recorder=recorder)
+    recorder.feeds_service("model", fetched)
 
 
 # -- push ---------------------------------------------------------------------------
 
 
-def _push(settings: HostSettings, check: ModelCheck) -> None:
-    manifest, text = modelstore.push_manifest(settings)
-    directory = modelstore.model_directory(settings)
+def _push(plan: HostPlan, check: ModelCheck, recorder: HostRecorder):
+    manifest, text = plan.model_manifest, plan.model_manifest_text
+    assert manifest is not None and text is not None
+    directory = plan.model_dir
     names = sorted(manifest["files"]) if not check.exists else list(check.refetch)
     needed = sum(manifest["files"][name]["size"] for name in names)
     if needed:
@@ -117,98 +103,86 @@ def _push(settings: HostSettings, check: ModelCheck) -> None:
                 f"not enough disk space for the model at {directory}: {needed / 1e9:.2f} GB to push, "
                 f"{space.free_bytes / 1e9:.2f} GB free on {space.mount or space.nearest}; free some space or "
                 "point cache.root at a larger disk"))
-    user = settings.service.user
+    user = plan.settings.service.user
     total = sum(entry["size"] for entry in manifest["files"].values())
-    managed_file(name="Model manifest", path=modelstore.manifest_path(settings), content=text, user=user,
+    managed_file(name="Model manifest", path=plan.model_manifest_path, content=text, user=user,
                  group=user, mode="640",
-                 summary=f"(manifest of {len(manifest['files'])} files, {total / 1e6:.1f} MB, sha256 of each)")
-    model_pushed(name=f"Push model files to {directory}", settings=settings, check=check, names=names)
+                 summary=f"(manifest of {len(manifest['files'])} files, {total / 1e6:.1f} MB, sha256 of each)",
+                 recorder=recorder)
+    return model_pushed(name=f"Push model files to {directory}", plan=plan, check=check, names=names,
+                        recorder=recorder)
 
 
 @operation()
-def model_pushed(settings: HostSettings, check: ModelCheck, names: list[str]):
+def model_pushed(plan: HostPlan, check: ModelCheck, names: list[str], recorder: HostRecorder):
     """
     Upload the named files of ``model.path`` into the model directory (each staged, then renamed).
 
-    + settings: the host's settings
+    + plan: the host's plan
     + check: what the ModelFiles fact found
     + names: files (relative paths) to send: all of them, or only the broken ones
+    + recorder: where the diff goes
     """
     if not names and check.healthy:
         return
-    directory = modelstore.model_directory(settings)
-    record_diff(describe_changes(check, directory, f"push of {settings.model.path}", names))
-    user, d = settings.service.user, shlex.quote(directory)
+    settings, directory = plan.settings, plan.model_dir
+    recorder.diff(describe_changes(check, directory, f"push of {settings.model.path}", names))
+    user = settings.service.user
     parents = sorted({f"{directory}/{name}".rsplit("/", 1)[0] for name in names} | {directory})
     yield f"install -d -o {user} -g {user} -m 750 {' '.join(shlex.quote(p) for p in parents)}"
     for name in names:
         remote = f"{directory}/{name}"
         yield FileUploadCommand(str(settings.model.path / name), f"{remote}.partial")
         yield f"mv -f {shlex.quote(remote + '.partial')} {shlex.quote(remote)}"
-    yield hand_over_script(d, user)
-    yield verify_command(settings, directory)
+    yield hand_over_script(directory, user)
+    yield verify_command(plan)
 
 
 # -- git ----------------------------------------------------------------------------
 
 
 @operation()
-def model_cloned(settings: HostSettings, check: ModelCheck, fresh: bool):
+def model_cloned(plan: HostPlan, check: ModelCheck, fresh: bool, recorder: HostRecorder):
     """
     Clone ``model.url`` at the pinned commit with its LFS content, or fetch again only the broken files.
 
-    + settings: the host's settings
+    + plan: the host's plan
     + check: what the ModelFiles fact found
     + fresh: no verified checkout at the pinned commit yet (clone, or complete an interrupted one)
+    + recorder: where the diff goes
     """
     if check.healthy and not fresh:
         return
-    model = settings.model
-    directory = modelstore.model_directory(settings)
-    record_diff(describe_changes(check, directory, f"{model.url} at {model.revision}", None if fresh else list(check.refetch)))
-    yield git_fetch_script(settings, None if fresh else list(check.refetch))
+    model = plan.settings.model
+    repair = None if fresh else list(check.refetch)
+    recorder.diff(describe_changes(check, plan.model_dir, f"{model.url} at {model.revision}", repair))
+    yield git_fetch_script(plan, repair)
 
 
-def git_fetch_script(settings: HostSettings, repair: list[str] | None) -> str:
+def git_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
     """The commands that bring the checkout to the pinned commit: everything (``repair`` None) or those files."""
-    model = settings.model
-    directory = modelstore.model_directory(settings)
-    manifest = modelstore.manifest_path(settings)
-    d, m, revision = shlex.quote(directory), shlex.quote(manifest), shlex.quote(model.revision)
-    user = settings.service.user
+    model = plan.settings.model
+    directory, manifest = plan.model_dir, plan.model_manifest_path
     space = modelcheck_command("python3", "space", "--dir", directory, "--manifest", manifest, "--factor", "2",
                                "--why", " (git-lfs holds a second copy until the checkout is done)")
     lines = ["set -eu", "umask 022"]
     if repair is None:
         lines += [
-            # Git objects only (pointers, no weights): cheap to redo if this was interrupted.
-            f"if [ ! -d {d}/.git ]; then rm -rf {d}.partial && GIT_LFS_SKIP_SMUDGE=1 {GIT} clone --quiet "
-            f"--no-checkout -- {shlex.quote(model.url)} {d}.partial && rm -rf {d} && mv -T {d}.partial {d}; fi",
-            f"cd {d}",
-            # The repo's own lfs filters: a host whose git-lfs was never set up system-wide still gets weights.
-            f"{GIT} lfs install --local >/dev/null",
-            f"{GIT} cat-file -e {revision}^{{commit}} 2>/dev/null || GIT_LFS_SKIP_SMUDGE=1 {GIT} fetch --quiet "
-            f"origin {revision} 2>/dev/null || GIT_LFS_SKIP_SMUDGE=1 {GIT} fetch --quiet --tags origin",
-            f"GIT_LFS_SKIP_SMUDGE=1 {GIT} checkout --quiet --force --detach {revision}",
-            f"{modelcheck_command('python3', 'git-manifest', '--dir', directory, '--out', manifest)}",
+            render_script("model-git-checkout.sh", dir=directory, partial=f"{directory}.partial", url=model.url,
+                          revision=model.revision),
+            modelcheck_command("python3", "git-manifest", "--dir", directory, "--out", manifest),
             space,
-            f"{GIT} lfs pull",
+            render_script("model-git-pull.sh", include=[]),
         ]
     elif repair:
-        names = " ".join(shlex.quote(name) for name in repair)
         lines += [
-            f"cd {d}",
-            f"{GIT} lfs install --local >/dev/null",
-            # Gone first, so git writes their pointers again instead of cleaning the broken content.
-            f"rm -f -- {names}",
-            f"GIT_LFS_SKIP_SMUDGE=1 {GIT} checkout --quiet {revision} -- {names}",
+            render_script("model-git-restore.sh", dir=directory, names=repair, revision=model.revision),
             space,
-            f"{GIT} lfs pull --include={shlex.quote(','.join(repair))}",
+            render_script("model-git-pull.sh", include=[f"--include={','.join(repair)}"]),
         ]
-    # The weights are checked out: git-lfs's own copies only double the disk use.
-    lines.append(f"rm -rf {d}/.git/lfs/objects {d}/.git/lfs/tmp")
-    lines.append(hand_over_script(d, user))
-    lines.append(verify_command(settings, directory))
+    lines.append(render_script("model-git-clean.sh", dir=directory))
+    lines.append(hand_over_script(directory, plan.settings.service.user))
+    lines.append(verify_command(plan))
     return "\n".join(lines)
 
 
@@ -216,61 +190,60 @@ def git_fetch_script(settings: HostSettings, repair: list[str] | None) -> str:
 
 
 @operation()
-def model_downloaded(settings: HostSettings, check: ModelCheck, fresh: bool):
+def model_downloaded(plan: HostPlan, check: ModelCheck, fresh: bool, recorder: HostRecorder):
     """
     Download the pinned revision into the hub cache (as the service user), or only the broken files again.
 
-    + settings: the host's settings
+    + plan: the host's plan
     + check: what the ModelFiles fact found
     + fresh: no verified snapshot yet (download, or complete an interrupted one)
+    + recorder: where the diff goes
     """
     if check.healthy and not fresh:
         return
-    model = settings.model
-    directory = modelstore.model_directory(settings)
+    model = plan.settings.model
     where = f"{model.repo} at {model.revision}" + (f" from {model.endpoint}" if model.endpoint else "")
-    record_diff(describe_changes(check, directory, where, None if fresh else list(check.refetch)))
-    yield hf_fetch_script(settings, None if fresh else list(check.refetch))
+    repair = None if fresh else list(check.refetch)
+    recorder.diff(describe_changes(check, plan.model_dir, where, repair))
+    yield hf_fetch_script(plan, repair)
 
 
-def hf_fetch_script(settings: HostSettings, repair: list[str] | None) -> str:
+def hf_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
+    settings = plan.settings
     model, user = settings.model, settings.service.user
-    environment = {"HOME": settings.cache.root, **layout.cache_environment(settings),
+    environment = {"HOME": settings.cache.root, **layout.cache_environment(settings.cache),
                    "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if model.token_file is not None:
         environment["HF_TOKEN_PATH"] = HF_TOKEN_PATH  # a path: the token itself never reaches argv or an environment
     args = ["hf-fetch", "--repo", model.repo, "--revision", model.revision, "--cache-dir",
-            modelstore.hub_cache(settings), "--manifest", modelstore.manifest_path(settings)]
+            layout.hub_cache(settings.cache.hf_home), "--manifest", plan.model_manifest_path]
     if model.endpoint:
         args += ["--endpoint", model.endpoint]
     for name in repair or ():
         args += ["--repair", name]
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items())
-    storage = shlex.quote(modelstore.hub_storage(settings))
+    storage = layout.hub_storage(settings.cache.hf_home, model.repo)
     lines = ["set -eu"]
     if repair is None or repair:
-        lines.append(f"runuser -u {user} -- env {env} {modelcheck_command(hub_python(settings), *args)}")
-    lines.append(f"if [ -d {storage} ]; then {hand_over_script(storage, user)}; fi")
-    lines.append(verify_command(settings, modelstore.model_directory(settings)))
+        lines.append(f"runuser -u {user} -- env {env} {modelcheck_command(plan.venv_python, *args)}")
+    lines.append(f"if [ -d {shlex.quote(storage)} ]; then\n{hand_over_script(storage, user)}\nfi")
+    lines.append(verify_command(plan))
     return "\n".join(lines)
 
 
 # -- shared ---------------------------------------------------------------------------
 
 
-def hand_over_script(quoted_root: str, user: str) -> str:
-    """Give the service user what it does not own yet under a root, readable; leave the rest untouched
-    (a chown changes ctime, which would make the next check hash every file again)."""
-    return (f"find {quoted_root} \\( ! -user {user} -o ! -group {user} \\) -exec chown -h {user}:{user} {{}} + && "
-            f"find {quoted_root} \\( -type f ! -perm -u=r -exec chmod u+r {{}} + \\) -o "
-            f"\\( -type d ! -perm -u=rx -exec chmod u+rx {{}} + \\)")
+def hand_over_script(root: str, user: str) -> str:
+    """Give the service user what it does not own yet under ``root``, readable (see hostside/hand-over.sh)."""
+    return render_script("hand-over.sh", root=root, user=user, owner=f"{user}:{user}")
 
 
-def verify_command(settings: HostSettings, directory: str) -> str:
+def verify_command(plan: HostPlan) -> str:
     """Check the result before calling the host done: exits non-zero naming each file still broken."""
-    manifest = modelstore.manifest_path(settings)
-    return modelcheck_command("python3", "verify", "--strict", "--dir", directory, "--manifest", manifest,
-                              "--hashes", hashes_path(manifest), "--user", settings.service.user) + " >/dev/null"
+    manifest = plan.model_manifest_path
+    return modelcheck_command("python3", "verify", "--strict", "--dir", plan.model_dir, "--manifest", manifest,
+                              "--hashes", hashes_path(manifest), "--user", plan.settings.service.user) + " >/dev/null"
 
 
 def describe_changes(check: ModelCheck, directory: str, source: str, fetching: list[str] | None) -> str:
@@ -291,13 +264,13 @@ def describe_changes(check: ModelCheck, directory: str, source: str, fetching: l
     return "\n".join(lines) + "\n"
 
 
-def _note(check: ModelCheck, settings: HostSettings) -> None:
+def _note(check: ModelCheck, recorder: HostRecorder) -> None:
     if not check.exists:
-        record_note("model not fetched yet")
+        recorder.note("model not fetched yet")
         return
     problems = check.problems()
     if not check.manifest:
         problems.insert(0, "no manifest")
     if problems:
         shown = problems[:3] + ([f"{len(problems) - 3} more"] if len(problems) > 3 else [])
-        record_note("model: " + "; ".join(shown))
+        recorder.note("model: " + "; ".join(shown))

@@ -37,7 +37,8 @@ from sd35_provision.cuda_compat import (
 )
 from sd35_provision.errors import PreflightError
 from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaKernelModule, NvidiaStatus
-from sd35_provision.operations import apt_packages_present, managed_file, record_note
+from sd35_provision.hostplan import HostPlan
+from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
 from sd35_provision.hostspec.settings import HostSettings
 
 STEP = "NVIDIA driver"
@@ -140,7 +141,7 @@ def enable_components_deb822(lines: list[str], codename: str,
     return out, found
 
 
-def _enable_debian_components(codename: str) -> None:
+def _enable_debian_components(codename: str, recorder: HostRecorder) -> None:
     found = False
     for path in DEBIAN_SOURCES:
         lines = host.get_fact(FileContents, path=path)
@@ -151,7 +152,8 @@ def _enable_debian_components(codename: str) -> None:
         found = found or here
         if new_lines != lines:
             managed_file(name=f"Enable {' '.join(DEBIAN_COMPONENTS)} in {path}", path=path,
-                         content="\n".join(new_lines) + "\n", user="root", group="root", mode="644")
+                         content="\n".join(new_lines) + "\n", user="root", group="root", mode="644",
+                         recorder=recorder)
     if not found:
         raise DriverNotReady(host.name, STEP, (
             f"no Debian {codename} archive with 'main' in {' or '.join(DEBIAN_SOURCES)}; enable "
@@ -169,8 +171,8 @@ def _check_after_reboot(flavours: tuple[str, ...]) -> str:
 
 
 @deploy(STEP)
-def nvidia_driver() -> None:
-    settings: HostSettings = host.data.sd35
+def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
+    settings = plan.settings
     driver = settings.gpu.driver
     if settings.gpu.accelerator != "nvidia" or driver.mode == "skip":
         return
@@ -186,7 +188,7 @@ def nvidia_driver() -> None:
     if problem is None:
         major = str(version_tuple(status.driver_version or "0")[0])
         if major != driver.branch:
-            record_note(f"NVIDIA driver {status.driver_version} works for torch; gpu.driver.branch {driver.branch} "
+            recorder.note(f"NVIDIA driver {status.driver_version} works for torch; gpu.driver.branch {driver.branch} "
                         "not applied (a working driver is never replaced)")
         return
 
@@ -205,14 +207,14 @@ def nvidia_driver() -> None:
         packages = ["nvidia-driver", "firmware-misc-nonfree", debian_headers_package(kernel)]
         branch = install_branch(os_id, os_version, driver.branch)
         if branch != driver.branch:
-            record_note(f"Debian {os_version} installs its own NVIDIA driver branch ({branch}); "
+            recorder.note(f"Debian {os_version} installs its own NVIDIA driver branch ({branch}); "
                         f"gpu.driver.branch {driver.branch} cannot be pinned there")
 
     installed = host.get_fact(DebPackages) or {}
     module = host.get_fact(NvidiaKernelModule)
     if any(package not in installed for package in packages):
         if os_id == "debian":
-            _enable_debian_components(release.get("VERSION_CODENAME") or "")
+            _enable_debian_components(release.get("VERSION_CODENAME") or "", recorder)
         apt_packages_present(name=f"Install {' '.join(packages)}", packages=packages)
         reason = f"NVIDIA driver newly installed; {f'module {module.loaded}' if module.loaded else 'no nvidia module'} loaded now"
     elif module.reboot_needed:
@@ -223,9 +225,9 @@ def nvidia_driver() -> None:
             f"{module.loaded or 'none'} is loaded: see dmesg (Secure Boot may refuse an unsigned DKMS module)"))
 
     if driver.allow_reboot:
-        record_note(f"rebooting: {reason}")
+        recorder.note(f"rebooting: {reason}")
         server.reboot(name="Reboot to load the NVIDIA driver", reboot_timeout=driver.reboot_timeout_s)
         server.shell(name="Check the NVIDIA driver after the reboot", commands=[_check_after_reboot(flavours)])
     else:
-        record_note(f"reboot required: {reason}; the new driver works only after a reboot "
+        recorder.note(f"reboot required: {reason}; the new driver works only after a reboot "
                     "(gpu.driver.allow_reboot is false)")

@@ -1,7 +1,7 @@
 """Python environment layer: the hash-locked venv, built beside the running one.
 
-- The torch flavour follows the host's GPU and driver (or ``python.torch_flavour``);
-  its lock (``sd35_provision/locks/<flavour>.txt``) names the venv:
+- The torch flavour follows the host's GPU and driver (or ``python.torch_flavour``;
+  the host's plan picks it, sd35_provision/hostplan.py); its lock (``sd35_provision/locks/<flavour>.txt``) names the venv:
   ``<install_root>/venvs/<lock id>``. A new lock builds a new venv while the
   old one keeps serving; only a finished, stamped build is ever switched to
   (the release layer flips the ``current`` symlink).
@@ -21,119 +21,65 @@ import shlex
 from packaging.utils import canonicalize_name
 
 from pyinfra import host
-from pyinfra.api import OperationError, deploy, operation
+from pyinfra.api import deploy, operation
 from pyinfra.api.command import FileUploadCommand
-from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files, server
 
 from sd35_provision import layout
-from sd35_provision.cuda_compat import install_branch, pick_flavour_for_branch, wanted_flavour
-from sd35_provision.errors import PreflightError
-from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaPciDevices
-from sd35_provision.facts.python import PythonVersions
-from sd35_provision.facts.venv import COMPLETE_STAMP, InterpreterEnvironment, Venv, WheelHashes
-from sd35_provision.locks import Lock, compare_installed, load_lock, load_lock_file, unlocked_packages
-from sd35_provision.operations import apt_packages_present, managed_file, record_diff, record_note
+from sd35_provision.facts.venv import COMPLETE_STAMP, Venv, WheelHashes
+from sd35_provision.hostplan import PYTHON_STEP as STEP
+from sd35_provision.hostplan import EnvironmentNotReady, HostPlan
+from sd35_provision.hostscripts import render_script
 from sd35_provision.hostspec.settings import HostSettings
-from sd35_provision.wheelhouse import WheelhouseError, wheels_for
+from sd35_provision.locks import Lock, compare_installed, unlocked_packages
+from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
 
-STEP = "Python environment"
+__all__ = ["STEP", "EnvironmentNotReady", "python_environment"]
 
 # The CPU build of torch is not on PyPI; its own index serves it (hashes still checked).
 FLAVOUR_EXTRA_INDEX = {"cpu": "https://download.pytorch.org/whl/cpu"}
 
 
-class EnvironmentNotReady(PreflightError, OperationError):
-    """This host cannot get its locked venv (no interpreter, wheelhouse short of a wheel)."""
-
-
-def host_flavour(settings: HostSettings) -> str:
-    """The lock this host gets: pinned, or what its driver runs (or will, once the driver step installs it)."""
-    pinned = settings.python.torch_flavour
-    if pinned != "auto" or settings.gpu.accelerator != "nvidia":
-        return wanted_flavour(pinned, settings.gpu.accelerator, None)
-    status = host.get_fact(NvidiaGpus)
-    if status.working:
-        return wanted_flavour("auto", "nvidia", status.driver_version)
-    if settings.gpu.driver.mode == "install" and host.get_fact(NvidiaPciDevices):
-        release = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
-        branch = install_branch((release.get("ID") or "").lower(), release.get("VERSION_ID") or "",
-                                settings.gpu.driver.branch)
-        return pick_flavour_for_branch(branch)
-    return "cpu"
-
-
-def host_interpreter(settings: HostSettings) -> str:
-    """python3 if new enough, else the newest python3.X that is (as preflight checks)."""
-    wanted = settings.python.min_version
-    usable = [python for python in host.get_fact(PythonVersions) if python.at_least(wanted)]
-    for python in usable:
-        if python.name == "python3":
-            return python.path
-    if usable:
-        return max(usable, key=lambda python: tuple(int(p) for p in python.version.split("."))).path
-    raise EnvironmentNotReady(host.name, STEP, f"no Python {wanted}+ on the host to build the venv with (python.min_version)")
-
-
-def host_lock(settings: HostSettings) -> Lock:
-    """``python.lock_file`` if the spec names one, else the shipped lock of the host's flavour."""
-    if settings.python.lock_file is not None:
-        return load_lock_file(settings.python.lock_file)
-    return load_lock(host_flavour(settings))
-
-
-def venv_python(settings: HostSettings) -> str:
-    """The interpreter of this host's locked venv (built by this layer)."""
-    return f"{layout.venv_dir(settings, host_lock(settings).id)}/bin/python"
-
-
 @deploy(STEP)
-def python_environment() -> None:
-    settings: HostSettings = host.data.sd35
-    lock = host_lock(settings)
-    interpreter = host_interpreter(settings)
-    venv = layout.venv_dir(settings, lock.id)
-    lock_path = layout.lock_path(settings, lock.id)
+def python_environment(plan: HostPlan, recorder: HostRecorder) -> None:
+    settings, lock = plan.settings, plan.lock
+    root = settings.python.install_root
 
     apt_packages_present(name="Install python3-venv", packages=["python3-venv"])
-    files.directory(name="Environment root", path=settings.python.install_root, user="root", group="root", mode="755")
-    for directory in (layout.venvs_dir(settings), f"{settings.python.install_root}/locks"):
+    files.directory(name="Environment root", path=root, user="root", group="root", mode="755")
+    for directory in (layout.venvs_dir(root), layout.locks_dir(root)):
         files.directory(name=f"Directory {directory}", path=directory, user="root", group="root", mode="755")
-    managed_file(name=f"Lock {lock.id}", path=lock_path, content=lock.text, user="root", group="root",
-                 mode="644", summary=f"(lock {lock.id}: {len(lock.pins)} pinned packages, hashes checked)")
+    managed_file(name=f"Lock {lock.id}", path=plan.lock_path, content=lock.text, user="root", group="root",
+                 mode="644", summary=f"(lock {lock.id}: {len(lock.pins)} pinned packages, hashes checked)",
+                 recorder=recorder)
 
-    find_links = None
-    if settings.python.wheelhouse is not None:
-        environment = host.get_fact(InterpreterEnvironment, interpreter=interpreter)
-        try:
-            wheels = wheels_for(settings.python.wheelhouse, lock, environment)
-        except WheelhouseError as error:
-            raise EnvironmentNotReady(host.name, STEP, str(error)) from None
-        find_links = layout.wheelhouse_dir(settings)
-        files.directory(name="Wheelhouse directory", path=find_links, user="root", group="root", mode="755")
+    if plan.wheelhouse_dir is not None:
+        files.directory(name="Wheelhouse directory", path=plan.wheelhouse_dir, user="root", group="root", mode="755")
         wheels_pushed(
             name=f"Push wheels for lock {lock.flavour}",
-            wheels=[(str(wheel.path), wheel.path.name, wheel.sha256) for wheel in wheels],
-            directory=find_links,
+            wheels=[(str(wheel.path), wheel.path.name, wheel.sha256) for wheel in plan.wheels],
+            directory=plan.wheelhouse_dir,
         )
 
-    state = host.get_fact(Venv, path=venv)
-    pip_options = _pip_options(settings, lock, find_links)
+    state = host.get_fact(Venv, path=plan.venv_dir)
+    pip_options = _pip_options(settings, lock, plan.wheelhouse_dir)
     if not state.complete:
-        server.shell(
+        built = server.shell(
             name=f"Build venv {lock.id}",
-            commands=[_build_script(interpreter, venv, lock_path, pip_options)],
+            commands=[_build_script(plan.interpreter, plan.venv_dir, plan.lock_path, pip_options)],
             _env=_pip_environment(settings),
         )
+        recorder.feeds_service("venv", built)
         return
 
     if compare_installed(lock, state.environment, state.packages):
-        venv_restored(
+        restored = venv_restored(
             name=f"Restore the locked packages of venv {lock.id}",
-            venv=venv, lock=lock, installed=state.packages, environment=state.environment,
-            lock_path=lock_path, pip_options=pip_options,
+            venv=plan.venv_dir, lock=lock, installed=state.packages, environment=state.environment,
+            lock_path=plan.lock_path, pip_options=pip_options, recorder=recorder,
             _env=_pip_environment(settings),
         )
+        recorder.feeds_service("venv", restored)  # repaired in place: the service reloads what it imported
 
 
 @operation()
@@ -155,13 +101,14 @@ def wheels_pushed(wheels: list[tuple[str, str, str]], directory: str):
 
 @operation()
 def venv_restored(venv: str, lock: Lock, installed: dict[str, str], environment: dict[str, str],
-                  lock_path: str, pip_options: str):
+                  lock_path: str, pip_options: list[str], recorder: HostRecorder):
     """
     Put a drifted venv back to its lock: remove what the lock lacks, reinstall the rest.
 
     + venv: the venv directory
     + lock: its lock; installed/environment: what the Venv fact read
     + lock_path: the lock file on the host; pip_options: how pip reaches the wheels
+    + recorder: where the diff and notes go
     """
     problems = compare_installed(lock, environment, installed)
     if not problems:
@@ -176,9 +123,9 @@ def venv_restored(venv: str, lock: Lock, installed: dict[str, str], environment:
                 diff.append(f"-{name}=={have[name]}")
             if name in expected:
                 diff.append(f"+{name}=={expected[name]}")
-    record_diff("\n".join(diff) + "\n")
+    recorder.diff("\n".join(diff) + "\n")
     for problem in problems:
-        record_note(f"venv {lock.id}: {problem}")
+        recorder.note(f"venv {lock.id}: {problem}")
     yield _repair_script(venv, lock_path, pip_options, extras)
 
 
@@ -187,50 +134,21 @@ def _pip_environment(settings: HostSettings) -> dict[str, str]:
             "PIP_NO_INPUT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _pip_options(settings: HostSettings, lock: Lock, find_links: str | None) -> str:
+def _pip_options(settings: HostSettings, lock: Lock, find_links: str | None) -> list[str]:
     options = ["--require-hashes", "--only-binary=:all:", "--no-color", "--progress-bar=off"]
     if find_links or settings.python.find_links:
         options.append("--no-index")
         options += [f"--find-links={link}" for link in (find_links, settings.python.find_links) if link]
     elif lock.flavour in FLAVOUR_EXTRA_INDEX:
         options.append(f"--extra-index-url={FLAVOUR_EXTRA_INDEX[lock.flavour]}")
-    return " ".join(shlex.quote(option) for option in options)
+    return options
 
 
-_FAILURE_SUMMARY = [
-    # pip's own words name the package: a hash mismatch, or no wheel for it.
-    "grep -E -A2 'DO NOT MATCH THE HASHES|^ +[A-Za-z0-9_.+-]+==.* from |No matching distribution|"
-    "Could not find a version|^ERROR' \"$log\" | grep -v 'Expected     or' | head -20 >&2",
-    "bad=$(sed -n 's/^ *\\([A-Za-z0-9_.+-]*==[^ ]*\\) from .*/\\1/p' \"$log\" | sort -u | paste -sd, -)",
-    'if [ -n "$bad" ]; then why="wheels do not match the lock\'s hashes: $bad"; else why="pip failed (above)"; fi',
-]
+def _build_script(interpreter: str, venv: str, lock_path: str, pip_options: list[str]) -> str:
+    return render_script("venv-build.sh", venv_name=venv.rsplit("/", 1)[-1], interpreter=interpreter, venv=venv,
+                         lock=lock_path, pip_options=pip_options, stamp=COMPLETE_STAMP)
 
 
-def _build_script(interpreter: str, venv: str, lock_path: str, pip_options: str) -> str:
-    v, lock = shlex.quote(venv), shlex.quote(lock_path)
-    name = venv.rsplit("/", 1)[-1]
-    return "\n".join([
-        "set -u",
-        "log=$(mktemp /tmp/sd35-venv.XXXXXX)",
-        # An unstamped venv is a half-built one (e.g. an earlier run was cut off): start again.
-        f"rm -rf {v}",
-        f"if ! {shlex.quote(interpreter)} -m venv {v} >\"$log\" 2>&1 || "
-        f"! {v}/bin/python -m pip install --quiet {pip_options} -r {lock} >>\"$log\" 2>&1 || "
-        f"! {v}/bin/python -c 'import torch, diffusers, transformers' >>\"$log\" 2>&1; then",
-        *("    " + line for line in _FAILURE_SUMMARY),
-        f"    rm -rf {v} \"$log\"",
-        f'    echo "venv {name} not built, $why; the running environment is unchanged" >&2',
-        "    exit 1",
-        "fi",
-        'rm -f "$log"',
-        f"cp {lock} {v}/{COMPLETE_STAMP}",
-    ])
-
-
-def _repair_script(venv: str, lock_path: str, pip_options: str, extras: list[str]) -> str:
-    v, lock = shlex.quote(venv), shlex.quote(lock_path)
-    lines = ["set -eu"]
-    if extras:
-        lines.append(f"{v}/bin/python -m pip uninstall --quiet --yes {' '.join(shlex.quote(e) for e in extras)}")
-    lines.append(f"{v}/bin/python -m pip install --quiet {pip_options} -r {lock}")
-    return "\n".join(lines)
+def _repair_script(venv: str, lock_path: str, pip_options: list[str], extras: list[str]) -> str:
+    return render_script("venv-repair.sh", venv=venv, lock=lock_path, pip_options=pip_options, extras=extras,
+                         remove="yes" if extras else "")

@@ -12,10 +12,11 @@ venvs, code and models only they used, are removed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shlex
+from collections.abc import Mapping
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
@@ -23,73 +24,44 @@ from pyinfra.api.command import FileUploadCommand
 from pyinfra.facts.files import Directory, Link
 from pyinfra.operations import files, server
 
-from sd35_provision.deploys.python_env import host_lock
-from sd35_provision.deploys.service_settings import RELEASE_COPY, render_service_env, service_env_digest
 from sd35_provision import layout
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.facts.releases import ReleaseStore, ReleaseStoreContents
-from sd35_provision.modelstore import manifests_dir, model_directory, models_dir
-from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.hostplan import HostPlan
+from sd35_provision.hostscripts import render_script
+from sd35_provision.operations import HostRecorder
 
 STEP = "Release"
 
 
-def release_parts(settings: HostSettings) -> dict[str, str]:
-    """What the release links to: ``{name in the release dir: absolute target}``."""
-    parts = {"venv": layout.venv_dir(settings, host_lock(settings).id), "app": app_dir(settings)}
-    parts["model"] = model_directory(settings)
-    return parts
-
-
-def app_dir(settings: HostSettings) -> str:
-    """Where this version of the service code is unpacked on the host."""
-    return f"{settings.python.install_root}/apps/{service_bundle()[1][:12]}"
-
-
-def release_manifest(settings: HostSettings) -> dict:
-    lock = host_lock(settings)
-    return {"lock": lock.id, "torch_flavour": lock.flavour, "links": release_parts(settings),
-            "model_revision": settings.model.revision, "service_settings": service_env_digest(settings)}
-
-
-def release_id(manifest: dict) -> str:
-    """``<build>-<settings>``: the build part (venv, code, model) is the same on every host that runs
-    the same software, so a fleet's releases can be compared; the settings part is per host."""
-    build = {key: value for key, value in manifest.items() if key != "service_settings"}
-    build_id = hashlib.sha256(json.dumps(build, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{build_id}-{manifest['service_settings'][:6]}"
-
-
 @deploy(STEP)
-def release_layer() -> None:
-    settings: HostSettings = host.data.sd35
-    manifest = release_manifest(settings)
-    rid = release_id(manifest)
-    releases = layout.releases_dir(settings)
+def release_layer(plan: HostPlan, recorder: HostRecorder) -> None:
+    root = plan.settings.python.install_root
+    manifest, rid = plan.release_manifest, plan.release_id
+    releases = layout.releases_dir(root)
     release = f"{releases}/{rid}"
 
     files.directory(name="Releases directory", path=releases, user="root", group="root", mode="755")
-    files.directory(name="Apps directory", path=f"{settings.python.install_root}/apps", user="root", group="root",
-                    mode="755")
-    app = app_dir(settings)
-    if not host.get_fact(Directory, path=app):
-        service_code_unpacked(name=f"Unpack service code {service_bundle()[1][:12]}", app=app)
+    files.directory(name="Apps directory", path=layout.apps_dir(root), user="root", group="root", mode="755")
+    if not host.get_fact(Directory, path=plan.app_dir):
+        service_code_unpacked(name=f"Unpack service code {service_bundle()[1][:12]}", app=plan.app_dir)
     if not host.get_fact(Directory, path=release):
         server.shell(name=f"Create release {rid}",
-                     commands=[_create_script(releases, rid, manifest, render_service_env(settings))])
+                     commands=[_create_script(releases, rid, manifest, plan.service_env)])
 
-    target = f"releases/{rid}"
-    link = host.get_fact(Link, path=layout.current_link(settings))
+    target = plan.release_target
+    link = host.get_fact(Link, path=layout.current_link(root))
     if not link or link.get("link_target") != target:
-        server.shell(name=f"Switch current to release {rid}",
-                     commands=[switch_script(settings.python.install_root, target)])
+        switched = server.shell(name=f"Switch current to release {rid}", commands=[switch_script(root, target)])
+        recorder.feeds_service("release", switched)
 
-    store = host.get_fact(ReleaseStoreContents, root=settings.python.install_root, models=models_dir(settings))
+    cache_root = plan.settings.cache.root
+    store = host.get_fact(ReleaseStoreContents, root=root, models=layout.models_dir(cache_root))
     stale = stale_paths(store, target, set(manifest["links"].values()))
     if stale:
         names = ", ".join(path.rsplit("/", 1)[-1] for path in stale)
         server.shell(name=f"Prune what no kept release uses: {names}",
-                     commands=[prune_script(settings, stale)])
+                     commands=[prune_script(cache_root, stale)])
 
 
 def stale_paths(store: ReleaseStore, target: str, target_parts: set[str]) -> list[str]:
@@ -105,27 +77,19 @@ def stale_paths(store: ReleaseStore, target: str, target_parts: set[str]) -> lis
     return releases + [entry for entry in store.entries if entry not in used]
 
 
-def prune_script(settings: HostSettings, stale: list[str]) -> str:
+def prune_script(cache_root: str, stale: list[str]) -> str:
     lines = ["set -eu"]
-    models = models_dir(settings)
+    models = layout.models_dir(cache_root)
     for path in stale:
         lines.append(f"rm -rf {shlex.quote(path)}")
         if path.startswith(models + "/"):  # its manifest goes with it
-            lines.append(f"rm -f {shlex.quote(manifests_dir(settings) + '/' + path.rsplit('/', 1)[-1] + '.json')}")
+            lines.append(f"rm -f {shlex.quote(layout.manifest_of(cache_root, path))}")
     return "\n".join(lines)
 
 
 def switch_script(root: str, target: str) -> str:
     """Point ``current`` at ``target`` atomically (rename over the old link), keep the old one as ``previous``."""
-    r, t = shlex.quote(root), shlex.quote(target)
-    return "\n".join([
-        "set -eu",
-        f"cd {r}",
-        "old=$(readlink current 2>/dev/null || true)",
-        f"ln -sfn {t} .current.new",
-        "mv -T .current.new current",
-        f'if [ -n "$old" ] && [ "$old" != {t} ]; then ln -sfn "$old" .previous.new && mv -T .previous.new previous; fi',
-    ])
+    return render_script("release-switch.sh", root=root, target=target)
 
 
 @operation()
@@ -141,12 +105,11 @@ def service_code_unpacked(app: str):
             f"chmod -R a+rX {staging} && rm -f {a}.tar && mv -T {staging} {a}")
 
 
-def _create_script(releases: str, rid: str, manifest: dict, service_env: str) -> str:
-    final, staging = shlex.quote(f"{releases}/{rid}"), shlex.quote(f"{releases}/.{rid}.new")
-    lines = ["set -eu", f"rm -rf {staging}", f"mkdir -m 755 {staging}"]
-    lines += [f"ln -s {shlex.quote(target)} {staging}/{name}" for name, target in manifest["links"].items()]
-    lines.append(f"printf '%s\\n' {shlex.quote(json.dumps(manifest, indent=2, sort_keys=True))} > {staging}/release.json")
-    lines.append(f"printf '%s' {shlex.quote(service_env)} > {staging}/{RELEASE_COPY}")
-    lines.append(f"chmod 644 {staging}/release.json {staging}/{RELEASE_COPY}")
-    lines.append(f"mv -T {staging} {final}")
-    return "\n".join(lines)
+def _create_script(releases: str, rid: str, manifest: Mapping[str, Any], service_env: str) -> str:
+    links = manifest["links"]
+    return render_script(
+        "release-create.sh", staging=f"{releases}/.{rid}.new", release=f"{releases}/{rid}",
+        venv=links["venv"], app=links["app"], model=links["model"],
+        release_json=json.dumps(manifest, indent=2, sort_keys=True), service_env=service_env,
+        service_env_copy=layout.RELEASE_SERVICE_ENV,
+    )

@@ -4,95 +4,70 @@ The unit runs ``<install_root>/current/venv/bin/python -m sd35_provision.service
 from ``current/app`` as the service user, with the SD35_* settings in
 ``/etc/sd35/service.env`` (a copy of which each release keeps, for
 rollbacks) and the API key (if any) in a 0400 file the
-service reads itself. It is restarted only when something it runs changed:
-the unit, its settings, the key, or the release ``current`` points at
-(venv, model or code); otherwise it is only kept enabled and running.
+service reads itself. It is restarted only when an operation that feeds it changes something
+(pyinfra's ``_if=any_changed(...)``): the unit, its settings, the key, the
+venv (built or repaired), the model (fetched) or the release switch;
+otherwise it is only kept enabled and running.
 """
 
 from __future__ import annotations
 
-import hashlib
-
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import Link, Sha256File
 from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
 
-from sd35_provision.deploys.model import model_check
-from sd35_provision.deploys.python_env import host_lock
-from sd35_provision.deploys.release import release_id, release_manifest
-from sd35_provision.deploys.service_settings import API_KEY_PATH, SERVICE_ENV_FILE, render_service_env, service_environment
 from sd35_provision import layout
-from sd35_provision.facts.venv import Venv
-from sd35_provision.locks import compare_installed
-from sd35_provision.operations import managed_file, record_note
-from sd35_provision.service.unit import render_unit
-from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.deploys.service_settings import render_service_env
+from sd35_provision.hostplan import HostPlan, render_service_unit
+from sd35_provision.operations import HostRecorder, managed_file
+
+__all__ = ["API_KEY_PATH", "SERVICE_ENV_FILE", "UNIT_NAME", "UNIT_PATH", "render_service_env", "render_service_unit",
+           "service_layer"]
 
 STEP = "Service"
 UNIT_NAME = layout.SERVICE_UNIT
-UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
-
-
-def render_service_unit(settings: HostSettings) -> str:
-    current = layout.current_link(settings)
-    return render_unit(
-        venv_dir=f"{current}/venv",
-        working_dir=f"{current}/app",
-        cache_dirs=[settings.cache.root],
-        service_env_file=SERVICE_ENV_FILE,
-        user=settings.service.user,
-        timeout_start_s=settings.service.start_timeout_s,
-    )
-
-
-def _differs(path: str, content: bytes) -> bool:
-    return host.get_fact(Sha256File, path=path) != hashlib.sha256(content).hexdigest()
+UNIT_PATH = layout.UNIT_PATH
+SERVICE_ENV_FILE = layout.SERVICE_ENV_FILE
+API_KEY_PATH = layout.API_KEY_FILE
+# Why a restart, in the order the note names them.
+RESTART_REASONS = ("unit", "settings", "API key", "venv", "model", "release")
 
 
 @deploy(STEP)
-def service_layer() -> None:
-    settings: HostSettings = host.data.sd35
+def service_layer(plan: HostPlan, recorder: HostRecorder) -> None:
+    settings = plan.settings
     user = settings.service.user
-    unit, env = render_service_unit(settings), render_service_env(settings)
-    key = settings.service.api_key_file.read_text().strip() + "\n" if settings.service.api_key_file else None
 
-    # Decide before the files change: what the running service was started with.
-    reasons = []
-    if _differs(UNIT_PATH, unit.encode()):
-        reasons.append("unit")
-    if _differs(SERVICE_ENV_FILE, env.encode()):
-        reasons.append("settings")
-    if key is not None and _differs(API_KEY_PATH, key.encode()):
-        reasons.append("API key")
-    lock = host_lock(settings)
-    venv = host.get_fact(Venv, path=layout.venv_dir(settings, lock.id))
-    if venv.complete and compare_installed(lock, venv.environment, venv.packages):
-        reasons.append("venv")  # repaired in place by the environment layer: reload what it imported
-    if not model_check(settings).healthy:
-        reasons.append("model")  # files fetched again by the model layer
-    link = host.get_fact(Link, path=layout.current_link(settings))
-    if not link or link.get("link_target") != f"releases/{release_id(release_manifest(settings))}":
-        reasons.append("release")
-
-    files.directory(name="Smoke test directory", path=layout.smoke_dir(settings), user="root", group="root",
-                    mode="755")
-    if key is not None:
-        managed_file(name="Service API key", path=API_KEY_PATH, content=key, user=user, group=user, mode="400",
-                     secret=True)
+    files.directory(name="Smoke test directory", path=layout.smoke_dir(settings.cache.root), user="root",
+                    group="root", mode="755")
+    if plan.has_api_key:
+        assert settings.service.api_key_file is not None
+        key = settings.service.api_key_file.read_text().strip() + "\n"  # read here, kept nowhere
+        recorder.feeds_service("API key", managed_file(
+            name="Service API key", path=API_KEY_PATH, content=key, user=user, group=user, mode="400", secret=True,
+            recorder=recorder))
     else:
         files.file(name="No API key file", path=API_KEY_PATH, present=False)
-    managed_file(name="Service settings", path=SERVICE_ENV_FILE, content=env, user="root", group=user, mode="640")
-    managed_file(name="Service unit", path=UNIT_PATH, content=unit, user="root", group="root", mode="644")
+    recorder.feeds_service("settings", managed_file(
+        name="Service settings", path=SERVICE_ENV_FILE, content=plan.service_env, user="root", group=user,
+        mode="640", recorder=recorder))
+    recorder.feeds_service("unit", managed_file(
+        name="Service unit", path=UNIT_PATH, content=plan.unit, user="root", group="root", mode="644",
+        recorder=recorder))
 
+    # pyinfra's verdict on each operation that feeds the service (prepared, not read again from the host).
+    inputs = recorder.service_inputs
+    reasons = [reason for reason in RESTART_REASONS if any(op.will_change for op in inputs.get(reason, ()))]
     if reasons:
-        record_note(f"service restarts ({', '.join(reasons)} changed)")
+        recorder.note(f"service restarts ({', '.join(reasons)} changed)")
         server.shell(
             name=f"Restart {UNIT_NAME}",
             # Type=notify: returns once the model is loaded and warmed up, or fails with the reason.
             commands=[f"systemctl daemon-reload && systemctl enable --quiet {UNIT_NAME} && "
                       f"systemctl restart {UNIT_NAME} || {{ systemctl status --no-pager --lines=15 {UNIT_NAME} >&2; "
                       "exit 1; }"],
+            # Only if one of them did change when applied.
+            _if=any_changed(*(op for reason in reasons for op in inputs[reason])),
         )
     else:
         systemd.service(name=f"{UNIT_NAME} enabled and running", service=UNIT_NAME, running=True, enabled=True)

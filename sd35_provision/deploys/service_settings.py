@@ -14,14 +14,14 @@ from sd35_provision import layout
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.service import config
 
-SERVICE_ENV_FILE = f"{layout.CONFIG_DIR}/service.env"
+SERVICE_ENV_FILE = layout.SERVICE_ENV_FILE
 API_KEY_PATH = layout.API_KEY_FILE
-RELEASE_COPY = "service.env"  # the copy in each release directory
+RELEASE_COPY = layout.RELEASE_SERVICE_ENV  # the copy in each release directory
 
 
 def service_environment(settings: HostSettings) -> dict[str, str]:
     """The service's SD35_* settings, named and checked by sd35_provision/service/config.py; no secret in here."""
-    service, current = settings.service, layout.current_link(settings)
+    service, current = settings.service, layout.current_link(settings.python.install_root)
     values: list[tuple[config.Setting[Any], Any]] = [
         (config.MODEL_DIR, f"{current}/model"),
         (config.BIND, service.bind),

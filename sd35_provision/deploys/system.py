@@ -8,12 +8,13 @@ from pyinfra.operations import files, server
 
 from sd35_provision import layout
 from sd35_provision.facts.gitlfs import GitLfsSystemInstalled
-from sd35_provision.operations import apt_packages_present, managed_file
+from sd35_provision.hostplan import HostPlan
+from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
 
 
 @deploy("System")
-def system_layer() -> None:
-    settings = host.data.sd35
+def system_layer(plan: HostPlan, recorder: HostRecorder) -> None:
+    settings = plan.settings
     service_user = settings.service.user
 
     apt_packages_present(name="Install git and git-lfs", packages=["git", "git-lfs"])
@@ -33,7 +34,7 @@ def system_layer() -> None:
         comment="sd35 inference service",
     )
 
-    for directory in layout.cache_directories(settings):
+    for directory in layout.cache_directories(settings.cache):
         files.directory(
             name=f"Cache directory {directory}",
             path=directory,
@@ -46,10 +47,11 @@ def system_layer() -> None:
     managed_file(
         name="Cache environment file",
         path=layout.ENV_FILE,
-        content=layout.render_env_file(settings),
+        content=layout.render_env_file(settings.cache),
         user="root",
         group="root",
         mode="644",
+        recorder=recorder,
     )
     managed_file(
         name="Shell profile snippet",
@@ -58,4 +60,5 @@ def system_layer() -> None:
         user="root",
         group="root",
         mode="644",
+        recorder=recorder,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision import modelstore
+from sd35_provision.hostplan import model_location
 from sd35_provision.hostspec import load_spec
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from tests.conftest import booted_fleet, cpu_fleet_defaults
@@ -78,7 +78,7 @@ def sh(fleet, command: str) -> str:
 
 
 def model_dir(spec: Path) -> str:
-    return modelstore.model_directory(load_spec(spec).host("node1"))
+    return model_location(load_spec(spec).host("node1")).directory
 
 
 def stats(fleet, directory: str, names: list[str]) -> dict[str, str]:

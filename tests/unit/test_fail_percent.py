@@ -42,7 +42,7 @@ def test_after_an_abort_stages_do_nothing_and_the_rest_are_reported_aborted():
 
     visited: list[str] = []
     run.for_each_active_host("smoke test", lambda host, settings: visited.append(host.name))
-    run.prepare([])
+    run.prepare([], {})
     assert visited == []
     report = run.report("apply")
     assert [host.status for host in report.hosts] == ["aborted", "failed", "aborted", "aborted"]

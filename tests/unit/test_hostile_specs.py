@@ -118,7 +118,8 @@ def test_the_env_file_a_shell_sources_never_runs_a_value(tmp_path: Path) -> None
     marker = tmp_path / "ran"
     root = f"/srv/$(touch {marker})`touch {marker}`;touch {marker} 'x'"
     env_file = tmp_path / "env"
-    env_file.write_text(render_env_file(HostSettings(name="a", address="10.0.0.1", cache=CacheSettings(root=root))))
+    settings = HostSettings(name="a", address="10.0.0.1", cache=CacheSettings(root=root))
+    env_file.write_text(render_env_file(settings.cache))
     # What /etc/profile.d/sd35.sh does.
     shown = subprocess.run(["sh", "-c", 'set -a; . "$1"; set +a; printf %s "$HF_HOME"', "sh", str(env_file)],
                            capture_output=True, text=True, timeout=10)
@@ -131,5 +132,5 @@ def test_plain_env_file_values_stay_unquoted() -> None:
     """Quoting changes nothing for the paths validation allows, so hosts see no drift in /etc/sd35/env."""
     from sd35_provision.hostspec.settings import HostSettings
 
-    text = render_env_file(HostSettings(name="a", address="10.0.0.1"))
+    text = render_env_file(HostSettings(name="a", address="10.0.0.1").cache)
     assert "HF_HOME=/var/lib/sd35/huggingface\n" in text and "'" not in text

@@ -11,12 +11,12 @@ import pytest
 from pyinfra.api.util import get_kwargs_str
 
 from sd35_provision.deploys.model import ModelNotReady, model_layer
-from sd35_provision import modelstore
+from sd35_provision import layout, modelstore
 from sd35_provision.facts.disk import FreeSpaceInfo
 from sd35_provision.facts.model import BrokenFile, ModelCheck, ModelFiles, modelcheck_source
 from sd35_provision.locks import load_lock
 from sd35_provision.hostspec.settings import CacheSettings, GpuSettings, HostSettings, ModelSettings, PythonSettings
-from tests.pyinfra_fakes import existing_files, merge_facts, run_deploy
+from tests.pyinfra_fakes import existing_files, merge_facts, plan_for, run_deploy
 
 REV = "447068b6f7224c7d6673756e2605a4abdd802414"
 ROOT = "/srv/sd35"
@@ -45,10 +45,18 @@ def settings(source: str, **model) -> HostSettings:
                         model=ModelSettings(source=source, **{**defaults, **model}))
 
 
+def model_dir(host: HostSettings) -> str:
+    return plan_for(host).model_dir
+
+
+def manifest_path(host: HostSettings) -> str:
+    return plan_for(host).model_manifest_path
+
+
 def model_fact(host: HostSettings, check: ModelCheck) -> dict:
     """The ModelFiles reading the layer makes for ``host``, answered with ``check``."""
-    args = {"directory": modelstore.model_directory(host), "git": host.model.source == "git", "manifest": None,
-            "manifest_path": modelstore.manifest_path(host), "user": "sd35"}
+    args = {"directory": model_dir(host), "git": host.model.source == "git", "manifest": None,
+            "manifest_path": manifest_path(host), "user": "sd35"}
     if host.model.source == "push":
         args["manifest"], args["git"] = modelstore.push_manifest(host)[1], False
     return {"ModelFiles": {get_kwargs_str(args): check}}
@@ -57,17 +65,17 @@ def model_fact(host: HostSettings, check: ModelCheck) -> dict:
 def run(host: HostSettings, check: ModelCheck, free_gb: float = 100.0, extra_files: dict | None = None):
     dirs = {f"path={p}": {"mode": 750, "user": "sd35", "group": "sd35"}
             for p in (f"{ROOT}/models", f"{ROOT}/manifests")}
-    files = {modelstore.manifest_path(host): None, modelstore.HF_TOKEN_PATH: None}
+    files = {manifest_path(host): None, layout.HF_TOKEN_FILE: None}
     facts = merge_facts(
         existing_files(files),
         existing_files(extra_files or {}, user="sd35", group="sd35", mode=640),
         {"Directory": dirs},
         model_fact(host, check),
-        {"FreeSpace": {f"path={modelstore.model_directory(host)}": FreeSpaceInfo(
-            path=modelstore.model_directory(host), nearest=ROOT, mount="/srv", source="/dev/nvme0n1p1",
+        {"FreeSpace": {f"path={model_dir(host)}": FreeSpaceInfo(
+            path=model_dir(host), nearest=ROOT, mount="/srv", source="/dev/nvme0n1p1",
             total_bytes=10**12, free_bytes=int(free_gb * 1e9))}},
     )
-    result = run_deploy(model_layer, facts, data={"sd35": host})
+    result = run_deploy(model_layer, facts, host)
     for op in result.operations:  # the shipped checker's source is noise to these tests
         op.commands = [c.replace(SOURCE, "MODELCHECK") if isinstance(c, str) else c for c in op.commands]
     return result
@@ -78,13 +86,13 @@ ABSENT = ModelCheck(manifest=False, exists=False)
 
 
 def test_model_directory_per_source(push_dir):
-    assert modelstore.model_directory(settings("hf")) == \
+    assert model_dir(settings("hf")) == \
         f"{ROOT}/huggingface/hub/models--sd35-test--tiny-sd3/snapshots/{REV}"
-    assert modelstore.model_directory(settings("git")) == f"{ROOT}/models/git-tiny-{REV[:12]}"
-    pushed = modelstore.model_directory(settings("push", path=push_dir))
+    assert model_dir(settings("git")) == f"{ROOT}/models/git-tiny-{REV[:12]}"
+    pushed = model_dir(settings("push", path=push_dir))
     assert pushed.startswith(f"{ROOT}/models/push-") and len(pushed.rsplit("-", 1)[1]) == 12
     for source in ("hf", "git"):
-        assert modelstore.manifest_path(settings(source)).startswith(f"{ROOT}/manifests/")
+        assert manifest_path(settings(source)).startswith(f"{ROOT}/manifests/")
 
 
 def test_push_manifest_hashes_each_file_once_and_leaves_hidden_files_out(push_dir):
@@ -94,9 +102,9 @@ def test_push_manifest_hashes_each_file_once_and_leaves_hidden_files_out(push_di
     import hashlib
     assert manifest["files"][WEIGHT] == {"size": 10240, "sha256": hashlib.sha256((push_dir / WEIGHT).read_bytes()).hexdigest()}
     # the second time, from the stat-keyed cache (a changed file is hashed again)
-    before = modelstore.model_directory(host)
+    before = model_dir(host)
     (push_dir / WEIGHT).write_bytes(b"changed")
-    assert modelstore.model_directory(host) != before
+    assert model_dir(host) != before
 
 
 def test_push_directory_without_a_pipeline_is_refused(tmp_path):
@@ -109,7 +117,7 @@ def test_push_directory_without_a_pipeline_is_refused(tmp_path):
 def test_push_to_a_fresh_host_sends_every_file_then_checks_them(push_dir):
     host = settings("push", path=push_dir)
     result = run(host, ABSENT)
-    directory = modelstore.model_directory(host)
+    directory = model_dir(host)
     [push] = [op for op in result.changes if op.name.startswith("Model | Push model files")]
     uploads = [c for c in push.commands if isinstance(c, list) and c[0] == "upload"]
     assert [c[2] for c in uploads] == [f"{directory}/{n}.partial" for n in
@@ -124,11 +132,11 @@ def test_push_to_a_fresh_host_sends_every_file_then_checks_them(push_dir):
 
 def test_push_sends_only_the_broken_file_and_names_it(push_dir):
     host = settings("push", path=push_dir)
-    manifest_path = modelstore.manifest_path(host)
+    manifest = manifest_path(host)
     broken = replace(HEALTHY, broken=(BrokenFile(WEIGHT, "checksum", "checksum mismatch: sha256 0a1b..., expected 9c2d..."),))
-    result = run(host, broken, extra_files={manifest_path: modelstore.push_manifest(host)[1]})
+    result = run(host, broken, extra_files={manifest: modelstore.push_manifest(host)[1]})
     [push] = result.changes
-    assert [c[2] for c in push.commands if isinstance(c, list)] == [f"{modelstore.model_directory(host)}/{WEIGHT}.partial"]
+    assert [c[2] for c in push.commands if isinstance(c, list)] == [f"{model_dir(host)}/{WEIGHT}.partial"]
     [diff] = result.diffs
     assert f"- {WEIGHT}: checksum mismatch: sha256 0a1b..., expected 9c2d..." in diff
     assert f"+ fetch again: {WEIGHT}" in diff
@@ -137,7 +145,7 @@ def test_push_sends_only_the_broken_file_and_names_it(push_dir):
 
 def test_healthy_push_changes_nothing(push_dir):
     host = settings("push", path=push_dir)
-    result = run(host, HEALTHY, extra_files={modelstore.manifest_path(host): modelstore.push_manifest(host)[1]})
+    result = run(host, HEALTHY, extra_files={manifest_path(host): modelstore.push_manifest(host)[1]})
     assert result.changes == [] and result.notes == []
 
 
@@ -155,7 +163,7 @@ def test_git_fresh_clone_checks_out_pointers_then_pulls_lfs_content_after_a_spac
     assert fetch.name == f"Model | Fetch model file:///mirror/tiny.git at {REV[:12]}"
     [script] = fetch.commands
     steps = script.splitlines()
-    directory = modelstore.model_directory(host)
+    directory = model_dir(host)
     order = ["clone --quiet --no-checkout -- file:///mirror/tiny.git", "lfs install --local",
              f"fetch --quiet origin {REV}", f"checkout --quiet --force --detach {REV}", " git-manifest ", " space ", "lfs pull",
              f"rm -rf {directory}/.git/lfs/objects", "chown -h sd35:sd35", " verify --strict "]

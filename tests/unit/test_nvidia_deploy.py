@@ -22,6 +22,7 @@ from sd35_provision.hostspec.settings import DriverSettings, GpuSettings, HostSe
 from tests.pyinfra_fakes import DeployRun, Output, existing_files, fact_case, merge_facts, run_deploy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
+LOCK_FILE = Path(__file__).parents[2] / "sd35_provision" / "locks" / "cpu.txt"
 APT_INSTALL = 'DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::="--force-confdef" ' \
               '-o Dpkg::Options::="--force-confold" install'
 KERNELS = {"ubuntu-22.04": "5.15.0-126-generic", "ubuntu-24.04": "6.8.0-49-generic", "ubuntu-20.04": "5.4.0-200-generic",
@@ -49,7 +50,9 @@ def spec(mode: str = "install", driver_flavour: str = "default", allow_reboot: b
         name="gpu-a1", address="10.0.0.1",
         gpu=GpuSettings(accelerator=accelerator, driver=DriverSettings(mode=mode, branch=branch, flavour=driver_flavour,
                                                                        allow_reboot=allow_reboot)),
-        python=PythonSettings(torch_flavour=flavour),
+        # The plan's lock is the Python layer's business; a named lock file keeps flavours we ship no lock for
+        # (cu121, which Debian 12's driver runs) plannable here.
+        python=PythonSettings(torch_flavour=flavour, lock_file=LOCK_FILE),
     )
 
 
@@ -62,7 +65,7 @@ def deploy(settings: HostSettings, os: str = "ubuntu-22.04", gpus: str = "absent
         "NvidiaKernelModule": fact_case("NvidiaKernelModule", module),
         "DebPackages": dpkg_l(*packages),
     }, extra)
-    return run_deploy(nvidia_driver, facts, {"sd35": settings})
+    return run_deploy(nvidia_driver, facts, settings)
 
 
 @pytest.mark.parametrize("os, driver_flavour, expected", [

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from sd35_provision.deploys.python_env import EnvironmentNotReady, python_environment
-from sd35_provision.deploys.release import app_dir, release_id, release_layer, release_manifest
+from sd35_provision.deploys.release import release_layer
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.locks import load_lock
 from sd35_provision.hostspec.settings import GpuSettings, HostSettings, PythonSettings
 from sd35_provision.wheelhouse import sha256_of
-from tests.pyinfra_fakes import Output, existing_files, fact_case, merge_facts, run_deploy
+from tests.pyinfra_fakes import Output, existing_files, fact_case, merge_facts, plan_for, run_deploy
 from tests.unit.test_locks import PY311
 
 ROOT = "/opt/sd35"
@@ -49,7 +49,7 @@ def run(host: HostSettings, lock_id: str, packages: dict[str, str] | None, gpus:
         existing_files({lock_path: load_lock(lock_id.split("-")[0]).text}),
         venv_fact(lock_id, packages),
     )
-    return run_deploy(python_environment, facts, data={"sd35": host})
+    return run_deploy(python_environment, facts, host)
 
 
 def test_h100_host_gets_the_cuda_13_lock_and_a_new_venv_built_with_hashes():
@@ -124,7 +124,7 @@ def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
         existing_files({f"{ROOT}/locks/{lock.id}.txt": text}),
         venv_fact(lock.id, None),
     )
-    result = run_deploy(python_environment, facts, data={"sd35": host})
+    result = run_deploy(python_environment, facts, host)
     assert result.commands("Push wheels") == [
         ["upload", str(wheelhouse / "alpha-1.0-py3-none-any.whl"), f"{ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial"],
         f"mv -f {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl",
@@ -136,7 +136,7 @@ def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
     (wheelhouse / "beta-2.0-py3-none-any.whl").rename(wheelhouse / "beta.moved")
     try:
         with pytest.raises(EnvironmentNotReady, match=r"has no wheel matching lock custom's hashes for beta==2.0"):
-            run_deploy(python_environment, facts, data={"sd35": host})
+            run_deploy(python_environment, facts, host)
     finally:
         (wheelhouse / "beta.moved").rename(wheelhouse / "beta-2.0-py3-none-any.whl")
 
@@ -158,8 +158,8 @@ def store_output(current: str, previous: str, releases: dict[str, tuple[str, str
 
 def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_target():
     host = settings(accelerator="cpu")
-    manifest = release_manifest(host)
-    rid = release_id(manifest)
+    plan = plan_for(host)
+    manifest, rid = plan.release_manifest, plan.release_id
     venv, app, model = (manifest["links"][part] for part in ("venv", "app", "model"))
     old = (f"{ROOT}/venvs/cpu-000000000001", f"{ROOT}/apps/aaaaaaaaaaaa", f"{MODELS}/push-000000000001")
     older = (f"{ROOT}/venvs/cpu-000000000000", f"{ROOT}/apps/aaaaaaaaaaaa", f"{MODELS}/push-000000000000")
@@ -169,7 +169,7 @@ def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_tar
     facts = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{rid}", app),
                         {"Link": {f"path={ROOT}/current": {"link_target": "releases/old-1"}}},
                         store_fact(store_output("releases/old-1", "releases/failed-2", releases, entries)))
-    result = run_deploy(release_layer, facts, data={"sd35": host})
+    result = run_deploy(release_layer, facts, host)
     # Switching to the new release: the old current becomes previous and stays, with what it uses.
     [prune] = result.commands("Prune what no kept release uses")
     removed = [line.removeprefix("rm -rf ") for line in prune.splitlines() if line.startswith("rm -rf ")]
@@ -182,35 +182,35 @@ def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_tar
                         {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}},
                         store_fact(store_output(f"releases/{rid}", "releases/old-1", kept, [old[0], venv, old[1], app,
                                                                                           old[2], model])))
-    assert run_deploy(release_layer, facts, data={"sd35": host}).changes == []
+    assert run_deploy(release_layer, facts, host).changes == []
 
 
 def test_a_change_of_service_settings_makes_a_new_release():
     # The release keeps the settings it was tested with, so a rollback restores them too.
     host = settings(accelerator="cpu")
     changed = replace(host, service=replace(host.service, queue_size=host.service.queue_size + 1))
-    assert release_id(release_manifest(changed)) != release_id(release_manifest(host))
-    assert release_id(release_manifest(settings(accelerator="cpu"))) == release_id(release_manifest(host))
+    assert plan_for(changed).release_id != plan_for(host).release_id
+    assert plan_for(settings(accelerator="cpu")).release_id == plan_for(host).release_id
 
 
 def test_no_new_enough_python():
     facts = {"DebPackages": {"python3-venv": ["x"]}, "PythonVersions": Output(["python3 /usr/bin/python3 3.10.12"])}
     with pytest.raises(EnvironmentNotReady, match=r"no Python 3.11\+ on the host"):
-        run_deploy(python_environment, facts, data={"sd35": settings(accelerator="cpu")})
+        run_deploy(python_environment, facts, settings(accelerator="cpu"))
 
 
 def test_release_is_created_then_switched_atomically_and_then_left_alone():
     host = settings(accelerator="cpu")
-    manifest = release_manifest(host)
-    rid = release_id(manifest)
+    plan = plan_for(host)
+    manifest, rid = plan.release_manifest, plan.release_id
     assert manifest["links"]["venv"] == f"{ROOT}/venvs/{load_lock('cpu').id}"
-    app = app_dir(host)
+    app = plan.app_dir
     assert manifest["links"]["app"] == app == f"{ROOT}/apps/{service_bundle()[1][:12]}"
     base = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps"), store_fact(Output([])))
     fresh = run_deploy(release_layer, merge_facts(base, {"Directory": {f"path={ROOT}/releases/{rid}": None,
                                                                        f"path={app}": None},
                                                          "Link": {f"path={ROOT}/current": None}}),
-                       data={"sd35": host})
+                       host)
     [upload, unpack] = fresh.commands("Unpack service code")
     assert upload[0] == "upload" and upload[2] == f"{app}.tar"
     assert unpack.endswith(f"mv -T {app}.new {app}")
@@ -222,5 +222,5 @@ def test_release_is_created_then_switched_atomically_and_then_left_alone():
 
     done = run_deploy(release_layer, merge_facts(base, dirs(f"{ROOT}/releases/{rid}", app),
                                                  {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}}),
-                      data={"sd35": host})
+                      host)
     assert done.changes == []

@@ -5,17 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from sd35_provision.deploys.release import release_id, release_manifest
+from sd35_provision.deploys.release import release_layer
 from sd35_provision.deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PATH, render_service_env,
                              render_service_unit, service_layer)
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.smoketest import smoke_command
-from sd35_provision.facts.model import ModelCheck
 from sd35_provision.hostspec.settings import (CacheSettings, GpuSettings, HostSettings, ModelSettings, ServiceSettings,
                                      SmokeSettings)
-from tests.unit.test_model_deploy import model_fact
-from sd35_provision.locks import load_lock
-from tests.pyinfra_fakes import Output, existing_files, merge_facts, run_deploy
+from tests.pyinfra_fakes import Output, existing_files, merge_facts, plan_for, run_deploy
 
 KEY = "k3y-that-must-never-show-0123456789"
 
@@ -34,37 +31,49 @@ def settings(tmp_path=None, bind="127.0.0.1") -> HostSettings:
 
 def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None, current: str | None,
           running: bool = True):
+    """The host as the release and service layers read it: the release is there; ``current`` points at ``current``."""
     systemd_key = f"machine=None, services=['{UNIT_NAME}'], user_mode=False, user_name=None"
+    plan = plan_for(host)
+    present = {"mode": 755, "user": "root", "group": "root"}
     return merge_facts(
-        model_fact(host, ModelCheck(manifest=True, exists=True)),
+        {"Directory": {f"path={path}": present for path in
+                       ("/opt/sd35/releases", "/opt/sd35/apps", plan.app_dir, f"/opt/sd35/releases/{plan.release_id}")},
+         "ReleaseStoreContents": {"models=/srv/sd35/models, root=/opt/sd35": Output([])}},
         existing_files({UNIT_PATH: unit}),
         existing_files({SERVICE_ENV_FILE: env}, group="sd35", mode=640),
         existing_files({API_KEY_PATH: key}, user="sd35", group="sd35", mode=400),
         {"Directory": {"path=/srv/sd35/smoke": {"mode": 755, "user": "root", "group": "root"}},
          "Link": {"path=/opt/sd35/current": {"link_target": current} if current else None},
-         "Venv": {f"path=/opt/sd35/venvs/{load_lock('cpu').id}": Output(["absent"])},
          "SystemdStatus": {systemd_key: {UNIT_NAME: running}},
          "SystemdEnabled": {systemd_key: {UNIT_NAME: True}}},
     )
 
 
 def target(host: HostSettings) -> str:
-    return f"releases/{release_id(release_manifest(host))}"
+    return plan_for(host).release_target
+
+
+def service_ops(run) -> list[str]:
+    """The names of the service layer's changes (the release layer runs first, as it feeds the service)."""
+    return [op.name for op in run.changes if op.name.startswith("Service | ")]
+
+
+LAYERS = [release_layer, service_layer]
 
 
 def test_nothing_changed_means_no_restart(tmp_path):
     host = settings(tmp_path, bind="10.0.0.1")
-    run = run_deploy(service_layer, facts(host, render_service_unit(host), render_service_env(host), KEY + "\n",
-                                          target(host)), data={"sd35": host})
-    assert run.changes == []
+    run = run_deploy(LAYERS, facts(host, render_service_unit(host), render_service_env(host), KEY + "\n",
+                                          target(host)), host)
+    assert run.changes == [] and run.notes == []
 
 
 def test_a_new_release_or_unit_restarts_and_says_why(tmp_path):
     host = settings(tmp_path, bind="10.0.0.1")
-    run = run_deploy(service_layer, facts(host, render_service_unit(host).replace("ProtectHome=yes", ""),
+    run = run_deploy(LAYERS, facts(host, render_service_unit(host).replace("ProtectHome=yes", ""),
                                           render_service_env(host), KEY + "\n", "releases/old"),
-                     data={"sd35": host})
-    assert [op.name for op in run.changes] == ["Service | Service unit", f"Service | Restart {UNIT_NAME}"]
+                     host)
+    assert service_ops(run) == ["Service | Service unit", f"Service | Restart {UNIT_NAME}"]
     [restart] = run.commands("Restart")
     assert "systemctl daemon-reload" in restart and f"systemctl restart {UNIT_NAME}" in restart
     assert run.notes == ["service restarts (unit, release changed)"]
@@ -73,15 +82,15 @@ def test_a_new_release_or_unit_restarts_and_says_why(tmp_path):
 
 def test_a_stopped_service_is_started_not_restarted(tmp_path):
     host = settings()
-    run = run_deploy(service_layer, facts(host, render_service_unit(host), render_service_env(host), None,
-                                          target(host), running=False), data={"sd35": host})
-    assert [op.name for op in run.changes] == [f"Service | {UNIT_NAME} enabled and running"]
+    run = run_deploy(LAYERS, facts(host, render_service_unit(host), render_service_env(host), None,
+                                          target(host), running=False), host)
+    assert service_ops(run) == [f"Service | {UNIT_NAME} enabled and running"]
     assert run.commands(UNIT_NAME) == [f"systemctl start {UNIT_NAME}"]
 
 
 def test_api_key_goes_in_a_0400_file_never_in_unit_env_diff_or_command(tmp_path):
     host = settings(tmp_path, bind="10.0.0.1")
-    run = run_deploy(service_layer, facts(host, None, None, None, None), data={"sd35": host})
+    run = run_deploy(LAYERS, facts(host, None, None, None, None), host)
     [upload] = run.commands("Service API key")[:1]
     assert upload == ["upload", KEY + "\n", API_KEY_PATH]
     assert any("chmod 400" in str(c) for c in run.commands("Service API key"))
@@ -134,3 +143,21 @@ def test_direct_smoke_commands_use_sudo_when_the_spec_says_so():
 
     assert _as_root(FakeHost({"_sudo": True})) == {"_sudo": True}
     assert _as_root(FakeHost({})) == {}
+
+
+def test_a_model_fetched_again_restarts_the_service():
+    # The model layer's fetch feeds the service: its change, not a second look at the files, restarts it.
+    from sd35_provision.deploys.model import model_layer
+    from sd35_provision.facts.model import ModelCheck
+    from tests.unit.test_model_deploy import model_fact
+
+    host = settings(bind="10.0.0.1")
+    model = merge_facts({"Directory": {f"path=/srv/sd35/{name}": {"mode": 750, "user": "sd35", "group": "sd35"}
+                                       for name in ("models", "manifests")}},
+                        model_fact(host, ModelCheck(manifest=True, exists=False)))
+    current = facts(host, render_service_unit(host), render_service_env(host), None, target(host))
+    run = run_deploy([model_layer, *LAYERS], merge_facts(current, model), host)
+    assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
+    assert "service restarts (model changed)" in run.notes
+    healthy = merge_facts(current, model, model_fact(host, ModelCheck(manifest=True, exists=True, git_head="a" * 40)))
+    assert run_deploy([model_layer, *LAYERS], healthy, host).changes == []
