@@ -72,7 +72,7 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def start(self) -> "MemorySampler":
+    def start(self) -> MemorySampler:
         self._thread.start()
         return self
 
@@ -199,7 +199,7 @@ def run_one(name: str, gpu_uuid: str, env_extra: dict[str, str], model_dir: Path
             latencies: list[float] = []
             errors: list[str] = []
 
-            def client_loop(count: int) -> None:
+            def client_loop(count: int, latencies: list[float] = latencies, errors: list[str] = errors) -> None:
                 for _ in range(count):
                     try:
                         latencies.append(request())

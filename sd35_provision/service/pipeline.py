@@ -139,7 +139,6 @@ def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, 
     lean) is chosen before loading, from the sizes on disk, the GPU's memory
     and ``max_batch`` (the most images one pipeline call draws).
     """
-    import torch
     from diffusers import StableDiffusion3Pipeline
 
     if device.kind == "cuda" and not _accelerate_available():

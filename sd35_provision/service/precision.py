@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import policy
 from .policy import (  # noqa: F401  (re-exported: the service's and the benchmark's names)
     BF16_MIN_CAPABILITY,
     COMPILE_REQUESTS,
@@ -48,7 +49,6 @@ from .policy import (  # noqa: F401  (re-exported: the service's and the benchma
     MemoryPlan,
     Software,
 )
-from . import policy
 
 # FP8 GEMM kernels (torch._scaled_mm) take only dims that are multiples of 16.
 FP8_DIM_MULTIPLE = 16
