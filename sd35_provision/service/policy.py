@@ -22,6 +22,7 @@ from dataclasses import dataclass
 # The choices are the settings' own (config.py is stdlib only, like this module).
 from .config import COMPILE_CHOICES as COMPILE_REQUESTS
 from .config import PRECISION_CHOICES as REQUESTS
+from .config import PRECISION_MODES as MODES  # noqa: F401  (re-exported by precision.py)
 
 # What torch.compile covers: "blocks" compiles each transformer block on its own
 # (regional compilation: the blocks share one compiled graph, so the warm-up
