@@ -32,10 +32,6 @@ from sd35_provision.cuda_compat import (
     version_tuple,
     wanted_flavour,
 )
-from sd35_provision.deploys.service_settings import (
-    render_service_env,
-    service_env_digest,
-)
 from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.facts.host import HostFacts
 from sd35_provision.facts.nvidia import NvidiaStatus, PciDevice
@@ -44,6 +40,10 @@ from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.locks import Lock, load_lock, load_lock_file
 from sd35_provision.modelstore import ModelSourceError, push_manifest
 from sd35_provision.service.unit import render_unit
+from sd35_provision.service_settings import (
+    render_service_env,
+    service_env_digest,
+)
 from sd35_provision.wheelhouse import Wheel, WheelhouseError, wheels_for
 
 PYTHON_STEP = "Python environment"

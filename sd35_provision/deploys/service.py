@@ -17,7 +17,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from sd35_provision import layout
-from sd35_provision.deploys.service_settings import render_service_env
+from sd35_provision.service_settings import render_service_env
 from sd35_provision.hostplan import HostPlan, render_service_unit
 from sd35_provision.operations import HostRecorder, managed_file
 

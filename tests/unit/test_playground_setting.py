@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision.deploys.service_settings import render_service_env
 from sd35_provision.errors import SpecError
 from sd35_provision.hostspec import load_spec
 from sd35_provision.service.config import load_config
+from sd35_provision.service_settings import render_service_env
 
 SPEC = """\
 defaults:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision.deploys.service_settings import (
-    render_service_env,
-    service_environment,
-)
 from sd35_provision.hostspec import load_spec
 from sd35_provision.hostspec.loader import load_schema
 from sd35_provision.hostspec.settings import ServiceSettings
 from sd35_provision.service import config
+from sd35_provision.service_settings import (
+    render_service_env,
+    service_environment,
+)
 
 # service.* keys of the spec that never reach the service's environment: the unit's
 # user and start timeout, and the key file on the control machine (the service is

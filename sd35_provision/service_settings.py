@@ -2,7 +2,8 @@
 
 Kept apart from the service layer because a release carries a copy of the
 settings it was made with (see ``deploys/release.py``): a rollback restores
-them along with the venv, code and model they were tested with.
+them along with the venv, code and model they were tested with. It sits beside
+``hostplan.py``, which renders it into each host's plan (imports run downwards).
 """
 
 from __future__ import annotations
