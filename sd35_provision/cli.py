@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import click
 
+from sd35_provision.jsonreport import run_json
 from sd35_provision.errors import Sd35Error, SpecError, UsageError
 
 EXIT_FAILED = 1
@@ -260,7 +261,7 @@ def _plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parall
     report = workflow.plan(_load(spec, accept_new_host_keys=accept_new_host_keys), limit,
                            _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent))
     if as_json:
-        click.echo(report.to_json())
+        click.echo(run_json(report))
     else:
         click.echo(render_plan(report))
         click.echo("")
@@ -318,7 +319,7 @@ def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parall
                             _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent),
                             rollout=Rollout(batch=batch, canary=canary or 0))
     if as_json:
-        click.echo(report.to_json())
+        click.echo(run_json(report))
     else:
         if diff:
             click.echo(render_plan(report) + "\n")
@@ -342,7 +343,7 @@ def drift(spec: Path, limit: tuple[str, ...], parallel: int, fail_percent: int |
     report = workflow.plan(_load(spec), limit, _options(False, quiet=as_json, parallel=parallel,
                                                         fail_percent=fail_percent))
     report.mode = "drift"
-    click.echo(report.to_json() if as_json else render_plan(report))
+    click.echo(run_json(report) if as_json else render_plan(report))
     _exit_for(report)
     if report.drifted:
         sys.exit(EXIT_DRIFT)
@@ -382,7 +383,7 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
     from sd35_provision.report import render_failures, render_table
 
     report = workflow.smoke(_load(spec), limit, _options(False))
-    click.echo(report.to_json() if as_json else render_table(report))
+    click.echo(run_json(report) if as_json else render_table(report))
     if not report.ok:
         if not as_json:
             click.echo(render_failures(report), err=True)
@@ -404,7 +405,8 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
 
     One SSH connection per host, all hosts in parallel; changes nothing.
     """
-    from sd35_provision.status import fleet_status, render_status_table, status_json
+    from sd35_provision.jsonreport import status_json
+    from sd35_provision.status import fleet_status, render_status_table
     from sd35_provision.statuspage import StatusPage
 
     page = StatusPage(html, spec) if html is not None else None  # a bad path fails before any host is asked

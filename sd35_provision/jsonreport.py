@@ -109,3 +109,12 @@ def status_document(rows: list[HostStatus]) -> dict[str, Any]:
     drifts = [row.drift for row in rows if row.drift is not None]
     return envelope("status", hosts, ok=all(row.status == "ok" for row in rows),
                     drift=any(drifts) if drifts else None)
+
+
+def run_json(report: RunReport) -> str:
+    """A run's report as the one JSON document of every ``--json``."""
+    return dumps(run_document(report))
+
+
+def status_json(rows: list[HostStatus]) -> str:
+    return dumps(status_document(rows))

@@ -67,12 +67,6 @@ class RunReport:
     def drifted(self) -> bool:
         return any(host.changes for host in self.hosts)
 
-    def to_json(self) -> str:
-        """The report as the one JSON document of every ``--json`` (see jsonreport.py)."""
-        from sd35_provision.jsonreport import dumps, run_document
-
-        return dumps(run_document(self))
-
 
 def render_table(report: RunReport) -> str:
     staged = report.waves is not None

@@ -151,9 +151,3 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
 def render_status_table(rows: list[HostStatus]) -> str:
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
     return "\n".join([render_rows([HEADER, *(row.row() for row in rows)]), *errors])
-
-
-def status_json(rows: list[HostStatus]) -> str:
-    from sd35_provision.jsonreport import dumps, status_document
-
-    return dumps(status_document(rows))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from sd35_provision.jsonreport import run_json
 from sd35_provision.report import render_plan, render_table
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.hostspec.settings import HostSettings
@@ -52,7 +53,7 @@ def test_after_an_abort_stages_do_nothing_and_the_rest_are_reported_aborted():
     table = render_table(report)
     assert re.search(r"^n1\s+aborted\s+0\s+aborted at smoke test$", table, re.M), table
     assert "== n1: aborted at smoke test" in render_plan(report)
-    data = json.loads(report.to_json())
+    data = json.loads(run_json(report))
     assert data["aborted"] == "more than 0% of hosts failed (1 of 4: n2)"
     assert [host["aborted"] for host in data["hosts"]] == [True, False, True, True]
 

@@ -15,11 +15,11 @@ import pytest
 
 from sd35_provision.facts.disk import FreeSpaceInfo
 from sd35_provision.facts.nvidia import NvidiaStatus
-from sd35_provision.jsonreport import dumps, facts_document, load_schema, run_document
+from sd35_provision.jsonreport import dumps, facts_document, load_schema, run_document, run_json, status_json
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 from sd35_provision.rollout import BatchSize, Rollout
 from sd35_provision.runner import FleetRun, RunOptions
-from sd35_provision.status import HostStatus, _add_outcome, status_json
+from sd35_provision.status import HostStatus, _add_outcome
 from tests.facts.test_h100_local import RECORDED, host_facts
 from tests.unit.test_fail_percent import HOSTS, failed
 from tests.unit.test_rollout import rolling
@@ -49,7 +49,7 @@ def test_a_run_with_failed_aborted_and_local_error_hosts():
     run.outcomes["n3"].error = "ssh.key /k/id.pub is a public key: give the private key"
     assert run.check_fail_percent()
     run._mark_aborted(run.outcomes["n4"], "execute")  # n1 had finished
-    data = check(run.report("plan").to_json())
+    data = check(run_json(run.report("plan")))
     assert (data["command"], data["ok"], data["drift"]) == ("plan", False, True)
     assert data["aborted"] == "more than 25% of hosts failed (2 of 4: n2, n3)"
     assert [(h["name"], h["status"]) for h in data["hosts"]] == [
@@ -69,7 +69,7 @@ def test_drift_and_smoke_say_what_they_checked():
 
 def test_a_staged_rollout_lists_its_waves(monkeypatch):
     _, report, _ = rolling(monkeypatch, {"n1"}, Rollout(canary=1, batch=BatchSize(3, False)))
-    data = check(report.to_json())
+    data = check(run_json(report))
     assert data["waves"][1] == {"wave": "batch 1/2", "hosts": ["n2", "n3", "n4"], "result": "not started"}
     assert data["hosts"][1]["status"] == "not started"
 

@@ -15,6 +15,7 @@ import pytest
 
 from sd35_provision import workflow
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
+from sd35_provision.jsonreport import run_json
 from sd35_provision.report import HostOutcome, RunReport, render_table
 from sd35_provision.rollout import BatchSize, Rollout, parse_batch, plan_waves
 from sd35_provision.runner import RunOptions
@@ -96,7 +97,7 @@ def test_a_failed_canary_stops_the_rollout_and_no_other_host_is_touched(monkeypa
     assert table[0].split() == ["HOST", "WAVE", "STATUS", "CHANGES", "DETAIL"]
     assert re.match(r"n1\s+canary\s+failed\s+0\s+smoke test: smoke test failed: image is blank", table[1]), table
     assert re.match(r"n2\s+batch 1/2\s+not started\s+0\s+untouched: the rollout stopped$", table[2]), table
-    data = json.loads(report.to_json())
+    data = json.loads(run_json(report))
     assert data["ok"] is False and data["waves"][0] == {"wave": "canary", "hosts": ["n1"], "result": "failed"}
     assert [host["skipped"] for host in data["hosts"]] == [False] + [True] * 6
 

@@ -7,8 +7,9 @@ import os
 import subprocess
 
 from sd35_provision.facts.service import NO_SERVICE, ServiceState, parse_service_state
+from sd35_provision.jsonreport import status_json
 from sd35_provision.report import HostOutcome, OperationOutcome
-from sd35_provision.status import HostStatus, _add_outcome, render_status_table, status_json
+from sd35_provision.status import HostStatus, _add_outcome, render_status_table
 
 APPLIED = {
     "active": "active", "ready_status": 200, "ready_phase": None, "release": "releases/0a1b2c3d4e5f",
