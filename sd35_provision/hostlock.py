@@ -100,10 +100,20 @@ def take_run_lock(host: Any, mode: str, wait_s: int, sudo: bool, say=None) -> An
                 say(f"{host.name}: waiting up to {wait_s} s for the lock held by {answer.waited_for}")
     except socket.timeout:
         pass
-    channel.close()
     answer = read_answer(lines)
     if answer.holder is None and answer.waited_for is None:
-        detail = channel.makefile_stderr("r").read().strip() if channel.recv_stderr_ready() else ""
+        detail = _stderr_of(channel)
+        channel.close()
         raise HostLocked(host.name, STEP, f"could not take the run lock {layout.RUN_LOCK}"
                          + (f": {detail.splitlines()[-1]}" if detail else ""))
+    channel.close()
     raise HostLocked(host.name, STEP, refusal(host.name, answer, wait_s).removeprefix(f"{host.name}: "))
+
+
+def _stderr_of(channel: Any) -> str:
+    """What the lock command said on stderr (e.g. no flock on the host, sudo refused), if it ended."""
+    channel.settimeout(5)
+    try:
+        return channel.makefile_stderr("r").read().strip()
+    except (socket.timeout, OSError):
+        return ""

@@ -90,7 +90,8 @@ def render_unit(
             "RuntimeDirectoryMode=0755",
             f"Environment=SD35_RUNNING_RECORD={record}",
             *([f"Environment=SD35_RELEASE_LINK={_check_path('release_link', release_link)}"] if release_link else []),
-            f"Environment=SD35_RUNNING_FILES={' '.join(reads)}",
+            # Quoted: systemd splits an unquoted Environment= line into assignments at spaces.
+            f'Environment="SD35_RUNNING_FILES={" ".join(reads)}"',
         ]
 
     lines = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import threading
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def test_config_reads_what_the_unit_says_to_record(tmp_path: Path, tiny_model_di
                        running_record="/run/sd35/running.json", release_link="/opt/sd35/current",
                        unit_path="/etc/systemd/system/sd35-inference.service")
     assert "RuntimeDirectory=sd35" in unit and "RuntimeDirectoryMode=0755" in unit
-    environment = dict(line.removeprefix("Environment=").split("=", 1) for line in unit.splitlines()
-                       if line.startswith("Environment=SD35_"))
+    # As systemd reads Environment= lines: assignments split at unquoted spaces.
+    assignments = [word for line in unit.splitlines() if line.startswith("Environment=")
+                   for word in shlex.split(line.removeprefix("Environment="))]
+    environment = dict(word.split("=", 1) for word in assignments if word.startswith("SD35_"))
     assert environment == {
         "SD35_RUNNING_RECORD": "/run/sd35/running.json",
         "SD35_RELEASE_LINK": "/opt/sd35/current",
