@@ -89,7 +89,8 @@ def test_a_settings_change_killed_at_every_step_boundary_converges_on_reapply(fl
     for queue_size, step in enumerate(steps, start=11):
         spec = spec_with(fleet, queue_size)
         kill_after(spec, step)
-        drift = cli("drift", str(spec), check_exit=2)
+        # Killed once the restart was done: the process runs the spec already, only the smoke test is missing.
+        drift = cli("drift", str(spec), check_exit=0 if step.startswith("Service | Restart") else 2)
         if step == "Service | Service settings":
             # The files are as the spec says; only the process is not: drift says so.
             assert re.search(r"service restarts: service runs release \S+ with settings digest \w+, wanted \S+ "
