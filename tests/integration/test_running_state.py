@@ -65,6 +65,28 @@ def kill_after(spec: Path, step: str) -> list[str]:
     return seen
 
 
+def service_pid(fleet) -> str:  # noqa: F811
+    return sh(fleet, f"systemctl show -p MainPID --value {UNIT}")
+
+
+def restart_slipped_in(fleet, pid_before: str) -> bool:  # noqa: F811
+    """Whether the restart after the settings ran anyway (its command left before the run was cut off)."""
+    time.sleep(3)
+    return service_pid(fleet) != pid_before or sh(fleet, "systemctl list-jobs --no-legend | wc -l") != "0"
+
+
+def cut_off_after_the_settings(fleet, sizes, interrupt) -> tuple[Path, int]:  # noqa: F811
+    """The settings written, the restart not done: ``interrupt(spec)`` cuts a run off once its progress says
+    the settings were written; the next step (the restart) may race it, so try the next size until it did not."""
+    for queue_size in sizes:
+        spec = spec_with(fleet, queue_size)
+        before = service_pid(fleet)
+        interrupt(spec)
+        if not restart_slipped_in(fleet, before):
+            return spec, queue_size
+    pytest.fail("every run was cut off only after its restart had started")
+
+
 def assert_runs(fleet, queue_size: int) -> dict:  # noqa: F811
     """The service process runs the spec: its record names the release and the files as they are, its
     environment has the spec's queue size and nothing made by hand, and /readyz says the same."""
@@ -84,42 +106,53 @@ def assert_runs(fleet, queue_size: int) -> dict:  # noqa: F811
 def test_a_settings_change_killed_at_every_step_boundary_converges_on_reapply(fleet):  # noqa: F811
     cli("apply", str(spec_with(fleet, 8)), check_exit=0)
     assert_runs(fleet, 8)
-    steps = ["Release | Create release", "Release | Switch current", "Release | Prune",
-             "Service | Service settings", f"Service | Restart {UNIT}"]
+    # Every boundary of the settings change but the one before the restart, which has its own part below.
+    steps = ["Release | Create release", "Release | Switch current", "Release | Prune", f"Service | Restart {UNIT}"]
     for queue_size, step in enumerate(steps, start=11):
         spec = spec_with(fleet, queue_size)
         kill_after(spec, step)
         # Killed once the restart was done: the process runs the spec already, only the smoke test is missing.
-        drift = cli("drift", str(spec), check_exit=0 if step.startswith("Service | Restart") else 2)
-        if step == "Service | Service settings":
-            # The files are as the spec says; only the process is not: drift says so.
-            assert re.search(r"service restarts: service runs release \S+ with settings digest \w+, wanted \S+ "
-                             r"with \w+ \(/etc/sd35/service.env differs\)", drift.stdout), drift.stdout
+        cli("drift", str(spec), check_exit=0 if step.startswith("Service | Restart") else 2)
         again = cli("apply", str(spec), check_exit=0)
         assert "locked by" not in again.stdout + again.stderr  # the killed run's lock died with its connection
         assert_smoke_ok(again)
         assert_runs(fleet, queue_size)
         cli("drift", str(spec), check_exit=0)
 
+    # Killed right after the settings were written, before the restart: the files are as the spec says,
+    # only the process is not. Before the running record, apply and drift said all was well here.
+    spec, queue_size = cut_off_after_the_settings(fleet, range(21, 25),
+                                                  lambda spec: kill_after(spec, "Service | Service settings"))
+    drift = cli("drift", str(spec), check_exit=2)
+    assert re.search(r"service restarts: service runs release \S+ with settings digest \w+, wanted \S+ "
+                     r"with \w+ \(/etc/sd35/service.env differs\)", drift.stdout), drift.stdout
+    assert_smoke_ok(cli("apply", str(spec), check_exit=0))
+    assert_runs(fleet, queue_size)
+    cli("drift", str(spec), check_exit=0)
+
 
 def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet):  # noqa: F811
-    spec = spec_with(fleet, 6)
-    process = start_apply(spec)
-    wait_for_line(process, r"^node1: changed: Service \| Service settings")
-    # The host drops the run's connection: kill the sshd session whose child holds the run lock
-    # (and its privilege-separation monitor), so the TCP connection closes from the host's side.
-    sh(fleet, "holder=$(for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q sd35-provision.lock && "
-              "echo ${p#/proc/}; done | head -1); "
-              "session=$(ps -o ppid= -p $holder | tr -d ' '); monitor=$(ps -o ppid= -p $session | tr -d ' '); "
-              "case \"$(ps -o args= -p $monitor)\" in *priv*) kill -9 $session $monitor;; *) kill -9 $session;; esac")
-    out, err = process.communicate(timeout=300)
-    assert process.returncode != 0, out + err
+    def drop_connection(spec: Path) -> None:
+        process = start_apply(spec)
+        wait_for_line(process, r"^node1: changed: Service \| Service settings")
+        os.kill(process.pid, signal.SIGSTOP)  # hold the run where it is while the host drops it
+        # The host drops the run's connection: kill the sshd session whose child holds the run lock
+        # (and its privilege-separation monitor), so the TCP connection closes from the host's side.
+        sh(fleet, "holder=$(for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q sd35-provision.lock && "
+                  "echo ${p#/proc/}; done | head -1); "
+                  "session=$(ps -o ppid= -p $holder | tr -d ' '); monitor=$(ps -o ppid= -p $session | tr -d ' '); "
+                  "case \"$(ps -o args= -p $monitor)\" in *priv*) kill -9 $session $monitor;; *) kill -9 $session;; esac")
+        os.kill(process.pid, signal.SIGCONT)
+        out, err = process.communicate(timeout=300)
+        assert process.returncode != 0, out + err
+
+    spec, queue_size = cut_off_after_the_settings(fleet, range(31, 35), drop_connection)
     stale = json.loads(sh(fleet, f"cat {RECORD}"))
     environ = sh(fleet, f"tr '\\0' '\\n' < /proc/{stale['pid']}/environ")
-    assert "SD35_QUEUE_SIZE=6" not in environ  # the files say 6, the process does not
+    assert f"SD35_QUEUE_SIZE={queue_size}" not in environ  # the files say so, the process does not
     assert "/etc/sd35/service.env differs" in cli("drift", str(spec), check_exit=2).stdout
     assert_smoke_ok(cli("apply", str(spec), check_exit=0))
-    assert_runs(fleet, 6)
+    assert_runs(fleet, queue_size)
 
 
 def test_a_hand_edited_env_file_the_service_restarted_with_is_restored_and_restarted(fleet):  # noqa: F811
