@@ -23,9 +23,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_provision_fleet import REPO, cli
-from tests.integration.test_service_fleet import API_KEY, UNIT, assert_smoke_ok, fleet, sh, url  # noqa: F401 - fixture
 from tests.conftest import cpu_fleet_defaults
+from tests.integration.test_provision_fleet import REPO, cli
+from tests.integration.test_service_fleet import (  # noqa: F401 - fixture
+    API_KEY,
+    UNIT,
+    assert_smoke_ok,
+    fleet,
+    sh,
+    url,
+)
 
 pytestmark = pytest.mark.fleet
 RECORD = "/run/sd35/running.json"
@@ -185,7 +192,7 @@ def test_two_applies_on_one_host_one_is_refused_naming_the_holder_or_waits(fleet
     first = start_apply(spec_with(fleet, 10))
     wait_for_line(first, r"^node1: changed: ")
     waiting = cli("apply", str(spec_with(fleet, 4)), "--wait-lock", "540", check_exit=0)
-    assert f"waiting up to 540 s for the lock held by" in waiting.stderr and f"pid {first.pid}" in waiting.stderr
+    assert "waiting up to 540 s for the lock held by" in waiting.stderr and f"pid {first.pid}" in waiting.stderr
     first.communicate(timeout=60)
     assert first.returncode == 0
     assert_runs(fleet, 4)  # the waiting run went second

@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from sd35_provision.deploys.release import release_layer
 from sd35_provision.facts.releases import ReleaseStoreContents
-from sd35_provision.hostlock import LockAnswer, holder_text, lock_command, read_answer, refusal
+from sd35_provision.hostlock import (
+    LockAnswer,
+    holder_text,
+    lock_command,
+    read_answer,
+    refusal,
+)
 from sd35_provision.hostscripts import render_script
 from tests.pyinfra_fakes import Output, merge_facts, plan_for, run_deploy
-from tests.unit.test_python_env_deploy import MODELS, ROOT, dirs, settings, store_fact, store_output
+from tests.unit.test_python_env_deploy import (
+    MODELS,
+    ROOT,
+    dirs,
+    settings,
+    store_fact,
+    store_output,
+)
 
 
 def on_release(host, store: Output) -> dict:
@@ -122,7 +136,7 @@ def test_lock_script_refuses_naming_the_holder_waits_and_is_released_when_its_in
     first.stdin.close()  # the first run's connection ends
     first.wait(timeout=10)
     assert waiting.stdout.readline() == "locked\n"
-    assert open(lock).read() == "carol@ctl pid 2 since 12:03:00 UTC (apply)\n"
+    assert Path(lock).read_text() == "carol@ctl pid 2 since 12:03:00 UTC (apply)\n"
     waiting.stdin.close()
     waiting.wait(timeout=10)
 
