@@ -72,14 +72,18 @@ def kill_after(spec: Path, step: str) -> list[str]:
     return seen
 
 
-def service_pid(fleet) -> str:  # noqa: F811
-    return sh(fleet, f"systemctl show -p MainPID --value {UNIT}")
-
-
-def restart_slipped_in(fleet, pid_before: str) -> bool:  # noqa: F811
-    """Whether the restart after the settings ran anyway (its command left before the run was cut off)."""
-    time.sleep(3)
-    return service_pid(fleet) != pid_before or sh(fleet, "systemctl list-jobs --no-legend | wc -l") != "0"
+def settled_pid(fleet, timeout: float = 180) -> str:  # noqa: F811
+    """The service's pid once it serves and has stated what it runs (no restart under way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = fleet.run("node1", f"systemctl is-active {UNIT}; systemctl show -p MainPID --value {UNIT}; "
+                                   f"systemctl list-jobs --no-legend | wc -l; cat {RECORD}").stdout.splitlines()
+        active, pid, jobs = (state + ["", "", ""])[:3]
+        record = state[3] if len(state) > 3 else "{}"
+        if active == "active" and jobs == "0" and json.loads(record).get("pid") == int(pid or 0):
+            return pid
+        time.sleep(1)
+    pytest.fail("the service did not settle:\n" + sh(fleet, f"systemctl status --no-pager {UNIT} || true"))
 
 
 def cut_off_after_the_settings(fleet, sizes, interrupt) -> tuple[Path, int]:  # noqa: F811
@@ -87,9 +91,10 @@ def cut_off_after_the_settings(fleet, sizes, interrupt) -> tuple[Path, int]:  # 
     the settings were written; the next step (the restart) may race it, so try the next size until it did not."""
     for queue_size in sizes:
         spec = spec_with(fleet, queue_size)
-        before = service_pid(fleet)
+        before = settled_pid(fleet)
         interrupt(spec)
-        if not restart_slipped_in(fleet, before):
+        time.sleep(3)  # a restart whose command left first would be under way by now
+        if settled_pid(fleet) == before:
             return spec, queue_size
     pytest.fail("every run was cut off only after its restart had started")
 
@@ -152,6 +157,7 @@ def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet): 
         os.kill(process.pid, signal.SIGCONT)
         out, err = process.communicate(timeout=300)
         assert process.returncode != 0, out + err
+        print(out, err)  # shown when the test fails
 
     spec, queue_size = cut_off_after_the_settings(fleet, range(31, 35), drop_connection)
     stale = json.loads(sh(fleet, f"cat {RECORD}"))
