@@ -98,7 +98,7 @@ def take_run_lock(host: Any, mode: str, wait_s: int, sudo: bool, say=None) -> An
                 return channel
             if answer.waited_for and say and len(lines) == 1 and wait_s:
                 say(f"{host.name}: waiting up to {wait_s} s for the lock held by {answer.waited_for}")
-    except socket.timeout:
+    except TimeoutError:  # paramiko channel timeouts are socket.timeout, an alias
         pass
     answer = read_answer(lines)
     if answer.holder is None and answer.waited_for is None:
@@ -115,5 +115,5 @@ def _stderr_of(channel: Any) -> str:
     channel.settimeout(5)
     try:
         return channel.makefile_stderr("r").read().strip()
-    except (socket.timeout, OSError):
+    except OSError:  # TimeoutError included
         return ""

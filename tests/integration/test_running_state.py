@@ -159,6 +159,7 @@ def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet): 
         assert process.returncode != 0, out + err
         print(out, err)  # shown when the test fails
 
+    cli("apply", str(spec_with(fleet, 8)), check_exit=0)
     spec, queue_size = cut_off_after_the_settings(fleet, range(31, 35), drop_connection)
     stale = json.loads(sh(fleet, f"cat {RECORD}"))
     environ = sh(fleet, f"tr '\\0' '\\n' < /proc/{stale['pid']}/environ")
