@@ -1,6 +1,7 @@
 """The running process is the truth, over real SSH on one host (tiny model on the CPU).
 
-One fleet boot for the module (the service fleet's fixture). A settings change whose
+One fleet boot for the module (the service fleet's fixture); each test starts from the host
+applied with a spec (``states``), so any one runs alone. A settings change whose
 control process is SIGKILLed at each step boundary, an SSH connection dropped by the
 host after the files were written, /etc/sd35/env edited by hand and the service
 restarted: each time ``drift`` names what the process runs and one ``apply``
@@ -24,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import cpu_fleet_defaults
-from tests.integration.test_provision_fleet import REPO, cli
+from tests.integration.support import REPO, cli
 from tests.integration.test_service_fleet import (  # noqa: F401 - fixture
     API_KEY,
     UNIT,
@@ -115,8 +116,8 @@ def assert_runs(fleet, queue_size: int) -> dict:  # noqa: F811
     return record
 
 
-def test_a_settings_change_killed_at_every_step_boundary_converges_on_reapply(fleet):  # noqa: F811
-    cli("apply", str(spec_with(fleet, 8)), check_exit=0)
+def test_a_settings_change_killed_at_every_step_boundary_converges_on_reapply(fleet, states):  # noqa: F811
+    states.converged(spec_with(fleet, 8))
     assert_runs(fleet, 8)
     # Every boundary of the settings change but the one before the restart, which has its own part below.
     steps = ["Release | Create release", "Release | Switch current", "Release | Prune", f"Service | Restart {UNIT}"]
@@ -141,9 +142,10 @@ def test_a_settings_change_killed_at_every_step_boundary_converges_on_reapply(fl
     assert_smoke_ok(cli("apply", str(spec), check_exit=0))
     assert_runs(fleet, queue_size)
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
-def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet):  # noqa: F811
+def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet, states):  # noqa: F811
     def drop_connection(spec: Path) -> None:
         process = start_apply(spec)
         wait_for_line(process, r"^node1: changed: Service \| Service settings")
@@ -153,13 +155,14 @@ def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet): 
         sh(fleet, "holder=$(for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q sd35-provision.lock && "
                   "echo ${p#/proc/}; done | head -1); "
                   "session=$(ps -o ppid= -p $holder | tr -d ' '); monitor=$(ps -o ppid= -p $session | tr -d ' '); "
-                  "case \"$(ps -o args= -p $monitor)\" in *priv*) kill -9 $session $monitor;; *) kill -9 $session;; esac")
+                  "case \"$(ps -o args= -p $monitor)\" in *priv*) kill -9 $session $monitor;; "
+                  "*) kill -9 $session;; esac")
         os.kill(process.pid, signal.SIGCONT)
         out, err = process.communicate(timeout=300)
         assert process.returncode != 0, out + err
         print(out, err)  # shown when the test fails
 
-    cli("apply", str(spec_with(fleet, 8)), check_exit=0)
+    states.converged(spec_with(fleet, 8))
     spec, queue_size = cut_off_after_the_settings(fleet, range(31, 35), drop_connection)
     stale = json.loads(sh(fleet, f"cat {RECORD}"))
     environ = sh(fleet, f"tr '\\0' '\\n' < /proc/{stale['pid']}/environ")
@@ -167,11 +170,12 @@ def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet): 
     assert "/etc/sd35/service.env differs" in cli("drift", str(spec), check_exit=2).stdout
     assert_smoke_ok(cli("apply", str(spec), check_exit=0))
     assert_runs(fleet, queue_size)
+    states.are(spec)
 
 
-def test_a_hand_edited_env_file_the_service_restarted_with_is_restored_and_restarted(fleet):  # noqa: F811
+def test_a_hand_edited_env_file_the_service_restarted_with_is_restored_and_restarted(fleet, states):  # noqa: F811
     spec = spec_with(fleet, 7)
-    cli("apply", str(spec), check_exit=0)
+    states.converged(spec)
     sh(fleet, f"echo HAND_MADE=1 >> /etc/sd35/env && systemctl restart {UNIT}")
     drift = cli("drift", str(spec), check_exit=2)
     assert "+HAND_MADE=1" not in drift.stdout and "-HAND_MADE=1" in drift.stdout
@@ -180,10 +184,11 @@ def test_a_hand_edited_env_file_the_service_restarted_with_is_restored_and_resta
     assert "HAND_MADE" not in sh(fleet, "cat /etc/sd35/env")
     assert_runs(fleet, 7)
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
 
 
-def test_two_applies_on_one_host_one_is_refused_naming_the_holder_or_waits(fleet):  # noqa: F811
-    cli("apply", str(spec_with(fleet, 8)), check_exit=0)
+def test_two_applies_on_one_host_one_is_refused_naming_the_holder_or_waits(fleet, states):  # noqa: F811
+    states.converged(spec_with(fleet, 8))
     first = start_apply(spec_with(fleet, 9))
     wait_for_line(first, r"^node1: changed: ")
     second = cli("apply", str(spec_with(fleet, 5)))
@@ -203,11 +208,12 @@ def test_two_applies_on_one_host_one_is_refused_naming_the_holder_or_waits(fleet
     first.communicate(timeout=60)
     assert first.returncode == 0
     assert_runs(fleet, 4)  # the waiting run went second
+    states.are(spec_with(fleet, 4))
 
 
-def test_leftovers_of_a_killed_run_and_a_broken_previous_are_named_and_removed(fleet):  # noqa: F811
+def test_leftovers_of_a_killed_run_and_a_broken_previous_are_named_and_removed(fleet, states):  # noqa: F811
     spec = spec_with(fleet, 8)
-    cli("apply", str(spec), check_exit=0)
+    states.converged(spec)
     sh(fleet, "mkdir -p /opt/sd35/releases/.0123456789ab-cdef01.new /opt/sd35/venvs/cpu-halfbuilt && "
               "touch /srv/sd35/models/x.safetensors.partial && ln -sfn releases/gone-0 /opt/sd35/previous")
     drift = cli("drift", str(spec), check_exit=2)
@@ -220,3 +226,4 @@ def test_leftovers_of_a_killed_run_and_a_broken_previous_are_named_and_removed(f
         assert fleet.run("node1", f"test -e {path} || test -L {path}").exit_status != 0, path
     assert_runs(fleet, 8)
     cli("drift", str(spec), check_exit=0)
+    states.are(spec)
