@@ -105,7 +105,8 @@ def running_difference(running: RunningState, release_id: str, files: Mapping[st
     record = running.stated
     if record is None:
         return f"the running process (pid {running.main_pid}) does not state what it runs"
-    stated_files = record.get("files") if isinstance(record.get("files"), dict) else {}
+    stated = record.get("files")
+    stated_files: dict[str, str | None] = stated if isinstance(stated, dict) else {}
     changed = sorted(path for path in set(files) | set(stated_files) if stated_files.get(path) != files.get(path))
     release = record.get("release")
     if release == release_id and not changed:

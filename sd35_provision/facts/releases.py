@@ -56,7 +56,9 @@ class ReleaseStoreContents(FactBase[ReleaseStore]):
             "for entry in releases/.*.new .current.new .previous.new apps/*.new apps/*.tar; do",
             f'  if [ -e "$entry" ] || [ -L "$entry" ]; then echo "leftover {r}/$entry"; fi',
             "done",
-            f'for venv in venvs/*/; do [ -d "$venv" ] && [ ! -f "$venv{COMPLETE_STAMP}" ] && echo "unstamped {r}/${{venv%/}}"; done',
+            "for venv in venvs/*/; do",
+            f'  if [ -d "$venv" ] && [ ! -f "$venv{COMPLETE_STAMP}" ]; then echo "unstamped {r}/${{venv%/}}"; fi',
+            "done",
             f"find {r}/wheelhouse {m} -maxdepth 5 -name '*.partial' -prune -print 2>/dev/null | sed 's/^/leftover /'",
             "true",
         ])

@@ -54,7 +54,8 @@ def test_leftovers_of_a_killed_run_are_named_and_removed_but_not_the_venv_being_
                        + [f"unstamped {ROOT}/venvs/cpu-half0built00", f"unstamped {plan.venv_dir}"])
     run = run_deploy(release_layer, on_release(host, store), host)
     [op] = [op for op in run.changes if "interrupted run" in op.name]
-    assert op.name == ("Release | Remove what an interrupted run left: releases/.0123456789ab-cdef01.new, .current.new, "
+    assert op.name == ("Release | Remove what an interrupted run left: "
+                       "releases/.0123456789ab-cdef01.new, .current.new, "
                        "apps/feedfeedfeed.new, apps/feedfeedfeed.tar, "
                        "models/push-000000000001/transformer/weights.safetensors.partial, "
                        "venvs/cpu-half0built00")
