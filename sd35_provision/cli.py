@@ -134,11 +134,12 @@ def _load(spec_path: Path, check_local_files: bool = True, accept_new_host_keys:
 _runs: list = []
 
 
-def _options(accept_new_host_keys: bool, quiet: bool = False, parallel: int = 0, fail_percent: int | None = None):
+def _options(accept_new_host_keys: bool, quiet: bool = False, parallel: int = 0, fail_percent: int | None = None,
+             wait_lock: int = 0):
     from sd35_provision.runner import RunOptions
 
     return RunOptions(accept_new_host_keys=accept_new_host_keys, progress=None if quiet else _progress,
-                      parallel=parallel, fail_percent=fail_percent, on_start=_runs.append)
+                      parallel=parallel, fail_percent=fail_percent, on_start=_runs.append, wait_lock=wait_lock)
 
 
 def _exit_for(report) -> None:
@@ -299,12 +300,16 @@ def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, paralle
               help="Apply N hosts (or P% of the hosts, rounded up) at a time; each batch must pass its "
               "smoke test before the next starts. A failed host is rolled back and the rollout stops "
               "(exit 3), unless --fail-percent still allows it.")
+@click.option("--wait-lock", type=click.IntRange(min=0), default=0, show_default=True, metavar="S",
+              help="A host whose run lock another run holds: wait up to S seconds for it; "
+              "then (or at once with 0) the host fails, naming the holder, and nothing changes on it.")
 @click.option("--check", is_flag=True, help="Change nothing: the same as `plan` (Ansible's check mode).")
 @diff_option
 @json_option
 @runs_pyinfra
 def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
-          fail_percent: int | None, canary: int | None, batch, check: bool, diff: bool, as_json: bool) -> None:
+          fail_percent: int | None, canary: int | None, batch, wait_lock: int, check: bool, diff: bool,
+          as_json: bool) -> None:
     """Bring every host to the spec, all hosts in parallel; exit 0 only if every host succeeded."""
     if check:
         if canary or batch:
@@ -316,7 +321,8 @@ def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parall
     from sd35_provision.rollout import Rollout
 
     report = workflow.apply(_load(spec, accept_new_host_keys=accept_new_host_keys), limit,
-                            _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent),
+                            _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent,
+                                     wait_lock=wait_lock),
                             rollout=Rollout(batch=batch, canary=canary or 0))
     if as_json:
         click.echo(run_json(report))

@@ -110,6 +110,9 @@ class HostPlan:
     service_env: str = field(repr=False)
     service_env_digest: str
     unit: str = field(repr=False)
+    # SHA-256 per file the service reads, but the API key (the service layer adds its digest):
+    # what a service that runs this plan states in its running record.
+    running_files: Mapping[str, str] = field(repr=False)
     has_api_key: bool  # whether service.api_key_file is set; the key itself is never in the plan
     instances: tuple[Instance, ...]
 
@@ -150,6 +153,7 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
 
     app = layout.app_dir(root, service_bundle()[1])
     env, digest = render_service_env(settings), service_env_digest(settings)
+    unit = render_service_unit(settings)
     release = release_manifest(lock, {"venv": venv, "app": app, "model": model_dir}, settings.model.revision, digest)
     return HostPlan(
         settings=settings,
@@ -169,7 +173,12 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
         release_id=release_id(release),
         service_env=env,
         service_env_digest=digest,
-        unit=render_service_unit(settings),
+        unit=unit,
+        running_files={
+            layout.UNIT_PATH: sha256_text(unit),
+            layout.ENV_FILE: sha256_text(layout.render_env_file(settings.cache)),
+            layout.SERVICE_ENV_FILE: sha256_text(env),
+        },
         has_api_key=settings.service.api_key_file is not None,
         instances=(Instance(index=0, port=settings.service.port),),
     )
@@ -249,6 +258,10 @@ def release_id(manifest: Mapping[str, Any]) -> str:
     return f"{build_id}-{manifest['service_settings'][:6]}"
 
 
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def render_service_unit(settings: HostSettings) -> str:
     """The systemd unit: the ``current`` release's venv and code, the service's settings file."""
     current = layout.current_link(settings.python.install_root)
@@ -257,6 +270,10 @@ def render_service_unit(settings: HostSettings) -> str:
         working_dir=f"{current}/app",
         cache_dirs=[settings.cache.root],
         service_env_file=layout.SERVICE_ENV_FILE,
+        env_file=layout.ENV_FILE,
         user=settings.service.user,
         timeout_start_s=settings.service.start_timeout_s,
+        running_record=layout.RUNNING_RECORD,
+        release_link=current,
+        unit_path=layout.UNIT_PATH,
     )

@@ -24,6 +24,11 @@ API_KEY_FILE = f"{CONFIG_DIR}/api-key"  # the service's bearer key, 0400, owned 
 HF_TOKEN_FILE = f"{CONFIG_DIR}/hf-token"  # the hub token, 0600, owned by the service user
 PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
 
+# -- /run -------------------------------------------------------------------------------
+
+RUNNING_RECORD = "/run/sd35/running.json"  # what the service runs, written by it at start (service/running.py)
+RUN_LOCK = "/run/lock/sd35-provision.lock"  # held by a run for its whole length (sd35_provision/hostlock.py)
+
 
 # -- the cache root (cache.root, on the SSD) --------------------------------------------
 

@@ -48,6 +48,7 @@ class RunOptions:
     fail_percent: int | None = None  # abort once more than this % of the run's hosts failed
     progress: ProgressSink | None = None
     on_start: Callable[[FleetRun], None] | None = None  # told of each run (the CLI says where hosts were on Ctrl-C)
+    wait_lock: int = 0  # seconds to wait for a host's run lock that another run holds
 
 
 class _FailPercentExceeded(PyinfraError):
@@ -115,6 +116,7 @@ class FleetRun:
         self.outcomes: dict[str, HostOutcome] = {name: HostOutcome(name=name) for name in self.hosts}
         self.recorders: dict[str, HostRecorder] = {name: HostRecorder() for name in self.hosts}
         self.aborted: str | None = None
+        self.locks: dict[str, object] = {}  # host -> the SSH channel holding its run lock
         self.state.sd35_run = self
         if self.options.on_start:
             self.options.on_start(self)
@@ -141,6 +143,19 @@ class FleetRun:
                 problem = refused.get(host.name) or sshcheck.explain_connect_error(
                     self.hosts[host.name], self.recorder.connect_errors.get(host.name, "could not connect"))
                 self._fail(host, "connect", problem.message, unreachable=not problem.local, local=problem.local)
+
+    def take_locks(self, mode: str) -> None:
+        """Hold each connected host's run lock until the run disconnects (sd35_provision/hostlock.py).
+
+        A host another run holds is failed here, before anything is read or changed on it.
+        """
+        from sd35_provision.hostlock import STEP, take_run_lock
+
+        def lock(host: Host, settings: HostSettings) -> None:
+            self.locks[host.name] = take_run_lock(host, mode, self.options.wait_lock, settings.ssh.sudo,
+                                                  self.options.progress)
+
+        self.for_each_active_host(STEP, lock)
 
     def for_each_active_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
         """Run ``action`` per active host, in parallel, in pyinfra's context; a raise fails only that host."""
@@ -214,6 +229,9 @@ class FleetRun:
 
     def disconnect(self) -> None:
         self.state.set_stage(StateStage.Disconnect)
+        for channel in self.locks.values():
+            channel.close()  # the lock script's stdin ends: the lock is released
+        self.locks.clear()
         disconnect_all(self.state)
 
     def report(self, mode: str) -> RunReport:

@@ -38,9 +38,12 @@ def _preflight_and_plan(plans: dict[str, HostPlan]):
     return one
 
 
-def _prepared_run(hosts: list[HostSettings], options: RunOptions | None) -> FleetRun:
+def _prepared_run(hosts: list[HostSettings], options: RunOptions | None, lock: str | None = None) -> FleetRun:
+    """Connected (holding each host's run lock for ``lock``, e.g. "apply"), preflighted and prepared."""
     run = FleetRun(hosts, options)
     run.connect()
+    if lock:
+        run.take_locks(lock)
     prepare_changes(run)
     return run
 
@@ -72,7 +75,7 @@ def apply(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | No
 
 
 def _apply_hosts(hosts: list[HostSettings], options: RunOptions | None, smoke: bool) -> RunReport:
-    run = _prepared_run(hosts, options)
+    run = _prepared_run(hosts, options, lock="apply")
     run.execute()
     run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
     run.disconnect()

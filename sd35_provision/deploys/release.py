@@ -41,6 +41,17 @@ def release_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     releases = layout.releases_dir(root)
     release = f"{releases}/{rid}"
 
+    cache_root = plan.settings.cache.root
+    store = host.get_fact(ReleaseStoreContents, root=root, models=layout.models_dir(cache_root))
+    leftovers = interrupted_leftovers(store, plan.venv_dir)
+    if leftovers:
+        names = ", ".join(path.removeprefix(f"{root}/").removeprefix(f"{cache_root}/") for path in leftovers)
+        server.shell(name=f"Remove what an interrupted run left: {names}",
+                     commands=["\n".join(["set -eu", *(f"rm -rf {shlex.quote(path)}" for path in leftovers)])])
+    if store.previous_broken:
+        server.shell(name=f"Remove the broken link previous ({store.previous} is gone: no rollback target)",
+                     commands=[f"rm -f {shlex.quote(layout.previous_link(root))}"])
+
     files.directory(name="Releases directory", path=releases, user="root", group="root", mode="755")
     files.directory(name="Apps directory", path=layout.apps_dir(root), user="root", group="root", mode="755")
     if not host.get_fact(Directory, path=plan.app_dir):
@@ -55,19 +66,25 @@ def release_layer(plan: HostPlan, recorder: HostRecorder) -> None:
         switched = server.shell(name=f"Switch current to release {rid}", commands=[switch_script(root, target)])
         recorder.feeds_service("release", switched)
 
-    cache_root = plan.settings.cache.root
-    store = host.get_fact(ReleaseStoreContents, root=root, models=layout.models_dir(cache_root))
-    stale = stale_paths(store, target, set(manifest["links"].values()))
+    stale = [path for path in stale_paths(store, target, set(manifest["links"].values())) if path not in leftovers]
     if stale:
         names = ", ".join(path.rsplit("/", 1)[-1] for path in stale)
         server.shell(name=f"Prune what no kept release uses: {names}",
                      commands=[prune_script(cache_root, stale)])
 
 
+def interrupted_leftovers(store: ReleaseStore, wanted_venv: str) -> list[str]:
+    """What a run cut off in the middle left: staged releases, links and code (``.new``, ``.tar``),
+    partial uploads and clones (``.partial``), venvs never stamped complete. The venv this plan
+    wants is left to the Python environment layer, which builds it again."""
+    return [*store.leftovers, *(venv for venv in store.unstamped if venv != wanted_venv)]
+
+
 def stale_paths(store: ReleaseStore, target: str, target_parts: set[str]) -> list[str]:
     """Releases, venvs, code and models that neither the new release nor the one a rollback would
-    go back to uses. Only two releases are kept: old venvs and models would fill the disk."""
-    if store.current == target:
+    go back to uses. Only two releases are kept: old venvs and models would fill the disk.
+    The rollback target is never removed: with ``current`` gone (deleted by hand) it is ``previous``."""
+    if store.current == target or store.current is None:
         kept = {target, store.previous}
     else:
         kept = {target, store.current}  # the switch makes the old current the previous one

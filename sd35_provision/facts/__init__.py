@@ -21,6 +21,8 @@ from sd35_provision.facts.nvidia import (
     PciDevice,
 )
 from sd35_provision.facts.python import PythonInterpreter, PythonVersions
+from sd35_provision.facts.releases import ReleaseStoreContents
+from sd35_provision.facts.service import RunningService
 
 __all__ = [
     "FP8_MIN_CAPABILITY",
@@ -37,6 +39,8 @@ __all__ = [
     "PciDevice",
     "PythonInterpreter",
     "PythonVersions",
+    "ReleaseStoreContents",
+    "RunningService",
     "StorageInfo",
     "StorageKind",
     "gather_host_facts",

@@ -85,3 +85,60 @@ def parse_service_state(output: list[str]) -> ServiceStatus:
                 smoke=data.get("smoke") if isinstance(data.get("smoke"), dict) else None,
             )
     return NO_SERVICE
+
+
+@dataclass(frozen=True)
+class RunningState:
+    """The service process as it states itself (service/running.py), with systemd's view of the unit."""
+
+    active: str | None  # systemd's ActiveState (None: no such unit)
+    main_pid: int | None  # systemd's MainPID (None: no process)
+    record: dict[str, Any] | None  # the running record, if the file is there and parses
+
+    @property
+    def running(self) -> bool:
+        """Whether a service process is up (starting or serving)."""
+        return self.active in ("active", "activating", "reloading") and self.main_pid is not None
+
+    @property
+    def stated(self) -> dict[str, Any] | None:
+        """The record, when it is the running process's own (a record left by another pid is not)."""
+        if self.record is None or not self.running or self.record.get("pid") != self.main_pid:
+            return None
+        return self.record
+
+
+class RunningService(FactBase[RunningState]):
+    """What the service's process runs: its running record under /run and systemd's MainPID; changes nothing."""
+
+    @staticmethod
+    def default() -> RunningState:
+        return RunningState(None, None, None)
+
+    def command(self, unit: str, record: str) -> str:
+        u, r = shlex.quote(unit), shlex.quote(record)
+        return (f"systemctl show --property=LoadState --property=ActiveState --property=MainPID {u} 2>/dev/null; "
+                f"printf 'record '; tr -d '\\n' 2>/dev/null < {r}; echo")
+
+    def process(self, output: list[str]) -> RunningState:
+        return parse_running_state(output)
+
+
+def parse_running_state(output: list[str]) -> RunningState:
+    shown: dict[str, str] = {}
+    record: dict[str, Any] | None = None
+    for line in output:
+        if line.startswith("record "):
+            try:
+                data = json.loads(line[len("record "):])
+            except json.JSONDecodeError:
+                data = None
+            record = data if isinstance(data, dict) else None
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            shown[key.strip()] = value.strip()
+    # A unit that was never installed is "inactive" to systemd: say it is not there.
+    loaded = shown.get("LoadState", "not-found") != "not-found"
+    pid = shown.get("MainPID", "")
+    return RunningState(active=shown.get("ActiveState") or None if loaded else None,
+                        main_pid=int(pid) if pid.isdigit() and int(pid) > 0 else None, record=record)

@@ -88,6 +88,7 @@ def main() -> int:
     from .app import create_app
     from .notify import sd_notify
     from .pipeline import StartupError
+    from .running import running_record, write_running_record
 
     exit_code = 0
     server: uvicorn.Server | None = None
@@ -102,7 +103,16 @@ def main() -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(config, on_ready=on_ready, on_fatal=on_fatal)
+    # Before anything else can go wrong: what this process runs, for the provisioner and /readyz.
+    files = [*config.running_files, *([str(config.api_key_file)] if config.api_key_file else [])]
+    running = running_record(config.release_link, files)
+    if config.running_record:
+        try:
+            write_running_record(config.running_record, running)
+        except OSError as exc:
+            log.warning("cannot write the running record %s: %s", config.running_record, exc)
+
+    app = create_app(config, on_ready=on_ready, on_fatal=on_fatal, running=running)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -95,8 +95,12 @@ def create_app(
     load_engine: EngineLoader | None = None,
     on_ready: Callable[[], None] | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
+    running: dict[str, Any] | None = None,
 ) -> FastAPI:
-    """The service app. ``load_engine`` defaults to loading ``config.model_dir`` (tests pass their own)."""
+    """The service app. ``load_engine`` defaults to loading ``config.model_dir`` (tests pass their own).
+
+    ``running``: what this process runs (service/running.py), answered on /readyz as ``running``.
+    """
     if load_engine is None:
         from .pipeline import engine_loader
 
@@ -203,13 +207,16 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "alive", "phase": state.phase}
 
+    stated = {"running": running} if running is not None else {}
+
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         if state.loaded is None:
             return JSONResponse(
-                {"status": state.phase}, status_code=503, headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)}
+                {"status": state.phase, **stated}, status_code=503,
+                headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)},
             )
-        return JSONResponse({"status": "ready", **state.loaded.description})
+        return JSONResponse({"status": "ready", **state.loaded.description, **stated})
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

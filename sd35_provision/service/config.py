@@ -6,7 +6,7 @@ sits in the environment or a process listing.
 
 This module is both ends of that contract: the service parses its
 environment with ``load_config``, and the control machine renders the
-settings file with ``render_env`` (sd35_provision/deploys/service_settings.py)
+settings file with ``render_env`` (sd35_provision/service_settings.py)
 from the same ``Setting`` entries: one name, type, default, bounds and set of
 choices each. It is shipped to hosts with the service, so it uses the
 standard library only. The host spec's ``service.*`` keys in
@@ -36,6 +36,8 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_LOG_LEVEL | DEBUG, INFO, WARNING, ERROR | INFO |
 | SD35_MODEL_NAME, SD35_MODEL_ALIASES | the model id requests may name (listed by GET /v1/models), and other names for it (comma-separated) | sd3.5, none |
 | SD35_PLAYGROUND | the playground page at ``/``: on, off | on |
+| SD35_RUNNING_RECORD | where to state what this process runs (see running.py); set by the unit | none: not written |
+| SD35_RELEASE_LINK, SD35_RUNNING_FILES | the release link and the files (space-separated) the record names; set by the unit | none |
 """
 
 from __future__ import annotations
@@ -165,6 +167,10 @@ PLAYGROUND: Setting[bool] = Setting("SD35_PLAYGROUND", bool, True)  # the page a
 # Batching won on the H200 at 4+ concurrent clients (docs/benchmarks.md).
 MAX_BATCH = _int("SD35_MAX_BATCH", 4, 1, 64)
 GPU_MEMORY_GIB: Setting[float] = Setting("SD35_GPU_MEMORY_GIB", float, 0.0, 0.0, 4096.0)  # 0: no cap
+# Set by the unit, not the spec: what the process states it runs (service/running.py).
+RUNNING_RECORD: Setting[str] = Setting("SD35_RUNNING_RECORD", str, "")  # "": no record written
+RELEASE_LINK: Setting[str] = Setting("SD35_RELEASE_LINK", str, "")
+RUNNING_FILES: Setting[str] = Setting("SD35_RUNNING_FILES", str, "")  # space-separated paths
 
 # By the name of the ServiceConfig (or Limits) field each one fills; the host
 # spec's service.* keys that reach the service use the same names.
@@ -263,6 +269,9 @@ class ServiceConfig:
     playground: bool = PLAYGROUND.default
     max_batch: int = MAX_BATCH.default
     gpu_memory_gib: float | None = None  # None: the whole GPU
+    running_record: str | None = None  # see running.py
+    release_link: str | None = None
+    running_files: tuple[str, ...] = ()
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -431,6 +440,9 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
         playground=r.read(PLAYGROUND),
         max_batch=r.read(MAX_BATCH),
         gpu_memory_gib=r.read(GPU_MEMORY_GIB) or None,
+        running_record=r.raw(RUNNING_RECORD),
+        release_link=r.raw(RELEASE_LINK),
+        running_files=tuple((r.raw(RUNNING_FILES) or "").split()),
     )
     if r.problems:
         raise ConfigError(r.problems)

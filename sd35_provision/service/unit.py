@@ -42,6 +42,9 @@ def render_unit(
     timeout_start_s: int = 900,
     restart_sec: int = 10,
     description: str = "Stable Diffusion 3.5 inference service",
+    running_record: str | None = None,
+    release_link: str | None = None,
+    unit_path: str | None = None,
 ) -> str:
     """The text of ``sd35-inference.service``.
 
@@ -53,6 +56,10 @@ def render_unit(
     + user, group: the unprivileged account it runs as (group defaults to user)
     + timeout_start_s: how long loading and warming up the model may take before systemd gives up
     + restart_sec: pause before a restart after a failure
+    + running_record: ``/run/<dir>/<file>``: where the service states what it runs (service/running.py);
+      ``<dir>`` becomes its RuntimeDirectory, so the record goes when the service stops
+    + release_link: the ``current`` link whose release the record names
+    + unit_path: where this unit is installed; the record holds its digest with the environment files'
 
     Raises ValueError for values that would break or inject into the unit file.
     """
@@ -72,6 +79,20 @@ def render_unit(
     if service_env_file is not None:
         env_files.append(_check_path("service_env_file", service_env_file))
     cache_root = caches[0]
+    running: list[str] = []
+    if running_record is not None:
+        record = PurePosixPath(_check_path("running_record", running_record))
+        if len(record.parts) != 4 or record.parts[1] != "run":
+            raise ValueError(f"running_record: {running_record!r} is not /run/<directory>/<file>")
+        reads = ([_check_path("unit_path", unit_path)] if unit_path else []) + env_files
+        running = [
+            f"RuntimeDirectory={record.parts[2]}",
+            "RuntimeDirectoryMode=0755",
+            f"Environment=SD35_RUNNING_RECORD={record}",
+            *([f"Environment=SD35_RELEASE_LINK={_check_path('release_link', release_link)}"] if release_link else []),
+            # Quoted: systemd splits an unquoted Environment= line into assignments at spaces.
+            f'Environment="SD35_RUNNING_FILES={" ".join(reads)}"',
+        ]
 
     lines = [
         "# Managed by sd35-provision; local changes are overwritten.",
@@ -98,6 +119,8 @@ def render_unit(
         f"Environment=XDG_CACHE_HOME={cache_root}",
         "Environment=PYTHONUNBUFFERED=1",
         "Environment=PYTHONDONTWRITEBYTECODE=1",
+        # What it runs, stated at start (service/running.py); /run/<dir> is writable despite ProtectSystem.
+        *running,
         f"ExecStart={venv}/bin/python -m sd35_provision.service",
         "Restart=on-failure",
         f"RestartSec={restart_sec}",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 from sd35_provision.deploys.release import release_layer
+from sd35_provision import layout
 from sd35_provision.deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PATH, render_service_env,
-                             render_service_unit, service_layer)
+                                            render_service_unit, running_difference, service_layer)
+from sd35_provision.facts.service import RunningState
 from sd35_provision.appbundle import service_bundle
 from sd35_provision.smoketest import smoke_command
 from sd35_provision.hostspec.settings import (CacheSettings, GpuSettings, HostSettings, ModelSettings, ServiceSettings,
@@ -29,11 +32,33 @@ def settings(tmp_path=None, bind="127.0.0.1") -> HostSettings:
                         smoke=SmokeSettings(size="64x64", steps=2))
 
 
+def sha256(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
+def running_output(release: str | None, files: dict[str, str | None], pid: int = 4242,
+                   active: str = "active") -> Output:
+    """RunningService's output on a host whose service (pid ``pid``) stated ``release`` and these file digests."""
+    record = {"version": 1, "pid": pid, "started_at": "2026-11-30T12:00:00Z", "release": release, "files": files}
+    return Output(["LoadState=loaded", f"ActiveState={active}", f"MainPID={pid if active == 'active' else 0}",
+                   "record " + json.dumps(record, sort_keys=True)])
+
+
 def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None, current: str | None,
-          running: bool = True):
-    """The host as the release and service layers read it: the release is there; ``current`` points at ``current``."""
+          running: bool = True, stated: Output | None = None):
+    """The host as the release and service layers read it: the release is there; ``current`` points at ``current``.
+
+    The service (when ``running``) states what these files held when it started, unless ``stated`` says otherwise.
+    """
     systemd_key = f"machine=None, services=['{UNIT_NAME}'], user_mode=False, user_name=None"
     plan = plan_for(host)
+    if stated is None:
+        files = {UNIT_PATH: sha256(unit), SERVICE_ENV_FILE: sha256(env), layout.ENV_FILE: plan.running_files[
+            layout.ENV_FILE]}
+        if key is not None:
+            files[API_KEY_PATH] = sha256(key)
+        stated = running_output(current.rsplit("/", 1)[-1] if current else None, files,
+                                active="active" if running else "inactive")
     present = {"mode": 755, "user": "root", "group": "root"}
     return merge_facts(
         {"Directory": {f"path={path}": present for path in
@@ -44,6 +69,7 @@ def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None
         existing_files({API_KEY_PATH: key}, user="sd35", group="sd35", mode=400),
         {"Directory": {"path=/srv/sd35/smoke": {"mode": 755, "user": "root", "group": "root"}},
          "Link": {"path=/opt/sd35/current": {"link_target": current} if current else None},
+         "RunningService": {f"record={layout.RUNNING_RECORD}, unit={UNIT_NAME}": stated},
          "SystemdStatus": {systemd_key: {UNIT_NAME: running}},
          "SystemdEnabled": {systemd_key: {UNIT_NAME: True}}},
     )
@@ -161,3 +187,54 @@ def test_a_model_fetched_again_restarts_the_service():
     assert "service restarts (model changed)" in run.notes
     healthy = merge_facts(current, model, model_fact(host, ModelCheck(manifest=True, exists=True, git_head="a" * 40)))
     assert run_deploy([model_layer, *LAYERS], healthy, host).changes == []
+
+
+def test_a_service_running_old_settings_restarts_though_the_files_are_right(tmp_path):
+    # A run cut off after writing the settings: the files match the spec, the process does not.
+    host = settings(tmp_path, bind="10.0.0.1")
+    unit, env = render_service_unit(host), render_service_env(host)
+    old = {UNIT_PATH: sha256(unit), SERVICE_ENV_FILE: sha256(env + "SD35_QUEUE_SIZE=4\n"),
+           layout.ENV_FILE: plan_for(host).running_files[layout.ENV_FILE], API_KEY_PATH: sha256(KEY + "\n")}
+    rid = plan_for(host).release_id
+    run = run_deploy(LAYERS, facts(host, unit, env, KEY + "\n", target(host),
+                                   stated=running_output(rid, old)), host)
+    assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
+    [note] = run.notes
+    assert note.startswith(f"service restarts: service runs release {rid} with settings digest ")
+    assert note.endswith(f"({SERVICE_ENV_FILE} differs)")
+
+
+def test_a_hand_edited_env_file_the_service_restarted_with_is_restored_and_restarted(tmp_path):
+    from sd35_provision.deploys.system import system_layer  # noqa: F401 - the env file's own layer is tested there
+
+    host = settings(tmp_path, bind="10.0.0.1")
+    unit, env = render_service_unit(host), render_service_env(host)
+    edited = {UNIT_PATH: sha256(unit), SERVICE_ENV_FILE: sha256(env), layout.ENV_FILE: sha256("HF_HOME=/tmp/x\n"),
+              API_KEY_PATH: sha256(KEY + "\n")}
+    run = run_deploy(LAYERS, facts(host, unit, env, KEY + "\n", target(host),
+                                   stated=running_output(plan_for(host).release_id, edited)), host)
+    assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
+    assert run.notes[0].endswith(f"({layout.ENV_FILE} differs)")
+
+
+def test_a_process_that_states_nothing_or_another_release_is_restarted(tmp_path):
+    host = settings(tmp_path, bind="10.0.0.1")
+    unit, env = render_service_unit(host), render_service_env(host)
+    silent = Output(["LoadState=loaded", "ActiveState=active", "MainPID=77", "record "])
+    run = run_deploy(LAYERS, facts(host, unit, env, KEY + "\n", target(host), stated=silent), host)
+    assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
+    assert run.notes == ["service restarts: the running process (pid 77) does not state what it runs"]
+
+
+def test_running_difference_names_release_and_files():
+    files = {"/etc/a": "1" * 64, "/etc/b": "2" * 64}
+    same = RunningState("active", 5, {"pid": 5, "release": "r1", "files": dict(files)})
+    assert running_difference(same, "r1", files) is None
+    other = RunningState("active", 5, {"pid": 5, "release": "r0", "files": {**files, "/etc/b": "3" * 64}})
+    text = running_difference(other, "r1", files)
+    assert text.startswith("service runs release r0 with settings digest ") and ", wanted r1 with " in text
+    assert text.endswith("(/etc/b differs)")
+    stale = RunningState("active", 6, {"pid": 5, "release": "r1", "files": dict(files)})  # another process's record
+    assert running_difference(stale, "r1", files) == "the running process (pid 6) does not state what it runs"
+    assert running_difference(RunningState("inactive", None, None), "r1", files) is None
+    assert running_difference(RunningState("failed", None, same.record), "r1", files) is None
