@@ -180,11 +180,12 @@ def test_app_batches_concurrent_requests_and_encodes_off_the_gpu_thread(tiny_mod
         threads = [threading.Thread(target=post, args=(100,))]
         threads[0].start()
         assert engine.started.wait(10)
-        threads += [threading.Thread(target=post, args=(seed, n)) for seed, n in ((200, 2), (300, 1))]
-        for t in threads[1:]:
-            t.start()
-        while app.state.worker.waiting < 2:
-            time.sleep(0.01)
+        # One at a time into the line: two threads started together arrive in either order.
+        for waiting, (seed, n) in enumerate(((200, 2), (300, 1)), start=1):
+            threads.append(threading.Thread(target=post, args=(seed, n)))
+            threads[-1].start()
+            while app.state.worker.waiting < waiting:
+                time.sleep(0.01)
         engine.gate.set()
         for t in threads:
             t.join(10)
