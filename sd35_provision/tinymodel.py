@@ -23,9 +23,10 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # Where the tiny model's limits come from: one VAE block means no downsampling
 # (vae_scale_factor 1) and patch size 2, so the largest image side is

@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -136,7 +137,7 @@ class BenchRun:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BenchRun":
+    def from_dict(cls, data: dict[str, Any]) -> BenchRun:
         data = dict(data)
         data["rates"] = Rates(**data["rates"])
         data["modes"] = [ModeResult(**{**m, "profile_top": [tuple(t) for t in m.get("profile_top", [])]})

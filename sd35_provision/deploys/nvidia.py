@@ -38,8 +38,8 @@ from sd35_provision.cuda_compat import (
 from sd35_provision.errors import PreflightError
 from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaKernelModule, NvidiaStatus
 from sd35_provision.hostplan import HostPlan
-from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
 from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
 
 STEP = "NVIDIA driver"
 UBUNTU_SUFFIX = {"default": "", "server": "-server", "open": "-open", "server-open": "-server-open"}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import shlex
 
 from packaging.utils import canonicalize_name
-
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.command import FileUploadCommand

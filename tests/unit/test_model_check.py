@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision.hostside import manifests, modelcheck
 from sd35_provision.facts.model import ModelFiles, modelcheck_source
+from sd35_provision.hostside import manifests, modelcheck
 from tests.fakehub import FakeHub, FakeRepo
 
 WEIGHT = "transformer/diffusion_pytorch_model.safetensors"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pyinfra.api.util import get_kwargs_str
 
-from sd35_provision.deploys.model import ModelNotReady, model_layer
 from sd35_provision import layout, modelstore
+from sd35_provision.deploys.model import ModelNotReady, model_layer
 from sd35_provision.facts.disk import FreeSpaceInfo
 from sd35_provision.facts.model import BrokenFile, ModelCheck, ModelFiles, modelcheck_source
-from sd35_provision.locks import load_lock
 from sd35_provision.hostspec.settings import CacheSettings, GpuSettings, HostSettings, ModelSettings, PythonSettings
+from sd35_provision.locks import load_lock
 from tests.pyinfra_fakes import existing_files, merge_facts, plan_for, run_deploy
 
 REV = "447068b6f7224c7d6673756e2605a4abdd802414"

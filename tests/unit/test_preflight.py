@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from sd35_provision.facts import HostFacts, gather_host_facts
-from sd35_provision.preflight import check_preflight
 from sd35_provision.hostspec.settings import CacheSettings, DriverSettings, GpuSettings, HostSettings, PythonSettings
+from sd35_provision.preflight import check_preflight
 from tests.pyinfra_fakes import Output, RecordedHost, fact_case
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

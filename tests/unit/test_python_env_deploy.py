@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sd35_provision.appbundle import service_bundle
 from sd35_provision.deploys.python_env import EnvironmentNotReady, python_environment
 from sd35_provision.deploys.release import release_layer
-from sd35_provision.appbundle import service_bundle
-from sd35_provision.locks import load_lock
 from sd35_provision.hostspec.settings import GpuSettings, HostSettings, PythonSettings
+from sd35_provision.locks import load_lock
 from sd35_provision.wheelhouse import sha256_of
 from tests.pyinfra_fakes import Output, existing_files, fact_case, merge_facts, plan_for, run_deploy
 from tests.unit.test_locks import PY311
@@ -57,7 +57,7 @@ def test_h100_host_gets_the_cuda_13_lock_and_a_new_venv_built_with_hashes():
     result = run(settings(), lock.id, None)
     [build] = result.commands(f"Build venv {lock.id}")
     assert f"python3 -m venv {ROOT}/venvs/{lock.id}" in build
-    assert f"pip install --quiet --require-hashes --only-binary=:all:" in build
+    assert "pip install --quiet --require-hashes --only-binary=:all:" in build
     assert f"-r {ROOT}/locks/{lock.id}.txt" in build
     assert "--no-index" not in build and "--extra-index-url" not in build  # PyPI serves the CUDA builds
     # only a finished build is stamped, and only a stamped venv is ever used
@@ -89,7 +89,7 @@ def test_hand_changed_packages_are_diffed_and_restored():
     assert restore.name == f"Python environment | Restore the locked packages of venv {lock.id}"
     [script] = restore.commands
     assert f"{ROOT}/venvs/{lock.id}/bin/python -m pip uninstall --quiet --yes requests-mock" in script
-    assert f"pip install --quiet --require-hashes" in script
+    assert "pip install --quiet --require-hashes" in script
     assert result.diffs == [f"--- venv {ROOT}/venvs/{lock.id} (on host)\n+++ lock {lock.id}\n"
                             "+pillow==13.0.0\n-requests-mock==1.12.1\n-torch==2.5.0\n+torch==2.13.0+cpu\n"]
     assert f"venv {lock.id}: torch is 2.5.0, the lock pins 2.13.0+cpu" in result.notes
@@ -174,7 +174,7 @@ def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_tar
     [prune] = result.commands("Prune what no kept release uses")
     removed = [line.removeprefix("rm -rf ") for line in prune.splitlines() if line.startswith("rm -rf ")]
     assert removed == [f"{ROOT}/releases/failed-2", f"{ROOT}/releases/older-0", older[0], older[2], failed[2]]
-    assert f"rm -f /var/lib/sd35/manifests/push-badbadbadbad.json" in prune
+    assert "rm -f /var/lib/sd35/manifests/push-badbadbadbad.json" in prune
 
     # Already on the new release: current and previous are kept, nothing else is there.
     kept = {f"releases/{rid}": (venv, app, model), "releases/old-1": old}
