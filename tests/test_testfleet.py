@@ -320,7 +320,7 @@ def test_status_lists_every_host(test_fleet: Fleet) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) == len(test_fleet.hosts)
-    for line, host in zip(lines, test_fleet.hosts):
+    for line, host in zip(lines, test_fleet.hosts, strict=False):
         assert line == f"{host.name}  {host.address}  pid {host.pid}  running  ssh ok"
 
 

@@ -70,7 +70,7 @@ class HostFacts:
             cuda_version=self.cuda_version,
             fp8_capable=self.fp8_capable,
         )
-        for gpu, raw in zip(self.nvidia.gpus, data["nvidia"]["gpus"]):
+        for gpu, raw in zip(self.nvidia.gpus, data["nvidia"]["gpus"], strict=False):
             raw["fp8_capable"] = gpu.fp8_capable
         return data
 

@@ -215,7 +215,7 @@ def test_one_line_sources_get_the_components_on_every_debian_line_with_main():
     lines = (FIXTURES / "debian-12" / "sources.list").read_text().splitlines()
     new, found = enable_components_one_line(lines, "bookworm")
     assert found
-    changed = [(old, line) for old, line in zip(lines, new) if old != line]
+    changed = [(old, line) for old, line in zip(lines, new, strict=False) if old != line]
     assert [line for _, line in changed] == [
         "deb http://deb.debian.org/debian/ bookworm main non-free-firmware contrib non-free",
         "deb-src http://deb.debian.org/debian/ bookworm main non-free-firmware contrib non-free",

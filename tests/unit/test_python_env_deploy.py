@@ -152,7 +152,7 @@ def store_output(current: str, previous: str, releases: dict[str, tuple[str, str
     """What ReleaseStoreContents's command prints on a host."""
     lines = [f"root {ROOT}", f"current {current}", f"previous {previous}"]
     for release, parts in releases.items():
-        lines += [f"link {release} {part} {target}" for part, target in zip(("venv", "app", "model"), parts)]
+        lines += [f"link {release} {part} {target}" for part, target in zip(("venv", "app", "model"), parts, strict=False)]
     return Output(lines + [f"dir {entry}" for entry in dirs])
 
 
