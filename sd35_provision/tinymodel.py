@@ -125,7 +125,8 @@ def t5_unigram_vocab() -> list[tuple[str, float]]:
 def build_tokenizers(work_dir: Path):
     """(clip, t5, clip_vocab_size, t5_vocab_size): CLIP loaded from hand-written vocab.json + merges.txt
     written to ``work_dir``, T5 from a Unigram vocabulary."""
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    # T5TokenizerFast is a lazy alias transformers resolves at import time; its stubs do not list it.
+    from transformers import CLIPTokenizer, T5TokenizerFast  # type: ignore[attr-defined]
 
     vocab, merges = clip_vocab_and_merges()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,8 @@ def build_sd3_pipeline(configs: SD3Configs, clip_tokenizer: Any, t5_tokenizer: A
 
     text_encoder = clip(configs.clip_l, 1)
     text_encoder_2 = clip(configs.clip_g, 2)
-    t5_config = T5Config(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **configs.t5)
+    # decoder_start_token_id goes through PreTrainedConfig's **kwargs, which T5Config's typed fields do not show.
+    t5_config = T5Config(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **configs.t5)  # type: ignore[call-arg]
     text_encoder_3 = seeded_component(seed, 3, lambda: T5EncoderModel(t5_config), device, dtype)
     transformer = build_sd3_transformer(configs.transformer, seed, device, dtype)
     vae = seeded_component(seed, 5, lambda: AutoencoderKL(**configs.vae), device, dtype)

@@ -161,7 +161,7 @@ def _enable_debian_components(codename: str, recorder: HostRecorder) -> None:
 
 
 def _check_after_reboot(flavours: tuple[str, ...]) -> str:
-    minimum = min((min_driver_for(f) for f in flavours if min_driver_for(f)), key=version_tuple, default="0")
+    minimum = min((driver for f in flavours if (driver := min_driver_for(f))), key=version_tuple, default="0")
     return (
         "v=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 | head -n 1); "
         'case "$v" in [0-9]*) ;; *) echo "NVIDIA driver not working after the reboot: $v" >&2; exit 1;; esac; '

@@ -113,7 +113,7 @@ def venv_restored(venv: str, lock: Lock, installed: dict[str, str], environment:
     if not problems:
         return
     expected = lock.expected(environment)
-    have = {canonicalize_name(name): version for name, version in installed.items()}
+    have: dict[str, str] = {canonicalize_name(name): version for name, version in installed.items()}
     extras = unlocked_packages(lock, environment, installed)
     diff = [f"--- venv {venv} (on host)", f"+++ lock {lock.id}"]
     for name in sorted(set(expected) | set(extras)):

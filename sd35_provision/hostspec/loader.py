@@ -157,7 +157,7 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
         return [(path, f"{error.instance} is below {error.validator_value}")]
     if error.validator == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        expected = " or ".join(_TYPE_NAMES.get(name, name) for name in wanted)
+        expected = " or ".join(_TYPE_NAMES.get(name, str(name)) for name in wanted)
         if "string" in wanted and isinstance(error.instance, (int, float, datetime.date)):
             # YAML read it as something else: 0123456 is octal 42798, 2024-01-01 a date.
             return [(path, f"{error.instance!r} is not a string (YAML read it as "
