@@ -501,7 +501,8 @@ def run_benchmark(
     flops = transformer_forward_flops(spec.transformer, spec.height, spec.width, spec.vae_scale_factor,
                                       spec.text_tokens)
     run = BenchRun(model=spec.name, height=spec.height, width=spec.width, steps=steps, guidance=spec.guidance,
-                   cfg=spec.cfg, reps=reps, env=environment(device, compile_scope), rates=rates, flops_linear=flops.linear,
+                   cfg=spec.cfg, reps=reps, env=environment(device, compile_scope), rates=rates,
+                   flops_linear=flops.linear,
                    flops_attention=flops.attention, image_tokens=flops.image_tokens,
                    text_tokens=flops.text_tokens,
                    transformer_params=sum(p.numel() for p in pipe.transformer.parameters()),

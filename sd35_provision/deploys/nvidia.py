@@ -216,7 +216,8 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
         if os_id == "debian":
             _enable_debian_components(release.get("VERSION_CODENAME") or "", recorder)
         apt_packages_present(name=f"Install {' '.join(packages)}", packages=packages)
-        reason = f"NVIDIA driver newly installed; {f'module {module.loaded}' if module.loaded else 'no nvidia module'} loaded now"
+        loaded = f"module {module.loaded}" if module.loaded else "no nvidia module"
+        reason = f"NVIDIA driver newly installed; {loaded} loaded now"
     elif module.reboot_needed:
         reason = f"nvidia module {module.installed} installed, {module.loaded or 'none'} loaded"
     else:

@@ -1,7 +1,8 @@
 """Python environment layer: the hash-locked venv, built beside the running one.
 
 - The torch flavour follows the host's GPU and driver (or ``python.torch_flavour``;
-  the host's plan picks it, sd35_provision/hostplan.py); its lock (``sd35_provision/locks/<flavour>.txt``) names the venv:
+  the host's plan picks it, sd35_provision/hostplan.py); its lock
+  (``sd35_provision/locks/<flavour>.txt``) names the venv:
   ``<install_root>/venvs/<lock id>``. A new lock builds a new venv while the
   old one keeps serving; only a finished, stamped build is ever switched to
   (the release layer flips the ``current`` symlink).

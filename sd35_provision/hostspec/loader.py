@@ -324,7 +324,8 @@ def _host_setting_problems(
     if needed and needed not in model_settings:
         problem("model", "source", f"source {model_settings['source']!r} needs model.{needed}")
     if model_settings["source"] in ("hf", "git") and "revision" not in model_settings:
-        problem("model", "source", "a pinned model.revision (commit sha) is required so every host gets the same weights")
+        problem("model", "source",
+                "a pinned model.revision (commit sha) is required so every host gets the same weights")
     elif model_settings["source"] == "hf" and not _FULL_COMMIT.match(model_settings["revision"]):
         problem("model", "revision", f"{model_settings['revision']!r} is not a full 40-character commit sha; "
                 "the hub cache names the snapshot by it, so an abbreviated one cannot be used with source hf")
