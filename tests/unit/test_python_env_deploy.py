@@ -118,15 +118,18 @@ def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
         {"DebPackages": {"python3-venv": ["3.11.2-1+b1"]}, "PythonVersions": DEBIAN_PYTHONS,
          "InterpreterEnvironment": {"interpreter=/usr/bin/python3": PY311},
          # beta is there already with its hash; alpha is there but truncated
-         "WheelHashes": {f"directory={ROOT}/wheelhouse": {"alpha-1.0-py3-none-any.whl": "0" * 64,
-                                                          "beta-2.0-py3-none-any.whl": hashes["beta-2.0-py3-none-any.whl"]}}},
+         "WheelHashes": {f"directory={ROOT}/wheelhouse": {
+             "alpha-1.0-py3-none-any.whl": "0" * 64,
+             "beta-2.0-py3-none-any.whl": hashes["beta-2.0-py3-none-any.whl"],
+         }}},
         dirs(ROOT, f"{ROOT}/venvs", f"{ROOT}/locks", f"{ROOT}/wheelhouse"),
         existing_files({f"{ROOT}/locks/{lock.id}.txt": text}),
         venv_fact(lock.id, None),
     )
     result = run_deploy(python_environment, facts, host)
     assert result.commands("Push wheels") == [
-        ["upload", str(wheelhouse / "alpha-1.0-py3-none-any.whl"), f"{ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial"],
+        ["upload", str(wheelhouse / "alpha-1.0-py3-none-any.whl"),
+         f"{ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial"],
         f"mv -f {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl",
     ]
     [build] = result.commands("Build venv")
@@ -152,7 +155,8 @@ def store_output(current: str, previous: str, releases: dict[str, tuple[str, str
     """What ReleaseStoreContents's command prints on a host."""
     lines = [f"root {ROOT}", f"current {current}", f"previous {previous}"]
     for release, parts in releases.items():
-        lines += [f"link {release} {part} {target}" for part, target in zip(("venv", "app", "model"), parts, strict=False)]
+        lines += [f"link {release} {part} {target}"
+                  for part, target in zip(("venv", "app", "model"), parts, strict=False)]
     return Output(lines + [f"dir {entry}" for entry in dirs])
 
 
@@ -220,7 +224,6 @@ def test_release_is_created_then_switched_atomically_and_then_left_alone():
     [switch] = fresh.commands("Switch current")
     assert "mv -T .current.new current" in switch and "previous" in switch
 
-    done = run_deploy(release_layer, merge_facts(base, dirs(f"{ROOT}/releases/{rid}", app),
-                                                 {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}}),
-                      host)
+    current_link = {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}}
+    done = run_deploy(release_layer, merge_facts(base, dirs(f"{ROOT}/releases/{rid}", app), current_link), host)
     assert done.changes == []
