@@ -38,7 +38,8 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_MODEL_ALIASES | other names requests may use for it (comma-separated) | none |
 | SD35_PLAYGROUND | the playground page at ``/``: on, off | on |
 | SD35_RUNNING_RECORD | where to state what this process runs (see running.py); set by the unit | none: not written |
-| SD35_RELEASE_LINK, SD35_RUNNING_FILES | the release link and the files (space-separated) the record names; set by the unit | none |
+| SD35_RELEASE_LINK | the release link the record names; set by the unit | none |
+| SD35_RUNNING_FILES | the files (space-separated) the record names; set by the unit | none |
 """
 
 from __future__ import annotations
