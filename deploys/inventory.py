@@ -8,8 +8,8 @@ Every group of the spec becomes a pyinfra group; ``all_hosts`` holds every host.
 import os
 import sys
 
-from sd35_provision.inventory import connection_data
 from sd35_provision.hostspec import load_spec
+from sd35_provision.inventory import connection_data
 
 _spec = load_spec(os.environ.get("SD35_SPEC", "inventory/example.yaml"))
 for _warning in _spec.warnings:  # renamed keys still in the file

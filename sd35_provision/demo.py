@@ -7,15 +7,14 @@ validate -> plan (dry run with diffs) -> apply (venv, model, service, smoke test
 from __future__ import annotations
 
 import base64
-
 from collections.abc import Callable
 from pathlib import Path
 
 from sd35_provision import workflow
 from sd35_provision.errors import Sd35Error
+from sd35_provision.hostspec import load_spec
 from sd35_provision.locks import load_lock
 from sd35_provision.report import render_plan, render_table
-from sd35_provision.hostspec import load_spec
 from sd35_provision.testfleet import up
 from sd35_provision.tinymodel import generate_tiny_pipeline
 from sd35_provision.wheelhouse import cached_wheelhouse

@@ -43,8 +43,9 @@ class HostRecorder:
 
     def diff(self, text: str) -> None:
         """Show ``text`` as the current operation's diff in ``plan``/``drift`` (call inside an operation)."""
-        if not host.state.is_executing:
-            self.diffs[host.current_op_hash] = text
+        op_hash = host.current_op_hash
+        if not host.state.is_executing and op_hash is not None:  # None outside an operation: nothing reads it
+            self.diffs[op_hash] = text
 
     def feeds_service(self, reason: str, *operations: OperationMeta) -> None:
         """The service restarts, saying ``reason`` changed, when one of ``operations`` changes something."""

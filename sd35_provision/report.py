@@ -114,5 +114,6 @@ def render_failures(report: RunReport) -> str:
     blocks = []
     for host in report.hosts:
         if host.failed:
-            blocks.append(f"{host.name}: {host.step}:\n" + "\n".join("  " + l for l in (host.error or "").splitlines()))
+            indented = "\n".join("  " + line for line in (host.error or "").splitlines())
+            blocks.append(f"{host.name}: {host.step}:\n" + indented)
     return "\n".join(blocks)

@@ -74,7 +74,8 @@ def key_problem(path: Path) -> str | None:
     except FileNotFoundError:
         return f"ssh.key {path} does not exist"
     except OSError as error:
-        return f"cannot read ssh.key {path}: {error.strerror} (run as the key's owner, or give a key this user can read)"
+        return (f"cannot read ssh.key {path}: {error.strerror} "
+                "(run as the key's owner, or give a key this user can read)")
     if head.lstrip().startswith((b"ssh-", b"ecdsa-", b"sk-", b"---- BEGIN SSH2 PUBLIC KEY")):
         private = path.with_suffix("") if path.suffix == ".pub" else None
         hint = f" ({private}?)" if private is not None and private.is_file() else ""

@@ -17,11 +17,11 @@ from pyinfra.api.host import Host
 
 from sd35_provision import layout
 from sd35_provision.facts.service import NO_SERVICE, ServiceState, ServiceStatus
+from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
 from sd35_provision.report import HostOutcome
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
-from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.texttable import render_rows
 
 HEADER = ("HOST", "REACHABLE", "OS", "GPU", "DRIVER", "FP8", "SERVICE", "RELEASE", "MODEL REV", "LAST SMOKE", "DRIFT")

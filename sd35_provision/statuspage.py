@@ -104,9 +104,11 @@ def render_status_page(rows: list[HostStatus], images: dict[str, bytes], title: 
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="{_cell_class(column, value, row)}">{e(value)}</td>' for column, value in zip(HEADER, row.row())
+            f'<td class="{_cell_class(column, value, row)}">{e(value)}</td>'
+            for column, value in zip(HEADER, row.row(), strict=False)
         )
-        body.append(f'<tr class="host" id="host-{e(row.name)}">{cells}{_image_cell(row.name, images.get(row.name), row)}</tr>')
+        image = _image_cell(row.name, images.get(row.name), row)
+        body.append(f'<tr class="host" id="host-{e(row.name)}">{cells}{image}</tr>')
         notes = []
         if row.drift_operations:
             notes.append("would change: " + "; ".join(row.drift_operations))

@@ -23,9 +23,10 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # Where the tiny model's limits come from: one VAE block means no downsampling
 # (vae_scale_factor 1) and patch size 2, so the largest image side is
@@ -87,7 +88,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
+    return dict(zip(printable, (chr(c) for c in chars), strict=False))
 
 
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
@@ -124,7 +125,8 @@ def t5_unigram_vocab() -> list[tuple[str, float]]:
 def build_tokenizers(work_dir: Path):
     """(clip, t5, clip_vocab_size, t5_vocab_size): CLIP loaded from hand-written vocab.json + merges.txt
     written to ``work_dir``, T5 from a Unigram vocabulary."""
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    # T5TokenizerFast is a lazy alias transformers resolves at import time; its stubs do not list it.
+    from transformers import CLIPTokenizer, T5TokenizerFast  # type: ignore[attr-defined]
 
     vocab, merges = clip_vocab_and_merges()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,8 @@ def build_sd3_pipeline(configs: SD3Configs, clip_tokenizer: Any, t5_tokenizer: A
 
     text_encoder = clip(configs.clip_l, 1)
     text_encoder_2 = clip(configs.clip_g, 2)
-    t5_config = T5Config(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **configs.t5)
+    # decoder_start_token_id goes through PreTrainedConfig's **kwargs, which T5Config's typed fields do not show.
+    t5_config = T5Config(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **configs.t5)  # type: ignore[call-arg]
     text_encoder_3 = seeded_component(seed, 3, lambda: T5EncoderModel(t5_config), device, dtype)
     transformer = build_sd3_transformer(configs.transformer, seed, device, dtype)
     vae = seeded_component(seed, 5, lambda: AutoencoderKL(**configs.vae), device, dtype)

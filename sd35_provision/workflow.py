@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pyinfra.api.host import Host
-
 from dataclasses import asdict
+
+from pyinfra.api.host import Host
 
 from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.hostplan import HostPlan
+from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
 from sd35_provision.report import HostOutcome, RunReport
 from sd35_provision.rollout import Rollout, plan_waves, stop_reason
 from sd35_provision.runner import FleetRun, RunOptions
-from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 
 
 def _layers():

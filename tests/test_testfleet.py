@@ -10,11 +10,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sd35_provision.errors import Sd35Error
 from sd35_provision import sshlogin
-from sd35_provision.testfleet import Fleet, FleetHost, TestFleetError, render_spec, up
+from sd35_provision.errors import Sd35Error
+from sd35_provision.testfleet import Fleet, FleetHost, TestFleetError, containers, keys, render_spec, rootfs, up
 from sd35_provision.testfleet import cli as testfleet_cli
-from sd35_provision.testfleet import containers, keys, rootfs
 from sd35_provision.testfleet.layout import machine_name, parse_binds, plan_hosts
 from sd35_provision.testfleet.state import FleetState, dump_state, parse_state, read_state
 from sd35_provision.testfleet.system import command_line, mounts_under, overlay_lower_dirs
@@ -107,7 +106,8 @@ def test_state_file_from_the_first_release_still_loads(tmp_path: Path) -> None:
     assert state.hosts == [FleetHost("node1", "127.0.2.1", Path("/x/hosts/node1"), "node1", None, 7)]
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"version": 99, "hosts": [], "binds": []}', '{"version": 1, "hosts": [{}]}'])
+@pytest.mark.parametrize(
+    "text", ["{", "[]", '{"version": 99, "hosts": [], "binds": []}', '{"version": 1, "hosts": [{}]}'])
 def test_damaged_state_file_says_how_to_recover(tmp_path: Path, text: str) -> None:
     with pytest.raises(TestFleetError, match=r"state.json: unreadable test fleet state .*delete"):
         parse_state(text, tmp_path / "state.json")
@@ -156,7 +156,8 @@ def test_nspawn_command_shares_the_network_and_binds_read_only(tmp_path: Path) -
     assert "--bind-ro=/srv/mirror:/mnt/mirror" in command
     assert not [arg for arg in command if arg.startswith(("--network", "--private-network", "--port"))]
     assert containers.nspawn_directory(command) == host.root
-    assert containers.nspawn_directory(["/usr/bin/systemd-nspawn", "-D", "/x/hosts/node1", "-b"]) == Path("/x/hosts/node1")
+    nspawn = ["/usr/bin/systemd-nspawn", "-D", "/x/hosts/node1", "-b"]
+    assert containers.nspawn_directory(nspawn) == Path("/x/hosts/node1")
     assert containers.nspawn_directory(["sshd", "-D"]) is None
 
 
@@ -209,7 +210,7 @@ RECORDED_MOUNTS = """\
 overlay /srv/fleet/hosts/node1/root overlay rw,relatime,lowerdir=/var/cache/sd35-provision/rootfs-bookworm-abc,upperdir=/srv/fleet/hosts/node1/upper,workdir=/srv/fleet/hosts/node1/work 0 0
 tmpfs /srv/fleet\\040two/x tmpfs rw 0 0
 tmpfs /srv/fleetx tmpfs rw 0 0
-"""
+"""  # noqa: E501  (a /proc/mounts line as recorded: its overlay options are one long field)
 
 
 def test_mounts_under_a_state_dir() -> None:
@@ -321,7 +322,7 @@ def test_status_lists_every_host(test_fleet: Fleet) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) == len(test_fleet.hosts)
-    for line, host in zip(lines, test_fleet.hosts):
+    for line, host in zip(lines, test_fleet.hosts, strict=False):
         assert line == f"{host.name}  {host.address}  pid {host.pid}  running  ssh ok"
 
 

@@ -67,7 +67,8 @@ def _measure(models, quick, modes, reps, steps, warmup_steps, profile, compile_s
         inductor_config.coordinate_descent_tuning = True
         inductor_config.coordinate_descent_check_all_directions = True
 
-    from sd35_provision.bench import harness, models as model_specs
+    from sd35_provision.bench import harness
+    from sd35_provision.bench import models as model_specs
 
     named = {"all": harness.MODE_KEYS, "default": harness.DEFAULT_MODES}
     wanted = named.get(modes) or tuple(m.strip() for m in modes.split(","))

@@ -8,8 +8,9 @@ attention counts Q·Kᵀ and P·V (4·N²·D), the same convention as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # SD3's VAE halves the image three times (four blocks) and its text sequence is
 # 77 CLIP tokens followed by 256 T5 tokens.

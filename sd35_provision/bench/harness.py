@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -136,7 +137,7 @@ class BenchRun:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BenchRun":
+    def from_dict(cls, data: dict[str, Any]) -> BenchRun:
         data = dict(data)
         data["rates"] = Rates(**data["rates"])
         data["modes"] = [ModeResult(**{**m, "profile_top": [tuple(t) for t in m.get("profile_top", [])]})
@@ -500,7 +501,8 @@ def run_benchmark(
     flops = transformer_forward_flops(spec.transformer, spec.height, spec.width, spec.vae_scale_factor,
                                       spec.text_tokens)
     run = BenchRun(model=spec.name, height=spec.height, width=spec.width, steps=steps, guidance=spec.guidance,
-                   cfg=spec.cfg, reps=reps, env=environment(device, compile_scope), rates=rates, flops_linear=flops.linear,
+                   cfg=spec.cfg, reps=reps, env=environment(device, compile_scope), rates=rates,
+                   flops_linear=flops.linear,
                    flops_attention=flops.attention, image_tokens=flops.image_tokens,
                    text_tokens=flops.text_tokens,
                    transformer_params=sum(p.numel() for p in pipe.transformer.parameters()),

@@ -111,8 +111,11 @@ def target_checks(run: BenchRun) -> list[TargetCheck]:
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    widths = (
+        [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)] if rows
+        else [len(h) for h in header]
+    )
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 

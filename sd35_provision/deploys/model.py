@@ -78,10 +78,12 @@ def model_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     if model.source == "push":
         fetched = _push(plan, check, recorder)
     elif model.source == "git":
+        assert model.url is not None and model.revision is not None  # the loader requires both for source git
         fresh = not (check.manifest and check.exists) or not (check.git_head or "").startswith(model.revision)
         fetched = model_cloned(name=f"Fetch model {model.url} at {model.revision[:12]}", plan=plan, check=check,
                                fresh=fresh, recorder=recorder)
     else:
+        assert model.revision is not None  # the loader requires it for source hf
         fetched = model_downloaded(name=f"Download model {model.repo} at {model.revision[:12]}", plan=plan,
                                    check=check, fresh=not (check.manifest and check.exists), recorder=recorder)
     recorder.feeds_service("model", fetched)
@@ -126,6 +128,7 @@ def model_pushed(plan: HostPlan, check: ModelCheck, names: list[str], recorder: 
     if not names and check.healthy:
         return
     settings, directory = plan.settings, plan.model_dir
+    assert settings.model.path is not None  # the loader requires it for source push
     recorder.diff(describe_changes(check, directory, f"push of {settings.model.path}", names))
     user = settings.service.user
     parents = sorted({f"{directory}/{name}".rsplit("/", 1)[0] for name in names} | {directory})
@@ -162,6 +165,7 @@ def model_cloned(plan: HostPlan, check: ModelCheck, fresh: bool, recorder: HostR
 def git_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
     """The commands that bring the checkout to the pinned commit: everything (``repair`` None) or those files."""
     model = plan.settings.model
+    assert model.url is not None and model.revision is not None  # the loader requires both for source git
     directory, manifest = plan.model_dir, plan.model_manifest_path
     space = modelcheck_command("python3", "space", "--dir", directory, "--manifest", manifest, "--factor", "2",
                                "--why", " (git-lfs holds a second copy until the checkout is done)")
@@ -211,6 +215,7 @@ def model_downloaded(plan: HostPlan, check: ModelCheck, fresh: bool, recorder: H
 def hf_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
     settings = plan.settings
     model, user = settings.model, settings.service.user
+    assert model.revision is not None  # the loader requires it for source hf
     environment = {"HOME": settings.cache.root, **layout.cache_environment(settings.cache),
                    "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if model.token_file is not None:

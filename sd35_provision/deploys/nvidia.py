@@ -38,8 +38,8 @@ from sd35_provision.cuda_compat import (
 from sd35_provision.errors import PreflightError
 from sd35_provision.facts.nvidia import NvidiaGpus, NvidiaKernelModule, NvidiaStatus
 from sd35_provision.hostplan import HostPlan
-from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
 from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
 
 STEP = "NVIDIA driver"
 UBUNTU_SUFFIX = {"default": "", "server": "-server", "open": "-open", "server-open": "-server-open"}
@@ -161,7 +161,7 @@ def _enable_debian_components(codename: str, recorder: HostRecorder) -> None:
 
 
 def _check_after_reboot(flavours: tuple[str, ...]) -> str:
-    minimum = min((min_driver_for(f) for f in flavours if min_driver_for(f)), key=version_tuple, default="0")
+    minimum = min((driver for f in flavours if (driver := min_driver_for(f))), key=version_tuple, default="0")
     return (
         "v=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 | head -n 1); "
         'case "$v" in [0-9]*) ;; *) echo "NVIDIA driver not working after the reboot: $v" >&2; exit 1;; esac; '
@@ -216,7 +216,8 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
         if os_id == "debian":
             _enable_debian_components(release.get("VERSION_CODENAME") or "", recorder)
         apt_packages_present(name=f"Install {' '.join(packages)}", packages=packages)
-        reason = f"NVIDIA driver newly installed; {f'module {module.loaded}' if module.loaded else 'no nvidia module'} loaded now"
+        loaded = f"module {module.loaded}" if module.loaded else "no nvidia module"
+        reason = f"NVIDIA driver newly installed; {loaded} loaded now"
     elif module.reboot_needed:
         reason = f"nvidia module {module.installed} installed, {module.loaded or 'none'} loaded"
     else:

@@ -1,7 +1,8 @@
 """Python environment layer: the hash-locked venv, built beside the running one.
 
 - The torch flavour follows the host's GPU and driver (or ``python.torch_flavour``;
-  the host's plan picks it, sd35_provision/hostplan.py); its lock (``sd35_provision/locks/<flavour>.txt``) names the venv:
+  the host's plan picks it, sd35_provision/hostplan.py); its lock
+  (``sd35_provision/locks/<flavour>.txt``) names the venv:
   ``<install_root>/venvs/<lock id>``. A new lock builds a new venv while the
   old one keeps serving; only a finished, stamped build is ever switched to
   (the release layer flips the ``current`` symlink).
@@ -19,7 +20,6 @@ from __future__ import annotations
 import shlex
 
 from packaging.utils import canonicalize_name
-
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.command import FileUploadCommand
@@ -114,7 +114,7 @@ def venv_restored(venv: str, lock: Lock, installed: dict[str, str], environment:
     if not problems:
         return
     expected = lock.expected(environment)
-    have = {canonicalize_name(name): version for name, version in installed.items()}
+    have: dict[str, str] = {canonicalize_name(name): version for name, version in installed.items()}
     extras = unlocked_packages(lock, environment, installed)
     diff = [f"--- venv {venv} (on host)", f"+++ lock {lock.id}"]
     for name in sorted(set(expected) | set(extras)):

@@ -169,8 +169,8 @@ def _verdict(values: dict[str, str], unresolved: list[str], disks: list[DiskInfo
             return "unknown", (f"{_names(virtual)} a virtual disk ({virtual[0].virtual}) reporting rotational=1 "
                                "whatever backs it")
         return "unknown", f"{_names(unknown)} not reporting whether it rotates"
-    virtual = " (virtual disk: as its hypervisor reports it)" if any(d.virtual for d in disks) else ""
-    return "ssd", f"{_names(disks)} non-rotational{virtual}"
+    virtual_note = " (virtual disk: as its hypervisor reports it)" if any(d.virtual for d in disks) else ""
+    return "ssd", f"{_names(disks)} non-rotational{virtual_note}"
 
 
 class StorageKind(FactBase[StorageInfo]):

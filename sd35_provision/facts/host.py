@@ -70,7 +70,7 @@ class HostFacts:
             cuda_version=self.cuda_version,
             fp8_capable=self.fp8_capable,
         )
-        for gpu, raw in zip(self.nvidia.gpus, data["nvidia"]["gpus"]):
+        for gpu, raw in zip(self.nvidia.gpus, data["nvidia"]["gpus"], strict=False):
             raw["fp8_capable"] = gpu.fp8_capable
         return data
 
@@ -80,15 +80,23 @@ def gather_host_facts(host: Host, settings: HostSettings) -> HostFacts:
     distro = host.get_fact(LinuxDistribution) or LinuxDistribution.default()
     release = distro.get("release_meta") or {}
     root = settings.cache.root
+    # Read into annotated names, in the order the host is asked: inside tuple() mypy would infer the fact's
+    # type from tuple's Iterable argument and reject the fact class.
+    kernel = (host.get_fact(KernelVersion) or "").strip()
+    pythons: list[PythonInterpreter] = host.get_fact(PythonVersions)
+    cache_free = host.get_fact(FreeSpace, path=root)
+    cache_storage = host.get_fact(StorageKind, path=root)
+    nvidia = host.get_fact(NvidiaGpus)
+    nvidia_pci: list[PciDevice] = host.get_fact(NvidiaPciDevices)
     return HostFacts(
         os_id=(release.get("ID") or "").lower(),
         os_name=distro.get("name") or release.get("NAME") or "unknown",
         os_version=release.get("VERSION_ID") or str(distro.get("major") or ""),
         os_codename=release.get("VERSION_CODENAME") or "",
-        kernel=(host.get_fact(KernelVersion) or "").strip(),
-        pythons=tuple(host.get_fact(PythonVersions)),
-        cache_free=host.get_fact(FreeSpace, path=root),
-        cache_storage=host.get_fact(StorageKind, path=root),
-        nvidia=host.get_fact(NvidiaGpus),
-        nvidia_pci=tuple(host.get_fact(NvidiaPciDevices)),
+        kernel=kernel,
+        pythons=tuple(pythons),
+        cache_free=cache_free,
+        cache_storage=cache_storage,
+        nvidia=nvidia,
+        nvidia_pci=tuple(nvidia_pci),
     )

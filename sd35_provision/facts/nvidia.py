@@ -105,7 +105,7 @@ class NvidiaGpus(FactBase[NvidiaStatus]):
             elif line.strip().startswith("CUDA Version"):
                 cuda = line.split(":", 1)[1].strip() or None
             elif rc == "0" and line.count(",") == len(fields) - 1:
-                row = dict(zip(fields, (part.strip() for part in line.split(","))))
+                row = dict(zip(fields, (part.strip() for part in line.split(",")), strict=False))
                 gpus.append(GpuInfo(
                     index=int(row["index"]), name=row["name"], memory_mib=_int_or_none(row["memory.total"]),
                     compute_capability=_capability(row.get("compute_cap", "")),

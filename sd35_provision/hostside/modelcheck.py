@@ -155,8 +155,8 @@ def verify(directory: str, manifest: dict | None, cache_path: str | None, user: 
         weight = "sha256" in expected
         if weight and is_lfs_pointer_file(full, info.st_size):
             broken.append({"path": name, "problem": "lfs-pointer",
-                           "detail": f"Git LFS pointer file ({info.st_size} bytes) instead of the {expected['size']}-byte "
-                                     "content (fetched without git-lfs)"})
+                           "detail": f"Git LFS pointer file ({info.st_size} bytes) instead of the "
+                                     f"{expected['size']}-byte content (fetched without git-lfs)"})
             continue
         if info.st_size != expected["size"]:
             broken.append({"path": name, "problem": "size",
@@ -167,7 +167,8 @@ def verify(directory: str, manifest: dict | None, cache_path: str | None, user: 
         if actual != expected[algorithm]:
             label = "sha256" if weight else "git blob id"
             broken.append({"path": name, "problem": "checksum",
-                           "detail": f"checksum mismatch: {label} {actual[:12]}..., expected {expected[algorithm][:12]}..."})
+                           "detail": f"checksum mismatch: {label} {actual[:12]}..., "
+                                     f"expected {expected[algorithm][:12]}..."})
             continue
         why = _unreadable(directory, name, reader)
         if why:
@@ -310,7 +311,8 @@ def _hub_error(error: Exception, repo: str, revision: str, endpoint: str) -> int
     elif isinstance(error, HfHubHTTPError):
         message = f"{endpoint} answered {status} for {repo}: {str(error).splitlines()[0]}"
     else:
-        message = f"cannot download {repo} from {endpoint}: {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        message = f"cannot download {repo} from {endpoint}: {error.__class__.__name__}: {first_line}"
     print(message, file=sys.stderr)
     return EXIT_UNREACHABLE
 

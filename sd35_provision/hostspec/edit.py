@@ -201,7 +201,9 @@ def _append(hosts: CommentedMap, name: str, entry: CommentedMap) -> None:
     if not rest[blank:]:
         return  # only blank lines follow: they separate the hosts, keep them
     token.value = end_of_line + "\n" * blank
-    new_holder, new_key, new_position = _last_comment_holder(hosts, only=name)
+    new_last = _last_comment_holder(hosts, only=name)
+    assert new_last is not None  # with ``only`` it always finds a holder
+    new_holder, new_key, new_position = new_last
     slots = new_holder.ca.items.setdefault(new_key, [None, None, None, None])
     slots[new_position] = CommentToken("\n" + rest, token.start_mark, None)
 

@@ -157,7 +157,7 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
         return [(path, f"{error.instance} is below {error.validator_value}")]
     if error.validator == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        expected = " or ".join(_TYPE_NAMES.get(name, name) for name in wanted)
+        expected = " or ".join(_TYPE_NAMES.get(name, str(name)) for name in wanted)
         if "string" in wanted and isinstance(error.instance, (int, float, datetime.date)):
             # YAML read it as something else: 0123456 is octal 42798, 2024-01-01 a date.
             return [(path, f"{error.instance!r} is not a string (YAML read it as "
@@ -324,7 +324,8 @@ def _host_setting_problems(
     if needed and needed not in model_settings:
         problem("model", "source", f"source {model_settings['source']!r} needs model.{needed}")
     if model_settings["source"] in ("hf", "git") and "revision" not in model_settings:
-        problem("model", "source", "a pinned model.revision (commit sha) is required so every host gets the same weights")
+        problem("model", "source",
+                "a pinned model.revision (commit sha) is required so every host gets the same weights")
     elif model_settings["source"] == "hf" and not _FULL_COMMIT.match(model_settings["revision"]):
         problem("model", "revision", f"{model_settings['revision']!r} is not a full 40-character commit sha; "
                 "the hub cache names the snapshot by it, so an abbreviated one cannot be used with source hf")

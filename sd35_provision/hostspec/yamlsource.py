@@ -101,7 +101,7 @@ class _BoundedLoader(yaml.SafeLoader):
             self._refuse(f"values are nested more than {MAX_DEPTH} levels deep (aliases included)", mark)
         self._child_heights[-1] = max(self._child_heights[-1], height)
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             target = self.anchors.get(event.anchor)

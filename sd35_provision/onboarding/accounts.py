@@ -124,7 +124,8 @@ def prepare_account(request: OnboardRequest, access: DeployAccess, echo: Echo) -
         detail = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
         if request.user != "root" and "password is required" in err:
             detail += f" ({request.user} needs passwordless sudo, or use --password-prompt)"
-        raise OnboardError(f"{request.user}@{request.address}: preparing the deploy account {access.user} failed: {detail}")
+        raise OnboardError(
+            f"{request.user}@{request.address}: preparing the deploy account {access.user} failed: {detail}")
     changes = [line for line in out.splitlines() if line.strip()]
     for line in changes:
         echo(f"{request.name}: {line}")

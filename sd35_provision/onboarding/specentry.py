@@ -55,7 +55,8 @@ def settings_from(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def plan_entry(request: OnboardRequest) -> tuple[dict[str, Any], DeployAccess]:
     """The host's spec entry (only what differs from defaults and groups) and how to log in with it."""
     if not _HOST_NAME.match(request.name):
-        raise OnboardError(f"--name {request.name}: use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+        raise OnboardError(
+            f"--name {request.name}: use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
     if not is_valid_address(request.address):
         raise OnboardError(f"--address {request.address}: not a host name or IP address")
     entry: dict[str, Any] = {"address": request.address}

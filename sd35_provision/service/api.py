@@ -218,9 +218,11 @@ def parse_generation_request(
             "unsupported_response_format",
         )
     if response_format not in (None, "b64_json"):
-        raise RequestError(400, f"response_format: {response_format!r} is not supported; use 'b64_json'", "response_format")
+        raise RequestError(
+            400, f"response_format: {response_format!r} is not supported; use 'b64_json'", "response_format")
     if data.get("output_format") not in (None, "png"):
-        raise RequestError(400, f"output_format: {data['output_format']!r} is not supported; use 'png'", "output_format")
+        raise RequestError(
+            400, f"output_format: {data['output_format']!r} is not supported; use 'png'", "output_format")
 
     prompt = _text(data, "prompt", limits.max_prompt_chars, required=True)
     assert prompt is not None

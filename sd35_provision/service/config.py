@@ -23,7 +23,7 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_PRECISION | auto, fp8 (best FP8 the GPU has), fp8-dynamic, fp8-storage, bf16, fp32 | auto |
 | SD35_COMPILE | torch.compile the transformer: auto, on, off | auto |
 | SD35_QUEUE_SIZE | requests that may wait behind the running one; more get 429 | 4 |
-| SD35_MAX_BATCH | images drawn in one pipeline call: waiting requests of one size, steps and guidance join (1: one at a time) | 4 |
+| SD35_MAX_BATCH | images per pipeline call: queued requests alike in size, steps, guidance join (1: no batching) | 4 |
 | SD35_GPU_MEMORY_GIB | cap this process's GPU memory (torch allocator) and plan for that much; 0: the whole GPU | 0 |
 | SD35_MIN_SIDE, SD35_MAX_SIDE | image side limits in pixels (the model's own limit also applies) | 64, 1536 |
 | SD35_MAX_PIXELS | width x height limit | 2359296 (1536x1536) |
@@ -34,10 +34,12 @@ Every problem is reported at once, each as ``VAR: what is wrong``.
 | SD35_WARMUP_SIZES | sizes to warm up (and compile) for, e.g. 1024x1024,768x1344 | the model's native size |
 | SD35_API_KEY_FILE | file (mode 0600 or 0400) holding the bearer key, 16+ characters | none: no auth |
 | SD35_LOG_LEVEL | DEBUG, INFO, WARNING, ERROR | INFO |
-| SD35_MODEL_NAME, SD35_MODEL_ALIASES | the model id requests may name (listed by GET /v1/models), and other names for it (comma-separated) | sd3.5, none |
+| SD35_MODEL_NAME | the model id requests may name (listed by GET /v1/models) | sd3.5 |
+| SD35_MODEL_ALIASES | other names requests may use for it (comma-separated) | none |
 | SD35_PLAYGROUND | the playground page at ``/``: on, off | on |
 | SD35_RUNNING_RECORD | where to state what this process runs (see running.py); set by the unit | none: not written |
-| SD35_RELEASE_LINK, SD35_RUNNING_FILES | the release link and the files (space-separated) the record names; set by the unit | none |
+| SD35_RELEASE_LINK | the release link the record names; set by the unit | none |
+| SD35_RUNNING_FILES | the files (space-separated) the record names; set by the unit | none |
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ Value = TypeVar("Value")
 # another variable), so the renderer refuses it.
 _ENV_FILE_SPECIAL = ("\n", "\r", '"', "'", "\\")
 # What a bool setting accepts; the settings file writes on/off.
-_SWITCH_WORDS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+_SWITCH_WORDS = {
+    "on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False,
+}
 
 
 @dataclass(frozen=True)

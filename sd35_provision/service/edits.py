@@ -57,7 +57,7 @@ NUMBER_FIELDS = ("guidance_scale", "strength")
 
 @dataclass(frozen=True)
 class EditJob:
-    """One edit: the generation settings, the source image (RGB, already at the output size) and how much to change it."""
+    """One edit: the generation settings, the source image (RGB, already at the output size), how much to change it."""
 
     generation: GenerationJob
     image: Any  # PIL.Image.Image
@@ -89,7 +89,8 @@ def parse_form(body: bytes, content_type: str) -> dict[str, list[FormPart]]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str) or not name:
-            raise RequestError(400, "a multipart part has no form field name (Content-Disposition: form-data; name=...)")
+            raise RequestError(
+                400, "a multipart part has no form field name (Content-Disposition: form-data; name=...)")
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
         fields.setdefault(name, []).append(FormPart(name, data, part.get_filename(), part.get_content_type()))
@@ -138,7 +139,8 @@ def _open_upload(part: FormPart, formats: tuple[str, ...], max_pixels: int) -> A
             400, f"{field}: not a {', '.join(formats)} image", field, "invalid_image_format"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(413, f"{field}: more pixels than the limit of {max_pixels}", field, "image_too_large") from None
+        raise RequestError(
+            413, f"{field}: more pixels than the limit of {max_pixels}", field, "image_too_large") from None
     width, height = image.size
     if width * height > max_pixels:
         raise RequestError(

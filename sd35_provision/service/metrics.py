@@ -48,7 +48,9 @@ class CudaMemoryCollector:
             free, total = torch.cuda.mem_get_info(device)
             values = {
                 "sd35_gpu_memory_allocated_bytes": ("Bytes held by live tensors.", torch.cuda.memory_allocated(device)),
-                "sd35_gpu_memory_reserved_bytes": ("Bytes reserved by torch's allocator.", torch.cuda.memory_reserved(device)),
+                "sd35_gpu_memory_reserved_bytes": (
+                    "Bytes reserved by torch's allocator.", torch.cuda.memory_reserved(device)
+                ),
                 "sd35_gpu_memory_peak_allocated_bytes": (
                     "Most bytes held by live tensors since start.",
                     torch.cuda.max_memory_allocated(device),
@@ -68,7 +70,8 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "sd35_http_requests", "HTTP requests answered, by route and status.", ["route", "method", "status"], registry=r
+            "sd35_http_requests", "HTTP requests answered, by route and status.", ["route", "method", "status"],
+            registry=r,
         )
         self.errors = Counter(
             "sd35_errors",
@@ -77,7 +80,8 @@ class ServiceMetrics:
             registry=r,
         )
         self.latency = Histogram(
-            "sd35_http_request_duration_seconds", "Time to answer, by route.", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "sd35_http_request_duration_seconds", "Time to answer, by route.", ["route"], buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.generation = Histogram(
             "sd35_generation_duration_seconds",

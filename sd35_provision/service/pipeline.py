@@ -258,7 +258,9 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def warmup_plan(sizes: list[tuple[int, int]], max_batch: int, guidance_scale: float) -> list[tuple[int, int, int, float]]:
+def warmup_plan(
+    sizes: list[tuple[int, int]], max_batch: int, guidance_scale: float
+) -> list[tuple[int, int, int, float]]:
     """(width, height, images, guidance) of each warm-up call: every batch the service can run, per size.
 
     torch.compile specialises on the transformer's batch (2 x images with CFG,

@@ -62,7 +62,7 @@ class PrecisionChoice:
     """The precision mode picked for a device, and why (policy.PrecisionPlan with a torch dtype)."""
 
     mode: str  # "fp8-dynamic" | "fp8-storage" | "bf16" | "fp32"
-    compute_dtype: "torch.dtype"
+    compute_dtype: torch.dtype
     compile: bool
     reason: str
     compile_scope: str = "blocks"  # one of COMPILE_SCOPES; only read when compile is on

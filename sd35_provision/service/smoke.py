@@ -193,7 +193,10 @@ def wait_ready(base_url: str, key: str | None, deadline: float) -> None:
 
 def run_smoke(base_url: str, key: str | None, width: int, height: int, steps: int, timeout_s: float,
               prompt: str = "smoke test: a red apple on a wooden table", save: Path | None = None) -> SmokeResult:
-    """Wait for readiness, generate one image and check it (and keep it in ``save``); never raises for a failed check."""
+    """Wait for readiness, generate one image and check it (and keep it in ``save``).
+
+    Never raises for a failed check.
+    """
     base_url = base_url.rstrip("/")
     deadline = time.monotonic() + timeout_s
     latency = None
@@ -238,7 +241,8 @@ def read_key(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sd35_provision.service.smoke", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sd35_provision.service.smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
     parser.add_argument("--size", default="64x64", help="WIDTHxHEIGHT of the test image")
     parser.add_argument("--steps", type=int, default=2, help="inference steps")
@@ -258,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--size: {args.size!r} is not WIDTHxHEIGHT")
 
-    key_file = args.api_key_file or (Path(os.environ["SD35_API_KEY_FILE"]) if os.environ.get("SD35_API_KEY_FILE") else None)
+    key_file = args.api_key_file or (
+        Path(os.environ["SD35_API_KEY_FILE"]) if os.environ.get("SD35_API_KEY_FILE") else None)
     try:
         key = read_key(key_file) if key_file is not None else None
     except SmokeFailure as exc:

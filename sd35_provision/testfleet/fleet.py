@@ -322,7 +322,8 @@ def _wait_until_ready(fleet: Fleet, host: FleetHost, wait_s: float) -> None:
         time.sleep(0.2)
     try:
         remaining = max(1, int(deadline - time.monotonic()))
-        _, stdout, _ = client.exec_command(f"timeout {remaining} systemctl is-system-running --wait", timeout=remaining + 5)
+        _, stdout, _ = client.exec_command(
+            f"timeout {remaining} systemctl is-system-running --wait", timeout=remaining + 5)
         state = stdout.read().decode().strip()
         if state not in ("running", "degraded"):
             raise TestFleetError(f"{host.name}: boot did not finish (systemd says {state or 'nothing'!r}); see {log}")

@@ -53,7 +53,8 @@ def check_state_dir(state_dir: Path) -> Path:
     """The state dir as an absolute path; refused when overlay mount options could not name it."""
     absolute = state_dir.absolute()
     if any(char in str(absolute) for char in ",:\n"):
-        raise TestFleetError(f"--state-dir {state_dir}: pick a path without ',' or ':' (they cannot appear in mount options)")
+        raise TestFleetError(
+            f"--state-dir {state_dir}: pick a path without ',' or ':' (they cannot appear in mount options)")
     return absolute
 
 

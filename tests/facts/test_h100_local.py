@@ -15,8 +15,8 @@ from sd35_provision.facts.disk import DiskInfo, FreeSpaceInfo, StorageInfo
 from sd35_provision.facts.nvidia import GpuInfo, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter
 from sd35_provision.facts.report import facts_row, render_facts_table
-from sd35_provision.preflight import check_preflight
 from sd35_provision.hostspec.settings import CacheSettings, GpuSettings, HostSettings
+from sd35_provision.preflight import check_preflight
 
 RECORDED = Path(__file__).parents[1] / "fixtures" / "h100-local"
 

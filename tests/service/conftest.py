@@ -30,7 +30,9 @@ def shipped_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def live_service(shipped_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+def live_service(
+    shipped_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
     """A real uvicorn service without auth, on loopback, with a systemd-style notify socket."""
     logs = tmp_path_factory.mktemp("live-service")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -44,7 +46,9 @@ def live_service(shipped_dir: Path, tiny_model_dir: Path, tmp_path_factory: pyte
 
 
 @pytest.fixture(scope="session")
-def auth_service(shipped_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+def auth_service(
+    shipped_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
     """A real uvicorn service that requires the bearer key from a 0600 file."""
     logs = tmp_path_factory.mktemp("auth-service")
     key_file = write_key_file(logs)

@@ -90,7 +90,8 @@ def test_wrong_content_type_is_415(client: TestClient) -> None:
     response = client.post("/v1/images/generations", content=b"prompt=a cat", headers={"Content-Type": "text/plain"})
     assert response.status_code == 415
     assert "Content-Type: application/json" in response.json()["error"]["message"]
-    response = client.post("/v1/images/generations", content=b"prompt=a", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post("/v1/images/generations", content=b"prompt=a",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.status_code == 415
 
 

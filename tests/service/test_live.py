@@ -120,8 +120,8 @@ def test_smoke_client_fails_on_wrong_size_of_model(live_service: RunningService,
 
 
 def test_metrics_after_live_requests(live_service: RunningService) -> None:
-    httpx.post(f"{live_service.url}/v1/images/generations", json={"prompt": "x", "size": "64x64", "num_inference_steps": 1},
-               timeout=60)
+    httpx.post(f"{live_service.url}/v1/images/generations",
+               json={"prompt": "x", "size": "64x64", "num_inference_steps": 1}, timeout=60)
     text = httpx.get(f"{live_service.url}/metrics").text
     assert 'sd35_http_requests_total{method="POST",route="/v1/images/generations",status="200"}' in text
     assert "sd35_images_generated_total" in text

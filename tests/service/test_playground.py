@@ -134,8 +134,9 @@ def test_playground_in_headless_chromium(auth_service: RunningService, browser: 
     browser.wait_for("document.getElementById('status').textContent.startsWith('Done')")
     assert browser.evaluate("document.getElementById('error').hidden") is True
     # No size given: the edit keeps the uploaded image's size.
-    assert browser.evaluate("[...document.querySelectorAll('#results img')].map(i => [i.naturalWidth, i.naturalHeight])") \
-        == [[128, 64]]
+    assert browser.evaluate(
+        "[...document.querySelectorAll('#results img')].map(i => [i.naturalWidth, i.naturalHeight])"
+    ) == [[128, 64]]
     browser.screenshot(ARTIFACTS / "playground-edit.png")
     assert TEST_KEY not in auth_service.log()
 

@@ -32,4 +32,5 @@ def test_smoke_client_is_stdlib_only() -> None:
         if isinstance(node, ast.Import):
             assert all(a.name.split(".")[0] in sys.stdlib_module_names for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and (node.module == "__future__" or node.module.split(".")[0] in sys.stdlib_module_names)
+            assert node.level == 0 and (
+                node.module == "__future__" or node.module.split(".")[0] in sys.stdlib_module_names)

@@ -63,8 +63,9 @@ def test_decoder_reverses_every_filter(filters: list[int], color_type: int, bpp:
 
 
 def test_decoder_matches_pillow() -> None:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     data = noise_png(33, 17, seed=5)
     _, pixels = decode_png_pixels(data)
@@ -145,7 +146,7 @@ class FakeService:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeService":
+    def __enter__(self) -> FakeService:
         self.thread.start()
         return self
 

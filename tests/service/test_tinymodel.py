@@ -22,7 +22,8 @@ def test_same_seed_same_bytes_other_seed_other_weights(tiny_model_dir: Path, tmp
     assert checksums(again) == checksums(tiny_model_dir)
     other = checksums(generate_tiny_pipeline(tmp_path / "other", seed=1))
     first = checksums(tiny_model_dir)
-    assert other["transformer/diffusion_pytorch_model.safetensors"] != first["transformer/diffusion_pytorch_model.safetensors"]
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert other[weights] != first[weights]
     assert other["tokenizer/tokenizer.json"] == first["tokenizer/tokenizer.json"]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.jsonreport import run_json
 from sd35_provision.report import render_plan, render_table
 from sd35_provision.runner import FleetRun, RunOptions
-from sd35_provision.hostspec.settings import HostSettings
 
 HOSTS = [HostSettings(name=f"n{i}", address=f"127.0.0.{i}") for i in range(1, 5)]
 

@@ -46,7 +46,8 @@ def test_host_programs_need_only_python_3_8_and_its_standard_library(path: Path)
             in_function = node.col_offset > 0  # hf-fetch imports huggingface_hub when it runs, in the host venv
             assert (top in sys.stdlib_module_names or name.startswith("sd35_provision.hostside.")
                     or (in_function and top == "huggingface_hub")), f"{path.name}:{node.lineno}: imports {name}"
-    calls = {node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    calls = {node.func.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
     assert not calls & {"removeprefix", "removesuffix"}  # str methods from 3.9
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sd35_provision.hostside import manifests, modelcheck
 from sd35_provision.facts.model import ModelFiles, modelcheck_source
+from sd35_provision.hostside import manifests, modelcheck
 from tests.fakehub import FakeHub, FakeRepo
 
 WEIGHT = "transformer/diffusion_pytorch_model.safetensors"
@@ -45,13 +45,15 @@ def test_healthy_then_each_kind_of_broken_file(tmp_path):
     assert modelcheck.verify(str(model), manifest, cache)["broken"] == []
 
     (model / "transformer" / "config.json").unlink()
-    (model / WEIGHT).write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 300000\n")
+    (model / WEIGHT).write_bytes(
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 300000\n")
     (model / "model_index.json").write_text('{"_class_name": "Other"}\n')
     result = modelcheck.verify(str(model), manifest, cache)
     assert problems(result) == {"transformer/config.json": "missing", WEIGHT: "lfs-pointer",
                                 "model_index.json": "size"}
     (model / "model_index.json").write_text('{"_class_name": "StableDiffusion3PipelinX"}\n')  # same size
-    [checksum] = [i for i in modelcheck.verify(str(model), manifest, cache)["broken"] if i["path"] == "model_index.json"]
+    broken = modelcheck.verify(str(model), manifest, cache)["broken"]
+    [checksum] = [i for i in broken if i["path"] == "model_index.json"]
     assert checksum["problem"] == "checksum" and checksum["detail"].startswith("checksum mismatch: sha256 ")
 
 
@@ -137,7 +139,8 @@ def test_space_check_names_the_directory_and_both_sizes(tmp_path):
     (model / WEIGHT).unlink()
     assert modelcheck.bytes_needed(str(model), manifest) == 300_000
     message = modelcheck.check_space(str(tmp_path / "not" / "yet"), 10**15, " (twice)")
-    assert message.startswith(f"not enough disk space for the model at {tmp_path}/not/yet: 1000000.00 GB needed (twice), ")
+    assert message.startswith(
+        f"not enough disk space for the model at {tmp_path}/not/yet: 1000000.00 GB needed (twice), ")
     assert f"GB free on {tmp_path}" in message
     assert modelcheck.check_space(str(model), 1) is None
 
@@ -265,15 +268,16 @@ def test_hf_fetch_resumes_an_interrupted_download_with_what_is_missing(tmp_path,
 
 
 @pytest.mark.parametrize("repo, token, revision, message", [
-    ("sd35-test/gated", TOKEN, REV, "403 Forbidden from {url}: sd35-test/gated is a gated repository and the account that "
-     "owns the token in model.token_file has not been granted access; open {url}/sd35-test/gated logged in as that "
-     "account, accept the license, then run apply again"),
+    ("sd35-test/gated", TOKEN, REV, "403 Forbidden from {url}: sd35-test/gated is a gated repository and the "
+     "account that owns the token in model.token_file has not been granted access; open {url}/sd35-test/gated "
+     "logged in as that account, accept the license, then run apply again"),
     ("sd35-test/gated", None, REV, "401 Unauthorized from {url} for sd35-test/gated: no token was sent; set "
      "model.token_file to a file holding a read token (gated repos also need their license accepted at "
      "{url}/sd35-test/gated)"),
     ("sd35-test/tiny", "hf_revokedToken", REV, "401 Unauthorized from {url} for sd35-test/tiny: the token in "
      "model.token_file was refused (expired, revoked or without read access); put a valid read token in that file"),
-    ("sd35-test/tiny", TOKEN, "f" * 40, f"revision {'f' * 40} not found in sd35-test/tiny on {{url}}; check model.revision"),
+    ("sd35-test/tiny", TOKEN, "f" * 40,
+     f"revision {'f' * 40} not found in sd35-test/tiny on {{url}}; check model.revision"),
 ])
 def test_hf_fetch_refusals_are_one_clear_line(tmp_path, hub, repo, token, revision, message):
     result = hf_fetch(tmp_path, hub, repo=repo, token=token, revision=revision)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pyinfra.api.util import get_kwargs_str
 
-from sd35_provision.deploys.model import ModelNotReady, model_layer
 from sd35_provision import layout, modelstore
+from sd35_provision.deploys.model import ModelNotReady, model_layer
 from sd35_provision.facts.disk import FreeSpaceInfo
 from sd35_provision.facts.model import BrokenFile, ModelCheck, ModelFiles, modelcheck_source
-from sd35_provision.locks import load_lock
 from sd35_provision.hostspec.settings import CacheSettings, GpuSettings, HostSettings, ModelSettings, PythonSettings
+from sd35_provision.locks import load_lock
 from tests.pyinfra_fakes import existing_files, merge_facts, plan_for, run_deploy
 
 REV = "447068b6f7224c7d6673756e2605a4abdd802414"
@@ -100,7 +100,8 @@ def test_push_manifest_hashes_each_file_once_and_leaves_hidden_files_out(push_di
     manifest, text = modelstore.push_manifest(host)
     assert sorted(manifest["files"]) == ["model_index.json", "transformer/config.json", WEIGHT]
     import hashlib
-    assert manifest["files"][WEIGHT] == {"size": 10240, "sha256": hashlib.sha256((push_dir / WEIGHT).read_bytes()).hexdigest()}
+    assert manifest["files"][WEIGHT] == {
+        "size": 10240, "sha256": hashlib.sha256((push_dir / WEIGHT).read_bytes()).hexdigest()}
     # the second time, from the stat-keyed cache (a changed file is hashed again)
     before = model_dir(host)
     (push_dir / WEIGHT).write_bytes(b"changed")
@@ -133,7 +134,8 @@ def test_push_to_a_fresh_host_sends_every_file_then_checks_them(push_dir):
 def test_push_sends_only_the_broken_file_and_names_it(push_dir):
     host = settings("push", path=push_dir)
     manifest = manifest_path(host)
-    broken = replace(HEALTHY, broken=(BrokenFile(WEIGHT, "checksum", "checksum mismatch: sha256 0a1b..., expected 9c2d..."),))
+    mismatch = BrokenFile(WEIGHT, "checksum", "checksum mismatch: sha256 0a1b..., expected 9c2d...")
+    broken = replace(HEALTHY, broken=(mismatch,))
     result = run(host, broken, extra_files={manifest: modelstore.push_manifest(host)[1]})
     [push] = result.changes
     assert [c[2] for c in push.commands if isinstance(c, list)] == [f"{model_dir(host)}/{WEIGHT}.partial"]
@@ -152,7 +154,8 @@ def test_healthy_push_changes_nothing(push_dir):
 def test_push_that_does_not_fit_fails_before_sending_anything(push_dir):
     (push_dir / WEIGHT).write_bytes(b"\0" * 3_000_000)
     with pytest.raises(ModelNotReady, match=r"gpu-a1: Model: not enough disk space .* 0\.00 GB to push|"
-                                            r"not enough disk space for the model at .*: 0\.00 GB to push, 0\.00 GB free"):
+                                            r"not enough disk space for the model at .*: "
+                                            r"0\.00 GB to push, 0\.00 GB free"):
         run(settings("push", path=push_dir), ABSENT, free_gb=0.001)
 
 
@@ -165,7 +168,8 @@ def test_git_fresh_clone_checks_out_pointers_then_pulls_lfs_content_after_a_spac
     steps = script.splitlines()
     directory = model_dir(host)
     order = ["clone --quiet --no-checkout -- file:///mirror/tiny.git", "lfs install --local",
-             f"fetch --quiet origin {REV}", f"checkout --quiet --force --detach {REV}", " git-manifest ", " space ", "lfs pull",
+             f"fetch --quiet origin {REV}", f"checkout --quiet --force --detach {REV}", " git-manifest ", " space ",
+             "lfs pull",
              f"rm -rf {directory}/.git/lfs/objects", "chown -h sd35:sd35", " verify --strict "]
     positions = [next(i for i, line in enumerate(steps) if part in line) for part in order]
     assert positions == sorted(positions), steps

@@ -25,8 +25,8 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 LOCK_FILE = Path(__file__).parents[2] / "sd35_provision" / "locks" / "cpu.txt"
 APT_INSTALL = 'DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::="--force-confdef" ' \
               '-o Dpkg::Options::="--force-confold" install'
-KERNELS = {"ubuntu-22.04": "5.15.0-126-generic", "ubuntu-24.04": "6.8.0-49-generic", "ubuntu-20.04": "5.4.0-200-generic",
-           "debian-12": "6.1.0-28-amd64"}
+KERNELS = {"ubuntu-22.04": "5.15.0-126-generic", "ubuntu-24.04": "6.8.0-49-generic",
+           "ubuntu-20.04": "5.4.0-200-generic", "debian-12": "6.1.0-28-amd64"}
 DPKG_HEADER = [
     "Desired=Unknown/Install/Remove/Purge/Hold",
     "| Status=Not/Inst/Conf-files/Unpacked/halF-conf/Half-inst/trig-aWait/Trig-pend",
@@ -114,7 +114,8 @@ def test_debian_12_enables_contrib_non_free_and_installs_debians_driver():
     assert run.commands("Install") == ["apt-get update",
                                        f"{APT_INSTALL} nvidia-driver firmware-misc-nonfree linux-headers-amd64"]
     assert "+Components: main contrib non-free non-free-firmware" in run.diffs[0]
-    assert run.notes[0] == "Debian 12 installs its own NVIDIA driver branch (535); gpu.driver.branch 570 cannot be pinned there"
+    assert run.notes[0] == ("Debian 12 installs its own NVIDIA driver branch (535); "
+                            "gpu.driver.branch 570 cannot be pinned there")
     assert run.notes[1].startswith("reboot required: NVIDIA driver newly installed")
 
 
@@ -162,8 +163,8 @@ def test_installed_but_not_rebooted_yields_nothing_and_says_reboot_required():
     assert run.changes == []
     assert run.notes == ["reboot required: nvidia module 570.133.20 installed, 550.127.05 loaded; the new driver "
                          "works only after a reboot (gpu.driver.allow_reboot is false)"]
-    rebooting = deploy(spec(driver_flavour="server", allow_reboot=True), os="ubuntu-22.04", gpus="driver_library_mismatch",
-                       module="upgraded_not_rebooted", packages=installed)
+    rebooting = deploy(spec(driver_flavour="server", allow_reboot=True), os="ubuntu-22.04",
+                       gpus="driver_library_mismatch", module="upgraded_not_rebooted", packages=installed)
     assert [op.name for op in rebooting.changes] == ["NVIDIA driver | Reboot to load the NVIDIA driver",
                                                      "NVIDIA driver | Check the NVIDIA driver after the reboot"]
 
@@ -215,7 +216,7 @@ def test_one_line_sources_get_the_components_on_every_debian_line_with_main():
     lines = (FIXTURES / "debian-12" / "sources.list").read_text().splitlines()
     new, found = enable_components_one_line(lines, "bookworm")
     assert found
-    changed = [(old, line) for old, line in zip(lines, new) if old != line]
+    changed = [(old, line) for old, line in zip(lines, new, strict=False) if old != line]
     assert [line for _, line in changed] == [
         "deb http://deb.debian.org/debian/ bookworm main non-free-firmware contrib non-free",
         "deb-src http://deb.debian.org/debian/ bookworm main non-free-firmware contrib non-free",
@@ -234,7 +235,8 @@ def test_one_line_sources_keep_options_and_trailing_comments():
              "bookworm main  # local mirror"]
     new, found = enable_components_one_line(lines, "bookworm")
     assert found and new == ["deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                             "http://mirror.example/debian bookworm main contrib non-free non-free-firmware  # local mirror"]
+                             "http://mirror.example/debian bookworm main contrib non-free non-free-firmware"
+                             "  # local mirror"]
 
 
 def test_deb822_sources_skip_disabled_and_foreign_stanzas():

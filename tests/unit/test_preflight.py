@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from sd35_provision.facts import HostFacts, gather_host_facts
-from sd35_provision.preflight import check_preflight
 from sd35_provision.hostspec.settings import CacheSettings, DriverSettings, GpuSettings, HostSettings, PythonSettings
+from sd35_provision.preflight import check_preflight
 from tests.pyinfra_fakes import Output, RecordedHost, fact_case
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -131,7 +131,8 @@ def test_install_mode_on_debian_12_gets_debians_535_driver():
 
 def test_install_mode_where_the_driver_step_cannot_install():
     spec = settings(mode="install")
-    assert check_preflight(spec, host(spec, os="ubuntu-20.04", gpus="absent", pci="l40s_unbound_and_4090_on_nouveau")) == [
+    facts = host(spec, os="ubuntu-20.04", gpus="absent", pci="l40s_unbound_and_4090_on_nouveau")
+    assert check_preflight(spec, facts) == [
         "gpu.driver.mode: install supports Ubuntu 22.04/24.04 and Debian 12, not Ubuntu 20.04; "
         "install the driver by hand and use gpu.driver.mode: verify"]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sd35_provision.appbundle import service_bundle
 from sd35_provision.deploys.python_env import EnvironmentNotReady, python_environment
 from sd35_provision.deploys.release import release_layer
-from sd35_provision.appbundle import service_bundle
-from sd35_provision.locks import load_lock
 from sd35_provision.hostspec.settings import GpuSettings, HostSettings, PythonSettings
+from sd35_provision.locks import load_lock
 from sd35_provision.wheelhouse import sha256_of
 from tests.pyinfra_fakes import Output, existing_files, fact_case, merge_facts, plan_for, run_deploy
 from tests.unit.test_locks import PY311
@@ -57,7 +57,7 @@ def test_h100_host_gets_the_cuda_13_lock_and_a_new_venv_built_with_hashes():
     result = run(settings(), lock.id, None)
     [build] = result.commands(f"Build venv {lock.id}")
     assert f"python3 -m venv {ROOT}/venvs/{lock.id}" in build
-    assert f"pip install --quiet --require-hashes --only-binary=:all:" in build
+    assert "pip install --quiet --require-hashes --only-binary=:all:" in build
     assert f"-r {ROOT}/locks/{lock.id}.txt" in build
     assert "--no-index" not in build and "--extra-index-url" not in build  # PyPI serves the CUDA builds
     # only a finished build is stamped, and only a stamped venv is ever used
@@ -89,7 +89,7 @@ def test_hand_changed_packages_are_diffed_and_restored():
     assert restore.name == f"Python environment | Restore the locked packages of venv {lock.id}"
     [script] = restore.commands
     assert f"{ROOT}/venvs/{lock.id}/bin/python -m pip uninstall --quiet --yes requests-mock" in script
-    assert f"pip install --quiet --require-hashes" in script
+    assert "pip install --quiet --require-hashes" in script
     assert result.diffs == [f"--- venv {ROOT}/venvs/{lock.id} (on host)\n+++ lock {lock.id}\n"
                             "+pillow==13.0.0\n-requests-mock==1.12.1\n-torch==2.5.0\n+torch==2.13.0+cpu\n"]
     assert f"venv {lock.id}: torch is 2.5.0, the lock pins 2.13.0+cpu" in result.notes
@@ -118,15 +118,18 @@ def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
         {"DebPackages": {"python3-venv": ["3.11.2-1+b1"]}, "PythonVersions": DEBIAN_PYTHONS,
          "InterpreterEnvironment": {"interpreter=/usr/bin/python3": PY311},
          # beta is there already with its hash; alpha is there but truncated
-         "WheelHashes": {f"directory={ROOT}/wheelhouse": {"alpha-1.0-py3-none-any.whl": "0" * 64,
-                                                          "beta-2.0-py3-none-any.whl": hashes["beta-2.0-py3-none-any.whl"]}}},
+         "WheelHashes": {f"directory={ROOT}/wheelhouse": {
+             "alpha-1.0-py3-none-any.whl": "0" * 64,
+             "beta-2.0-py3-none-any.whl": hashes["beta-2.0-py3-none-any.whl"],
+         }}},
         dirs(ROOT, f"{ROOT}/venvs", f"{ROOT}/locks", f"{ROOT}/wheelhouse"),
         existing_files({f"{ROOT}/locks/{lock.id}.txt": text}),
         venv_fact(lock.id, None),
     )
     result = run_deploy(python_environment, facts, host)
     assert result.commands("Push wheels") == [
-        ["upload", str(wheelhouse / "alpha-1.0-py3-none-any.whl"), f"{ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial"],
+        ["upload", str(wheelhouse / "alpha-1.0-py3-none-any.whl"),
+         f"{ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial"],
         f"mv -f {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl",
     ]
     [build] = result.commands("Build venv")
@@ -152,7 +155,8 @@ def store_output(current: str, previous: str, releases: dict[str, tuple[str, str
     """What ReleaseStoreContents's command prints on a host."""
     lines = [f"root {ROOT}", f"current {current}", f"previous {previous}"]
     for release, parts in releases.items():
-        lines += [f"link {release} {part} {target}" for part, target in zip(("venv", "app", "model"), parts)]
+        lines += [f"link {release} {part} {target}"
+                  for part, target in zip(("venv", "app", "model"), parts, strict=False)]
     return Output(lines + [f"dir {entry}" for entry in dirs])
 
 
@@ -174,7 +178,7 @@ def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_tar
     [prune] = result.commands("Prune what no kept release uses")
     removed = [line.removeprefix("rm -rf ") for line in prune.splitlines() if line.startswith("rm -rf ")]
     assert removed == [f"{ROOT}/releases/failed-2", f"{ROOT}/releases/older-0", older[0], older[2], failed[2]]
-    assert f"rm -f /var/lib/sd35/manifests/push-badbadbadbad.json" in prune
+    assert "rm -f /var/lib/sd35/manifests/push-badbadbadbad.json" in prune
 
     # Already on the new release: current and previous are kept, nothing else is there.
     kept = {f"releases/{rid}": (venv, app, model), "releases/old-1": old}
@@ -220,7 +224,6 @@ def test_release_is_created_then_switched_atomically_and_then_left_alone():
     [switch] = fresh.commands("Switch current")
     assert "mv -T .current.new current" in switch and "previous" in switch
 
-    done = run_deploy(release_layer, merge_facts(base, dirs(f"{ROOT}/releases/{rid}", app),
-                                                 {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}}),
-                      host)
+    current_link = {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}}
+    done = run_deploy(release_layer, merge_facts(base, dirs(f"{ROOT}/releases/{rid}", app), current_link), host)
     assert done.changes == []

@@ -6,15 +6,29 @@ import dataclasses
 import hashlib
 import json
 
-from sd35_provision.deploys.release import release_layer
 from sd35_provision import layout
-from sd35_provision.deploys.service import (API_KEY_PATH, SERVICE_ENV_FILE, UNIT_NAME, UNIT_PATH, render_service_env,
-                                            render_service_unit, running_difference, service_layer)
-from sd35_provision.facts.service import RunningState
 from sd35_provision.appbundle import service_bundle
+from sd35_provision.deploys.release import release_layer
+from sd35_provision.deploys.service import (
+    API_KEY_PATH,
+    SERVICE_ENV_FILE,
+    UNIT_NAME,
+    UNIT_PATH,
+    render_service_env,
+    render_service_unit,
+    running_difference,
+    service_layer,
+)
+from sd35_provision.facts.service import RunningState
+from sd35_provision.hostspec.settings import (
+    CacheSettings,
+    GpuSettings,
+    HostSettings,
+    ModelSettings,
+    ServiceSettings,
+    SmokeSettings,
+)
 from sd35_provision.smoketest import smoke_command
-from sd35_provision.hostspec.settings import (CacheSettings, GpuSettings, HostSettings, ModelSettings, ServiceSettings,
-                                     SmokeSettings)
 from tests.pyinfra_fakes import Output, existing_files, merge_facts, plan_for, run_deploy
 
 KEY = "k3y-that-must-never-show-0123456789"

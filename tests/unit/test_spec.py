@@ -167,7 +167,8 @@ def test_semantic_rules(tmp_path):
       b: {address: 10.0.0.1}
     """
     problems = "\n".join(problems_of(tmp_path, text))
-    assert "fleet.yaml:2: defaults.service.bind: 10.1.1.1 is not loopback, so service.api_key_file is required (all 2 hosts)" in problems
+    assert ("fleet.yaml:2: defaults.service.bind: 10.1.1.1 is not loopback, so service.api_key_file is required "
+            "(all 2 hosts)") in problems
     assert "fleet.yaml:3: defaults.smoke.size: 100x64 is not a multiple of 16" in problems
     assert "fleet.yaml:4: defaults.model.source: source 'push' needs model.path (all 2 hosts)" in problems
     assert "fleet.yaml:7: hosts.b.address: 10.0.0.1:22 is already host 'a'" in problems
@@ -300,8 +301,8 @@ def test_current_keys_give_no_deprecation_line(tmp_path):
          "fleet.yaml:6: hosts.a.python.venv_root: python.venv_root (deprecated) and python.install_root are both set; "
          "keep only python.install_root"),
         ("defaults:\n  gpu:\n    driver: {flavor: open, flavour: server}\nhosts:\n  a: {address: 10.0.0.1}\n",
-         "fleet.yaml:3: defaults.gpu.driver.flavor: gpu.driver.flavor (deprecated) and gpu.driver.flavour are both set; "
-         "keep only gpu.driver.flavour"),
+         "fleet.yaml:3: defaults.gpu.driver.flavor: gpu.driver.flavor (deprecated) and gpu.driver.flavour are "
+         "both set; keep only gpu.driver.flavour"),
     ],
 )
 def test_old_and_new_key_together_is_an_error(tmp_path, text, expected):

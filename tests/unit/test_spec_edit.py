@@ -65,7 +65,8 @@ def test_host_is_appended_with_every_comment_and_the_order_kept(tmp_path):
 
 
 def test_block_sequences_and_the_file_end_keep_their_style(tmp_path):
-    text = "defaults:\n  ssh:\n    user: root\nhosts:\n  n1:\n    address: 127.0.0.5\n    groups:\n    - g\ngroups:\n  g: {}\n"
+    text = ("defaults:\n  ssh:\n    user: root\n"
+            "hosts:\n  n1:\n    address: 127.0.0.5\n    groups:\n    - g\ngroups:\n  g: {}\n")
     path = spec_file(tmp_path, text)
     add_host(path, "n2", {"address": "127.0.0.6", "groups": ["g"]})
     assert path.read_text() == text.replace(
@@ -74,7 +75,8 @@ def test_block_sequences_and_the_file_end_keep_their_style(tmp_path):
     trailing = "hosts:\n  n1:\n    address: 127.0.0.5\n\n# end of file\n"
     path.write_text(trailing)
     add_host(path, "n2", {"address": "127.0.0.6"})
-    assert path.read_text() == "hosts:\n  n1:\n    address: 127.0.0.5\n\n  n2:\n    address: 127.0.0.6\n\n# end of file\n"
+    assert path.read_text() == (
+        "hosts:\n  n1:\n    address: 127.0.0.5\n\n  n2:\n    address: 127.0.0.6\n\n# end of file\n")
 
 
 def test_an_empty_hosts_section_takes_the_first_host(tmp_path):

@@ -41,7 +41,8 @@ FITTING = {
     ("model", "path"): ["weights", "."], ("model", "token_file"): ["token", "."],
     ("service", "bind"): ["127.0.0.1", "0.0.0.0", "::", "10.1.1.1", "localhost", "h.example", "bad_host!"],
     ("service", "port"): [8000, 1, 65535], ("service", "api_key_file"): ["key", "short", ".", "missing"],
-    ("service", "max_steps"): [1, 28, 60, 500], ("service", "max_side"): [64, 4096], ("service", "queue_size"): [1, 256],
+    ("service", "max_steps"): [1, 28, 60, 500], ("service", "max_side"): [64, 4096],
+    ("service", "queue_size"): [1, 256],
     ("smoke", "size"): ["64x64", "1x1", "4096x16", "99999999999999999999x16"], ("smoke", "steps"): [1, 28, 100],
     ("smoke", "prompt"): ["a cat", "a" * 4001, "tab\there", "bell\x07"], ("smoke", "enabled"): [True, False],
 }
@@ -97,7 +98,8 @@ def specs(draw: st.DrawFn) -> dict:
 
 # YAML's punctuation and a few words, so random text is often nearly a spec.
 TOKENS = [*"ab1:-[]{}&*!?|>'\"#%@`,\n \t.~<=\\\u00e9\x07", "hosts:", "\n  a:", " address: 10.0.0.1", "!!", "&x",
-          "*x", "<<: ", "0x1F", "1e3", ".inf", "\\u", "\\ud800", "\\0", "---", "...", "%YAML 1.1", "!!python/name:os.system"]
+          "*x", "<<: ", "0x1F", "1e3", ".inf", "\\u", "\\ud800", "\\0", "---", "...", "%YAML 1.1",
+          "!!python/name:os.system"]
 LINE = re.compile(r"^.+?:\d+: ")
 
 

@@ -104,7 +104,8 @@ def test_recorded_keys_are_found_by_plain_and_hashed_names(tmp_path):
 def test_accepted_keys_are_said_with_their_fingerprints(tmp_path):
     key = paramiko.Ed25519Key.from_private_key_file(str(keygen(tmp_path / "hostkey")))
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text("10.0.0.9 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    known_hosts.write_text(
+        "10.0.0.9 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
     hosts = [host("n1", known_hosts=known_hosts), host("n2", "10.0.0.2", known_hosts=known_hosts)]
     watch = sshcheck.KnownHostsWatch(hosts)
     with open(known_hosts, "a") as appended:  # as pyinfra's accept-new policy does

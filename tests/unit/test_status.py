@@ -66,7 +66,8 @@ def test_rows_of_a_mixed_fleet():
     gone = HostStatus("gpu-3", "10.0.0.3", False)
     _add_outcome(gone, HostOutcome("gpu-3", failed=True, unreachable=True, step="connect", error="Could not connect"))
     odd = HostStatus("gpu-4", "10.0.0.4", True, "Rocky 9")
-    _add_outcome(odd, HostOutcome("gpu-4", failed=True, step="preflight", error="only Debian and Ubuntu\nare supported"))
+    _add_outcome(odd, HostOutcome("gpu-4", failed=True, step="preflight",
+                                  error="only Debian and Ubuntu\nare supported"))
 
     assert applied.row() == ("gpu-1", "yes", "Debian 12", "1x NVIDIA H100 (80 GiB, cc 9.0)", "570.86.15", "yes",
                              "active/ready", "0a1b2c3d4e5f", "ceddf0a7fdf2", "ok 0.8s", "no")

@@ -130,7 +130,8 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
         colours = browser.evaluate(
             "[...document.querySelectorAll('tr.host')].map(r => getComputedStyle(r.children[10]).backgroundColor)")
         assert colours[0] == "rgb(223, 243, 227)" and colours[1] == colours[3] == "rgb(255, 232, 179)"
-        reachable = browser.evaluate("getComputedStyle(document.querySelector('#host-node3 td:nth-child(2)')).backgroundColor")
+        reachable = browser.evaluate(
+            "getComputedStyle(document.querySelector('#host-node3 td:nth-child(2)')).backgroundColor")
         assert reachable == "rgb(251, 213, 210)"
         # Nothing was fetched from the network to show it.
         resources = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
