@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import click
 
-from sd35_provision.jsonreport import run_json
 from sd35_provision.errors import Sd35Error, SpecError, UsageError
+from sd35_provision.jsonreport import run_json
 
 EXIT_FAILED = 1
 EXIT_DRIFT = 2
@@ -35,7 +35,8 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 a host failed, or the spec or input is invalid; "
     "2 drift found (drift); 3 the run was aborted because more than --fail-percent of the hosts failed "
     "(hosts it did not finish are listed as aborted), or a canary or batch failed and the rollout stopped "
-    "(hosts it did not start are listed as not started); 64 the command line is wrong (or --limit names no host or group); "
+    "(hosts it did not start are listed as not started); 64 the command line is wrong "
+    "(or --limit names no host or group); "
     "130 interrupted (Ctrl-C; each host's state is printed)."
 )
 
@@ -483,7 +484,8 @@ def onboard(spec: Path, address: str, name: str, user: str, password_prompt: boo
     import getpass
 
     from sd35_provision.facts.report import facts_row, render_facts_table
-    from sd35_provision.onboarding import OnboardRequest, onboard as onboard_box, settings_from
+    from sd35_provision.onboarding import OnboardRequest, settings_from
+    from sd35_provision.onboarding import onboard as onboard_box
     from sd35_provision.report import render_failures, render_table
 
     if password_prompt == (key is not None):

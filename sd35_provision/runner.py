@@ -30,10 +30,10 @@ from pyinfra.context import ctx_host, ctx_state
 from sd35_provision import sshcheck
 from sd35_provision.errors import HostError
 from sd35_provision.hostplan import HostPlan
+from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.inventory import build_inventory
 from sd35_provision.operations import HostRecorder
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
-from sd35_provision.hostspec.settings import HostSettings
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ class _Recorder(BaseStateCallback):
         if self.progress and meta.will_change:
             self.progress(f"{host.name}: changed: {_op_name(state, op_hash, host)}")
 
-    def operation_host_error(self, state: State, host: Host, op_hash, retry_count: int = 0, max_retries: int = 0) -> None:
+    def operation_host_error(
+        self, state: State, host: Host, op_hash, retry_count: int = 0, max_retries: int = 0
+    ) -> None:
         if self.progress:
             self.progress(f"{host.name}: FAILED: {_op_name(state, op_hash, host)}")
 

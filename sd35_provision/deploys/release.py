@@ -84,11 +84,9 @@ def stale_paths(store: ReleaseStore, target: str, target_parts: set[str]) -> lis
     """Releases, venvs, code and models that neither the new release nor the one a rollback would
     go back to uses. Only two releases are kept: old venvs and models would fill the disk.
     The rollback target is never removed: with ``current`` gone (deleted by hand) it is ``previous``."""
-    if store.current == target or store.current is None:
-        kept = {target, store.previous}
-    else:
-        kept = {target, store.current}  # the switch makes the old current the previous one
-    kept.discard(None)
+    # The switch makes the old current the previous one.
+    other = store.previous if store.current == target or store.current is None else store.current
+    kept = {target} if other is None else {target, other}
     releases = [f"{store.root}/{release}" for release in sorted(store.releases) if release not in kept]
     used = store.referenced(kept) | target_parts
     return releases + [entry for entry in store.entries if entry not in used]

@@ -29,10 +29,10 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from sd35_provision import layout
-from sd35_provision.service_settings import render_service_env
 from sd35_provision.facts.service import RunningService, RunningState
 from sd35_provision.hostplan import HostPlan, render_service_unit
 from sd35_provision.operations import HostRecorder, managed_file
+from sd35_provision.service_settings import render_service_env
 
 __all__ = ["API_KEY_PATH", "SERVICE_ENV_FILE", "UNIT_NAME", "UNIT_PATH", "render_service_env", "render_service_unit",
            "running_difference", "service_layer"]

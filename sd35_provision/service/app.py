@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,7 +42,9 @@ log = logging.getLogger("sd35.service")
 GENERATIONS_PATH = "/v1/images/generations"
 MODELS_PATH = "/v1/models"
 # Route labels for metrics; anything else is "other" so scanners cannot blow up label cardinality.
-KNOWN_ROUTES = frozenset({GENERATIONS_PATH, EDITS_PATH, MODELS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
+KNOWN_ROUTES = frozenset(
+    {GENERATIONS_PATH, EDITS_PATH, MODELS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"}
+)
 UNAUTHENTICATED_PATHS = frozenset({"/healthz"}) | PAGE_PATHS  # the playground page holds no secret
 NOT_READY_RETRY_AFTER_S = 10
 
