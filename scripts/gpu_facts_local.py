@@ -34,9 +34,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    settings = HostSettings(name="@local", address="127.0.0.1",
-                            gpu=GpuSettings(accelerator="nvidia", require_fp8=True),
-                            cache=CacheSettings(root=args.cache_root, min_free_gb=1, require_ssd=False))
+    settings = HostSettings(
+        name="@local",
+        address="127.0.0.1",
+        gpu=GpuSettings(accelerator="nvidia", require_fp8=True),
+        cache=CacheSettings(root=args.cache_root, min_free_gb=1, require_ssd=False),
+    )
     state = State(Inventory((["@local"], {})), Config())
     connect_all(state)
     host = state.inventory.get_host("@local")
@@ -48,8 +51,17 @@ def main() -> int:
     print("preflight:", "ok" if not failures else "\n  ".join(["FAILED"] + failures))
     raw = subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout.splitlines()
     if args.json:
-        args.json.write_text(json.dumps({"facts": facts.to_dict(), "preflight": failures,
-                                         "nvidia_gpus_command": command, "nvidia_gpus_output": raw}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "facts": facts.to_dict(),
+                    "preflight": failures,
+                    "nvidia_gpus_command": command,
+                    "nvidia_gpus_output": raw,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

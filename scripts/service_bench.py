@@ -48,14 +48,17 @@ def prepare(model: str, out_dir: Path) -> None:
     pipe = build_pipeline(SPECS[model], torch.device("cuda"), torch.bfloat16, seed=0)
     built = time.monotonic()
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
-    print(f"prepared {model} in {out_dir}: built {built - begin:.1f} s, saved {time.monotonic() - built:.1f} s",
-          flush=True)
+    print(
+        f"prepared {model} in {out_dir}: built {built - begin:.1f} s, saved {time.monotonic() - built:.1f} s",
+        flush=True,
+    )
 
 
 def gpu_uuids() -> list[str]:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True, check=True
+        ).stdout
     except FileNotFoundError:  # no NVIDIA driver: CPU runs (a dry run of the script itself)
         return ["", ""]
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -80,9 +83,12 @@ class MemorySampler:
         begin = time.monotonic()
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                                     timeout=10).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
                 for line in out.splitlines():
                     parts = [p.strip() for p in line.split(",")]
                     if len(parts) == 2 and parts[0] == str(self.pid) and parts[1].isdigit():
@@ -129,29 +135,47 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def run_one(name: str, gpu_uuid: str, env_extra: dict[str, str], model_dir: Path, port: int, log_dir: Path,
-            levels: list[int], deadline: float, steps: int, guidance: float, size: str) -> RunResult:
+def run_one(
+    name: str,
+    gpu_uuid: str,
+    env_extra: dict[str, str],
+    model_dir: Path,
+    port: int,
+    log_dir: Path,
+    levels: list[int],
+    deadline: float,
+    steps: int,
+    guidance: float,
+    size: str,
+) -> RunResult:
     import httpx
     import openai
 
     result = RunResult(name, gpu_uuid, env_extra)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SD35_")}
-    env.update({
-        "CUDA_VISIBLE_DEVICES": gpu_uuid,
-        "SD35_MODEL_DIR": str(model_dir),
-        "SD35_BIND": "127.0.0.1",
-        "SD35_PORT": str(port),
-        "SD35_QUEUE_SIZE": "64",
-        "SD35_DEFAULT_STEPS": str(steps),
-        "SD35_DEFAULT_GUIDANCE": str(guidance),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "CUDA_VISIBLE_DEVICES": gpu_uuid,
+            "SD35_MODEL_DIR": str(model_dir),
+            "SD35_BIND": "127.0.0.1",
+            "SD35_PORT": str(port),
+            "SD35_QUEUE_SIZE": "64",
+            "SD35_DEFAULT_STEPS": str(steps),
+            "SD35_DEFAULT_GUIDANCE": str(guidance),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(env_extra)
     log_path = log_dir / f"{name}.log"
     spawn = time.monotonic()
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "sd35_provision.service"], env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, cwd=str(REPO))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sd35_provision.service"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO),
+        )
     sampler = MemorySampler(process.pid).start()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -176,8 +200,14 @@ def run_one(name: str, gpu_uuid: str, env_extra: dict[str, str], model_dir: Path
         def request(n: int = 1) -> float:
             i = next(counter)
             begin = time.monotonic()
-            answer = client.images.generate(model="sd3.5", prompt=PROMPT.format(i=i), n=n, size=size,
-                                            response_format="b64_json", extra_body={"seed": i})
+            answer = client.images.generate(
+                model="sd3.5",
+                prompt=PROMPT.format(i=i),
+                n=n,
+                size=size,
+                response_format="b64_json",
+                extra_body={"seed": i},
+            )
             elapsed = time.monotonic() - begin
             if len(answer.data) != n or not base64.b64decode(answer.data[0].b64_json).startswith(b"\x89PNG"):
                 raise RuntimeError("the answer is not n PNG images")
@@ -215,17 +245,25 @@ def run_one(name: str, gpu_uuid: str, env_extra: dict[str, str], model_dir: Path
                 t.join()
             wall = time.monotonic() - begin
             result.levels[str(level)] = {
-                "clients": level, "requests": total, "ok": len(latencies), "wall_s": round(wall, 2),
+                "clients": level,
+                "requests": total,
+                "ok": len(latencies),
+                "wall_s": round(wall, 2),
                 "img_per_min": round(60 * len(latencies) / wall, 2),
-                "p50_s": round(_pct(latencies, 0.5), 2), "p95_s": round(_pct(latencies, 0.95), 2),
+                "p50_s": round(_pct(latencies, 0.5), 2),
+                "p95_s": round(_pct(latencies, 0.95), 2),
                 "errors": errors[:3],
             }
             print(f"[{name}] {level} clients: {result.levels[str(level)]}", flush=True)
         try:
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            result.metrics_excerpt = [line for line in metrics.splitlines()
-                                      if line.startswith(("sd35_batch_images", "sd35_ready_seconds",
-                                                          "sd35_model_load_seconds", "sd35_gpu_memory"))]
+            result.metrics_excerpt = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith(
+                    ("sd35_batch_images", "sd35_ready_seconds", "sd35_model_load_seconds", "sd35_gpu_memory")
+                )
+            ]
         except httpx.HTTPError as exc:
             result.errors.append(f"metrics: {exc}")
         result.status = "ok"
@@ -265,11 +303,21 @@ def run(args: argparse.Namespace) -> int:
 
     def save() -> None:
         with lock:
-            Path(args.json).write_text(json.dumps({
-                "levels": levels, "model_dir": str(args.model_dir), "steps": args.steps, "guidance": args.guidance,
-                "size": args.size, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                           time.gmtime()),
-                "runs": [asdict(r) for r in results]}, indent=1))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "levels": levels,
+                        "model_dir": str(args.model_dir),
+                        "steps": args.steps,
+                        "guidance": args.guidance,
+                        "size": args.size,
+                        "command": " ".join(sys.argv),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "runs": [asdict(r) for r in results],
+                    },
+                    indent=1,
+                )
+            )
 
     def gpu_loop(gpu: int, runs: list[tuple[str, dict[str, str]]]) -> None:
         for k, (name, env) in enumerate(runs):
@@ -281,20 +329,36 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{name}] start on GPU {gpu} ({uuids[gpu]})", flush=True)
             env = dict(env)
             run_levels = [int(x) for x in env.pop("BENCH_LEVELS").split("/")] if "BENCH_LEVELS" in env else levels
-            r = run_one(name, uuids[gpu], env, Path(args.model_dir), 8000 + gpu * 10 + k, log_dir, run_levels,
-                        deadline, args.steps, args.guidance, args.size)
+            r = run_one(
+                name,
+                uuids[gpu],
+                env,
+                Path(args.model_dir),
+                8000 + gpu * 10 + k,
+                log_dir,
+                run_levels,
+                deadline,
+                args.steps,
+                args.guidance,
+                args.size,
+            )
             with lock:
                 results.append(r)
             save()
-            print(f"[{name}] {r.status}: ready {r.ready_s} s, single {r.single_s}, first-of-n {r.first_of_n}, "
-                  f"peak {r.peak_mib_10}/{r.peak_mib} MiB, sigterm rc {r.sigterm_exit} {r.errors}", flush=True)
+            print(
+                f"[{name}] {r.status}: ready {r.ready_s} s, single {r.single_s}, first-of-n {r.first_of_n}, "
+                f"peak {r.peak_mib_10}/{r.peak_mib} MiB, sigterm rc {r.sigterm_exit} {r.errors}",
+                flush=True,
+            )
 
     threads = [threading.Thread(target=gpu_loop, args=(gpu, runs)) for gpu, runs in sorted(plans.items())]
     if args.snapshot:
+
         def snapshot() -> None:
             # Once every GPU's first service is up: one process per GPU, as nvidia-smi shows it.
             time.sleep(args.snapshot_after_s)
             Path(args.snapshot).write_text(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout)
+
         threading.Thread(target=snapshot, daemon=True).start()
     for t in threads:
         t.start()
@@ -315,8 +379,15 @@ def _f(value: Any, digits: int = 2) -> str:
 
 def table(data: dict[str, Any]) -> str:
     levels = data["levels"]
-    head = ["run", "precision (readyz)", "max batch", "start to ready s", "1 image s (median of 3)",
-            "n=2 1st/2nd s", "n=4 1st/2nd s"]
+    head = [
+        "run",
+        "precision (readyz)",
+        "max batch",
+        "start to ready s",
+        "1 image s (median of 3)",
+        "n=2 1st/2nd s",
+        "n=4 1st/2nd s",
+    ]
     head += [f"{c} clients img/min, p50/p95 s" for c in levels]
     head += ["peak GiB (10 req / all)", "SIGTERM rc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -325,8 +396,13 @@ def table(data: dict[str, Any]) -> str:
             lines.append(f"| {r['name']} | {r['status']}: {'; '.join(r['errors'])[:150]} {r['note']} |")
             continue
         z = r["readyz"]
-        row = [r["name"], f"{z.get('precision')}, compile {z.get('compile')}", z.get("max_batch", "–"),
-               _f(r["ready_s"], 1), _f(statistics.median(r["single_s"]) if r["single_s"] else None)]
+        row = [
+            r["name"],
+            f"{z.get('precision')}, compile {z.get('compile')}",
+            z.get("max_batch", "–"),
+            _f(r["ready_s"], 1),
+            _f(statistics.median(r["single_s"]) if r["single_s"] else None),
+        ]
         for n in ("2", "4"):
             v = r["first_of_n"].get(n)
             row.append(f"{v[0]:.2f} / {v[1]:.2f}" if v else "–")
@@ -351,8 +427,12 @@ def main() -> int:
     r.add_argument("--model-dir", required=True)
     r.add_argument("--json", required=True)
     r.add_argument("--log-dir", default="service-logs")
-    r.add_argument("--run", action="append", required=True,
-                   help="NAME:GPU_INDEX:SD35_VAR=VALUE,... (BENCH_LEVELS=1/4: this run's client counts)")
+    r.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        help="NAME:GPU_INDEX:SD35_VAR=VALUE,... (BENCH_LEVELS=1/4: this run's client counts)",
+    )
     r.add_argument("--levels", default="1,4,8,16")
     r.add_argument("--steps", type=int, default=28)
     r.add_argument("--guidance", type=float, default=3.5)

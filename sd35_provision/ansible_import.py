@@ -24,9 +24,12 @@ from sd35_provision.errors import Sd35Error
 
 # Ansible variable -> (spec ssh field, how to convert); the ansible_ssh_* spellings are the old names.
 SSH_VARIABLES: dict[str, str] = {
-    "ansible_port": "port", "ansible_ssh_port": "port",
-    "ansible_user": "user", "ansible_ssh_user": "user",
-    "ansible_ssh_private_key_file": "key", "ansible_private_key_file": "key",
+    "ansible_port": "port",
+    "ansible_ssh_port": "port",
+    "ansible_user": "user",
+    "ansible_ssh_user": "user",
+    "ansible_ssh_private_key_file": "key",
+    "ansible_private_key_file": "key",
     "ansible_become": "sudo",
 }
 ADDRESS_VARIABLES = ("ansible_host", "ansible_ssh_host")
@@ -119,8 +122,9 @@ def _read_ini(path: Path, text: str) -> Inventory:
             section, _, kind = line[1:-1].partition(":")
             kind = kind or "hosts"
             if kind not in ("hosts", "vars", "children"):
-                raise AnsibleInventoryError(f"{path}:{number}: [{line[1:-1]}]: unknown section kind {kind!r} "
-                                            "(hosts, vars or children)")
+                raise AnsibleInventoryError(
+                    f"{path}:{number}: [{line[1:-1]}]: unknown section kind {kind!r} (hosts, vars or children)"
+                )
             inventory.group(section)
             continue
         try:
@@ -168,7 +172,7 @@ def expand_host_pattern(pattern: str) -> list[str]:
         items = [str(n).zfill(width) for n in range(int(start), int(end) + 1, step)]
     else:
         items = [chr(n) for n in range(ord(start), ord(end) + 1, step)]
-    head, tail = pattern[: found.start()], pattern[found.end():]
+    head, tail = pattern[: found.start()], pattern[found.end() :]
     return [name for item in items for name in expand_host_pattern(head + item + tail)]
 
 

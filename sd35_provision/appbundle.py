@@ -19,8 +19,11 @@ SHIPPED_SUFFIXES = frozenset({".py", ".html", ".js", ".css"})
 
 
 def _files() -> list[Path]:
-    service = sorted(p for p in (PACKAGE_ROOT / "service").rglob("*")
-                     if p.suffix in SHIPPED_SUFFIXES and p.is_file() and "__pycache__" not in p.parts)
+    service = sorted(
+        p
+        for p in (PACKAGE_ROOT / "service").rglob("*")
+        if p.suffix in SHIPPED_SUFFIXES and p.is_file() and "__pycache__" not in p.parts
+    )
     return [PACKAGE_ROOT / "__init__.py", *service]
 
 

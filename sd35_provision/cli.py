@@ -42,12 +42,19 @@ EXIT_CODES_HELP = (
 
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 limit_option = click.option(
-    "-l", "--limit", "limit", multiple=True, metavar="PATTERN",
+    "-l",
+    "--limit",
+    "limit",
+    multiple=True,
+    metavar="PATTERN",
     help="Only these hosts or groups: names, comma lists or globs (node1,node2 or 'gpu-*'); repeatable.",
 )
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print the result as one JSON document (schemas/report.schema.json; progress "
-                           "stays on stderr).")
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as one JSON document (schemas/report.schema.json; progress stays on stderr).",
+)
 
 
 def runs_pyinfra(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,21 +95,28 @@ def _interrupt_in_main_greenlet() -> None:
 def fleet_run_options(function):
     """``--parallel`` and ``--fail-percent``, for the commands that run over the fleet."""
     function = click.option(
-        "--fail-percent", type=click.IntRange(0, 100), default=None, metavar="P",
+        "--fail-percent",
+        type=click.IntRange(0, 100),
+        default=None,
+        metavar="P",
         help="Abort the run once more than P% of the hosts have failed: no further operation starts "
         "anywhere, and the hosts not finished are reported as aborted (exit 3). Default: never abort; "
         "a failed host never stops the others.",
     )(function)
     return click.option(
-        "--parallel", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+        "--parallel",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="N",
         help="Work on at most N hosts at a time (0: all hosts at once).",
     )(function)
 
 
 accept_new_option = click.option(
-    "--accept-new-host-keys", is_flag=True,
-    help="Trust and record host keys of hosts not yet in known_hosts (first contact). "
-    "A changed key is still refused.",
+    "--accept-new-host-keys",
+    is_flag=True,
+    help="Trust and record host keys of hosts not yet in known_hosts (first contact). A changed key is still refused.",
 )
 
 
@@ -124,8 +138,7 @@ def _progress(message: str) -> None:
 def _load(spec_path: Path, check_local_files: bool = True, accept_new_host_keys: bool = False):
     from sd35_provision.hostspec import load_spec
 
-    spec = load_spec(spec_path, check_local_files=check_local_files,
-                     known_hosts_may_be_missing=accept_new_host_keys)
+    spec = load_spec(spec_path, check_local_files=check_local_files, known_hosts_may_be_missing=accept_new_host_keys)
     for warning in spec.warnings:  # renamed keys still in the file
         click.echo(warning, err=True)
     return spec
@@ -135,12 +148,23 @@ def _load(spec_path: Path, check_local_files: bool = True, accept_new_host_keys:
 _runs: list = []
 
 
-def _options(accept_new_host_keys: bool, quiet: bool = False, parallel: int = 0, fail_percent: int | None = None,
-             wait_lock: int = 0):
+def _options(
+    accept_new_host_keys: bool,
+    quiet: bool = False,
+    parallel: int = 0,
+    fail_percent: int | None = None,
+    wait_lock: int = 0,
+):
     from sd35_provision.runner import RunOptions
 
-    return RunOptions(accept_new_host_keys=accept_new_host_keys, progress=None if quiet else _progress,
-                      parallel=parallel, fail_percent=fail_percent, on_start=_runs.append, wait_lock=wait_lock)
+    return RunOptions(
+        accept_new_host_keys=accept_new_host_keys,
+        progress=None if quiet else _progress,
+        parallel=parallel,
+        fail_percent=fail_percent,
+        on_start=_runs.append,
+        wait_lock=wait_lock,
+    )
 
 
 def _exit_for(report) -> None:
@@ -171,10 +195,16 @@ def _debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 def _common_options() -> list[click.Option]:
     return [
-        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_verbosity,
-                     help="More output (-vv: pyinfra's and paramiko's debug log); before or after the command."),
-        click.Option(["--debug"], is_flag=True, expose_value=False, callback=_debug,
-                     help="Show tracebacks for errors."),
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            callback=_verbosity,
+            help="More output (-vv: pyinfra's and paramiko's debug log); before or after the command.",
+        ),
+        click.Option(
+            ["--debug"], is_flag=True, expose_value=False, callback=_debug, help="Show tracebacks for errors."
+        ),
     ]
 
 
@@ -205,8 +235,14 @@ class Sd35Group(click.Group):
             command = getattr(importlib.import_module(module), name)
         return _with_common_options(command) if command is not None else None
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         """Run, turning errors into one line and the documented exit codes (also under click's CliRunner)."""
         args = list(sys.argv[1:] if args is None else args)
         try:
@@ -255,13 +291,22 @@ def validate(spec: Path, skip_local_files: bool) -> None:
     click.echo(f"ok: {len(fleet.hosts)} host(s), {len(fleet.groups)} group(s)")
 
 
-def _plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
-          fail_percent: int | None, as_json: bool) -> None:
+def _plan(
+    spec: Path,
+    limit: tuple[str, ...],
+    accept_new_host_keys: bool,
+    parallel: int,
+    fail_percent: int | None,
+    as_json: bool,
+) -> None:
     from sd35_provision import workflow
     from sd35_provision.report import render_plan, render_table
 
-    report = workflow.plan(_load(spec, accept_new_host_keys=accept_new_host_keys), limit,
-                           _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent))
+    report = workflow.plan(
+        _load(spec, accept_new_host_keys=accept_new_host_keys),
+        limit,
+        _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent),
+    )
     if as_json:
         click.echo(run_json(report))
     else:
@@ -271,8 +316,9 @@ def _plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parall
     _exit_for(report)
 
 
-diff_option = click.option("--diff", is_flag=True,
-                           help="Show the unified diff of each file that changes (plan always shows them).")
+diff_option = click.option(
+    "--diff", is_flag=True, help="Show the unified diff of each file that changes (plan always shows them)."
+)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -283,8 +329,15 @@ diff_option = click.option("--diff", is_flag=True,
 @diff_option
 @json_option
 @runs_pyinfra
-def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
-         fail_percent: int | None, diff: bool, as_json: bool) -> None:
+def plan(
+    spec: Path,
+    limit: tuple[str, ...],
+    accept_new_host_keys: bool,
+    parallel: int,
+    fail_percent: int | None,
+    diff: bool,
+    as_json: bool,
+) -> None:
     """Dry run: per host, what would change, with diffs. Changes nothing."""
     _plan(spec, limit, accept_new_host_keys, parallel, fail_percent, as_json)
 
@@ -294,23 +347,50 @@ def plan(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, paralle
 @limit_option
 @accept_new_option
 @fleet_run_options
-@click.option("--canary", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Apply the first N hosts (spec order) on their own first; if any of them fails (its "
-              "smoke test included) the rollout stops and the other hosts are not touched (exit 3).")
-@click.option("--batch", "batch", callback=_batch_option, default=None, metavar="N|P%",
-              help="Apply N hosts (or P% of the hosts, rounded up) at a time; each batch must pass its "
-              "smoke test before the next starts. A failed host is rolled back and the rollout stops "
-              "(exit 3), unless --fail-percent still allows it.")
-@click.option("--wait-lock", type=click.IntRange(min=0), default=0, show_default=True, metavar="S",
-              help="A host whose run lock another run holds: wait up to S seconds for it; "
-              "then (or at once with 0) the host fails, naming the holder, and nothing changes on it.")
+@click.option(
+    "--canary",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Apply the first N hosts (spec order) on their own first; if any of them fails (its "
+    "smoke test included) the rollout stops and the other hosts are not touched (exit 3).",
+)
+@click.option(
+    "--batch",
+    "batch",
+    callback=_batch_option,
+    default=None,
+    metavar="N|P%",
+    help="Apply N hosts (or P% of the hosts, rounded up) at a time; each batch must pass its "
+    "smoke test before the next starts. A failed host is rolled back and the rollout stops "
+    "(exit 3), unless --fail-percent still allows it.",
+)
+@click.option(
+    "--wait-lock",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="S",
+    help="A host whose run lock another run holds: wait up to S seconds for it; "
+    "then (or at once with 0) the host fails, naming the holder, and nothing changes on it.",
+)
 @click.option("--check", is_flag=True, help="Change nothing: the same as `plan` (Ansible's check mode).")
 @diff_option
 @json_option
 @runs_pyinfra
-def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parallel: int,
-          fail_percent: int | None, canary: int | None, batch, wait_lock: int, check: bool, diff: bool,
-          as_json: bool) -> None:
+def apply(
+    spec: Path,
+    limit: tuple[str, ...],
+    accept_new_host_keys: bool,
+    parallel: int,
+    fail_percent: int | None,
+    canary: int | None,
+    batch,
+    wait_lock: int,
+    check: bool,
+    diff: bool,
+    as_json: bool,
+) -> None:
     """Bring every host to the spec, all hosts in parallel; exit 0 only if every host succeeded."""
     if check:
         if canary or batch:
@@ -321,10 +401,12 @@ def apply(spec: Path, limit: tuple[str, ...], accept_new_host_keys: bool, parall
     from sd35_provision.report import render_failures, render_plan, render_table
     from sd35_provision.rollout import Rollout
 
-    report = workflow.apply(_load(spec, accept_new_host_keys=accept_new_host_keys), limit,
-                            _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent,
-                                     wait_lock=wait_lock),
-                            rollout=Rollout(batch=batch, canary=canary or 0))
+    report = workflow.apply(
+        _load(spec, accept_new_host_keys=accept_new_host_keys),
+        limit,
+        _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent, wait_lock=wait_lock),
+        rollout=Rollout(batch=batch, canary=canary or 0),
+    )
     if as_json:
         click.echo(run_json(report))
     else:
@@ -347,8 +429,9 @@ def drift(spec: Path, limit: tuple[str, ...], parallel: int, fail_percent: int |
     from sd35_provision import workflow
     from sd35_provision.report import render_plan
 
-    report = workflow.plan(_load(spec), limit, _options(False, quiet=as_json, parallel=parallel,
-                                                        fail_percent=fail_percent))
+    report = workflow.plan(
+        _load(spec), limit, _options(False, quiet=as_json, parallel=parallel, fail_percent=fail_percent)
+    )
     report.mode = "drift"
     click.echo(run_json(report) if as_json else render_plan(report))
     _exit_for(report)
@@ -372,8 +455,11 @@ def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(dumps(facts_document(gathered, report)))
     else:  # spec order, whichever host answered first
-        click.echo(render_facts_table([facts_row(host.name, gathered[host.name])
-                                       for host in report.hosts if host.name in gathered]))
+        click.echo(
+            render_facts_table(
+                [facts_row(host.name, gathered[host.name]) for host in report.hosts if host.name in gathered]
+            )
+        )
     if not report.ok:
         click.echo(render_failures(report), err=True)
         sys.exit(EXIT_FAILED)
@@ -397,15 +483,27 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@cli.command(epilog="Exit codes: 0 every host was reachable and checked; 1 some host was not (its row says why); "
-             "64 the command line is wrong. Drift does not change the exit code (use drift for that).")
+@cli.command(
+    epilog="Exit codes: 0 every host was reachable and checked; 1 some host was not (its row says why); "
+    "64 the command line is wrong. Drift does not change the exit code (use drift for that)."
+)
 @spec_argument
 @limit_option
-@click.option("--parallel", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Check at most N hosts at a time (0: all at once).")
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Check at most N hosts at a time (0: all at once).",
+)
 @json_option
-@click.option("--html", type=click.Path(dir_okay=False, writable=True, path_type=Path), metavar="FILE",
-              help="Also write the table, with each host's last smoke image, as one self-contained HTML page.")
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="FILE",
+    help="Also write the table, with each host's last smoke image, as one self-contained HTML page.",
+)
 @runs_pyinfra
 def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, html: Path | None) -> None:
     """One row per host: reachable, OS, GPU, driver, FP8, service, release, model, last smoke, drift.
@@ -417,8 +515,12 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
     from sd35_provision.statuspage import StatusPage
 
     page = StatusPage(html, spec) if html is not None else None  # a bad path fails before any host is asked
-    rows = fleet_status(_load(spec), limit, _options(False, quiet=True, parallel=parallel),
-                        also_read=page.read_host if page is not None else None)
+    rows = fleet_status(
+        _load(spec),
+        limit,
+        _options(False, quiet=True, parallel=parallel),
+        also_read=page.read_host if page is not None else None,
+    )
     click.echo(status_json(rows) if as_json else render_status_table(rows))
     if page is not None:
         page.write(rows)
@@ -428,8 +530,13 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
 
 @cli.command("import-ansible")
 @click.argument("inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the spec here (refused if it exists) instead of printing it.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the spec here (refused if it exists) instead of printing it.",
+)
 def import_ansible(inventory: Path, output: Path | None) -> None:
     """Turn an Ansible inventory (INI or YAML) into a host spec skeleton, keeping host and group names.
 
@@ -457,26 +564,56 @@ def import_ansible(inventory: Path, output: Path | None) -> None:
 @click.option("--address", required=True, help="The box's address (IP or host name).")
 @click.option("--name", required=True, help="Its name in the spec.")
 @click.option("--user", default="root", show_default=True, help="Account for the first contact.")
-@click.option("--password-prompt", is_flag=True, help="First contact with USER's password, asked for here "
-              "(never taken from the command line).")
-@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="First contact with this private key.")
+@click.option(
+    "--password-prompt",
+    is_flag=True,
+    help="First contact with USER's password, asked for here (never taken from the command line).",
+)
+@click.option(
+    "--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="First contact with this private key."
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="SSH port (default: the spec's).")
 @click.option("--group", "groups", multiple=True, metavar="G", help="Put the host in group G (repeatable).")
-@click.option("--deploy-user", default=None,
-              help="Account sd35-provision logs in as from now on (default: the spec's ssh.user).")
-@click.option("--deploy-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Its private key (default: the spec's ssh.key, else --key); its .pub is authorized.")
+@click.option(
+    "--deploy-user", default=None, help="Account sd35-provision logs in as from now on (default: the spec's ssh.user)."
+)
+@click.option(
+    "--deploy-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Its private key (default: the spec's ssh.key, else --key); its .pub is authorized.",
+)
 @click.option("--sudo", is_flag=True, help="Give the deploy user passwordless sudo (and set ssh.sudo).")
-@click.option("--set", "settings", multiple=True, metavar="SECTION.FIELD=VALUE",
-              help="A setting of this host in the spec, e.g. --set service.bind=10.0.0.5 (repeatable).")
-@click.option("--accept-host-key", is_flag=True,
-              help="Trust the host key shown (otherwise you are asked; without a terminal it is refused).")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="SECTION.FIELD=VALUE",
+    help="A setting of this host in the spec, e.g. --set service.bind=10.0.0.5 (repeatable).",
+)
+@click.option(
+    "--accept-host-key",
+    is_flag=True,
+    help="Trust the host key shown (otherwise you are asked; without a terminal it is refused).",
+)
 @click.option("--skip-apply", is_flag=True, help="Stop after adding the host and gathering its facts.")
 @runs_pyinfra
-def onboard(spec: Path, address: str, name: str, user: str, password_prompt: bool, key: Path | None,
-            port: int | None, groups: tuple[str, ...], deploy_user: str | None, deploy_key: Path | None,
-            sudo: bool, settings: tuple[str, ...], accept_host_key: bool, skip_apply: bool) -> None:
+def onboard(
+    spec: Path,
+    address: str,
+    name: str,
+    user: str,
+    password_prompt: bool,
+    key: Path | None,
+    port: int | None,
+    groups: tuple[str, ...],
+    deploy_user: str | None,
+    deploy_key: Path | None,
+    sudo: bool,
+    settings: tuple[str, ...],
+    accept_host_key: bool,
+    skip_apply: bool,
+) -> None:
     """Bring a fresh box into SPEC: host key, deploy account, spec entry, facts, apply to it only.
 
     Running it again for the same host changes nothing.
@@ -497,9 +634,20 @@ def onboard(spec: Path, address: str, name: str, user: str, password_prompt: boo
             return True
         return sys.stdin.isatty() and click.confirm(f"Trust host key {shown} of {address}?", default=False)
 
-    request = OnboardRequest(spec_path=spec, name=name, address=address, user=user, password=password, key=key,
-                             port=port, groups=groups, deploy_user=deploy_user, deploy_key=deploy_key, sudo=sudo,
-                             settings=settings_from(settings))
+    request = OnboardRequest(
+        spec_path=spec,
+        name=name,
+        address=address,
+        user=user,
+        password=password,
+        key=key,
+        port=port,
+        groups=groups,
+        deploy_user=deploy_user,
+        deploy_key=deploy_key,
+        sudo=sudo,
+        settings=settings_from(settings),
+    )
     done = onboard_box(request, confirm, click.echo, apply=not skip_apply, options=_options(False))
     if done.facts is not None:
         click.echo(render_facts_table([facts_row(name, done.facts)]))
@@ -515,12 +663,20 @@ def onboard(spec: Path, address: str, name: str, user: str, password_prompt: boo
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--flavour", type=click.Choice(["cpu", "cu128", "cu130"]), default="cpu", show_default=True,
-              help="Which shipped lock to download the wheels of.")
-@click.option("--lock-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Your own lock instead (python.lock_file).")
-@click.option("--python", "python_version", default="3.11", show_default=True,
-              help="The hosts' Python version (X.Y).")
+@click.option(
+    "--flavour",
+    type=click.Choice(["cpu", "cu128", "cu130"]),
+    default="cpu",
+    show_default=True,
+    help="Which shipped lock to download the wheels of.",
+)
+@click.option(
+    "--lock-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Your own lock instead (python.lock_file).",
+)
+@click.option("--python", "python_version", default="3.11", show_default=True, help="The hosts' Python version (X.Y).")
 def wheelhouse(directory: Path, flavour: str, lock_file: Path | None, python_version: str) -> None:
     """Download every wheel a lock needs into DIRECTORY, for python.wheelhouse (offline fleets)."""
     from sd35_provision.locks import load_lock, load_lock_file
@@ -533,8 +689,12 @@ def wheelhouse(directory: Path, flavour: str, lock_file: Path | None, python_ver
 
 @cli.command()
 @click.option("--hosts", default=2, show_default=True, type=click.IntRange(1, 20))
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Test fleet state directory (default: the testfleet default).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Test fleet state directory (default: the testfleet default).",
+)
 @runs_pyinfra
 def demo(hosts: int, state_dir: Path | None) -> None:
     """End to end on a local test fleet with the tiny model: validate, plan, apply, re-apply."""

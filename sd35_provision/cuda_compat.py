@@ -157,19 +157,24 @@ def install_branch(os_id: str, os_version: str, pinned: str) -> str:
     return pinned
 
 
-def driver_install_problem(os_id: str, os_version: str, pinned_branch: str, torch_flavour: str,
-                           os_name: str = "") -> str | None:
+def driver_install_problem(
+    os_id: str, os_version: str, pinned_branch: str, torch_flavour: str, os_name: str = ""
+) -> str | None:
     """Why gpu.driver.mode: install cannot give this host a driver for ``torch_flavour``; None if it can."""
     if (os_id, os_version) not in DRIVER_INSTALL_OS:
         name = f"{os_name or os_id or 'an unknown OS'} {os_version}".strip()
-        return (f"gpu.driver.mode: install supports Ubuntu 22.04/24.04 and Debian 12, not {name}; "
-                "install the driver by hand and use gpu.driver.mode: verify")
+        return (
+            f"gpu.driver.mode: install supports Ubuntu 22.04/24.04 and Debian 12, not {name}; "
+            "install the driver by hand and use gpu.driver.mode: verify"
+        )
     branch = install_branch(os_id, os_version, pinned_branch)
     wanted = AUTO_FLAVOURS if torch_flavour == "auto" else (torch_flavour,)
     if any(branch_satisfies(branch, flavour) for flavour in wanted):
         return None
     needs = ", ".join(f"{flavour} needs {min_driver_for(flavour)}+" for flavour in wanted)
     if os_id == "debian":
-        return (f"gpu.driver.mode: install gets Debian {os_version}'s own NVIDIA driver, branch {branch} "
-                f"(gpu.driver.branch cannot be pinned there), too old for torch ({needs})")
+        return (
+            f"gpu.driver.mode: install gets Debian {os_version}'s own NVIDIA driver, branch {branch} "
+            f"(gpu.driver.branch cannot be pinned there), too old for torch ({needs})"
+        )
     return f"gpu.driver.branch {branch} is too old for torch ({needs})"

@@ -69,6 +69,8 @@ def run_demo(hosts: int, state_dir: Path, echo: Callable[[str], None]) -> Path:
         raise Sd35Error("no host produced a smoke-test image")
     for image in images:
         echo(f"==> generated image: {image} (from the service on its host, tiny random model: noise is expected)")
-    echo(f"==> done. Spec: {spec_path}. Explore with `sd35-provision facts {spec_path}`; "
-         "stop the fleet with `sd35-provision testfleet down`.")
+    echo(
+        f"==> done. Spec: {spec_path}. Explore with `sd35-provision facts {spec_path}`; "
+        "stop the fleet with `sd35-provision testfleet down`."
+    )
     return spec_path

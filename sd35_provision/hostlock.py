@@ -104,8 +104,11 @@ def take_run_lock(host: Any, mode: str, wait_s: int, sudo: bool, say=None) -> An
     if answer.holder is None and answer.waited_for is None:
         detail = _stderr_of(channel)
         channel.close()
-        raise HostLocked(host.name, STEP, f"could not take the run lock {layout.RUN_LOCK}"
-                         + (f": {detail.splitlines()[-1]}" if detail else ""))
+        raise HostLocked(
+            host.name,
+            STEP,
+            f"could not take the run lock {layout.RUN_LOCK}" + (f": {detail.splitlines()[-1]}" if detail else ""),
+        )
     channel.close()
     raise HostLocked(host.name, STEP, refusal(host.name, answer, wait_s).removeprefix(f"{host.name}: "))
 

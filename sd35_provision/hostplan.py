@@ -73,11 +73,16 @@ class PlanFacts:
     interpreter_environment: Mapping[str, str] | None = None  # PEP 508 markers; read only with a wheelhouse
 
     @classmethod
-    def from_host_facts(cls, facts: HostFacts,
-                        interpreter_environment: Mapping[str, str] | None = None) -> PlanFacts:
+    def from_host_facts(cls, facts: HostFacts, interpreter_environment: Mapping[str, str] | None = None) -> PlanFacts:
         """The plan's share of what preflight gathered (no second read)."""
-        return cls(pythons=facts.pythons, nvidia=facts.nvidia, nvidia_pci=facts.nvidia_pci, os_id=facts.os_id,
-                   os_version=facts.os_version, interpreter_environment=interpreter_environment)
+        return cls(
+            pythons=facts.pythons,
+            nvidia=facts.nvidia,
+            nvidia_pci=facts.nvidia_pci,
+            os_id=facts.os_id,
+            os_version=facts.os_version,
+            interpreter_environment=interpreter_environment,
+        )
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,9 @@ def model_location(settings: HostSettings) -> ModelLocation:
             raise ModelNotReady(settings.name, MODEL_STEP, str(error)) from None
         digest = hashlib.sha256(text.encode()).hexdigest()
     directory = layout.model_dir(settings.cache, settings.model, digest)
-    return ModelLocation(directory, layout.model_manifest_path(settings.cache, settings.model, directory), manifest,
-                         text)
+    return ModelLocation(
+        directory, layout.model_manifest_path(settings.cache, settings.model, directory), manifest, text
+    )
 
 
 def pick_interpreter(settings: HostSettings, facts: PlanFacts) -> str:
@@ -213,8 +219,9 @@ def pick_interpreter(settings: HostSettings, facts: PlanFacts) -> str:
     default = [python for python in usable if python.name == "python3"]
     chosen = default[0] if default else max(usable, key=lambda python: version_tuple(python.version), default=None)
     if chosen is None:
-        raise EnvironmentNotReady(settings.name, PYTHON_STEP,
-                                  f"no Python {wanted}+ on the host to build the venv with (python.min_version)")
+        raise EnvironmentNotReady(
+            settings.name, PYTHON_STEP, f"no Python {wanted}+ on the host to build the venv with (python.min_version)"
+        )
     return chosen.path
 
 
@@ -243,11 +250,17 @@ def host_lock(settings: HostSettings, facts: PlanFacts) -> Lock:
     return load_lock(host_flavour(settings, facts))
 
 
-def release_manifest(lock: Lock, links: Mapping[str, str], model_revision: str | None,
-                     service_settings_digest: str) -> dict[str, Any]:
+def release_manifest(
+    lock: Lock, links: Mapping[str, str], model_revision: str | None, service_settings_digest: str
+) -> dict[str, Any]:
     """What a release is: the lock, what its links point at, the model revision, the settings' digest."""
-    return {"lock": lock.id, "torch_flavour": lock.flavour, "links": dict(links),
-            "model_revision": model_revision, "service_settings": service_settings_digest}
+    return {
+        "lock": lock.id,
+        "torch_flavour": lock.flavour,
+        "links": dict(links),
+        "model_revision": model_revision,
+        "service_settings": service_settings_digest,
+    }
 
 
 def release_id(manifest: Mapping[str, Any]) -> str:

@@ -49,8 +49,9 @@ def placeholders(name: str) -> frozenset[str]:
         if match is None:
             continue
         if inside:
-            raise ValueError(f"hostside/{name}:{line_number}: @{match.group(1)}@ is inside {inside}; "
-                             "values go where a word goes")
+            raise ValueError(
+                f"hostside/{name}:{line_number}: @{match.group(1)}@ is inside {inside}; values go where a word goes"
+            )
         found.add(match.group(1))
     return frozenset(found)
 

@@ -40,5 +40,7 @@ def _state(run: FleetRun, name: str) -> str:
     if not done:
         return f"interrupted {STAGE_WORDS[stage]}"
     changed = sum(1 for data in done if data.operation_meta.did_change())
-    return (f"interrupted {STAGE_WORDS[stage]}: {len(done)} of {len(ops)} operations done, "
-            f"{changed} of them changed something")
+    return (
+        f"interrupted {STAGE_WORDS[stage]}: {len(done)} of {len(ops)} operations done, "
+        f"{changed} of them changed something"
+    )

@@ -61,9 +61,7 @@ def connection_data(settings: HostSettings, accept_new_host_keys: bool = False) 
     return data
 
 
-def build_inventory(
-    hosts: list[HostSettings], accept_new_host_keys: bool = False
-) -> Inventory:
+def build_inventory(hosts: list[HostSettings], accept_new_host_keys: bool = False) -> Inventory:
     names = [(host.name, connection_data(host, accept_new_host_keys)) for host in hosts]
     groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for host in hosts:

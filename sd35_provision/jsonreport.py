@@ -34,10 +34,24 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def envelope(command: str, hosts: list[dict[str, Any]], *, ok: bool, drift: bool | None = None,
-             aborted: str | None = None, waves: list[dict] | None = None) -> dict[str, Any]:
-    return {"version": VERSION, "command": command, "ok": ok, "drift": drift, "aborted": aborted,
-            "waves": waves, "hosts": hosts}
+def envelope(
+    command: str,
+    hosts: list[dict[str, Any]],
+    *,
+    ok: bool,
+    drift: bool | None = None,
+    aborted: str | None = None,
+    waves: list[dict] | None = None,
+) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "command": command,
+        "ok": ok,
+        "drift": drift,
+        "aborted": aborted,
+        "waves": waves,
+        "hosts": hosts,
+    }
 
 
 def dumps(document: dict[str, Any]) -> str:
@@ -51,8 +65,14 @@ def run_document(report: RunReport, command: str | None = None) -> dict[str, Any
     """A run's report: every host's outcome, its operations and the changes among them."""
     command = command or report.mode
     drift = report.drifted if command in ("plan", "apply", "drift") else None
-    return envelope(command, [_run_host(host) for host in report.hosts], ok=report.ok, drift=drift,
-                    aborted=report.aborted, waves=report.waves)
+    return envelope(
+        command,
+        [_run_host(host) for host in report.hosts],
+        ok=report.ok,
+        drift=drift,
+        aborted=report.aborted,
+        waves=report.waves,
+    )
 
 
 def _run_host(host: HostOutcome) -> dict[str, Any]:
@@ -74,8 +94,7 @@ def facts_document(gathered: dict[str, HostFacts], report: RunReport) -> dict[st
     hosts = []
     for outcome in report.hosts:
         facts = gathered.get(outcome.name)
-        entry: dict[str, Any] = {"name": outcome.name, "status": _read_status(outcome), "error": None,
-                                 "facts": None}
+        entry: dict[str, Any] = {"name": outcome.name, "status": _read_status(outcome), "error": None, "facts": None}
         if outcome.failed or outcome.aborted:
             entry["error"] = f"{outcome.step}: {outcome.error}"
         if facts is not None:
@@ -107,8 +126,7 @@ def status_document(rows: list[HostStatus]) -> dict[str, Any]:
         entry.update(data)
         hosts.append(entry)
     drifts = [row.drift for row in rows if row.drift is not None]
-    return envelope("status", hosts, ok=all(row.status == "ok" for row in rows),
-                    drift=any(drifts) if drifts else None)
+    return envelope("status", hosts, ok=all(row.status == "ok" for row in rows), drift=any(drifts) if drifts else None)
 
 
 def run_json(report: RunReport) -> str:

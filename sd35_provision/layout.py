@@ -59,14 +59,7 @@ def render_env_file(cache: CacheSettings) -> str:
 
 def render_profile_snippet() -> str:
     # Same file the service reads, so a human shell and the service share caches.
-    return (
-        "# Managed by sd35-provision.\n"
-        f"if [ -r {ENV_FILE} ]; then\n"
-        "    set -a\n"
-        f"    . {ENV_FILE}\n"
-        "    set +a\n"
-        "fi\n"
-    )
+    return f"# Managed by sd35-provision.\nif [ -r {ENV_FILE} ]; then\n    set -a\n    . {ENV_FILE}\n    set +a\nfi\n"
 
 
 def smoke_dir(cache_root: str) -> str:

@@ -67,4 +67,3 @@ def push_manifest(settings: HostSettings) -> tuple[dict, str]:
 def _local_hash_cache(directory: Path) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd35-provision" / "push-hashes"
     return base / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]}.json"
-

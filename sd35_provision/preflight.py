@@ -64,15 +64,18 @@ def _disk(settings: HostSettings, facts: HostFacts) -> list[str]:
     free, need = facts.cache_free, settings.cache.min_free_gb
     if free.free_bytes < need * GB:
         nearest = "" if free.nearest == root else f" (nearest existing: {free.nearest})"
-        failures.append(f"{free.free_bytes / GB:.1f} GB free at {root}{nearest}, "
-                        f"{need:.1f} GB required (cache.min_free_gb)")
+        failures.append(
+            f"{free.free_bytes / GB:.1f} GB free at {root}{nearest}, {need:.1f} GB required (cache.min_free_gb)"
+        )
     storage = facts.cache_storage
     if settings.cache.require_ssd and storage.kind != "ssd":
         if storage.kind == "hdd":
             failures.append(f"cache root {root} is on a rotating disk: {storage.reason} (cache.require_ssd)")
         else:
-            failures.append(f"cache root {root}: cannot confirm an SSD: {storage.reason} (cache.require_ssd; "
-                            "set cache.require_ssd: false for this host if its storage is known to be fast)")
+            failures.append(
+                f"cache root {root}: cannot confirm an SSD: {storage.reason} (cache.require_ssd; "
+                "set cache.require_ssd: false for this host if its storage is known to be fast)"
+            )
     return failures
 
 
@@ -87,11 +90,15 @@ def _gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
     if flavour == "auto":
         if pick_flavour(version) == "cpu" and not fixable:
             needs = ", ".join(f"{f} needs {min_driver_for(f)}+" for f in AUTO_FLAVOURS)
-            failures.append(f"NVIDIA driver {version} is too old for every CUDA build of torch we ship "
-                            f"({needs}); {_upgrade_hint(settings, facts)}")
+            failures.append(
+                f"NVIDIA driver {version} is too old for every CUDA build of torch we ship "
+                f"({needs}); {_upgrade_hint(settings, facts)}"
+            )
     elif not driver_satisfies(version, flavour) and not fixable:
-        failures.append(f"NVIDIA driver {version} is too old for torch {flavour} (CUDA {cuda_for(flavour)} "
-                        f"needs {min_driver_for(flavour)}+; python.torch_flavour); {_upgrade_hint(settings, facts)}")
+        failures.append(
+            f"NVIDIA driver {version} is too old for torch {flavour} (CUDA {cuda_for(flavour)} "
+            f"needs {min_driver_for(flavour)}+; python.torch_flavour); {_upgrade_hint(settings, facts)}"
+        )
     if settings.gpu.require_fp8:
         without: dict[tuple[str, str], list[str]] = {}
         for gpu in facts.gpus:
@@ -127,8 +134,9 @@ def _no_gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
 
 
 def _install_problem(settings: HostSettings, facts: HostFacts) -> str | None:
-    return driver_install_problem(facts.os_id, facts.os_version, settings.gpu.driver.branch,
-                                  settings.python.torch_flavour, facts.os_name)
+    return driver_install_problem(
+        facts.os_id, facts.os_version, settings.gpu.driver.branch, settings.python.torch_flavour, facts.os_name
+    )
 
 
 def _upgrade_hint(settings: HostSettings, facts: HostFacts) -> str:

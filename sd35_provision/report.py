@@ -84,8 +84,7 @@ def render_table(report: RunReport) -> str:
             detail = "; ".join(host.notes)
         if host.smoke and host.smoke.get("ok"):
             detail = "; ".join(filter(None, [detail, f"smoke ok in {host.smoke['latency_s']:.1f}s"]))
-        rows.append((host.name, *((host.wave or "-",) if staged else ()), host.status, str(len(host.changes)),
-                     detail))
+        rows.append((host.name, *((host.wave or "-",) if staged else ()), host.status, str(len(host.changes)), detail))
     return render_rows(rows, right_aligned={len(rows[0]) - 2})  # CHANGES, a count
 
 

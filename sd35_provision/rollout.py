@@ -63,11 +63,11 @@ def plan_waves(hosts: list[str], rollout: Rollout) -> list[Wave]:
     waves: list[Wave] = []
     rest = list(hosts)
     if rollout.canary:
-        waves.append(Wave("canary", tuple(rest[:rollout.canary]), canary=True))
-        rest = rest[rollout.canary:]
+        waves.append(Wave("canary", tuple(rest[: rollout.canary]), canary=True))
+        rest = rest[rollout.canary :]
     if rest:
         size = rollout.batch.hosts_per_batch(len(hosts)) if rollout.batch else len(rest)
-        chunks = [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
+        chunks = [tuple(rest[i : i + size]) for i in range(0, len(rest), size)]
         if rollout.batch is None:
             waves.append(Wave("rest", chunks[0]))
         else:
@@ -75,8 +75,9 @@ def plan_waves(hosts: list[str], rollout: Rollout) -> list[Wave]:
     return waves
 
 
-def stop_reason(wave: Wave, failed: list[str], failed_in_rollout: int, total: int,
-                fail_percent: int | None) -> str | None:
+def stop_reason(
+    wave: Wave, failed: list[str], failed_in_rollout: int, total: int, fail_percent: int | None
+) -> str | None:
     """Why the rollout must stop after ``wave`` (None: go on to the next wave).
 
     A canary must pass on every host. A batch must too, unless ``--fail-percent``

@@ -143,7 +143,8 @@ class FleetRun:
         for host in self.state.inventory:
             if not host.connected:
                 problem = refused.get(host.name) or sshcheck.explain_connect_error(
-                    self.hosts[host.name], self.recorder.connect_errors.get(host.name, "could not connect"))
+                    self.hosts[host.name], self.recorder.connect_errors.get(host.name, "could not connect")
+                )
                 self._fail(host, "connect", problem.message, unreachable=not problem.local, local=problem.local)
 
     def take_locks(self, mode: str) -> None:
@@ -154,8 +155,9 @@ class FleetRun:
         from sd35_provision.hostlock import STEP, take_run_lock
 
         def lock(host: Host, settings: HostSettings) -> None:
-            self.locks[host.name] = take_run_lock(host, mode, self.options.wait_lock, settings.ssh.sudo,
-                                                  self.options.progress)
+            self.locks[host.name] = take_run_lock(
+                host, mode, self.options.wait_lock, settings.ssh.sudo, self.options.progress
+            )
 
         self.for_each_active_host(STEP, lock)
 
@@ -172,8 +174,9 @@ class FleetRun:
         """
         connected = [host for host in self.state.inventory if host.connected]
         if self._stopped(step):
-            connected = [host for host in connected
-                         if self.outcomes[host.name].failed or self.outcomes[host.name].aborted]
+            connected = [
+                host for host in connected if self.outcomes[host.name].failed or self.outcomes[host.name].aborted
+            ]
         self._for_each(step, action, connected)
 
     def _for_each(self, step: str, action: Callable[[Host, HostSettings], None], hosts: list[Host]) -> None:
@@ -247,8 +250,10 @@ class FleetRun:
         failed = {name for name, outcome in self.outcomes.items() if outcome.failed}
         failed.update(host.name for host in extra_failed)
         if len(failed) * 100 > limit * len(self.outcomes):
-            self.aborted = (f"more than {limit}% of hosts failed ({len(failed)} of {len(self.outcomes)}: "
-                            f"{', '.join(sorted(failed))})")
+            self.aborted = (
+                f"more than {limit}% of hosts failed ({len(failed)} of {len(self.outcomes)}: "
+                f"{', '.join(sorted(failed))})"
+            )
             if self.options.progress:
                 self.options.progress(f"ABORTED: {self.aborted}; no further operation starts")
         return bool(self.aborted)
@@ -336,9 +341,9 @@ class FleetRun:
                             outcome.error = "the SSH connection was lost during this step (host down or unreachable)"
                 else:
                     changed, error = meta.will_change, None
-                operations.append(OperationOutcome(
-                    name=name, changed=changed, error=error, diff=recorder.diffs.get(op_hash)
-                ))
+                operations.append(
+                    OperationOutcome(name=name, changed=changed, error=error, diff=recorder.diffs.get(op_hash))
+                )
             outcome.notes = list(recorder.notes)
             if operations or not outcome.failed:
                 outcome.operations = operations

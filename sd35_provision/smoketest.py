@@ -44,29 +44,47 @@ def service_url(settings: HostSettings) -> str:
 def smoke_command(settings: HostSettings) -> str:
     current, cache_root = layout.current_link(settings.python.install_root), settings.cache.root
     args = [
-        f"{current}/venv/bin/python", "-m", "sd35_provision.service.smoke",
-        "--url", service_url(settings), "--size", settings.smoke.size, "--steps", str(settings.smoke.steps),
-        "--timeout", str(settings.smoke.timeout_s), "--prompt", settings.smoke.prompt,
-        "--save", layout.smoke_image(cache_root), "--record", layout.smoke_record(cache_root),
+        f"{current}/venv/bin/python",
+        "-m",
+        "sd35_provision.service.smoke",
+        "--url",
+        service_url(settings),
+        "--size",
+        settings.smoke.size,
+        "--steps",
+        str(settings.smoke.steps),
+        "--timeout",
+        str(settings.smoke.timeout_s),
+        "--prompt",
+        settings.smoke.prompt,
+        "--save",
+        layout.smoke_image(cache_root),
+        "--record",
+        layout.smoke_record(cache_root),
     ]
     if settings.service.api_key_file is not None:
         args += ["--api-key-file", API_KEY_PATH]  # a path: the key never reaches argv
-    return (f"mkdir -p {shlex.quote(layout.smoke_dir(cache_root))} && cd {shlex.quote(current + '/app')} && "
-            + " ".join(map(shlex.quote, args)))
+    return f"mkdir -p {shlex.quote(layout.smoke_dir(cache_root))} && cd {shlex.quote(current + '/app')} && " + " ".join(
+        map(shlex.quote, args)
+    )
 
 
 def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
-    _, output = host.run_shell_command(smoke_command(settings), print_output=False,
-                                       _timeout=settings.smoke.timeout_s + 60, **_as_root(host))
+    _, output = host.run_shell_command(
+        smoke_command(settings), print_output=False, _timeout=settings.smoke.timeout_s + 60, **_as_root(host)
+    )
     for line in reversed(output.stdout_lines):
         try:
             result = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(result, dict) and "ok" in result:
-            return SmokeOutcome(ok=bool(result["ok"]), reason=result.get("reason", ""),
-                                latency_s=result.get("latency_s"),
-                                image=layout.smoke_image(settings.cache.root) if result["ok"] else None)
+            return SmokeOutcome(
+                ok=bool(result["ok"]),
+                reason=result.get("reason", ""),
+                latency_s=result.get("latency_s"),
+                image=layout.smoke_image(settings.cache.root) if result["ok"] else None,
+            )
     detail = (output.stderr or output.stdout).strip().splitlines()
     return SmokeOutcome(ok=False, reason=detail[-1] if detail else "the smoke test printed no result")
 
@@ -75,8 +93,7 @@ def current_release(host: Host, settings: HostSettings, link: str = "current") -
     """What the ``current`` (or ``previous``) link points at, e.g. ``releases/<id>``."""
     root = settings.python.install_root
     path = layout.previous_link(root) if link == "previous" else layout.current_link(root)
-    ok, output = host.run_shell_command(f"readlink {shlex.quote(path)}",
-                                        print_output=False, **_as_root(host))
+    ok, output = host.run_shell_command(f"readlink {shlex.quote(path)}", print_output=False, **_as_root(host))
     return output.stdout.strip() if ok and output.stdout.strip() else None
 
 
@@ -88,11 +105,13 @@ def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
     failed = current_release(host, settings, "current")
     if previous is None or previous == failed:
         return None, "no previous release to roll back to"
-    command = "\n".join([
-        switch_script(settings.python.install_root, previous),
-        _restore_settings_script(settings),
-        f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2",
-    ])
+    command = "\n".join(
+        [
+            switch_script(settings.python.install_root, previous),
+            _restore_settings_script(settings),
+            f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2",
+        ]
+    )
     ok, output = host.run_shell_command(command, print_output=False, **_as_root(host))
     if not ok:
         return None, f"rollback to {previous} failed: {(output.stderr or '').strip().splitlines()[-1:]}"
@@ -104,5 +123,7 @@ def _restore_settings_script(settings: HostSettings) -> str:
     copy = shlex.quote(f"{layout.current_link(settings.python.install_root)}/{layout.RELEASE_SERVICE_ENV}")
     env_file = layout.SERVICE_ENV_FILE
     user = shlex.quote(settings.service.user)
-    return (f"if [ -f {copy} ]; then install -m 640 -o root -g {user} {copy} {env_file}.new && "
-            f"mv -f {env_file}.new {env_file}; fi")
+    return (
+        f"if [ -f {copy} ]; then install -m 640 -o root -g {user} {copy} {env_file}.new && "
+        f"mv -f {env_file}.new {env_file}; fi"
+    )

@@ -74,8 +74,9 @@ def key_problem(path: Path) -> str | None:
     except FileNotFoundError:
         return f"ssh.key {path} does not exist"
     except OSError as error:
-        return (f"cannot read ssh.key {path}: {error.strerror} "
-                "(run as the key's owner, or give a key this user can read)")
+        return (
+            f"cannot read ssh.key {path}: {error.strerror} (run as the key's owner, or give a key this user can read)"
+        )
     if head.lstrip().startswith((b"ssh-", b"ecdsa-", b"sk-", b"---- BEGIN SSH2 PUBLIC KEY")):
         private = path.with_suffix("") if path.suffix == ".pub" else None
         hint = f" ({private}?)" if private is not None and private.is_file() else ""
@@ -86,9 +87,11 @@ def key_problem(path: Path) -> str | None:
             key_class.from_private_key_file(str(path))
             return None
         except paramiko.PasswordRequiredException:
-            return (f"ssh.key {path} is protected by a passphrase, which sd35-provision does not ask for: "
-                    f"load it into ssh-agent (ssh-add {path}) and remove ssh.key from the spec (without "
-                    "ssh.key the agent's keys are used; with it, only that file), or use a key without a passphrase")
+            return (
+                f"ssh.key {path} is protected by a passphrase, which sd35-provision does not ask for: "
+                f"load it into ssh-agent (ssh-add {path}) and remove ssh.key from the spec (without "
+                "ssh.key the agent's keys are used; with it, only that file), or use a key without a passphrase"
+            )
         except (paramiko.SSHException, ValueError) as failed:
             last_error = failed
     return f"ssh.key {path} is not a private key that paramiko can read (ed25519, ECDSA or RSA): {last_error}"
@@ -100,8 +103,10 @@ def _known_hosts_problem(path: Path, accept_new: bool) -> str | None:
     if path.exists():
         return f"known_hosts {path} is not a file"
     if not accept_new:
-        return (f"no known_hosts file {path}: pass --accept-new-host-keys to create it (with plan or apply) and "
-                "record the hosts' keys; check the fingerprints it prints")
+        return (
+            f"no known_hosts file {path}: pass --accept-new-host-keys to create it (with plan or apply) and "
+            "record the hosts' keys; check the fingerprints it prints"
+        )
     try:
         if not path.parent.is_dir():
             path.parent.mkdir(mode=0o700, parents=True)
@@ -119,15 +124,20 @@ def explain_connect_error(settings: HostSettings, error: str) -> ConnectProblem:
     known_hosts = known_hosts_path(settings)
     entry = host_entry(settings)
     if "No host key for" in error:
-        return ConnectProblem(f"{entry} is not in {known_hosts}: check the host's key fingerprint, then pass "
-                              "--accept-new-host-keys once to record it, with plan or apply (or onboard the host)",
-                              local=True)
+        return ConnectProblem(
+            f"{entry} is not in {known_hosts}: check the host's key fingerprint, then pass "
+            "--accept-new-host-keys once to record it, with plan or apply (or onboard the host)",
+            local=True,
+        )
     if "does not match" in error and "Host key" in error:
         return ConnectProblem(host_key_mismatch(settings), local=True)
     if "Authentication" in error:
         key = f"key {settings.ssh.key}" if settings.ssh.key else "ssh-agent and ~/.ssh/id_* keys"
-        return ConnectProblem(f"{settings.ssh.user}@{entry} refused the login with {key}: authorize its public key "
-                              f"for {settings.ssh.user} on the host (or check ssh.user) [{error}]", local=True)
+        return ConnectProblem(
+            f"{settings.ssh.user}@{entry} refused the login with {key}: authorize its public key "
+            f"for {settings.ssh.user} on the host (or check ssh.user) [{error}]",
+            local=True,
+        )
     return ConnectProblem(error, local=False)
 
 
@@ -143,11 +153,17 @@ def host_key_mismatch(settings: HostSettings) -> str:
         presented = None
         shown = f"its key could not be read again ({error})"
     same_type = [(line, key) for line, key in recorded if presented and key.get_name() == presented.get_name()]
-    listed = "; ".join(f"{known_hosts}:{line} has {key.get_name()} {key.fingerprint}"
-                       for line, key in (same_type or recorded)) or f"{known_hosts} has no usable entry"
-    return (f"host key of {entry} changed: {shown}, {listed}. Someone may be intercepting the connection; if the host "
-            f"was reinstalled, check the new fingerprint on its console, then remove the old entry "
-            f"(ssh-keygen -R '{entry}' -f {known_hosts}) and pass --accept-new-host-keys")
+    listed = (
+        "; ".join(
+            f"{known_hosts}:{line} has {key.get_name()} {key.fingerprint}" for line, key in (same_type or recorded)
+        )
+        or f"{known_hosts} has no usable entry"
+    )
+    return (
+        f"host key of {entry} changed: {shown}, {listed}. Someone may be intercepting the connection; if the host "
+        f"was reinstalled, check the new fingerprint on its console, then remove the old entry "
+        f"(ssh-keygen -R '{entry}' -f {known_hosts}) and pass --accept-new-host-keys"
+    )
 
 
 def recorded_keys(known_hosts: Path, entry: str) -> list[tuple[int, paramiko.PKey]]:
@@ -219,8 +235,10 @@ class KnownHostsWatch:
                 if parsed is None:
                     continue
                 names = [by_entry.get(name, name) for name in parsed.hostnames]
-                said.append(f"{', '.join(names)}: accepted new host key {parsed.key.get_name()} "
-                            f"{parsed.key.fingerprint}, recorded in {path}:{number}")
+                said.append(
+                    f"{', '.join(names)}: accepted new host key {parsed.key.get_name()} "
+                    f"{parsed.key.fingerprint}, recorded in {path}:{number}"
+                )
         return said
 
 

@@ -20,16 +20,33 @@ def known_hosts_name(address: str, port: int = 22) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-def connect(address: str, *, user: str, known_hosts: Path, port: int = 22, key: Path | None = None,
-            password: str | None = None, timeout: float = 10) -> paramiko.SSHClient:
+def connect(
+    address: str,
+    *,
+    user: str,
+    known_hosts: Path,
+    port: int = 22,
+    key: Path | None = None,
+    password: str | None = None,
+    timeout: float = 10,
+) -> paramiko.SSHClient:
     """Log in to ``address`` with ``key`` or ``password`` (never an agent or ~/.ssh keys)."""
     client = paramiko.SSHClient()
     client.get_host_keys().load(str(known_hosts))  # read only: never written back
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
-        client.connect(address, port=port, username=user, password=password,
-                       key_filename=str(key) if key else None, allow_agent=False, look_for_keys=False,
-                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout)
+        client.connect(
+            address,
+            port=port,
+            username=user,
+            password=password,
+            key_filename=str(key) if key else None,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+        )
     except BaseException:
         client.close()
         raise

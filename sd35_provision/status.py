@@ -66,9 +66,19 @@ class HostStatus:
         revision = self.model_revision or "-"
         if re.fullmatch(r"[0-9a-f]{40}", revision):
             revision = revision[:12]  # a commit sha; --json has all of it
-        return (self.name, "yes" if self.reachable else "no", self.os or "-", self.gpu or "-", self.driver or "-",
-                fp8 if self.reachable else "-", self.service, self.release or "-", revision,
-                self.last_smoke, drift if self.reachable else "-")
+        return (
+            self.name,
+            "yes" if self.reachable else "no",
+            self.os or "-",
+            self.gpu or "-",
+            self.driver or "-",
+            fp8 if self.reachable else "-",
+            self.service,
+            self.release or "-",
+            revision,
+            self.last_smoke,
+            drift if self.reachable else "-",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,8 +87,12 @@ class HostStatus:
         return data
 
 
-def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None,
-                 also_read: Callable[[Host, HostSettings], None] | None = None) -> list[HostStatus]:
+def fleet_status(
+    spec: FleetSpec,
+    limit: tuple[str, ...] = (),
+    options: RunOptions | None = None,
+    also_read: Callable[[Host, HostSettings], None] | None = None,
+) -> list[HostStatus]:
     """The status of each selected host, in spec order. Changes nothing.
 
     ``also_read`` runs on each reachable host's connection after its row is read
@@ -89,8 +103,9 @@ def fleet_status(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptio
     options = options or RunOptions()
     # Quiet: no progress lines; told of the run (for Ctrl-C) all the same.
     run = FleetRun(select_hosts(spec, limit), RunOptions(parallel=options.parallel, on_start=options.on_start))
-    rows = {name: HostStatus(name=name, address=settings.address, reachable=False)
-            for name, settings in run.hosts.items()}
+    rows = {
+        name: HostStatus(name=name, address=settings.address, reachable=False) for name, settings in run.hosts.items()
+    }
     run.connect()
 
     def read(host: Host, settings: HostSettings) -> None:
@@ -127,8 +142,12 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
 
 def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
     state = host.get_fact(
-        ServiceState, unit=UNIT_NAME, install_root=settings.python.install_root,
-        smoke_record=layout.smoke_record(settings.cache.root), url=service_url(settings), api_key_file=API_KEY_PATH,
+        ServiceState,
+        unit=UNIT_NAME,
+        install_root=settings.python.install_root,
+        smoke_record=layout.smoke_record(settings.cache.root),
+        url=service_url(settings),
+        api_key_file=API_KEY_PATH,
     )
     return state or NO_SERVICE
 

@@ -57,8 +57,10 @@ class StatusPage:
 
     def read_host(self, host: Host, settings: HostSettings) -> None:
         image = host.get_fact(
-            SmokeImage, path=layout.smoke_image(settings.cache.root),
-            current=layout.current_link(settings.python.install_root))
+            SmokeImage,
+            path=layout.smoke_image(settings.cache.root),
+            current=layout.current_link(settings.python.install_root),
+        )
         if image:
             with self._lock:
                 self.images[host.name] = image
@@ -90,8 +92,10 @@ def _image_cell(name: str, image: bytes | None, row: HostStatus) -> str:
     when = (row.smoke or {}).get("at", "")
     title = f' title="{html.escape(f"last smoke test {when}")}"' if when else ""
     data = base64.b64encode(image).decode("ascii")
-    return (f'<td class="image"><img src="data:image/png;base64,{data}" '
-            f'alt="{html.escape(f"last smoke image of {name}")}"{title}></td>')
+    return (
+        f'<td class="image"><img src="data:image/png;base64,{data}" '
+        f'alt="{html.escape(f"last smoke image of {name}")}"{title}></td>'
+    )
 
 
 def render_status_page(rows: list[HostStatus], images: dict[str, bytes], title: str, generated_at: float) -> str:
@@ -120,20 +124,24 @@ def render_status_page(rows: list[HostStatus], images: dict[str, bytes], title: 
             detail = "<br>".join(e(note) for note in notes)
             body.append(f'<tr class="detail"><td colspan="{len(HEADER) + 1}">{detail}</td></tr>')
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated_at))
-    return "\n".join([
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(title)}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-        f'<p class="when">{e(stamp)}</p>',
-        (f'<p class="summary"><span>{len(rows)} hosts</span><span>{reachable} reachable</span>'
-         f"<span>{drifted} drifted</span><span>{failing} failing</span></p>"),
-        f"<table><thead><tr>{head}</tr></thead><tbody>",
-        *body,
-        "</tbody></table></body></html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{e(title)}</title>",
+            f"<style>{STYLE}</style></head><body>",
+            f"<h1>{e(title)}</h1>",
+            f'<p class="when">{e(stamp)}</p>',
+            (
+                f'<p class="summary"><span>{len(rows)} hosts</span><span>{reachable} reachable</span>'
+                f"<span>{drifted} drifted</span><span>{failing} failing</span></p>"
+            ),
+            f"<table><thead><tr>{head}</tr></thead><tbody>",
+            *body,
+            "</tbody></table></body></html>",
+            "",
+        ]
+    )
 
 
 def write_status_page(path: Path, rows: list[HostStatus], images: dict[str, bytes], spec: Path) -> None:

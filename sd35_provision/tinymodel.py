@@ -77,9 +77,7 @@ _T5_WORDS = ["a", "the", "cat", "dog", "red", "blue", "photo", "of", "an", "astr
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte-to-printable-character table (byte-level BPE alphabet)."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = printable[:]
     extra = 0
@@ -137,7 +135,6 @@ def build_tokenizers(work_dir: Path):
     t5_vocab = t5_unigram_vocab()
     t5 = T5TokenizerFast(vocab=t5_vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
     return clip, t5, len(vocab), len(t5_vocab)
-
 
 
 @dataclass(frozen=True)
@@ -198,17 +195,22 @@ def build_sd3_transformer(config: dict[str, Any], seed: int = 0, device: Any = N
     return seeded_component(seed, TRANSFORMER_SEED_OFFSET, lambda: SD3Transformer2DModel(**config), device, dtype)
 
 
-def build_sd3_pipeline(configs: SD3Configs, clip_tokenizer: Any, t5_tokenizer: Any, seed: int = 0,
-                       device: Any = None, dtype: Any = None) -> Any:
+def build_sd3_pipeline(
+    configs: SD3Configs, clip_tokenizer: Any, t5_tokenizer: Any, seed: int = 0, device: Any = None, dtype: Any = None
+) -> Any:
     """A StableDiffusion3Pipeline of random-weight components (``seed``), built on ``device`` in ``dtype``
     (default: the CPU in float32); both CLIP encoders share ``clip_tokenizer``."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     def clip(config: dict[str, Any], offset: int) -> Any:
-        full = CLIPTextConfig(max_position_embeddings=CLIP_MAX_LENGTH, bos_token_id=clip_tokenizer.bos_token_id,
-                              eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
-                              **config)
+        full = CLIPTextConfig(
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=clip_tokenizer.bos_token_id,
+            eos_token_id=clip_tokenizer.eos_token_id,
+            pad_token_id=clip_tokenizer.pad_token_id,
+            **config,
+        )
         return seeded_component(seed, offset, lambda: CLIPTextModelWithProjection(full), device, dtype)
 
     text_encoder = clip(configs.clip_l, 1)
@@ -233,18 +235,39 @@ def build_sd3_pipeline(configs: SD3Configs, clip_tokenizer: Any, t5_tokenizer: A
 
 def tiny_configs(clip_vocab_size: int, t5_vocab_size: int) -> SD3Configs:
     """The tiny pipeline's component configs, for tokenizers of these vocabulary sizes."""
-    clip = dict(vocab_size=clip_vocab_size, hidden_size=TINY_WIDTH, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, projection_dim=TINY_WIDTH, hidden_act="gelu")
+    clip = dict(
+        vocab_size=clip_vocab_size,
+        hidden_size=TINY_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=TINY_WIDTH,
+        hidden_act="gelu",
+    )
     return SD3Configs(
         clip_l=clip,
         clip_g=dict(clip),
-        t5=dict(vocab_size=t5_vocab_size, d_model=TINY_WIDTH, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, relative_attention_max_distance=32,
-                feed_forward_proj="gated-gelu"),
+        t5=dict(
+            vocab_size=t5_vocab_size,
+            d_model=TINY_WIDTH,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=32,
+            feed_forward_proj="gated-gelu",
+        ),
         transformer=dict(TINY_TRANSFORMER_CONFIG),
-        vae=dict(SD3_VAE_LATENT_CONFIG, down_block_types=("DownEncoderBlock2D",),
-                 up_block_types=("UpDecoderBlock2D",), block_out_channels=(TINY_WIDTH,), layers_per_block=1,
-                 norm_num_groups=8, sample_size=TINY_SAMPLE_SIZE),
+        vae=dict(
+            SD3_VAE_LATENT_CONFIG,
+            down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",),
+            block_out_channels=(TINY_WIDTH,),
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=TINY_SAMPLE_SIZE,
+        ),
     )
 
 

@@ -90,12 +90,29 @@ def fill_wheelhouse(directory: Path, lock: Lock, python_version: str, platform: 
     requirements = directory / f".{lock.id}.txt"
     requirements.write_text(lock.text)
     command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
-        "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
-        "--platform", platform, "--platform", "linux_x86_64",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python_version,
+        "--platform",
+        platform,
+        "--platform",
+        "linux_x86_64",
         *[arg for tag in ("2_17", "2_24", "2_27") for arg in ("--platform", f"manylinux_{tag}_x86_64")],
-        "--platform", "manylinux2014_x86_64",
-        "-d", str(directory), "-r", str(requirements),
+        "--platform",
+        "manylinux2014_x86_64",
+        "-d",
+        str(directory),
+        "-r",
+        str(requirements),
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     requirements.unlink(missing_ok=True)

@@ -62,8 +62,13 @@ def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | Non
     return run.report("plan")
 
 
-def apply(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None,
-          smoke: bool = True, rollout: Rollout | None = None) -> RunReport:
+def apply(
+    spec: FleetSpec,
+    limit: tuple[str, ...] = (),
+    options: RunOptions | None = None,
+    smoke: bool = True,
+    rollout: Rollout | None = None,
+) -> RunReport:
     """Bring hosts to the spec, then smoke-test each; a new release that fails is rolled back.
 
     With a staged ``rollout`` (canary, batches) the hosts are applied wave by
@@ -92,8 +97,7 @@ def _rolling_apply(hosts: list[HostSettings], options: RunOptions, smoke: bool, 
     for wave in waves:
         if stopped:
             for name in wave.hosts:
-                outcomes[name] = HostOutcome(name=name, skipped=True, wave=wave.label,
-                                             error=f"not started: {stopped}")
+                outcomes[name] = HostOutcome(name=name, skipped=True, wave=wave.label, error=f"not started: {stopped}")
             summary.append({"wave": wave.label, "hosts": list(wave.hosts), "result": "not started"})
             continue
         say(f"== {wave.label}: {', '.join(wave.hosts)}")

@@ -25,8 +25,11 @@ CLAIMS_DIR = Path("/run/lock/sd35-testfleet")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--reverse", action="store_true",
-                     help="run the tests in reverse order (to check that none depends on the ones before it)")
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the tests in reverse order (to check that none depends on the ones before it)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -79,6 +82,7 @@ def test_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def boot_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Fleet]]:
     """``boot_fleet(count, binds=())``: another fleet, taken down at the end of the test."""
     with ExitStack() as stack:
+
         def boot(count: int, binds: tuple[str, ...] = ()) -> Fleet:
             state_dir = tmp_path_factory.mktemp("testfleet")
             return stack.enter_context(booted_fleet(count, state_dir, binds))

@@ -34,8 +34,9 @@ class FakeRepo:
 
     @classmethod
     def from_directory(cls, directory: Path, revision: str, gated: bool = False) -> FakeRepo:
-        files = {p.relative_to(directory).as_posix(): p.read_bytes()
-                 for p in sorted(directory.rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+        }
         return cls(revision=revision, files=files, gated=gated)
 
     def is_lfs(self, path: str) -> bool:
@@ -69,8 +70,11 @@ class FakeHub:
 
     def downloads(self) -> list[str]:
         """Repo file paths whose content was downloaded (GET on resolve), in order."""
-        return [path.split("/resolve/", 1)[1].split("/", 1)[1] for method, path, _ in self.log
-                if method == "GET" and "/resolve/" in path]
+        return [
+            path.split("/resolve/", 1)[1].split("/", 1)[1]
+            for method, path, _ in self.log
+            if method == "GET" and "/resolve/" in path
+        ]
 
     def serve(self, address: str = "127.0.0.1") -> RunningHub:
         hub = self
@@ -90,17 +94,16 @@ class FakeHub:
             def _answer(self, head: bool) -> None:
                 path = unquote(urlsplit(self.path).path)
                 auth = self.headers.get("Authorization", "")
-                token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+                token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
                 hub.log.append((self.command, path, token))
                 if path.startswith("/api/models/"):
-                    repo_id, rest = _split_repo(path[len("/api/models/"):])
+                    repo_id, rest = _split_repo(path[len("/api/models/") :])
                     kind, _, revision = rest.partition("/")
                     if kind != "tree":
                         return self._error(404, "EntryNotFound", "no such endpoint")
                     repo = self._repo(repo_id, token, revision.split("/", 1)[0])
                     if repo is not None:
-                        self._send(200, json.dumps(repo.listing()).encode(), {"Content-Type": "application/json"},
-                                   head)
+                        self._send(200, json.dumps(repo.listing()).encode(), {"Content-Type": "application/json"}, head)
                     return
                 repo_id, rest = _split_repo(path.lstrip("/"))
                 kind, _, tail = rest.partition("/")
@@ -111,10 +114,14 @@ class FakeHub:
                 if repo is None:
                     return
                 if filename not in repo.files:
-                    return self._error(404, "EntryNotFound", f"{filename} not in {repo_id}",
-                                       {"X-Repo-Commit": repo.revision})
-                headers = {"X-Repo-Commit": repo.revision, "ETag": f'"{repo.etag(filename)}"',
-                           "Content-Type": "application/octet-stream"}
+                    return self._error(
+                        404, "EntryNotFound", f"{filename} not in {repo_id}", {"X-Repo-Commit": repo.revision}
+                    )
+                headers = {
+                    "X-Repo-Commit": repo.revision,
+                    "ETag": f'"{repo.etag(filename)}"',
+                    "Content-Type": "application/octet-stream",
+                }
                 if repo.is_lfs(filename):
                     headers["X-Linked-Etag"] = f'"{repo.etag(filename)}"'
                     headers["X-Linked-Size"] = str(len(repo.files[filename]))
@@ -129,8 +136,12 @@ class FakeHub:
                     self._error(401, code, "Invalid credentials in Authorization header")
                     return None
                 if repo.gated and token not in hub.granted:
-                    self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the "
-                                                  "authorized list. Visit the repo page to ask for access.")
+                    self._error(
+                        403,
+                        "GatedRepo",
+                        f"Access to model {repo_id} is restricted and you are not in the "
+                        "authorized list. Visit the repo page to ask for access.",
+                    )
                     return None
                 if revision not in (repo.revision, "main"):
                     self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -139,9 +150,17 @@ class FakeHub:
 
             def _error(self, status: int, code: str, message: str, extra: dict | None = None) -> None:
                 body = json.dumps({"error": message}).encode()
-                self._send(status, body, {"X-Error-Code": code, "X-Error-Message": message,
-                                          "Content-Type": "application/json", **(extra or {})},
-                           self.command == "HEAD")
+                self._send(
+                    status,
+                    body,
+                    {
+                        "X-Error-Code": code,
+                        "X-Error-Message": message,
+                        "Content-Type": "application/json",
+                        **(extra or {}),
+                    },
+                    self.command == "HEAD",
+                )
 
             def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
                 self.send_response(status)

@@ -60,8 +60,10 @@ class FactNotRecorded(LookupError):
 # Facts of the connection rather than of the host's state, answered unless a test records them.
 CONNECTION_FACTS: dict[str, Any] = {"TmpDir": "/tmp"}
 # What the plan reads that a layer's test may not care about: a Debian 12 host's Python, no GPU on PCI.
-PLAN_DEFAULTS: dict[str, Any] = {"PythonVersions": [PythonInterpreter("python3", "/usr/bin/python3", "3.11.2")],
-                                  "NvidiaPciDevices": []}
+PLAN_DEFAULTS: dict[str, Any] = {
+    "PythonVersions": [PythonInterpreter("python3", "/usr/bin/python3", "3.11.2")],
+    "NvidiaPciDevices": [],
+}
 
 
 class Output(list):
@@ -176,9 +178,11 @@ def run_deploy(
 
     deploys = list(deploy) if isinstance(deploy, Sequence) else [deploy]
     recorder = HostRecorder()
-    with mock.patch("pyinfra.api.host.get_fact", get_fact), \
-            mock.patch.object(type(host), "connect", no_connection), \
-            mock.patch.object(type(host), "run_shell_command", no_connection):
+    with (
+        mock.patch("pyinfra.api.host.get_fact", get_fact),
+        mock.patch.object(type(host), "connect", no_connection),
+        mock.patch.object(type(host), "run_shell_command", no_connection),
+    ):
         if plan is None and settings is not None:
             answering.append(RecordedFacts({**CONNECTION_FACTS, **PLAN_DEFAULTS, **facts}))
             with ctx_state.use(state), ctx_host.use(host):
@@ -223,24 +227,38 @@ def merge_facts(*recordings: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def existing_files(files: dict[str, str | None], user: str = "root", group: str = "root",
-                   mode: int = 644) -> dict[str, Any]:
+def existing_files(
+    files: dict[str, str | None], user: str = "root", group: str = "root", mode: int = 644
+) -> dict[str, Any]:
     """The facts pyinfra's file operations read, for files with this text (None: absent) and their folders."""
-    facts: dict[str, dict[str, Any]] = {name: {} for name in
-                                        ("File", "Directory", "FileContents", "Sha1File", "Sha256File", "Md5File")}
+    facts: dict[str, dict[str, Any]] = {
+        name: {} for name in ("File", "Directory", "FileContents", "Sha1File", "Sha256File", "Md5File")
+    }
     for path, text in files.items():
         key = f"path={path}"
         data = None if text is None else text.encode()
-        facts["File"][key] = None if data is None else {"user": user, "group": group, "mode": mode,
-                                                        "size": len(data), "atime": None, "mtime": None,
-                                                        "ctime": None}
+        facts["File"][key] = (
+            None
+            if data is None
+            else {
+                "user": user,
+                "group": group,
+                "mode": mode,
+                "size": len(data),
+                "atime": None,
+                "mtime": None,
+                "ctime": None,
+            }
+        )
         facts["Directory"][key] = None if data is None else False
         facts["FileContents"][key] = None if text is None else text.splitlines()
         for fact, algorithm in (("Sha1File", "sha1"), ("Sha256File", "sha256"), ("Md5File", "md5")):
             facts[fact][key] = None if data is None else hashlib.new(algorithm, data).hexdigest()
         folder = f"path={posixpath.dirname(path)}"
-        facts["Directory"].setdefault(folder, {"user": "root", "group": "root", "mode": 755, "size": 4096,
-                                               "atime": None, "mtime": None, "ctime": None})
+        facts["Directory"].setdefault(
+            folder,
+            {"user": "root", "group": "root", "mode": 755, "size": 4096, "atime": None, "mtime": None, "ctime": None},
+        )
     return facts
 
 

@@ -24,8 +24,13 @@ from sd35_provision.testfleet.system import command_line, mounts_under, overlay_
 def paper_fleet(state_dir: Path, count: int = 2) -> Fleet:
     """A fleet as recorded on disk, without booting anything."""
     hosts = [
-        FleetHost(name=name, address=address, root=state_dir / "hosts" / name / "root",
-                  machine=machine_name(state_dir, name), rootfs=Path("/var/cache/x/rootfs-bookworm-abc"))
+        FleetHost(
+            name=name,
+            address=address,
+            root=state_dir / "hosts" / name / "root",
+            machine=machine_name(state_dir, name),
+            rootfs=Path("/var/cache/x/rootfs-bookworm-abc"),
+        )
         for name, address in plan_hosts(count, "127.0.2.1")
     ]
     return Fleet(state_dir, FleetState(hosts=hosts))
@@ -50,17 +55,27 @@ def test_spec_describes_every_host_on_its_own_address(tmp_path: Path) -> None:
 
 def test_spec_merges_extra_defaults_groups_and_host_overrides(tmp_path: Path) -> None:
     extra = {"ssh": {"connect_timeout": 5}, "cache": {"root": "/srv/sd35"}, "gpu": {"accelerator": "nvidia"}}
-    data = yaml.safe_load(paper_fleet(tmp_path).render_spec(
-        extra_defaults=extra, groups={"canary": {"smoke": {"steps": 2}}},
-        host_overrides={"node2": {"groups": ["canary"], "service": {"port": 8001}}},
-    ))
-    assert data["defaults"]["ssh"] == {"user": "root", "key": "id_ed25519", "known_hosts": "known_hosts",
-                                       "connect_timeout": 5}
+    data = yaml.safe_load(
+        paper_fleet(tmp_path).render_spec(
+            extra_defaults=extra,
+            groups={"canary": {"smoke": {"steps": 2}}},
+            host_overrides={"node2": {"groups": ["canary"], "service": {"port": 8001}}},
+        )
+    )
+    assert data["defaults"]["ssh"] == {
+        "user": "root",
+        "key": "id_ed25519",
+        "known_hosts": "known_hosts",
+        "connect_timeout": 5,
+    }
     assert data["defaults"]["gpu"] == {"accelerator": "nvidia"}
     assert data["defaults"]["cache"] == {"root": "/srv/sd35"}
     assert list(data) == ["defaults", "groups", "hosts"]
-    assert data["hosts"]["node2"] == {"address": "127.0.2.2", "service": {"bind": "127.0.2.2", "port": 8001},
-                                      "groups": ["canary"]}
+    assert data["hosts"]["node2"] == {
+        "address": "127.0.2.2",
+        "service": {"bind": "127.0.2.2", "port": 8001},
+        "groups": ["canary"],
+    }
     assert extra == {"ssh": {"connect_timeout": 5}, "cache": {"root": "/srv/sd35"}, "gpu": {"accelerator": "nvidia"}}
 
 
@@ -84,7 +99,9 @@ def test_written_spec_passes_the_project_spec_loader(tmp_path: Path) -> None:
     demo = fleet.write_spec(tmp_path / "demo.yaml", extra_defaults={"model": model, "cache": {"root": "/srv/sd35"}})
     spec = load_spec(demo)
     assert [(h.name, h.address, h.service.bind) for h in spec.hosts] == [
-        ("node1", "127.0.2.1", "127.0.2.1"), ("node2", "127.0.2.2", "127.0.2.2")]
+        ("node1", "127.0.2.1", "127.0.2.1"),
+        ("node2", "127.0.2.2", "127.0.2.2"),
+    ]
     assert spec.hosts[0].ssh.key == fleet.key_path
     assert spec.hosts[0].ssh.known_hosts == fleet.known_hosts_path
 
@@ -107,7 +124,8 @@ def test_state_file_from_the_first_release_still_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["{", "[]", '{"version": 99, "hosts": [], "binds": []}', '{"version": 1, "hosts": [{}]}'])
+    "text", ["{", "[]", '{"version": 99, "hosts": [], "binds": []}', '{"version": 1, "hosts": [{}]}']
+)
 def test_damaged_state_file_says_how_to_recover(tmp_path: Path, text: str) -> None:
     with pytest.raises(TestFleetError, match=r"state.json: unreadable test fleet state .*delete"):
         parse_state(text, tmp_path / "state.json")
@@ -123,13 +141,16 @@ def test_plan_hosts_counts_up_from_the_first_address() -> None:
     assert plan_hosts(3, "127.0.2.1") == [("node1", "127.0.2.1"), ("node2", "127.0.2.2"), ("node3", "127.0.2.3")]
 
 
-@pytest.mark.parametrize(("count", "first", "message"), [
-    (0, "127.0.2.1", "at least one host"),
-    (2, "10.0.0.1", "inside 127.0.0.0/8"),
-    (2, "127.255.255.254", "inside 127.0.0.0/8"),
-    (3, "127.0.2.254", r"\.0 or \.255"),
-    (1, "localhost", "not an IPv4 address"),
-])
+@pytest.mark.parametrize(
+    ("count", "first", "message"),
+    [
+        (0, "127.0.2.1", "at least one host"),
+        (2, "10.0.0.1", "inside 127.0.0.0/8"),
+        (2, "127.255.255.254", "inside 127.0.0.0/8"),
+        (3, "127.0.2.254", r"\.0 or \.255"),
+        (1, "localhost", "not an IPv4 address"),
+    ],
+)
 def test_plan_hosts_stays_on_loopback(count: int, first: str, message: str) -> None:
     with pytest.raises(TestFleetError, match=message):
         plan_hosts(count, first)
@@ -137,8 +158,12 @@ def test_plan_hosts_stays_on_loopback(count: int, first: str, message: str) -> N
 
 def test_parse_binds(tmp_path: Path) -> None:
     assert parse_binds([f"{tmp_path}:/mnt/mirror"]) == [f"{tmp_path}:/mnt/mirror"]
-    for bad, message in [(f"{tmp_path}", "expected SRC:DST"), (f"{tmp_path}/nope:/x", "does not exist"),
-                         (f"{tmp_path}:relative", "must be absolute"), (f"{tmp_path}:/a:/b", "expected SRC:DST")]:
+    for bad, message in [
+        (f"{tmp_path}", "expected SRC:DST"),
+        (f"{tmp_path}/nope:/x", "does not exist"),
+        (f"{tmp_path}:relative", "must be absolute"),
+        (f"{tmp_path}:/a:/b", "expected SRC:DST"),
+    ]:
         with pytest.raises(TestFleetError, match=message):
             parse_binds([bad])
 
@@ -230,8 +255,9 @@ def test_errors_belong_to_the_project_hierarchy() -> None:
 
 
 def test_cli_refuses_addresses_off_loopback_before_touching_anything(tmp_path: Path) -> None:
-    result = CliRunner().invoke(testfleet_cli.testfleet,
-                                ["up", "2", "--state-dir", str(tmp_path / "fleet"), "--first-address", "10.1.2.3"])
+    result = CliRunner().invoke(
+        testfleet_cli.testfleet, ["up", "2", "--state-dir", str(tmp_path / "fleet"), "--first-address", "10.1.2.3"]
+    )
     assert isinstance(result.exception, TestFleetError)
     assert "127.0.0.0/8" in str(result.exception)
     assert not (tmp_path / "fleet").exists()
@@ -250,9 +276,12 @@ def test_cli_status_without_a_fleet(tmp_path: Path) -> None:
 def test_each_host_is_its_own_booted_debian_on_its_own_address(test_fleet: Fleet) -> None:
     machine_ids = set()
     for host in test_fleet.hosts:
-        result = test_fleet.run(host.name, "hostname; systemctl is-system-running --wait; cat /proc/1/comm; "
-                                           "echo $SSH_CONNECTION; . /etc/os-release; echo $VERSION_CODENAME; "
-                                           "cat /etc/machine-id")
+        result = test_fleet.run(
+            host.name,
+            "hostname; systemctl is-system-running --wait; cat /proc/1/comm; "
+            "echo $SSH_CONNECTION; . /etc/os-release; echo $VERSION_CODENAME; "
+            "cat /etc/machine-id",
+        )
         assert result.exit_status in (0, 1), result  # 1: degraded
         name, state, pid1, connection, codename, machine_id = result.stdout.split("\n")[:6]
         assert (name, pid1, codename) == (host.name, "systemd", "bookworm")
@@ -291,10 +320,14 @@ def test_spec_file_loads_and_points_at_the_fleet(test_fleet: Fleet) -> None:
     model = test_fleet.state_dir / "weights"
     model.mkdir(exist_ok=True)
     (model / "model_index.json").write_text("{}")
-    spec = load_spec(test_fleet.write_spec(test_fleet.state_dir / "demo-test.yaml",
-                                           extra_defaults={"model": {"source": "push", "path": str(model)}}))
-    assert yaml.safe_load(test_fleet.spec_path.read_text())["hosts"] == yaml.safe_load(
-        test_fleet.render_spec())["hosts"]
+    spec = load_spec(
+        test_fleet.write_spec(
+            test_fleet.state_dir / "demo-test.yaml", extra_defaults={"model": {"source": "push", "path": str(model)}}
+        )
+    )
+    assert (
+        yaml.safe_load(test_fleet.spec_path.read_text())["hosts"] == yaml.safe_load(test_fleet.render_spec())["hosts"]
+    )
     assert [(h.name, h.address) for h in spec.hosts] == [(h.name, h.address) for h in test_fleet.hosts]
     assert spec.hosts[0].ssh.known_hosts == test_fleet.known_hosts_path
     assert spec.hosts[0].gpu.accelerator == "cpu"
@@ -354,7 +387,8 @@ def test_reset_host_keeps_its_identity_and_nothing_else(test_fleet: Fleet) -> No
     # test_fleet.run verifies the recorded host key and logs in with the fleet's key: the same host.
     assert test_fleet.run("node2", identity).stdout == before
     assert test_fleet.run("node2", "test -e /root/reset-me || echo gone; id resetme 2>&1 || true").stdout == (
-        "gone\nid: 'resetme': no such user\n")
+        "gone\nid: 'resetme': no such user\n"
+    )
     rows = {row.name: row for row in test_fleet.status()}
     assert rows["node2"].running and rows["node2"].ssh_ok and rows["node2"].pid != old_pid
     assert rows["node1"].running and rows["node1"].ssh_ok
@@ -383,8 +417,10 @@ def test_cli_up_with_a_read_only_bind_then_down_leaves_nothing(tmp_path: Path, f
     (mirror / "weights.bin").write_text("w")
     first = fleet_addresses(1)
     runner = CliRunner()
-    result = runner.invoke(testfleet_cli.testfleet, ["up", "1", "--state-dir", str(state_dir),
-                                                     "--first-address", first, "--bind-ro", f"{mirror}:/srv/mirror"])
+    result = runner.invoke(
+        testfleet_cli.testfleet,
+        ["up", "1", "--state-dir", str(state_dir), "--first-address", first, "--bind-ro", f"{mirror}:/srv/mirror"],
+    )
     try:
         assert result.exit_code == 0, result.output
         assert result.output.startswith(f"node1  {first}  pid ")
@@ -397,8 +433,11 @@ def test_cli_up_with_a_read_only_bind_then_down_leaves_nothing(tmp_path: Path, f
         result = runner.invoke(testfleet_cli.testfleet, ["down", "--state-dir", str(state_dir)])
     assert result.exit_code == 0, result.output
     assert mounts_under(state_dir) == []
-    assert not [pid for pid in Path("/proc").iterdir()
-                if pid.name.isdigit() and str(state_dir) in " ".join(command_line(int(pid.name)))]
+    assert not [
+        pid
+        for pid in Path("/proc").iterdir()
+        if pid.name.isdigit() and str(state_dir) in " ".join(command_line(int(pid.name)))
+    ]
     assert not (state_dir / "hosts").exists() and not (state_dir / "state.json").exists()
     assert not (containers.NSPAWN_RUNTIME / "propagate" / host.machine).exists()
     assert host.pid is not None and not command_line(host.pid)

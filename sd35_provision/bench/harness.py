@@ -140,8 +140,9 @@ class BenchRun:
     def from_dict(cls, data: dict[str, Any]) -> BenchRun:
         data = dict(data)
         data["rates"] = Rates(**data["rates"])
-        data["modes"] = [ModeResult(**{**m, "profile_top": [tuple(t) for t in m.get("profile_top", [])]})
-                         for m in data["modes"]]
+        data["modes"] = [
+            ModeResult(**{**m, "profile_top": [tuple(t) for t in m.get("profile_top", [])]}) for m in data["modes"]
+        ]
         return cls(**data)
 
 
@@ -151,8 +152,14 @@ def merge_runs(runs: list[BenchRun]) -> list[BenchRun]:
     merged: dict[tuple, BenchRun] = {}
     for run in runs:
         # Runs from before the compile scope was recorded compiled the whole model.
-        key = (run.model, run.height, run.width, run.steps, run.env.get("device"),
-               run.env.get("compile scope", "model"))
+        key = (
+            run.model,
+            run.height,
+            run.width,
+            run.steps,
+            run.env.get("device"),
+            run.env.get("compile scope", "model"),
+        )
         if key not in merged:
             merged[key] = BenchRun.from_dict(asdict(run))
             continue
@@ -163,8 +170,9 @@ def merge_runs(runs: list[BenchRun]) -> list[BenchRun]:
             into.modes = [m for m in into.modes if m.status == "ok" or m.key not in {e.key for e in extra}]
             into.modes += extra
             into.modes.sort(key=lambda m: MODE_KEYS.index(m.key))
-            into.env["command"] += f"; rows {', '.join(m.key for m in extra)}: {run.env.get('command', '?')} " \
-                                   f"({run.env.get('date', '?')})"
+            into.env["command"] += (
+                f"; rows {', '.join(m.key for m in extra)}: {run.env.get('command', '?')} ({run.env.get('date', '?')})"
+            )
     return list(merged.values())
 
 
@@ -229,25 +237,32 @@ def measure_rates(device: torch.device, spec: ModelSpec, quick: bool) -> Rates:
         a8 = a.to(torch.float8_e4m3fn)
         b8 = b.to(torch.float8_e4m3fn).t().contiguous().t()  # column-major, as _scaled_mm wants
         one = torch.ones((), device=device)
-        fp8 = flop / _median_time(lambda: torch._scaled_mm(a8, b8, one, one, out_dtype=torch.bfloat16),
-                                  device, iters)
+        fp8 = flop / _median_time(lambda: torch._scaled_mm(a8, b8, one, one, out_dtype=torch.bfloat16), device, iters)
         sa = torch.rand(n, 1, device=device) + 0.5
         sb = torch.rand(1, n, device=device) + 0.5
         try:
             fp8_rowwise = flop / _median_time(
-                lambda: torch._scaled_mm(a8, b8, sa, sb, out_dtype=torch.bfloat16), device, iters)
+                lambda: torch._scaled_mm(a8, b8, sa, sb, out_dtype=torch.bfloat16), device, iters
+            )
         except RuntimeError:
             fp8_rowwise = None
 
     heads = spec.transformer["num_attention_heads"]
     head_dim = spec.transformer["attention_head_dim"]
-    tokens = 64 if quick else (spec.height // spec.vae_scale_factor // spec.transformer["patch_size"]) * (
-        spec.width // spec.vae_scale_factor // spec.transformer["patch_size"]) + spec.text_tokens
+    tokens = (
+        64
+        if quick
+        else (spec.height // spec.vae_scale_factor // spec.transformer["patch_size"])
+        * (spec.width // spec.vae_scale_factor // spec.transformer["patch_size"])
+        + spec.text_tokens
+    )
     batch = 2 if spec.cfg else 1
     # The layout diffusers' attention processors pass: (batch, tokens, heads, dim) viewed as
     # (batch, heads, tokens, dim); SDPA picks its kernel by layout too.
-    q, k, v = (torch.randn(batch, tokens, heads, head_dim, device=device, dtype=torch.bfloat16,
-                           generator=gen).transpose(1, 2) for _ in range(3))
+    q, k, v = (
+        torch.randn(batch, tokens, heads, head_dim, device=device, dtype=torch.bfloat16, generator=gen).transpose(1, 2)
+        for _ in range(3)
+    )
     sdpa = torch.nn.functional.scaled_dot_product_attention
     attention_flop = 4.0 * batch * heads * tokens**2 * head_dim
     attention = attention_flop / _median_time(lambda: sdpa(q, k, v), device, iters)
@@ -266,8 +281,15 @@ def measure_rates(device: torch.device, spec: ModelSpec, quick: bool) -> Rates:
         dst = torch.empty_like(src)
         copy_bw = 2.0 * src.numel() / _median_time(lambda: dst.copy_(src), device, iters)
         del src, dst
-    return Rates(bf16_matmul=bf16, fp8_matmul=fp8, fp8_rowwise_matmul=fp8_rowwise, attention=attention,
-                 copy_bandwidth=copy_bw, matmul_size=n, attention_backends=backends)
+    return Rates(
+        bf16_matmul=bf16,
+        fp8_matmul=fp8,
+        fp8_rowwise_matmul=fp8_rowwise,
+        attention=attention,
+        copy_bandwidth=copy_bw,
+        matmul_size=n,
+        attention_backends=backends,
+    )
 
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient")
@@ -281,8 +303,11 @@ def sdpa_backend(name: str | None):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-               "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    }[name]
     return sdpa_kernel(backend)
 
 
@@ -321,16 +346,38 @@ def generate(pipe, spec: ModelSpec, device: torch.device, steps: int, seed: int 
         return out
 
     with torch.inference_mode():
-        embeds = stage("encode", lambda: pipe.encode_prompt(
-            prompt=PROMPT, prompt_2=PROMPT, prompt_3=PROMPT, device=device,
-            do_classifier_free_guidance=spec.cfg, negative_prompt="", negative_prompt_2="",
-            negative_prompt_3="", max_sequence_length=spec.text_tokens - 77))
+        embeds = stage(
+            "encode",
+            lambda: pipe.encode_prompt(
+                prompt=PROMPT,
+                prompt_2=PROMPT,
+                prompt_3=PROMPT,
+                device=device,
+                do_classifier_free_guidance=spec.cfg,
+                negative_prompt="",
+                negative_prompt_2="",
+                negative_prompt_3="",
+                max_sequence_length=spec.text_tokens - 77,
+            ),
+        )
         prompt_embeds, negative_embeds, pooled, negative_pooled = embeds
-        latents = stage("denoise", lambda: pipe(
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-            pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled,
-            height=spec.height, width=spec.width, num_inference_steps=steps, guidance_scale=spec.guidance,
-            generator=torch.Generator().manual_seed(seed), output_type="latent").images)
+        latents = stage(
+            "denoise",
+            lambda: (
+                pipe(
+                    prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_embeds,
+                    pooled_prompt_embeds=pooled,
+                    negative_pooled_prompt_embeds=negative_pooled,
+                    height=spec.height,
+                    width=spec.width,
+                    num_inference_steps=steps,
+                    guidance_scale=spec.guidance,
+                    generator=torch.Generator().manual_seed(seed),
+                    output_type="latent",
+                ).images
+            ),
+        )
 
         def decode() -> torch.Tensor:
             vae = pipe.vae
@@ -338,8 +385,7 @@ def generate(pipe, spec: ModelSpec, device: torch.device, steps: int, seed: int 
             return (vae.decode(z.to(vae.dtype), return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
 
         image = stage("decode", decode)
-    return _Image(latents=latents.float().cpu(), image=image.float().cpu(), times=times, peaks=peaks,
-                  reserved=reserved)
+    return _Image(latents=latents.float().cpu(), image=image.float().cpu(), times=times, peaks=peaks, reserved=reserved)
 
 
 def forward_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -356,10 +402,12 @@ def forward_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype) ->
     # expanded to the batch; inference tensors, as the harness runs the pipeline in
     # inference mode): anything else makes a compiled transformer compile again.
     with torch.inference_mode():
-        return dict(hidden_states=rnd(batch, cfg["in_channels"], h, w),
-                    encoder_hidden_states=rnd(batch, spec.text_tokens, cfg["joint_attention_dim"]),
-                    pooled_projections=rnd(batch, cfg["pooled_projection_dim"]),
-                    timestep=torch.full((1,), 500.0, device=device, dtype=torch.float32).expand(batch))
+        return dict(
+            hidden_states=rnd(batch, cfg["in_channels"], h, w),
+            encoder_hidden_states=rnd(batch, spec.text_tokens, cfg["joint_attention_dim"]),
+            pooled_projections=rnd(batch, cfg["pooled_projection_dim"]),
+            timestep=torch.full((1,), 500.0, device=device, dtype=torch.float32).expand(batch),
+        )
 
 
 def transformer_forward(transformer, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -451,12 +499,21 @@ def environment(device: torch.device, compile_scope: str = "blocks") -> dict[str
         pass
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env["device"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, cc {props.major}.{props.minor}, " \
-                        f"{props.multi_processor_count} SMs"
+        env["device"] = (
+            f"{props.name}, {props.total_memory / 2**30:.0f} GiB, cc {props.major}.{props.minor}, "
+            f"{props.multi_processor_count} SMs"
+        )
         try:
-            env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+            env["driver"] = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
         except (OSError, IndexError, subprocess.SubprocessError):
             env["driver"] = "unknown"
     else:
@@ -486,27 +543,43 @@ def run_benchmark(
     dtype = torch.bfloat16
     t0 = time.perf_counter()
     rates = measure_rates(device, spec, quick)
-    log(f"rates: bf16 {rates.bf16_matmul / 1e12:.0f} TFLOP/s, fp8 {_t(rates.fp8_matmul)}, "
+    log(
+        f"rates: bf16 {rates.bf16_matmul / 1e12:.0f} TFLOP/s, fp8 {_t(rates.fp8_matmul)}, "
         f"fp8 rowwise {_t(rates.fp8_rowwise_matmul)}, sdpa {_t(rates.attention)}, "
         f"copy {(rates.copy_bandwidth or 0) / 1e12:.2f} TB/s, SDPA by backend "
         + (", ".join(f"{k} {_t(v)}" for k, v in rates.attention_backends.items()) or "n/a")
-        + f" ({time.perf_counter() - t0:.1f} s)")
+        + f" ({time.perf_counter() - t0:.1f} s)"
+    )
 
     t0 = time.perf_counter()
     pipe = build_pipeline(spec, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     sizes = {name: prec.module_bytes(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-    log(f"built {spec.name} in {time.perf_counter() - t0:.1f} s: "
-        + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in sizes.items()))
-    flops = transformer_forward_flops(spec.transformer, spec.height, spec.width, spec.vae_scale_factor,
-                                      spec.text_tokens)
-    run = BenchRun(model=spec.name, height=spec.height, width=spec.width, steps=steps, guidance=spec.guidance,
-                   cfg=spec.cfg, reps=reps, env=environment(device, compile_scope), rates=rates,
-                   flops_linear=flops.linear,
-                   flops_attention=flops.attention, image_tokens=flops.image_tokens,
-                   text_tokens=flops.text_tokens,
-                   transformer_params=sum(p.numel() for p in pipe.transformer.parameters()),
-                   pipeline_bytes=sizes, modes=[])
+    log(
+        f"built {spec.name} in {time.perf_counter() - t0:.1f} s: "
+        + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in sizes.items())
+    )
+    flops = transformer_forward_flops(
+        spec.transformer, spec.height, spec.width, spec.vae_scale_factor, spec.text_tokens
+    )
+    run = BenchRun(
+        model=spec.name,
+        height=spec.height,
+        width=spec.width,
+        steps=steps,
+        guidance=spec.guidance,
+        cfg=spec.cfg,
+        reps=reps,
+        env=environment(device, compile_scope),
+        rates=rates,
+        flops_linear=flops.linear,
+        flops_attention=flops.attention,
+        image_tokens=flops.image_tokens,
+        text_tokens=flops.text_tokens,
+        transformer_params=sum(p.numel() for p in pipe.transformer.parameters()),
+        pipeline_bytes=sizes,
+        modes=[],
+    )
     info = prec.detect_device() if device.type == "cuda" else prec.DeviceInfo("cpu", "cpu", None, None)
     inputs = forward_inputs(spec, device, dtype)
     reference: dict[str, torch.Tensor] = {}
@@ -529,10 +602,15 @@ def run_benchmark(
                     torch._dynamo.reset()
                 _free(device)
                 if device.type == "cuda":
-                    log(f"[{mode.key}] start: {torch.cuda.memory_allocated(device) / 1e9:.2f} GB allocated "
-                        "without a transformer")
-                transformer = build_transformer(spec, device, dtype) if not spec.tiny \
+                    log(
+                        f"[{mode.key}] start: {torch.cuda.memory_allocated(device) / 1e9:.2f} GB allocated "
+                        "without a transformer"
+                    )
+                transformer = (
+                    build_transformer(spec, device, dtype)
+                    if not spec.tiny
                     else build_pipeline(spec, device, dtype).transformer
+                )
                 pipe.transformer = transformer
                 choice = prec.PrecisionChoice(mode.precision, dtype, mode.compile, "benchmark", compile_scope)
                 prec.apply_precision(pipe, choice)
@@ -541,17 +619,29 @@ def run_benchmark(
                 lean_applied = True
                 _free(device)
             with sdpa_backend(mode.attention):
-                _measure_mode(pipe, spec, device, mode, result, steps, reps, warmup_steps, inputs, reference,
-                              profile and device.type == "cuda", log)
-            floor_rate = rates.fp8_matmul if mode.precision == "fp8-dynamic" and rates.fp8_matmul \
-                else rates.bf16_matmul
+                _measure_mode(
+                    pipe,
+                    spec,
+                    device,
+                    mode,
+                    result,
+                    steps,
+                    reps,
+                    warmup_steps,
+                    inputs,
+                    reference,
+                    profile and device.type == "cuda",
+                    log,
+                )
+            floor_rate = rates.fp8_matmul if mode.precision == "fp8-dynamic" and rates.fp8_matmul else rates.bf16_matmul
             weight_bytes = int(sizes["transformer"] * (0.5 if mode.precision.startswith("fp8") else 1.0))
             floor = step_floor(flops, batch, floor_rate, rates.bf16_matmul, weight_bytes, rates.copy_bandwidth)
             result.floor_step_ms, result.floor_bound = floor.ms, floor.bound
             sdpa_rate = rates.attention_backends.get(mode.attention) if mode.attention else rates.attention
             if sdpa_rate:
-                result.sdpa_floor_step_ms = step_floor(flops, batch, floor_rate, sdpa_rate, weight_bytes,
-                                                       rates.copy_bandwidth).ms
+                result.sdpa_floor_step_ms = step_floor(
+                    flops, batch, floor_rate, sdpa_rate, weight_bytes, rates.copy_bandwidth
+                ).ms
             result.status = "ok"
             previous = mode
         except Exception as err:  # one mode failing must not lose the others
@@ -588,9 +678,20 @@ def _skip_reason(mode: Mode, info: prec.DeviceInfo, quick: bool, previous: Mode 
     return ""
 
 
-def _measure_mode(pipe, spec: ModelSpec, device: torch.device, mode: Mode, result: ModeResult, steps: int,
-                  reps: int, warmup_steps: int, inputs: dict[str, torch.Tensor],
-                  reference: dict[str, torch.Tensor], profile: bool, log: Callable[[str], None]) -> None:
+def _measure_mode(
+    pipe,
+    spec: ModelSpec,
+    device: torch.device,
+    mode: Mode,
+    result: ModeResult,
+    steps: int,
+    reps: int,
+    warmup_steps: int,
+    inputs: dict[str, torch.Tensor],
+    reference: dict[str, torch.Tensor],
+    profile: bool,
+    log: Callable[[str], None],
+) -> None:
     clock = Clock(device)
     t0 = clock.now()
     # Two short images: the first compiles (and autotunes), the second catches a recompile.
@@ -638,5 +739,7 @@ def _row_line(r: ModeResult) -> str:
     if r.status != "ok":
         return f"[{r.key}] {r.status}: {r.note}"
     peak = f"{r.peak_allocated / 1e9:.2f} GB" if r.peak_allocated else "n/a"
-    return (f"[{r.key}] {r.image_s:.3f} s/image, {r.step_ms:.1f} ms/step (floor {r.floor_step_ms:.1f}), "
-            f"encode {r.encode_s:.3f} s, decode {r.decode_s:.3f} s, peak {peak}, warm-up {r.warmup_s:.1f} s")
+    return (
+        f"[{r.key}] {r.image_s:.3f} s/image, {r.step_ms:.1f} ms/step (floor {r.floor_step_ms:.1f}), "
+        f"encode {r.encode_s:.3f} s, decode {r.decode_s:.3f} s, peak {peak}, warm-up {r.warmup_s:.1f} s"
+    )

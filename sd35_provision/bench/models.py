@@ -51,13 +51,35 @@ VAE_CONFIG: dict[str, Any] = dict(
     sample_size=1024,
 )
 CLIP_VOCAB = 49408
-CLIP_L: dict[str, Any] = dict(vocab_size=CLIP_VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                              intermediate_size=3072, projection_dim=768, hidden_act="quick_gelu")
-CLIP_G: dict[str, Any] = dict(vocab_size=CLIP_VOCAB, hidden_size=1280, num_hidden_layers=32, num_attention_heads=20,
-                              intermediate_size=5120, projection_dim=1280, hidden_act="gelu")
-T5_XXL: dict[str, Any] = dict(vocab_size=32128, d_model=4096, num_layers=24, num_heads=64, d_kv=64,
-                              d_ff=10240, feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
-                              relative_attention_max_distance=128)
+CLIP_L: dict[str, Any] = dict(
+    vocab_size=CLIP_VOCAB,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+CLIP_G: dict[str, Any] = dict(
+    vocab_size=CLIP_VOCAB,
+    hidden_size=1280,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    intermediate_size=5120,
+    projection_dim=1280,
+    hidden_act="gelu",
+)
+T5_XXL: dict[str, Any] = dict(
+    vocab_size=32128,
+    d_model=4096,
+    num_layers=24,
+    num_heads=64,
+    d_kv=64,
+    d_ff=10240,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +109,17 @@ MEDIUM = ModelSpec("SD3.5 Medium", _MEDIUM_TRANSFORMER, steps=40, guidance=4.5)
 def tiny_spec() -> ModelSpec:
     """The tests' tiny pipeline, 64x64, 2 steps: runs the whole harness on a CPU in seconds."""
     transformer = dict(tm.TINY_TRANSFORMER_CONFIG)
-    return ModelSpec("tiny (tests)", transformer, steps=2, guidance=3.5, height=64, width=64, tiny=True,
-                     vae_scale_factor=1, text_tokens=tm.CLIP_MAX_LENGTH + tm.T5_MAX_LENGTH)
+    return ModelSpec(
+        "tiny (tests)",
+        transformer,
+        steps=2,
+        guidance=3.5,
+        height=64,
+        width=64,
+        tiny=True,
+        vae_scale_factor=1,
+        text_tokens=tm.CLIP_MAX_LENGTH + tm.T5_MAX_LENGTH,
+    )
 
 
 SPECS = {"large": LARGE, "medium": MEDIUM}
@@ -109,8 +140,7 @@ def build_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, se
         # same lengths (77 CLIP, 256 T5), which is all that cost depends on.
         with tempfile.TemporaryDirectory() as tmp:
             clip_tok, t5_tok, _, _ = tm.build_tokenizers(Path(tmp))
-        configs = tm.SD3Configs(clip_l=CLIP_L, clip_g=CLIP_G, t5=T5_XXL, transformer=spec.transformer,
-                                vae=VAE_CONFIG)
+        configs = tm.SD3Configs(clip_l=CLIP_L, clip_g=CLIP_G, t5=T5_XXL, transformer=spec.transformer, vae=VAE_CONFIG)
         pipe = tm.build_sd3_pipeline(configs, clip_tok, t5_tok, seed, device, dtype)
         pipe.to(device=device, dtype=dtype)
     for module in pipe.components.values():

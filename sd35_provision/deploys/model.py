@@ -52,10 +52,20 @@ def model_check(plan: HostPlan) -> ModelCheck:
     """The ModelFiles fact for this host's model, as the layer reads it (pyinfra caches the read)."""
     user = plan.settings.service.user
     if plan.model_manifest_text is not None:  # push: the manifest is computed here, not read there
-        return host.get_fact(ModelFiles, directory=plan.model_dir, manifest_path=plan.model_manifest_path, user=user,
-                             manifest=plan.model_manifest_text)
-    return host.get_fact(ModelFiles, directory=plan.model_dir, manifest_path=plan.model_manifest_path, user=user,
-                         git=plan.settings.model.source == "git")
+        return host.get_fact(
+            ModelFiles,
+            directory=plan.model_dir,
+            manifest_path=plan.model_manifest_path,
+            user=user,
+            manifest=plan.model_manifest_text,
+        )
+    return host.get_fact(
+        ModelFiles,
+        directory=plan.model_dir,
+        manifest_path=plan.model_manifest_path,
+        user=user,
+        git=plan.settings.model.source == "git",
+    )
 
 
 @deploy(STEP)
@@ -70,8 +80,16 @@ def model_layer(plan: HostPlan, recorder: HostRecorder) -> None:
             token = modelstore.read_token(settings)
         except modelstore.ModelSourceError as error:
             raise ModelNotReady(host.name, STEP, str(error)) from None
-        managed_file(name="Hugging Face token", path=HF_TOKEN_PATH, content=token + "\n",
-                     user=user, group=user, mode="600", secret=True, recorder=recorder)
+        managed_file(
+            name="Hugging Face token",
+            path=HF_TOKEN_PATH,
+            content=token + "\n",
+            user=user,
+            group=user,
+            mode="600",
+            secret=True,
+            recorder=recorder,
+        )
 
     check = model_check(plan)
     _note(check, recorder)
@@ -80,12 +98,22 @@ def model_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     elif model.source == "git":
         assert model.url is not None and model.revision is not None  # the loader requires both for source git
         fresh = not (check.manifest and check.exists) or not (check.git_head or "").startswith(model.revision)
-        fetched = model_cloned(name=f"Fetch model {model.url} at {model.revision[:12]}", plan=plan, check=check,
-                               fresh=fresh, recorder=recorder)
+        fetched = model_cloned(
+            name=f"Fetch model {model.url} at {model.revision[:12]}",
+            plan=plan,
+            check=check,
+            fresh=fresh,
+            recorder=recorder,
+        )
     else:
         assert model.revision is not None  # the loader requires it for source hf
-        fetched = model_downloaded(name=f"Download model {model.repo} at {model.revision[:12]}", plan=plan,
-                                   check=check, fresh=not (check.manifest and check.exists), recorder=recorder)
+        fetched = model_downloaded(
+            name=f"Download model {model.repo} at {model.revision[:12]}",
+            plan=plan,
+            check=check,
+            fresh=not (check.manifest and check.exists),
+            recorder=recorder,
+        )
     recorder.feeds_service("model", fetched)
 
 
@@ -101,18 +129,28 @@ def _push(plan: HostPlan, check: ModelCheck, recorder: HostRecorder):
     if needed:
         space = host.get_fact(FreeSpace, path=directory)
         if needed > space.free_bytes:
-            raise ModelNotReady(host.name, STEP, (
-                f"not enough disk space for the model at {directory}: {needed / 1e9:.2f} GB to push, "
-                f"{space.free_bytes / 1e9:.2f} GB free on {space.mount or space.nearest}; free some space or "
-                "point cache.root at a larger disk"))
+            raise ModelNotReady(
+                host.name,
+                STEP,
+                (
+                    f"not enough disk space for the model at {directory}: {needed / 1e9:.2f} GB to push, "
+                    f"{space.free_bytes / 1e9:.2f} GB free on {space.mount or space.nearest}; free some space or "
+                    "point cache.root at a larger disk"
+                ),
+            )
     user = plan.settings.service.user
     total = sum(entry["size"] for entry in manifest["files"].values())
-    managed_file(name="Model manifest", path=plan.model_manifest_path, content=text, user=user,
-                 group=user, mode="640",
-                 summary=f"(manifest of {len(manifest['files'])} files, {total / 1e6:.1f} MB, sha256 of each)",
-                 recorder=recorder)
-    return model_pushed(name=f"Push model files to {directory}", plan=plan, check=check, names=names,
-                        recorder=recorder)
+    managed_file(
+        name="Model manifest",
+        path=plan.model_manifest_path,
+        content=text,
+        user=user,
+        group=user,
+        mode="640",
+        summary=f"(manifest of {len(manifest['files'])} files, {total / 1e6:.1f} MB, sha256 of each)",
+        recorder=recorder,
+    )
+    return model_pushed(name=f"Push model files to {directory}", plan=plan, check=check, names=names, recorder=recorder)
 
 
 @operation()
@@ -167,13 +205,28 @@ def git_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
     model = plan.settings.model
     assert model.url is not None and model.revision is not None  # the loader requires both for source git
     directory, manifest = plan.model_dir, plan.model_manifest_path
-    space = modelcheck_command("python3", "space", "--dir", directory, "--manifest", manifest, "--factor", "2",
-                               "--why", " (git-lfs holds a second copy until the checkout is done)")
+    space = modelcheck_command(
+        "python3",
+        "space",
+        "--dir",
+        directory,
+        "--manifest",
+        manifest,
+        "--factor",
+        "2",
+        "--why",
+        " (git-lfs holds a second copy until the checkout is done)",
+    )
     lines = ["set -eu", "umask 022"]
     if repair is None:
         lines += [
-            render_script("model-git-checkout.sh", dir=directory, partial=f"{directory}.partial", url=model.url,
-                          revision=model.revision),
+            render_script(
+                "model-git-checkout.sh",
+                dir=directory,
+                partial=f"{directory}.partial",
+                url=model.url,
+                revision=model.revision,
+            ),
             modelcheck_command("python3", "git-manifest", "--dir", directory, "--out", manifest),
             space,
             render_script("model-git-pull.sh", include=[]),
@@ -216,12 +269,24 @@ def hf_fetch_script(plan: HostPlan, repair: list[str] | None) -> str:
     settings = plan.settings
     model, user = settings.model, settings.service.user
     assert model.revision is not None  # the loader requires it for source hf
-    environment = {"HOME": settings.cache.root, **layout.cache_environment(settings.cache),
-                   "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    environment = {
+        "HOME": settings.cache.root,
+        **layout.cache_environment(settings.cache),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     if model.token_file is not None:
         environment["HF_TOKEN_PATH"] = HF_TOKEN_PATH  # a path: the token itself never reaches argv or an environment
-    args = ["hf-fetch", "--repo", model.repo, "--revision", model.revision, "--cache-dir",
-            layout.hub_cache(settings.cache.hf_home), "--manifest", plan.model_manifest_path]
+    args = [
+        "hf-fetch",
+        "--repo",
+        model.repo,
+        "--revision",
+        model.revision,
+        "--cache-dir",
+        layout.hub_cache(settings.cache.hf_home),
+        "--manifest",
+        plan.model_manifest_path,
+    ]
     if model.endpoint:
         args += ["--endpoint", model.endpoint]
     for name in repair or ():
@@ -247,8 +312,22 @@ def hand_over_script(root: str, user: str) -> str:
 def verify_command(plan: HostPlan) -> str:
     """Check the result before calling the host done: exits non-zero naming each file still broken."""
     manifest = plan.model_manifest_path
-    return modelcheck_command("python3", "verify", "--strict", "--dir", plan.model_dir, "--manifest", manifest,
-                              "--hashes", hashes_path(manifest), "--user", plan.settings.service.user) + " >/dev/null"
+    return (
+        modelcheck_command(
+            "python3",
+            "verify",
+            "--strict",
+            "--dir",
+            plan.model_dir,
+            "--manifest",
+            manifest,
+            "--hashes",
+            hashes_path(manifest),
+            "--user",
+            plan.settings.service.user,
+        )
+        + " >/dev/null"
+    )
 
 
 def describe_changes(check: ModelCheck, directory: str, source: str, fetching: list[str] | None) -> str:

@@ -89,8 +89,9 @@ def _suite_matches(suite: str, codename: str) -> bool:
     return suite == codename or suite.startswith(f"{codename}-")
 
 
-def enable_components_one_line(lines: list[str], codename: str,
-                               components: tuple[str, ...] = DEBIAN_COMPONENTS) -> tuple[list[str], bool]:
+def enable_components_one_line(
+    lines: list[str], codename: str, components: tuple[str, ...] = DEBIAN_COMPONENTS
+) -> tuple[list[str], bool]:
     """Add ``components`` to each ``deb``/``deb-src`` line of Debian ``codename`` with "main".
 
     Returns the new lines and whether any such line was found.
@@ -110,8 +111,9 @@ def enable_components_one_line(lines: list[str], codename: str,
     return out, found
 
 
-def enable_components_deb822(lines: list[str], codename: str,
-                             components: tuple[str, ...] = DEBIAN_COMPONENTS) -> tuple[list[str], bool]:
+def enable_components_deb822(
+    lines: list[str], codename: str, components: tuple[str, ...] = DEBIAN_COMPONENTS
+) -> tuple[list[str], bool]:
     """Add ``components`` to each enabled deb822 stanza of Debian ``codename`` with "main"."""
     out, found = list(lines), False
     stanza: dict[str, tuple[int, str]] = {}
@@ -151,13 +153,24 @@ def _enable_debian_components(codename: str, recorder: HostRecorder) -> None:
         new_lines, here = edit(lines, codename)
         found = found or here
         if new_lines != lines:
-            managed_file(name=f"Enable {' '.join(DEBIAN_COMPONENTS)} in {path}", path=path,
-                         content="\n".join(new_lines) + "\n", user="root", group="root", mode="644",
-                         recorder=recorder)
+            managed_file(
+                name=f"Enable {' '.join(DEBIAN_COMPONENTS)} in {path}",
+                path=path,
+                content="\n".join(new_lines) + "\n",
+                user="root",
+                group="root",
+                mode="644",
+                recorder=recorder,
+            )
     if not found:
-        raise DriverNotReady(host.name, STEP, (
-            f"no Debian {codename} archive with 'main' in {' or '.join(DEBIAN_SOURCES)}; enable "
-            f"{' '.join(DEBIAN_COMPONENTS)} for it by hand, then run again"))
+        raise DriverNotReady(
+            host.name,
+            STEP,
+            (
+                f"no Debian {codename} archive with 'main' in {' or '.join(DEBIAN_SOURCES)}; enable "
+                f"{' '.join(DEBIAN_COMPONENTS)} for it by hand, then run again"
+            ),
+        )
 
 
 def _check_after_reboot(flavours: tuple[str, ...]) -> str:
@@ -182,21 +195,27 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
 
     if driver.mode == "verify":
         if problem:
-            raise DriverNotReady(host.name, STEP, (
-                f"{problem}; install a driver (branch {driver.branch} or newer), or set gpu.driver.mode: install"))
+            raise DriverNotReady(
+                host.name,
+                STEP,
+                (f"{problem}; install a driver (branch {driver.branch} or newer), or set gpu.driver.mode: install"),
+            )
         return
     if problem is None:
         major = str(version_tuple(status.driver_version or "0")[0])
         if major != driver.branch:
-            recorder.note(f"NVIDIA driver {status.driver_version} works for torch; gpu.driver.branch {driver.branch} "
-                        "not applied (a working driver is never replaced)")
+            recorder.note(
+                f"NVIDIA driver {status.driver_version} works for torch; gpu.driver.branch {driver.branch} "
+                "not applied (a working driver is never replaced)"
+            )
         return
 
     distro = host.get_fact(LinuxDistribution) or LinuxDistribution.default()
     release = distro.get("release_meta") or {}
     os_id, os_version = (release.get("ID") or "").lower(), release.get("VERSION_ID") or ""
-    cannot = driver_install_problem(os_id, os_version, driver.branch, settings.python.torch_flavour,
-                                    distro.get("name") or "")
+    cannot = driver_install_problem(
+        os_id, os_version, driver.branch, settings.python.torch_flavour, distro.get("name") or ""
+    )
     if cannot:
         raise DriverNotReady(host.name, STEP, f"{problem}; {cannot}")
 
@@ -207,8 +226,10 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
         packages = ["nvidia-driver", "firmware-misc-nonfree", debian_headers_package(kernel)]
         branch = install_branch(os_id, os_version, driver.branch)
         if branch != driver.branch:
-            recorder.note(f"Debian {os_version} installs its own NVIDIA driver branch ({branch}); "
-                        f"gpu.driver.branch {driver.branch} cannot be pinned there")
+            recorder.note(
+                f"Debian {os_version} installs its own NVIDIA driver branch ({branch}); "
+                f"gpu.driver.branch {driver.branch} cannot be pinned there"
+            )
 
     installed = host.get_fact(DebPackages) or {}
     module = host.get_fact(NvidiaKernelModule)
@@ -221,14 +242,20 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
     elif module.reboot_needed:
         reason = f"nvidia module {module.installed} installed, {module.loaded or 'none'} loaded"
     else:
-        raise DriverNotReady(host.name, STEP, (
-            f"{problem}, although {', '.join(packages)} are installed and nvidia module "
-            f"{module.loaded or 'none'} is loaded: see dmesg (Secure Boot may refuse an unsigned DKMS module)"))
+        raise DriverNotReady(
+            host.name,
+            STEP,
+            (
+                f"{problem}, although {', '.join(packages)} are installed and nvidia module "
+                f"{module.loaded or 'none'} is loaded: see dmesg (Secure Boot may refuse an unsigned DKMS module)"
+            ),
+        )
 
     if driver.allow_reboot:
         recorder.note(f"rebooting: {reason}")
         server.reboot(name="Reboot to load the NVIDIA driver", reboot_timeout=driver.reboot_timeout_s)
         server.shell(name="Check the NVIDIA driver after the reboot", commands=[_check_after_reboot(flavours)])
     else:
-        recorder.note(f"reboot required: {reason}; the new driver works only after a reboot "
-                    "(gpu.driver.allow_reboot is false)")
+        recorder.note(
+            f"reboot required: {reason}; the new driver works only after a reboot (gpu.driver.allow_reboot is false)"
+        )

@@ -41,8 +41,9 @@ def read_plan_facts(host: Host, settings: HostSettings) -> PlanFacts:
     if not pci:
         return replace(facts, nvidia_pci=pci)
     release = (host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}
-    return replace(facts, nvidia_pci=pci, os_id=(release.get("ID") or "").lower(),
-                   os_version=release.get("VERSION_ID") or "")
+    return replace(
+        facts, nvidia_pci=pci, os_id=(release.get("ID") or "").lower(), os_version=release.get("VERSION_ID") or ""
+    )
 
 
 def plan_host(host: Host, settings: HostSettings, gathered: HostFacts | None = None) -> HostPlan:

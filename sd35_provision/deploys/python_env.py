@@ -49,9 +49,16 @@ def python_environment(plan: HostPlan, recorder: HostRecorder) -> None:
     files.directory(name="Environment root", path=root, user="root", group="root", mode="755")
     for directory in (layout.venvs_dir(root), layout.locks_dir(root)):
         files.directory(name=f"Directory {directory}", path=directory, user="root", group="root", mode="755")
-    managed_file(name=f"Lock {lock.id}", path=plan.lock_path, content=lock.text, user="root", group="root",
-                 mode="644", summary=f"(lock {lock.id}: {len(lock.pins)} pinned packages, hashes checked)",
-                 recorder=recorder)
+    managed_file(
+        name=f"Lock {lock.id}",
+        path=plan.lock_path,
+        content=lock.text,
+        user="root",
+        group="root",
+        mode="644",
+        summary=f"(lock {lock.id}: {len(lock.pins)} pinned packages, hashes checked)",
+        recorder=recorder,
+    )
 
     if plan.wheelhouse_dir is not None:
         files.directory(name="Wheelhouse directory", path=plan.wheelhouse_dir, user="root", group="root", mode="755")
@@ -75,8 +82,13 @@ def python_environment(plan: HostPlan, recorder: HostRecorder) -> None:
     if compare_installed(lock, state.environment, state.packages):
         restored = venv_restored(
             name=f"Restore the locked packages of venv {lock.id}",
-            venv=plan.venv_dir, lock=lock, installed=state.packages, environment=state.environment,
-            lock_path=plan.lock_path, pip_options=pip_options, recorder=recorder,
+            venv=plan.venv_dir,
+            lock=lock,
+            installed=state.packages,
+            environment=state.environment,
+            lock_path=plan.lock_path,
+            pip_options=pip_options,
+            recorder=recorder,
             _env=_pip_environment(settings),
         )
         recorder.feeds_service("venv", restored)  # repaired in place: the service reloads what it imported
@@ -100,8 +112,15 @@ def wheels_pushed(wheels: list[tuple[str, str, str]], directory: str):
 
 
 @operation()
-def venv_restored(venv: str, lock: Lock, installed: dict[str, str], environment: dict[str, str],
-                  lock_path: str, pip_options: list[str], recorder: HostRecorder):
+def venv_restored(
+    venv: str,
+    lock: Lock,
+    installed: dict[str, str],
+    environment: dict[str, str],
+    lock_path: str,
+    pip_options: list[str],
+    recorder: HostRecorder,
+):
     """
     Put a drifted venv back to its lock: remove what the lock lacks, reinstall the rest.
 
@@ -130,8 +149,12 @@ def venv_restored(venv: str, lock: Lock, installed: dict[str, str], environment:
 
 
 def _pip_environment(settings: HostSettings) -> dict[str, str]:
-    return {"PIP_CACHE_DIR": settings.cache.pip_cache, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-            "PIP_NO_INPUT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return {
+        "PIP_CACHE_DIR": settings.cache.pip_cache,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
 
 
 def _pip_options(settings: HostSettings, lock: Lock, find_links: str | None) -> list[str]:
@@ -145,10 +168,23 @@ def _pip_options(settings: HostSettings, lock: Lock, find_links: str | None) -> 
 
 
 def _build_script(interpreter: str, venv: str, lock_path: str, pip_options: list[str]) -> str:
-    return render_script("venv-build.sh", venv_name=venv.rsplit("/", 1)[-1], interpreter=interpreter, venv=venv,
-                         lock=lock_path, pip_options=pip_options, stamp=COMPLETE_STAMP)
+    return render_script(
+        "venv-build.sh",
+        venv_name=venv.rsplit("/", 1)[-1],
+        interpreter=interpreter,
+        venv=venv,
+        lock=lock_path,
+        pip_options=pip_options,
+        stamp=COMPLETE_STAMP,
+    )
 
 
 def _repair_script(venv: str, lock_path: str, pip_options: list[str], extras: list[str]) -> str:
-    return render_script("venv-repair.sh", venv=venv, lock=lock_path, pip_options=pip_options, extras=extras,
-                         remove="yes" if extras else "")
+    return render_script(
+        "venv-repair.sh",
+        venv=venv,
+        lock=lock_path,
+        pip_options=pip_options,
+        extras=extras,
+        remove="yes" if extras else "",
+    )

@@ -46,19 +46,22 @@ def release_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     leftovers = interrupted_leftovers(store, plan.venv_dir)
     if leftovers:
         names = ", ".join(path.removeprefix(f"{root}/").removeprefix(f"{cache_root}/") for path in leftovers)
-        server.shell(name=f"Remove what an interrupted run left: {names}",
-                     commands=["\n".join(["set -eu", *(f"rm -rf {shlex.quote(path)}" for path in leftovers)])])
+        server.shell(
+            name=f"Remove what an interrupted run left: {names}",
+            commands=["\n".join(["set -eu", *(f"rm -rf {shlex.quote(path)}" for path in leftovers)])],
+        )
     if store.previous_broken:
-        server.shell(name=f"Remove the broken link previous ({store.previous} is gone: no rollback target)",
-                     commands=[f"rm -f {shlex.quote(layout.previous_link(root))}"])
+        server.shell(
+            name=f"Remove the broken link previous ({store.previous} is gone: no rollback target)",
+            commands=[f"rm -f {shlex.quote(layout.previous_link(root))}"],
+        )
 
     files.directory(name="Releases directory", path=releases, user="root", group="root", mode="755")
     files.directory(name="Apps directory", path=layout.apps_dir(root), user="root", group="root", mode="755")
     if not host.get_fact(Directory, path=plan.app_dir):
         service_code_unpacked(name=f"Unpack service code {service_bundle()[1][:12]}", app=plan.app_dir)
     if not host.get_fact(Directory, path=release):
-        server.shell(name=f"Create release {rid}",
-                     commands=[_create_script(releases, rid, manifest, plan.service_env)])
+        server.shell(name=f"Create release {rid}", commands=[_create_script(releases, rid, manifest, plan.service_env)])
 
     target = plan.release_target
     link = host.get_fact(Link, path=layout.current_link(root))
@@ -69,8 +72,7 @@ def release_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     stale = [path for path in stale_paths(store, target, set(manifest["links"].values())) if path not in leftovers]
     if stale:
         names = ", ".join(path.rsplit("/", 1)[-1] for path in stale)
-        server.shell(name=f"Prune what no kept release uses: {names}",
-                     commands=[prune_script(cache_root, stale)])
+        server.shell(name=f"Prune what no kept release uses: {names}", commands=[prune_script(cache_root, stale)])
 
 
 def interrupted_leftovers(store: ReleaseStore, wanted_venv: str) -> list[str]:
@@ -116,15 +118,22 @@ def service_code_unpacked(app: str):
     """
     yield FileUploadCommand(io.BytesIO(service_bundle()[0]), f"{app}.tar")
     a, staging = shlex.quote(app), shlex.quote(f"{app}.new")
-    yield (f"rm -rf {staging} && mkdir -m 755 {staging} && tar -xf {a}.tar -C {staging} --no-same-owner && "
-            f"chmod -R a+rX {staging} && rm -f {a}.tar && mv -T {staging} {a}")
+    yield (
+        f"rm -rf {staging} && mkdir -m 755 {staging} && tar -xf {a}.tar -C {staging} --no-same-owner && "
+        f"chmod -R a+rX {staging} && rm -f {a}.tar && mv -T {staging} {a}"
+    )
 
 
 def _create_script(releases: str, rid: str, manifest: Mapping[str, Any], service_env: str) -> str:
     links = manifest["links"]
     return render_script(
-        "release-create.sh", staging=f"{releases}/.{rid}.new", release=f"{releases}/{rid}",
-        venv=links["venv"], app=links["app"], model=links["model"],
-        release_json=json.dumps(manifest, indent=2, sort_keys=True), service_env=service_env,
+        "release-create.sh",
+        staging=f"{releases}/.{rid}.new",
+        release=f"{releases}/{rid}",
+        venv=links["venv"],
+        app=links["app"],
+        model=links["model"],
+        release_json=json.dumps(manifest, indent=2, sort_keys=True),
+        service_env=service_env,
         service_env_copy=layout.RELEASE_SERVICE_ENV,
     )

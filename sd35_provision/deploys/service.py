@@ -34,8 +34,16 @@ from sd35_provision.hostplan import HostPlan, render_service_unit
 from sd35_provision.operations import HostRecorder, managed_file
 from sd35_provision.service_settings import render_service_env
 
-__all__ = ["API_KEY_PATH", "SERVICE_ENV_FILE", "UNIT_NAME", "UNIT_PATH", "render_service_env", "render_service_unit",
-           "running_difference", "service_layer"]
+__all__ = [
+    "API_KEY_PATH",
+    "SERVICE_ENV_FILE",
+    "UNIT_NAME",
+    "UNIT_PATH",
+    "render_service_env",
+    "render_service_unit",
+    "running_difference",
+    "service_layer",
+]
 
 STEP = "Service"
 UNIT_NAME = layout.SERVICE_UNIT
@@ -52,23 +60,52 @@ def service_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     user = settings.service.user
     wanted_files = dict(plan.running_files)
 
-    files.directory(name="Smoke test directory", path=layout.smoke_dir(settings.cache.root), user="root",
-                    group="root", mode="755")
+    files.directory(
+        name="Smoke test directory", path=layout.smoke_dir(settings.cache.root), user="root", group="root", mode="755"
+    )
     if plan.has_api_key:
         assert settings.service.api_key_file is not None
         key = settings.service.api_key_file.read_text().strip() + "\n"  # read here, kept nowhere
         wanted_files[API_KEY_PATH] = hashlib.sha256(key.encode()).hexdigest()  # only its digest is compared
-        recorder.feeds_service("API key", managed_file(
-            name="Service API key", path=API_KEY_PATH, content=key, user=user, group=user, mode="400", secret=True,
-            recorder=recorder))
+        recorder.feeds_service(
+            "API key",
+            managed_file(
+                name="Service API key",
+                path=API_KEY_PATH,
+                content=key,
+                user=user,
+                group=user,
+                mode="400",
+                secret=True,
+                recorder=recorder,
+            ),
+        )
     else:
         files.file(name="No API key file", path=API_KEY_PATH, present=False)
-    recorder.feeds_service("settings", managed_file(
-        name="Service settings", path=SERVICE_ENV_FILE, content=plan.service_env, user="root", group=user,
-        mode="640", recorder=recorder))
-    recorder.feeds_service("unit", managed_file(
-        name="Service unit", path=UNIT_PATH, content=plan.unit, user="root", group="root", mode="644",
-        recorder=recorder))
+    recorder.feeds_service(
+        "settings",
+        managed_file(
+            name="Service settings",
+            path=SERVICE_ENV_FILE,
+            content=plan.service_env,
+            user="root",
+            group=user,
+            mode="640",
+            recorder=recorder,
+        ),
+    )
+    recorder.feeds_service(
+        "unit",
+        managed_file(
+            name="Service unit",
+            path=UNIT_PATH,
+            content=plan.unit,
+            user="root",
+            group="root",
+            mode="644",
+            recorder=recorder,
+        ),
+    )
 
     # What the running process runs, read before this run changed anything.
     running = host.get_fact(RunningService, unit=UNIT_NAME, record=layout.RUNNING_RECORD)
@@ -77,9 +114,11 @@ def service_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     # pyinfra's verdict on each operation that feeds the service (prepared, not read again from the host).
     inputs = recorder.service_inputs
     reasons = [reason for reason in RESTART_REASONS if any(op.will_change for op in inputs.get(reason, ()))]
-    restart = (f"systemctl daemon-reload && systemctl enable --quiet {UNIT_NAME} && "
-               f"systemctl restart {UNIT_NAME} || {{ systemctl status --no-pager --lines=15 {UNIT_NAME} >&2; "
-               "exit 1; }")
+    restart = (
+        f"systemctl daemon-reload && systemctl enable --quiet {UNIT_NAME} && "
+        f"systemctl restart {UNIT_NAME} || {{ systemctl status --no-pager --lines=15 {UNIT_NAME} >&2; "
+        "exit 1; }"
+    )
     if differs or reasons:
         # Files this run changes say why; with none, what the process runs does.
         recorder.note(f"service restarts ({', '.join(reasons)} changed)" if reasons else f"service restarts: {differs}")
@@ -111,8 +150,10 @@ def running_difference(running: RunningState, release_id: str, files: Mapping[st
     release = record.get("release")
     if release == release_id and not changed:
         return None
-    text = (f"service runs release {release or '(none)'} with settings digest {settings_digest(stated_files)}, "
-            f"wanted {release_id} with {settings_digest(files)}")
+    text = (
+        f"service runs release {release or '(none)'} with settings digest {settings_digest(stated_files)}, "
+        f"wanted {release_id} with {settings_digest(files)}"
+    )
     return text + (f" ({', '.join(changed)} differ{'s' if len(changed) == 1 else ''})" if changed else "")
 
 

@@ -44,7 +44,7 @@ class FreeSpace(FactBase[FreeSpaceInfo]):
         return FreeSpaceInfo(
             path=values["path"],
             nearest=values["nearest"],
-            mount=" ".join(fields[capacity + 1:]),
+            mount=" ".join(fields[capacity + 1 :]),
             source=" ".join(fields[: capacity - 3]),
             total_bytes=int(fields[capacity - 3]) * 1024,
             free_bytes=int(fields[capacity - 1]) * 1024,
@@ -136,9 +136,15 @@ def _parse_disk(line: str) -> DiskInfo:
     attrs = {key: ("" if value == "-" else value) for key, value in attrs.items()}
     name = attrs["disk"]
     rotational = {"0": False, "1": True}.get(attrs.get("rotational", ""))
-    return DiskInfo(name=name, rotational=rotational, vendor=attrs.get("vendor", ""), model=attrs["model"],
-                    driver=attrs.get("driver", ""), device=attrs.get("device", ""),
-                    virtual=_virtual_marker(name, attrs))
+    return DiskInfo(
+        name=name,
+        rotational=rotational,
+        vendor=attrs.get("vendor", ""),
+        model=attrs["model"],
+        driver=attrs.get("driver", ""),
+        device=attrs.get("device", ""),
+        virtual=_virtual_marker(name, attrs),
+    )
 
 
 def _names(disks: list[DiskInfo]) -> str:
@@ -166,8 +172,9 @@ def _verdict(values: dict[str, str], unresolved: list[str], disks: list[DiskInfo
             return "unknown", f"{_names(network)} network block storage ({network[0].model}): may be HDD-backed"
         virtual = [d for d in unknown if d.virtual]
         if virtual:
-            return "unknown", (f"{_names(virtual)} a virtual disk ({virtual[0].virtual}) reporting rotational=1 "
-                               "whatever backs it")
+            return "unknown", (
+                f"{_names(virtual)} a virtual disk ({virtual[0].virtual}) reporting rotational=1 whatever backs it"
+            )
         return "unknown", f"{_names(unknown)} not reporting whether it rotates"
     virtual_note = " (virtual disk: as its hypervisor reports it)" if any(d.virtual for d in disks) else ""
     return "ssd", f"{_names(disks)} non-rotational{virtual_note}"
@@ -215,8 +222,13 @@ class StorageKind(FactBase[StorageInfo]):
         kind, reason = _verdict(values, unresolved, disks)
         container = values.get("container")
         return StorageInfo(
-            kind=kind, reason=reason, path=values.get("path", ""), mount=values.get("mount", "").replace("\\040", " "),
-            source=values.get("source", ""), fstype=values.get("fstype", ""),
+            kind=kind,
+            reason=reason,
+            path=values.get("path", ""),
+            mount=values.get("mount", "").replace("\\040", " "),
+            source=values.get("source", ""),
+            fstype=values.get("fstype", ""),
             container=None if container in (None, "none") else container,
-            chain=tuple(chain), disks=tuple(disks),
+            chain=tuple(chain),
+            disks=tuple(disks),
         )

@@ -94,8 +94,14 @@ class ModelFiles(FactBase[ModelCheck]):
     the commit checked out.
     """
 
-    def command(self, directory: str, manifest_path: str, user: str | None = None, manifest: str | None = None,
-                git: bool = False) -> str:
+    def command(
+        self,
+        directory: str,
+        manifest_path: str,
+        user: str | None = None,
+        manifest: str | None = None,
+        git: bool = False,
+    ) -> str:
         args = ["verify", "--dir", directory, "--hashes", hashes_path(manifest_path)]
         args += ["--expected-stdin"] if manifest is not None else ["--manifest", manifest_path]
         args += ["--user", user] if user else []
@@ -113,8 +119,9 @@ class ModelFiles(FactBase[ModelCheck]):
         return ModelCheck(
             manifest=bool(data.get("manifest")),
             exists=bool(data.get("directory")),
-            broken=tuple(BrokenFile(item["path"], item["problem"], item.get("detail", ""))
-                         for item in data.get("broken", [])),
+            broken=tuple(
+                BrokenFile(item["path"], item["problem"], item.get("detail", "")) for item in data.get("broken", [])
+            ),
             files=int(data.get("files", 0)),
             bytes=int(data.get("bytes", 0)),
             rehashed=int(data.get("rehashed", 0)),

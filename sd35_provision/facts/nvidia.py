@@ -98,7 +98,7 @@ class NvidiaGpus(FactBase[NvidiaStatus]):
         cuda = None
         for line in output:
             if line.startswith(MARK):
-                values = dict(part.split("=", 1) for part in line[len(MARK):].split())
+                values = dict(part.split("=", 1) for part in line[len(MARK) :].split())
                 if values.get("nvidia-smi") == "absent":
                     return NvidiaStatus(state="absent")
                 fields, rc = values.get("query", GPU_QUERY).split(","), values.get("rc", "0")
@@ -106,11 +106,17 @@ class NvidiaGpus(FactBase[NvidiaStatus]):
                 cuda = line.split(":", 1)[1].strip() or None
             elif rc == "0" and line.count(",") == len(fields) - 1:
                 row = dict(zip(fields, (part.strip() for part in line.split(",")), strict=False))
-                gpus.append(GpuInfo(
-                    index=int(row["index"]), name=row["name"], memory_mib=_int_or_none(row["memory.total"]),
-                    compute_capability=_capability(row.get("compute_cap", "")),
-                    driver_version=row["driver_version"], pci_bus_id=row["pci.bus_id"], uuid=row["uuid"],
-                ))
+                gpus.append(
+                    GpuInfo(
+                        index=int(row["index"]),
+                        name=row["name"],
+                        memory_mib=_int_or_none(row["memory.total"]),
+                        compute_capability=_capability(row.get("compute_cap", "")),
+                        driver_version=row["driver_version"],
+                        pci_bus_id=row["pci.bus_id"],
+                        uuid=row["uuid"],
+                    )
+                )
             elif line.strip():
                 errors.append(line.strip())
         if rc != "0" or (errors and not gpus):
@@ -165,8 +171,14 @@ class NvidiaPciDevices(FactBase[list[PciDevice]]):
         for line in output:
             parts = line.split()
             if len(parts) == 4:
-                devices.append(PciDevice(slot=parts[0], pci_class=parts[1], device_id=parts[2],
-                                         driver=None if parts[3] == "-" else parts[3]))
+                devices.append(
+                    PciDevice(
+                        slot=parts[0],
+                        pci_class=parts[1],
+                        device_id=parts[2],
+                        driver=None if parts[3] == "-" else parts[3],
+                    )
+                )
         return devices
 
     @staticmethod
@@ -199,8 +211,11 @@ class NvidiaKernelModule(FactBase[NvidiaModule]):
 
     def process(self, output: list[str]) -> NvidiaModule:
         values = dict(line.split("=", 1) for line in output if "=" in line)
-        return NvidiaModule(loaded=values.get("loaded") or None, installed=values.get("installed") or None,
-                            nouveau_loaded=values.get("nouveau") == "loaded")
+        return NvidiaModule(
+            loaded=values.get("loaded") or None,
+            installed=values.get("installed") or None,
+            nouveau_loaded=values.get("nouveau") == "loaded",
+        )
 
     @staticmethod
     def default() -> NvidiaModule:

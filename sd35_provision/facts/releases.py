@@ -44,24 +44,28 @@ class ReleaseStoreContents(FactBase[ReleaseStore]):
 
     def command(self, root: str, models: str) -> str:
         r, m = shlex.quote(root), shlex.quote(models)
-        return "\n".join([
-            f"cd {r} 2>/dev/null || exit 0",
-            f"echo root {r}",
-            'echo "current $(readlink current || true)"',
-            'echo "previous $(readlink previous || true)"',
-            "for release in releases/*/; do [ -d \"$release\" ] || continue; release=${release%/}",
-            '  for part in venv app model; do echo "link $release $part $(readlink "$release/$part" || true)"; done',
-            "done",
-            f'for entry in {r}/venvs/* {r}/apps/* {m}/*; do [ -d "$entry" ] && echo "dir $entry"; done',
-            "for entry in releases/.*.new .current.new .previous.new apps/*.new apps/*.tar; do",
-            f'  if [ -e "$entry" ] || [ -L "$entry" ]; then echo "leftover {r}/$entry"; fi',
-            "done",
-            "for venv in venvs/*/; do",
-            f'  if [ -d "$venv" ] && [ ! -f "$venv{COMPLETE_STAMP}" ]; then echo "unstamped {r}/${{venv%/}}"; fi',
-            "done",
-            f"find {r}/wheelhouse {m} -maxdepth 5 -name '*.partial' -prune -print 2>/dev/null | sed 's/^/leftover /'",
-            "true",
-        ])
+        return "\n".join(
+            [
+                f"cd {r} 2>/dev/null || exit 0",
+                f"echo root {r}",
+                'echo "current $(readlink current || true)"',
+                'echo "previous $(readlink previous || true)"',
+                'for release in releases/*/; do [ -d "$release" ] || continue; release=${release%/}',
+                "  for part in venv app model; do"
+                ' echo "link $release $part $(readlink "$release/$part" || true)"; done',
+                "done",
+                f'for entry in {r}/venvs/* {r}/apps/* {m}/*; do [ -d "$entry" ] && echo "dir $entry"; done',
+                "for entry in releases/.*.new .current.new .previous.new apps/*.new apps/*.tar; do",
+                f'  if [ -e "$entry" ] || [ -L "$entry" ]; then echo "leftover {r}/$entry"; fi',
+                "done",
+                "for venv in venvs/*/; do",
+                f'  if [ -d "$venv" ] && [ ! -f "$venv{COMPLETE_STAMP}" ]; then echo "unstamped {r}/${{venv%/}}"; fi',
+                "done",
+                f"find {r}/wheelhouse {m} -maxdepth 5 -name '*.partial' -prune -print 2>/dev/null"
+                " | sed 's/^/leftover /'",
+                "true",
+            ]
+        )
 
     def process(self, output: list[str]) -> ReleaseStore:
         root = ""
@@ -89,5 +93,12 @@ class ReleaseStoreContents(FactBase[ReleaseStore]):
                 leftovers.append(rest.strip())
             elif kind == "unstamped":
                 unstamped.append(rest.strip())
-        return ReleaseStore(root=root, current=current, previous=previous, releases=releases, entries=tuple(entries),
-                            leftovers=tuple(leftovers), unstamped=tuple(unstamped))
+        return ReleaseStore(
+            root=root,
+            current=current,
+            previous=previous,
+            releases=releases,
+            entries=tuple(entries),
+            leftovers=tuple(leftovers),
+            unstamped=tuple(unstamped),
+        )

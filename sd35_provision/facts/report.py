@@ -14,7 +14,8 @@ SSD_WORD = {"ssd": "yes", "hdd": "no", "unknown": "unknown"}
 def _gpus(facts: HostFacts) -> str:
     if facts.gpus:
         counts = Counter(
-            f"{gpu.name} ({gpu.memory_mib / 1024:.0f} GiB, cc {gpu.capability_text})" if gpu.memory_mib
+            f"{gpu.name} ({gpu.memory_mib / 1024:.0f} GiB, cc {gpu.capability_text})"
+            if gpu.memory_mib
             else f"{gpu.name} (cc {gpu.capability_text})"
             for gpu in facts.gpus
         )

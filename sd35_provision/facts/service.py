@@ -117,8 +117,10 @@ class RunningService(FactBase[RunningState]):
 
     def command(self, unit: str, record: str) -> str:
         u, r = shlex.quote(unit), shlex.quote(record)
-        return (f"systemctl show --property=LoadState --property=ActiveState --property=MainPID {u} 2>/dev/null; "
-                f"printf 'record '; tr -d '\\n' 2>/dev/null < {r}; echo")
+        return (
+            f"systemctl show --property=LoadState --property=ActiveState --property=MainPID {u} 2>/dev/null; "
+            f"printf 'record '; tr -d '\\n' 2>/dev/null < {r}; echo"
+        )
 
     def process(self, output: list[str]) -> RunningState:
         return parse_running_state(output)
@@ -130,7 +132,7 @@ def parse_running_state(output: list[str]) -> RunningState:
     for line in output:
         if line.startswith("record "):
             try:
-                data = json.loads(line[len("record "):])
+                data = json.loads(line[len("record ") :])
             except json.JSONDecodeError:
                 data = None
             record = data if isinstance(data, dict) else None
@@ -140,5 +142,8 @@ def parse_running_state(output: list[str]) -> RunningState:
     # A unit that was never installed is "inactive" to systemd: say it is not there.
     loaded = shown.get("LoadState", "not-found") != "not-found"
     pid = shown.get("MainPID", "")
-    return RunningState(active=shown.get("ActiveState") or None if loaded else None,
-                        main_pid=int(pid) if pid.isdigit() and int(pid) > 0 else None, record=record)
+    return RunningState(
+        active=shown.get("ActiveState") or None if loaded else None,
+        main_pid=int(pid) if pid.isdigit() and int(pid) > 0 else None,
+        record=record,
+    )

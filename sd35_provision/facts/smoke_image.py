@@ -25,12 +25,14 @@ class SmokeImage(FactBase):
 
     def command(self, path: str, current: str, size: int = THUMBNAIL_PIXELS, max_bytes: int = MAX_BYTES) -> str:
         image = shlex.quote(path)
-        thumbnail = (f"cd {shlex.quote(current + '/app')} && {shlex.quote(current + '/venv/bin/python')} "
-                     f"-m sd35_provision.service.thumbnail {image} {int(size)}")
+        thumbnail = (
+            f"cd {shlex.quote(current + '/app')} && {shlex.quote(current + '/venv/bin/python')} "
+            f"-m sd35_provision.service.thumbnail {image} {int(size)}"
+        )
         return (
             f"if [ -f {image} ]; then "
             f"( {thumbnail} ) 2>/dev/null || "
-            f"{{ [ \"$(stat -c %s {image})\" -le {int(max_bytes)} ] && base64 -w0 {image}; }}; "
+            f'{{ [ "$(stat -c %s {image})" -le {int(max_bytes)} ] && base64 -w0 {image}; }}; '
             "fi; true"
         )
 

@@ -82,8 +82,9 @@ class WheelHashes(FactBase[dict[str, str]]):
 
     def command(self, directory: str) -> str:
         quoted = shlex.quote(directory)
-        return (f"if [ -d {quoted} ]; then cd {quoted} && find . -maxdepth 1 -name '*.whl' -exec sha256sum {{}} +; "
-                "fi; true")
+        return (
+            f"if [ -d {quoted} ]; then cd {quoted} && find . -maxdepth 1 -name '*.whl' -exec sha256sum {{}} +; fi; true"
+        )
 
     def process(self, output: list[str]) -> dict[str, str]:
         hashes = {}

@@ -144,15 +144,19 @@ def parse_lfs_pointer(data: bytes) -> dict | None:
     oid = fields.get("oid", "")
     if not oid.startswith("sha256:") or not fields.get("size", "").isdigit():
         return None
-    return {"size": int(fields["size"]), "sha256": oid[len("sha256:"):]}
+    return {"size": int(fields["size"]), "sha256": oid[len("sha256:") :]}
 
 
 def git_manifest(directory: str) -> dict:
     """The manifest of HEAD in the git checkout ``directory``: LFS files by oid, the rest by blob id."""
-    listing = subprocess.run(GIT + ["-C", directory, "ls-tree", "-r", "-l", "-z", "--full-tree", "HEAD"],
-                             check=True, stdout=subprocess.PIPE).stdout.decode()
-    head = subprocess.run(GIT + ["-C", directory, "rev-parse", "HEAD"], check=True,
-                          stdout=subprocess.PIPE).stdout.decode().strip()
+    listing = subprocess.run(
+        GIT + ["-C", directory, "ls-tree", "-r", "-l", "-z", "--full-tree", "HEAD"], check=True, stdout=subprocess.PIPE
+    ).stdout.decode()
+    head = (
+        subprocess.run(GIT + ["-C", directory, "rev-parse", "HEAD"], check=True, stdout=subprocess.PIPE)
+        .stdout.decode()
+        .strip()
+    )
     blobs: list[tuple[str, str, int]] = []
     for record in filter(None, listing.split("\0")):
         meta, _, path = record.partition("\t")
@@ -171,14 +175,18 @@ def git_manifest(directory: str) -> dict:
 def _cat_blobs(directory: str, oids: list[str]) -> dict[str, bytes]:
     if not oids:
         return {}
-    output = subprocess.run(GIT + ["-C", directory, "cat-file", "--batch"], check=True,
-                            input=("\n".join(oids) + "\n").encode(), stdout=subprocess.PIPE).stdout
+    output = subprocess.run(
+        GIT + ["-C", directory, "cat-file", "--batch"],
+        check=True,
+        input=("\n".join(oids) + "\n").encode(),
+        stdout=subprocess.PIPE,
+    ).stdout
     contents, position = {}, 0
     while position < len(output):
         header_end = output.index(b"\n", position)
         oid, _, size = output[position:header_end].decode().split()
         start = header_end + 1
-        contents[oid] = output[start:start + int(size)]
+        contents[oid] = output[start : start + int(size)]
         position = start + int(size) + 1
     return contents
 
@@ -209,12 +217,19 @@ def pipeline_files(files: dict[str, dict], index: dict) -> dict[str, dict]:
     Within a folder that has safetensors weights, other weight formats are left out too (diffusers
     prefers safetensors).
     """
-    components = {name for name, value in index.items()
-                  if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and all(value)}
+    components = {
+        name
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and all(value)
+    }
     if not components:
         return files  # not an index we understand: take the whole repo
-    chosen = {name: info for name, info in files.items()
-              if name == PIPELINE_INDEX or name.split("/", 1)[0] in components}
+    chosen = {
+        name: info for name, info in files.items() if name == PIPELINE_INDEX or name.split("/", 1)[0] in components
+    }
     with_safetensors = {name.rsplit("/", 1)[0] for name in chosen if name.endswith(".safetensors") and "/" in name}
-    return {name: info for name, info in chosen.items()
-            if not (name.endswith(_OTHER_WEIGHT_FORMATS) and name.rsplit("/", 1)[0] in with_safetensors)}
+    return {
+        name: info
+        for name, info in chosen.items()
+        if not (name.endswith(_OTHER_WEIGHT_FORMATS) and name.rsplit("/", 1)[0] in with_safetensors)
+    }

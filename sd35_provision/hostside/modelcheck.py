@@ -99,7 +99,7 @@ def git_head(directory: str) -> str | None:
         return None
     if not head.startswith("ref: "):
         return head
-    ref = head[len("ref: "):]
+    ref = head[len("ref: ") :]
     try:
         with open(os.path.join(git_dir, ref)) as handle:
             return handle.read().strip()
@@ -116,8 +116,9 @@ def git_head(directory: str) -> str | None:
     return None
 
 
-def verify(directory: str, manifest: dict | None, cache_path: str | None, user: str | None = None,
-           with_git: bool = False) -> dict:
+def verify(
+    directory: str, manifest: dict | None, cache_path: str | None, user: str | None = None, with_git: bool = False
+) -> dict:
     """What is wrong with ``directory`` against ``manifest``: ``{"broken": [{"path", "problem", "detail"}], ...}``.
 
     Problems: ``missing``, ``lfs-pointer`` (a Git LFS pointer instead of the
@@ -125,8 +126,14 @@ def verify(directory: str, manifest: dict | None, cache_path: str | None, user: 
     read it). Without a manifest only pointer files can be found.
     """
     broken: list[dict[str, str]] = []
-    result: dict[str, Any] = {"directory": os.path.isdir(directory), "manifest": manifest is not None, "files": 0,
-                              "bytes": 0, "rehashed": 0, "broken": broken}
+    result: dict[str, Any] = {
+        "directory": os.path.isdir(directory),
+        "manifest": manifest is not None,
+        "files": 0,
+        "bytes": 0,
+        "rehashed": 0,
+        "broken": broken,
+    }
     if with_git:
         result["git_head"] = git_head(directory) if result["directory"] else None
     if not result["directory"]:
@@ -137,8 +144,13 @@ def verify(directory: str, manifest: dict | None, cache_path: str | None, user: 
         for name in walk_files(directory):
             full = os.path.join(directory, name)
             if is_lfs_pointer_file(full, os.stat(full).st_size):
-                broken.append({"path": name, "problem": "lfs-pointer",
-                               "detail": "Git LFS pointer file instead of the content (fetched without git-lfs)"})
+                broken.append(
+                    {
+                        "path": name,
+                        "problem": "lfs-pointer",
+                        "detail": "Git LFS pointer file instead of the content (fetched without git-lfs)",
+                    }
+                )
         return result
     for name, expected in sorted(manifest["files"].items()):
         full = os.path.join(directory, *name.split("/"))
@@ -154,26 +166,41 @@ def verify(directory: str, manifest: dict | None, cache_path: str | None, user: 
         result["bytes"] += info.st_size
         weight = "sha256" in expected
         if weight and is_lfs_pointer_file(full, info.st_size):
-            broken.append({"path": name, "problem": "lfs-pointer",
-                           "detail": f"Git LFS pointer file ({info.st_size} bytes) instead of the "
-                                     f"{expected['size']}-byte content (fetched without git-lfs)"})
+            broken.append(
+                {
+                    "path": name,
+                    "problem": "lfs-pointer",
+                    "detail": f"Git LFS pointer file ({info.st_size} bytes) instead of the "
+                    f"{expected['size']}-byte content (fetched without git-lfs)",
+                }
+            )
             continue
         if info.st_size != expected["size"]:
-            broken.append({"path": name, "problem": "size",
-                           "detail": f"wrong size: {info.st_size} bytes, expected {expected['size']}"})
+            broken.append(
+                {
+                    "path": name,
+                    "problem": "size",
+                    "detail": f"wrong size: {info.st_size} bytes, expected {expected['size']}",
+                }
+            )
             continue
         algorithm = "sha256" if weight else "git_sha1"
         actual = cache.digests(name, full, info, (algorithm,))[algorithm]
         if actual != expected[algorithm]:
             label = "sha256" if weight else "git blob id"
-            broken.append({"path": name, "problem": "checksum",
-                           "detail": f"checksum mismatch: {label} {actual[:12]}..., "
-                                     f"expected {expected[algorithm][:12]}..."})
+            broken.append(
+                {
+                    "path": name,
+                    "problem": "checksum",
+                    "detail": f"checksum mismatch: {label} {actual[:12]}..., expected {expected[algorithm][:12]}...",
+                }
+            )
             continue
         why = _unreadable(directory, name, reader)
         if why:
-            broken.append({"path": name, "problem": "unreadable",
-                           "detail": f"not readable by the service user {user} ({why})"})
+            broken.append(
+                {"path": name, "problem": "unreadable", "detail": f"not readable by the service user {user} ({why})"}
+            )
     result["rehashed"] = cache.rehashed
     cache.save()
     return result
@@ -209,15 +236,18 @@ def check_space(directory: str, needed: int, why: str = "") -> str | None:
     free = shutil.disk_usage(where).free
     if needed <= free:
         return None
-    return (f"not enough disk space for the model at {directory}: {needed / 1e9:.2f} GB needed{why}, "
-            f"{free / 1e9:.2f} GB free on {where}; free some space or point cache.root at a larger disk")
+    return (
+        f"not enough disk space for the model at {directory}: {needed / 1e9:.2f} GB needed{why}, "
+        f"{free / 1e9:.2f} GB free on {where}; free some space or point cache.root at a larger disk"
+    )
 
 
 # -- hub download (runs in the host venv) -------------------------------------------
 
 
-def hf_fetch(repo: str, revision: str, cache_dir: str, manifest_path: str, endpoint: str | None,
-             repair: list[str]) -> int:
+def hf_fetch(
+    repo: str, revision: str, cache_dir: str, manifest_path: str, endpoint: str | None, repair: list[str]
+) -> int:
     """Write the manifest from the hub's listing, drop broken files, download what is missing.
 
     The token, if any, is read by huggingface_hub from ``HF_TOKEN_PATH`` (set
@@ -229,8 +259,11 @@ def hf_fetch(repo: str, revision: str, cache_dir: str, manifest_path: str, endpo
     api = HfApi(endpoint=endpoint)
     shown_endpoint = (endpoint or api.endpoint).rstrip("/")
     try:
-        entries = [entry for entry in api.list_repo_tree(repo, revision=revision, recursive=True)
-                   if isinstance(entry, RepoFile)]
+        entries = [
+            entry
+            for entry in api.list_repo_tree(repo, revision=revision, recursive=True)
+            if isinstance(entry, RepoFile)
+        ]
     except Exception as error:  # noqa: BLE001 - every hub error becomes one line for the report
         return _hub_error(error, repo, revision, shown_endpoint)
     files = {}
@@ -241,8 +274,9 @@ def hf_fetch(repo: str, revision: str, cache_dir: str, manifest_path: str, endpo
             files[entry.path] = {"size": entry.size, "git_sha1": entry.blob_id}
     if PIPELINE_INDEX in files:
         try:
-            index_path = hf_hub_download(repo, PIPELINE_INDEX, revision=revision, cache_dir=cache_dir,
-                                         endpoint=endpoint)
+            index_path = hf_hub_download(
+                repo, PIPELINE_INDEX, revision=revision, cache_dir=cache_dir, endpoint=endpoint
+            )
         except Exception as error:  # noqa: BLE001
             return _hub_error(error, repo, revision, shown_endpoint)
         with open(index_path, encoding="utf-8") as handle:
@@ -263,8 +297,9 @@ def hf_fetch(repo: str, revision: str, cache_dir: str, manifest_path: str, endpo
         print(problem, file=sys.stderr)
         return EXIT_NO_SPACE
     try:
-        snapshot_download(repo, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
-                          allow_patterns=wanted or sorted(files))
+        snapshot_download(
+            repo, revision=revision, cache_dir=cache_dir, endpoint=endpoint, allow_patterns=wanted or sorted(files)
+        )
     except Exception as error:  # noqa: BLE001
         return _hub_error(error, repo, revision, shown_endpoint)
     return 0
@@ -293,21 +328,29 @@ def _hub_error(error: Exception, repo: str, revision: str, endpoint: str) -> int
     page = f"{endpoint}/{repo}"
     token_path = os.environ.get("HF_TOKEN_PATH")
     if isinstance(error, GatedRepoError) and status == 403:
-        message = (f"403 Forbidden from {endpoint}: {repo} is a gated repository and the account that owns the token "
-                   f"in model.token_file has not been granted access; open {page} logged in as that account, "
-                   "accept the license, then run apply again")
+        message = (
+            f"403 Forbidden from {endpoint}: {repo} is a gated repository and the account that owns the token "
+            f"in model.token_file has not been granted access; open {page} logged in as that account, "
+            "accept the license, then run apply again"
+        )
     elif status == 401 or isinstance(error, GatedRepoError):
         if token_path and os.path.isfile(token_path):
-            message = (f"401 Unauthorized from {endpoint} for {repo}: the token in model.token_file was refused "
-                       "(expired, revoked or without read access); put a valid read token in that file")
+            message = (
+                f"401 Unauthorized from {endpoint} for {repo}: the token in model.token_file was refused "
+                "(expired, revoked or without read access); put a valid read token in that file"
+            )
         else:
-            message = (f"401 Unauthorized from {endpoint} for {repo}: no token was sent; set model.token_file to a "
-                       f"file holding a read token (gated repos also need their license accepted at {page})")
+            message = (
+                f"401 Unauthorized from {endpoint} for {repo}: no token was sent; set model.token_file to a "
+                f"file holding a read token (gated repos also need their license accepted at {page})"
+            )
     elif isinstance(error, RevisionNotFoundError):
         message = f"revision {revision} not found in {repo} on {endpoint}; check model.revision"
     elif isinstance(error, RepositoryNotFoundError):
-        message = (f"{repo} not found on {endpoint} (or private and the token cannot see it); "
-                   "check model.repo and model.token_file")
+        message = (
+            f"{repo} not found on {endpoint} (or private and the token cannot see it); "
+            "check model.repo and model.token_file"
+        )
     elif isinstance(error, HfHubHTTPError):
         message = f"{endpoint} answered {status} for {repo}: {str(error).splitlines()[0]}"
     else:

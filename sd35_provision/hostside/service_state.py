@@ -21,8 +21,13 @@ import urllib.request
 def unit_state(unit: str) -> str | None:
     """systemd's ActiveState of ``unit``; None when there is no such unit."""
     try:
-        shown = subprocess.run(["systemctl", "show", unit, "--property=LoadState", "--property=ActiveState"],
-                               capture_output=True, text=True, timeout=10, check=False).stdout
+        shown = subprocess.run(
+            ["systemctl", "show", unit, "--property=LoadState", "--property=ActiveState"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     states = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)

@@ -81,8 +81,7 @@ def restore(edit: SpecEdit) -> None:
 # -- conflicts -------------------------------------------------------------------
 
 
-def _conflicts(path: Path, document: CommentedMap, hosts: CommentedMap, name: str,
-               entry: dict[str, Any]) -> int | None:
+def _conflicts(path: Path, document: CommentedMap, hosts: CommentedMap, name: str, entry: dict[str, Any]) -> int | None:
     """The line of an identical entry already there, None when there is none; raises on a conflict."""
     same_name = [key for key in hosts if str(key).lower() == name.lower()]
     if same_name:
@@ -95,8 +94,11 @@ def _conflicts(path: Path, document: CommentedMap, hosts: CommentedMap, name: st
             for field, want, have in _differences(entry, current)
         ]
         if key != name:
-            problems.insert(0, f"{path}:{_line(hosts, key)}: hosts.{key}: a host of that name "
-                               f"(ignoring case) is already in the spec; pick another --name")
+            problems.insert(
+                0,
+                f"{path}:{_line(hosts, key)}: hosts.{key}: a host of that name "
+                f"(ignoring case) is already in the spec; pick another --name",
+            )
         if problems:
             raise SpecError(problems)
         return _line(hosts, key)
@@ -107,10 +109,12 @@ def _conflicts(path: Path, document: CommentedMap, hosts: CommentedMap, name: st
             continue
         address = str(other_entry.get("address", ""))
         if endpoint(address, _ssh_port(document, other_entry)) == endpoint(str(entry.get("address", "")), port):
-            raise SpecError([
-                f"{path}:{_line_of(hosts, (other, 'address'))}: hosts.{other}.address: {address}:{port} is "
-                f"already host {other!r}; onboard it as --name {other}, or remove that entry first"
-            ])
+            raise SpecError(
+                [
+                    f"{path}:{_line_of(hosts, (other, 'address'))}: hosts.{other}.address: {address}:{port} is "
+                    f"already host {other!r}; onboard it as --name {other}, or remove that entry first"
+                ]
+            )
     return None
 
 
@@ -132,8 +136,11 @@ def _ssh_port(document: CommentedMap, entry: dict[str, Any]) -> int:
     # The loader's precedence: the host's port, else its groups' (the last listed wins), else the defaults'.
     groups = document.get("groups") or {}
     listed = entry.get("groups") or []
-    sources = [entry, *(groups.get(group) for group in reversed(list(listed)) if isinstance(groups, dict)),
-               document.get("defaults") or {}]
+    sources = [
+        entry,
+        *(groups.get(group) for group in reversed(list(listed)) if isinstance(groups, dict)),
+        document.get("defaults") or {},
+    ]
     for source in sources:
         port = (source.get("ssh") or {}).get("port") if isinstance(source, dict) else None
         if port:
@@ -177,8 +184,10 @@ def _to_yaml(value: Any, flow_sequences: bool) -> Any:
 
 def _uses_flow_sequences(hosts: CommentedMap) -> bool:
     """Write ``groups: [a, b]`` when the spec's hosts already do."""
-    return any(isinstance(entry, dict) and isinstance(entry.get("groups"), CommentedSeq)
-               and entry["groups"].fa.flow_style() for entry in hosts.values())
+    return any(
+        isinstance(entry, dict) and isinstance(entry.get("groups"), CommentedSeq) and entry["groups"].fa.flow_style()
+        for entry in hosts.values()
+    )
 
 
 def _append(hosts: CommentedMap, name: str, entry: CommentedMap) -> None:
@@ -264,4 +273,3 @@ def _line_of(mapping: CommentedMap, path: tuple) -> int:
         line = _line(node, key)
         node = node[key]
     return line
-

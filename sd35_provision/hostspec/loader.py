@@ -66,15 +66,25 @@ LOCAL_DIRECTORY_FIELDS: dict[str, tuple[str, ...]] = {"python": ("wheelhouse",),
 
 # A value's real type: YAML's 8000.0 is not an integer (JSON Schema would take it,
 # and the host would get SD35_PORT=8000.0), and .inf or .nan is no number of GB.
-_TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine_many({
-    "integer": lambda _checker, value: isinstance(value, int) and not isinstance(value, bool),
-    "number": lambda _checker, value: (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                       and math.isfinite(value)),
-})
+_TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine_many(
+    {
+        "integer": lambda _checker, value: isinstance(value, int) and not isinstance(value, bool),
+        "number": lambda _checker, value: (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ),
+    }
+)
 SpecValidator = validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
 
-_TYPE_NAMES = {"integer": "a whole number", "number": "a finite number", "string": "a string",
-               "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
+_TYPE_NAMES = {
+    "integer": "a whole number",
+    "number": "a finite number",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
 
 
 @lru_cache(maxsize=1)
@@ -82,8 +92,9 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def load_spec(path: str | Path, *, check_local_files: bool = True,
-              known_hosts_may_be_missing: bool = False) -> FleetSpec:
+def load_spec(
+    path: str | Path, *, check_local_files: bool = True, known_hosts_may_be_missing: bool = False
+) -> FleetSpec:
     """Parse and validate ``path``; raise SpecError listing every problem.
 
     ``known_hosts_may_be_missing``: for ``--accept-new-host-keys``, which creates it.
@@ -108,8 +119,9 @@ def load_spec(path: str | Path, *, check_local_files: bool = True,
         if merge_problems:
             continue
         problems.extend(_endpoint_problems(document, name, merged, endpoints))
-        for origin, message in _host_setting_problems(document, name, merged, check_local_files,
-                                                      known_hosts_may_be_missing):
+        for origin, message in _host_setting_problems(
+            document, name, merged, check_local_files, known_hosts_may_be_missing
+        ):
             setting_problems.setdefault((origin, message), []).append(name)
         hosts.append(_build_host(document, name, merged))
     host_count = len(document.data["hosts"])
@@ -122,8 +134,7 @@ def load_spec(path: str | Path, *, check_local_files: bool = True,
     for host in hosts:
         for group in host.groups:
             groups[group] = (*groups[group], host.name)
-    return FleetSpec(path=spec_path, hosts=tuple(hosts), groups=groups, raw=document.data,
-                     warnings=tuple(warnings))
+    return FleetSpec(path=spec_path, hosts=tuple(hosts), groups=groups, raw=document.data, warnings=tuple(warnings))
 
 
 def schema_problems(document: SourceDocument) -> list[str]:
@@ -160,8 +171,12 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
         expected = " or ".join(_TYPE_NAMES.get(name, str(name)) for name in wanted)
         if "string" in wanted and isinstance(error.instance, (int, float, datetime.date)):
             # YAML read it as something else: 0123456 is octal 42798, 2024-01-01 a date.
-            return [(path, f"{error.instance!r} is not a string (YAML read it as "
-                           f"{type(error.instance).__name__}); quote it")]
+            return [
+                (
+                    path,
+                    f"{error.instance!r} is not a string (YAML read it as {type(error.instance).__name__}); quote it",
+                )
+            ]
         return [(path, f"{error.instance!r} is not {expected}")]
     if error.validator == "propertyNames":
         return [((*path, error.instance), "name may only use letters, digits, '.', '_' and '-'")]
@@ -175,23 +190,31 @@ def semantic_problems(document: SourceDocument) -> list[str]:
     lowered_names: dict[str, str] = {}
     for name, host in data["hosts"].items():
         if name.lower() in lowered_names:
-            problems.append(document.problem(
-                ("hosts", name),
-                f"duplicate host name (same as {lowered_names[name.lower()]!r} ignoring case)",
-            ))
+            problems.append(
+                document.problem(
+                    ("hosts", name),
+                    f"duplicate host name (same as {lowered_names[name.lower()]!r} ignoring case)",
+                )
+            )
         lowered_names[name.lower()] = name
 
         address = host["address"]
         if not is_valid_address(address):
-            problems.append(document.problem(
-                ("hosts", name, "address"), f"{address!r} is not a host name or IP address",
-            ))
+            problems.append(
+                document.problem(
+                    ("hosts", name, "address"),
+                    f"{address!r} is not a host name or IP address",
+                )
+            )
         for position, group in enumerate(host.get("groups", [])):
             if group not in groups:
                 known = ", ".join(groups) or "none defined"
-                problems.append(document.problem(
-                    ("hosts", name, "groups", position), f"unknown group {group!r} (groups: {known})",
-                ))
+                problems.append(
+                    document.problem(
+                        ("hosts", name, "groups", position),
+                        f"unknown group {group!r} (groups: {known})",
+                    )
+                )
     return problems
 
 
@@ -221,9 +244,7 @@ def is_valid_address(address: str) -> bool:
     return all(_HOSTNAME_LABEL.match(label) for label in labels)
 
 
-def merged_host_settings(
-    document: SourceDocument, name: str
-) -> tuple[dict[str, Any], list[str]]:
+def merged_host_settings(document: SourceDocument, name: str) -> tuple[dict[str, Any], list[str]]:
     """defaults < groups (in the host's order) < host, plus schema defaults.
 
     Two groups of one host that set the same field to different values are a
@@ -241,11 +262,13 @@ def merged_host_settings(
         for leaf, value in _leaves(group_settings):
             earlier = group_values.get(leaf)
             if earlier and earlier[1] != value and leaf not in host_leaves:
-                problems.append(document.problem(
-                    ("hosts", name, "groups"),
-                    f"groups {earlier[0]!r} and {group!r} set {format_path(leaf)} differently "
-                    f"({earlier[1]!r} vs {value!r}); set it on the host to choose",
-                ))
+                problems.append(
+                    document.problem(
+                        ("hosts", name, "groups"),
+                        f"groups {earlier[0]!r} and {group!r} set {format_path(leaf)} differently "
+                        f"({earlier[1]!r} vs {value!r}); set it on the host to choose",
+                    )
+                )
             group_values.setdefault(leaf, (group, value))
         merged = deep_merge(merged, group_settings)
     merged = deep_merge(merged, _settings_only(host))
@@ -303,7 +326,10 @@ def _hosts_phrase(names: list[str], host_count: int) -> str:
 
 
 def _host_setting_problems(
-    document: SourceDocument, name: str, merged: dict[str, Any], check_local_files: bool,
+    document: SourceDocument,
+    name: str,
+    merged: dict[str, Any],
+    check_local_files: bool,
     known_hosts_may_be_missing: bool = False,
 ) -> list[tuple[PathKey, str]]:
     """(where the value was set, what is wrong) for each problem of one host's merged settings."""
@@ -324,11 +350,16 @@ def _host_setting_problems(
     if needed and needed not in model_settings:
         problem("model", "source", f"source {model_settings['source']!r} needs model.{needed}")
     if model_settings["source"] in ("hf", "git") and "revision" not in model_settings:
-        problem("model", "source",
-                "a pinned model.revision (commit sha) is required so every host gets the same weights")
+        problem(
+            "model", "source", "a pinned model.revision (commit sha) is required so every host gets the same weights"
+        )
     elif model_settings["source"] == "hf" and not _FULL_COMMIT.match(model_settings["revision"]):
-        problem("model", "revision", f"{model_settings['revision']!r} is not a full 40-character commit sha; "
-                "the hub cache names the snapshot by it, so an abbreviated one cannot be used with source hf")
+        problem(
+            "model",
+            "revision",
+            f"{model_settings['revision']!r} is not a full 40-character commit sha; "
+            "the hub cache names the snapshot by it, so an abbreviated one cannot be used with source hf",
+        )
 
     smoke = merged["smoke"]
     width, height = (int(part) for part in smoke["size"].split("x"))
@@ -372,8 +403,10 @@ def _host_setting_problems(
         found += rules.git_url_problems(model_settings["url"])
     found += rules.service_limit_problems(service, smoke)
     if check_local_files:
-        files = {section: tuple(key for key in keys if key not in LOCAL_DIRECTORY_FIELDS.get(section, ()))
-                 for section, keys in LOCAL_PATH_FIELDS.items()}
+        files = {
+            section: tuple(key for key in keys if key not in LOCAL_DIRECTORY_FIELDS.get(section, ()))
+            for section, keys in LOCAL_PATH_FIELDS.items()
+        }
         wrong_kind = rules.local_file_problems(merged, files, LOCAL_DIRECTORY_FIELDS)
         found += wrong_kind
         key_file = service.get("api_key_file")

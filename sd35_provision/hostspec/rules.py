@@ -27,11 +27,41 @@ HOST_DIRECTORY_FIELDS = (("cache", "root"), ("python", "install_root"))
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._@+/-]+$")
 
 # Directories that belong to the system: never a cache or install root, nor anything inside them.
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
-                "/sbin", "/sys", "/usr")
+SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
 # Directories that hold other things: fine to build inside, never to take over (and chown) whole.
-SHARED_DIRECTORIES = frozenset({"/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var",
-                                "/var/cache", "/var/lib", "/var/log", "/var/tmp", "/var/spool", "/var/mail"})
+SHARED_DIRECTORIES = frozenset(
+    {
+        "/",
+        "/home",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/root",
+        "/srv",
+        "/tmp",
+        "/var",
+        "/var/cache",
+        "/var/lib",
+        "/var/log",
+        "/var/tmp",
+        "/var/spool",
+        "/var/mail",
+    }
+)
 
 # Hub ids: letters, digits, '-', '_', '.', never '..' nor a part that starts or ends with '.' or '-'.
 _REPO_PART = re.compile(r"^(?![.-])(?!.*\.\.)[A-Za-z0-9_.-]{1,96}(?<![.-])$")
@@ -48,16 +78,28 @@ def host_directory_problems(section: str, key: str, value: str) -> list[Problem]
         return [(section, key, f"{value!r} is not an absolute path")]
     if not _SAFE_PATH.match(value):
         bad = "".join(sorted({c for c in value if not _SAFE_PATH.match(c)}))
-        return [(section, key, f"{value!r} contains {bad!r}; a host path may only use letters, digits and "
-                 "'.', '_', '-', '+', '@', '/' (it is written into files a shell reads)")]
+        return [
+            (
+                section,
+                key,
+                f"{value!r} contains {bad!r}; a host path may only use letters, digits and "
+                "'.', '_', '-', '+', '@', '/' (it is written into files a shell reads)",
+            )
+        ]
     if ".." in value.split("/") or "." in value.split("/")[1:]:
         return [(section, key, f"{value!r} contains '.' or '..'; write the directory itself")]
     normal = "/" + "/".join(part for part in value.split("/") if part)
     if normal != value:
         return [(section, key, f"{value!r} is not in normal form; write {normal!r}")]
     if normal in SHARED_DIRECTORIES or normal in SYSTEM_TREES:
-        return [(section, key, f"{value!r} is a system directory; the tool owns and changes the mode of this "
-                 "directory, so name one of its own (for example /var/lib/sd35 or /opt/sd35)")]
+        return [
+            (
+                section,
+                key,
+                f"{value!r} is a system directory; the tool owns and changes the mode of this "
+                "directory, so name one of its own (for example /var/lib/sd35 or /opt/sd35)",
+            )
+        ]
     for tree in SYSTEM_TREES:
         if normal.startswith(tree + "/"):
             return [(section, key, f"{value!r} is inside {tree}, which belongs to the system")]
@@ -66,8 +108,14 @@ def host_directory_problems(section: str, key: str, value: str) -> list[Problem]
 
 def repo_problems(repo: str) -> list[Problem]:
     if not all(_REPO_PART.match(part) for part in repo.split("/")):
-        return [("model", "repo", f"{repo!r} is not a hub repository id: each part uses letters, digits, '-', "
-                 "'_' and '.', without '..' and not starting or ending with '.' or '-'")]
+        return [
+            (
+                "model",
+                "repo",
+                f"{repo!r} is not a hub repository id: each part uses letters, digits, '-', "
+                "'_' and '.', without '..' and not starting or ending with '.' or '-'",
+            )
+        ]
     return []
 
 
@@ -75,13 +123,20 @@ def git_url_problems(url: str) -> list[Problem]:
     if url.startswith("-"):
         return [("model", "url", f"{url!r} starts with '-', which git would read as an option")]
     if _CONTROL.search(url) or not _GIT_URL.match(url):
-        return [("model", "url", f"{url!r} is not a git URL: use https://, ssh://, git://, file://, "
-                 "user@host:path or an absolute path, without spaces")]
+        return [
+            (
+                "model",
+                "url",
+                f"{url!r} is not a git URL: use https://, ssh://, git://, file://, "
+                "user@host:path or an absolute path, without spaces",
+            )
+        ]
     return []
 
 
-def local_file_problems(merged: dict[str, Any], file_fields: dict[str, tuple[str, ...]],
-                        directory_fields: dict[str, tuple[str, ...]]) -> list[Problem]:
+def local_file_problems(
+    merged: dict[str, Any], file_fields: dict[str, tuple[str, ...]], directory_fields: dict[str, tuple[str, ...]]
+) -> list[Problem]:
     """Local paths that exist but are the wrong kind: a key file that is a directory, and so on."""
     problems: list[Problem] = []
     for fields, want_directory in ((file_fields, False), (directory_fields, True)):
@@ -93,8 +148,13 @@ def local_file_problems(merged: dict[str, Any], file_fields: dict[str, tuple[str
                 if want_directory and not path.is_dir():
                     problems.append((section, key, f"{path} is not a directory"))
                 elif not want_directory and not path.is_file():
-                    problems.append((section, key, f"{path} is a directory, not a file" if path.is_dir()
-                                     else f"{path} is not a regular file"))
+                    problems.append(
+                        (
+                            section,
+                            key,
+                            f"{path} is a directory, not a file" if path.is_dir() else f"{path} is not a regular file",
+                        )
+                    )
     return problems
 
 
@@ -106,8 +166,13 @@ def api_key_problems(path: Path) -> list[Problem]:
         return [("service", "api_key_file", f"{path} cannot be read: {error}")]
     # Only the length is named: the key itself never appears in a message.
     if len(key) < MIN_API_KEY_CHARS:
-        return [("service", "api_key_file", f"{path} holds a key of {len(key)} characters; "
-                 f"at least {MIN_API_KEY_CHARS} are needed")]
+        return [
+            (
+                "service",
+                "api_key_file",
+                f"{path} holds a key of {len(key)} characters; at least {MIN_API_KEY_CHARS} are needed",
+            )
+        ]
     if any(character.isspace() for character in key):
         return [("service", "api_key_file", f"{path}: the key contains whitespace")]
     return []
@@ -118,11 +183,23 @@ def service_limit_problems(service: dict[str, Any], smoke: dict[str, Any]) -> li
     problems: list[Problem] = []
     default_steps = service.get("default_steps", ServiceConfig.default_steps)
     if service["max_steps"] < default_steps:
-        problems.append(("service", "max_steps", f"{service['max_steps']} is below the service's default steps "
-                         f"({default_steps}), so the service would not start"))
+        problems.append(
+            (
+                "service",
+                "max_steps",
+                f"{service['max_steps']} is below the service's default steps "
+                f"({default_steps}), so the service would not start",
+            )
+        )
     if smoke["steps"] > service["max_steps"]:
-        problems.append(("smoke", "steps", f"{smoke['steps']} is above service.max_steps {service['max_steps']}, "
-                         "so the service would refuse the smoke test"))
+        problems.append(
+            (
+                "smoke",
+                "steps",
+                f"{smoke['steps']} is above service.max_steps {service['max_steps']}, "
+                "so the service would refuse the smoke test",
+            )
+        )
     prompt = smoke["prompt"]
     max_chars = service.get("max_prompt_chars", Limits.max_prompt_chars)
     if len(prompt) > max_chars:

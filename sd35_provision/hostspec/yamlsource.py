@@ -140,13 +140,18 @@ def _read_text(path: Path) -> str:
     except OSError as error:
         raise SpecError([f"{path}: cannot read: {error.strerror or error}"]) from error
     if len(raw) > MAX_FILE_BYTES:
-        raise SpecError([f"{path}:1: (top level): the file is larger than {MAX_FILE_BYTES} bytes; "
-                         "a host spec is a few kilobytes"])
+        raise SpecError(
+            [f"{path}:1: (top level): the file is larger than {MAX_FILE_BYTES} bytes; a host spec is a few kilobytes"]
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise SpecError([f"{path}:{_line_at(raw, error.start)}: not UTF-8 text: "
-                         f"byte {raw[error.start]:#04x} at offset {error.start} ({error.reason})"]) from error
+        raise SpecError(
+            [
+                f"{path}:{_line_at(raw, error.start)}: not UTF-8 text: "
+                f"byte {raw[error.start]:#04x} at offset {error.start} ({error.reason})"
+            ]
+        ) from error
 
 
 def _unprintable(path: Path, text: str, error: yaml.reader.ReaderError) -> str:
@@ -213,7 +218,7 @@ def _is_text(value: str) -> bool:
 
 
 def _tag_name(tag: str) -> str:
-    return "!!" + tag[len(_YAML_TAG):] if tag.startswith(_YAML_TAG) else tag
+    return "!!" + tag[len(_YAML_TAG) :] if tag.startswith(_YAML_TAG) else tag
 
 
 def _index(
@@ -231,13 +236,17 @@ def _index(
         return
     if node.tag == _YAML_TAG + "int" and len(node.value) > MAX_NUMBER_CHARS:
         # Python refuses to convert integers of thousands of digits; say where, not how.
-        problems.append(f"{file}:{node.start_mark.line + 1}: {format_path(path)}: a number of "
-                        f"{len(node.value)} characters; no setting needs more than {MAX_NUMBER_CHARS}")
+        problems.append(
+            f"{file}:{node.start_mark.line + 1}: {format_path(path)}: a number of "
+            f"{len(node.value)} characters; no setting needs more than {MAX_NUMBER_CHARS}"
+        )
         return
     if isinstance(node, yaml.ScalarNode) and not _is_text(node.value):
         # Escapes in double-quoted YAML ("\0", "\ud800") make what no file, argv or HTTP body can carry.
-        problems.append(f"{file}:{node.start_mark.line + 1}: {format_path(path)}: "
-                        "contains a NUL character or a lone UTF-16 surrogate")
+        problems.append(
+            f"{file}:{node.start_mark.line + 1}: {format_path(path)}: "
+            "contains a NUL character or a lone UTF-16 surrogate"
+        )
         return
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
@@ -249,21 +258,19 @@ def _index(
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
                 kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
-                problems.append(f"{file}:{line}: {format_path(path)}: a key is a {kind}; "
-                                "keys must be plain names")
+                problems.append(f"{file}:{line}: {format_path(path)}: a key is a {kind}; keys must be plain names")
                 continue
             key = key_node.value
             child = (*path, key)
             if key_node.tag != _KEY_TAG:
                 problems.append(
                     f"{file}:{line}: {format_path(child)}: the key {key!r} is read as "
-                    f"{_tag_name(key_node.tag)[2:]}, not a name; quote it (\"{key}\")"
+                    f'{_tag_name(key_node.tag)[2:]}, not a name; quote it ("{key}")'
                 )
                 continue
             if key in seen:
                 problems.append(
-                    f"{file}:{line}: {format_path(child)}: duplicate key "
-                    f"(first defined on line {seen[key]})"
+                    f"{file}:{line}: {format_path(child)}: duplicate key (first defined on line {seen[key]})"
                 )
                 continue
             seen[key] = line

@@ -35,12 +35,20 @@ def public_key_line(private_key: Path) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
-def connect(address: str, port: int, user: str, known_hosts: Path, timeout: float,
-            password: str | None = None, key: Path | None = None) -> paramiko.SSHClient:
+def connect(
+    address: str,
+    port: int,
+    user: str,
+    known_hosts: Path,
+    timeout: float,
+    password: str | None = None,
+    key: Path | None = None,
+) -> paramiko.SSHClient:
     """A verified SSH login (the host key must be in ``known_hosts``); failures as OnboardError."""
     try:
-        return sshlogin.connect(address, user=user, known_hosts=known_hosts, port=port, key=key,
-                                password=password, timeout=timeout)
+        return sshlogin.connect(
+            address, user=user, known_hosts=known_hosts, port=port, key=key, password=password, timeout=timeout
+        )
     except paramiko.AuthenticationException as error:
         how = "password" if password is not None else f"key {key}"
         raise OnboardError(f"{user}@{address}:{port}: login with {how} refused ({error})") from error
@@ -97,7 +105,7 @@ def account_script(user: str, public_key: str, sudo: bool) -> str:
             '  echo "sudo is not installed: install it (apt-get install sudo) or onboard with --deploy-user root" >&2',
             "  exit 3",
             "fi",
-            f'rules=/etc/sudoers.d/90-sd35-{user}',
+            f"rules=/etc/sudoers.d/90-sd35-{user}",
             f"rule={shlex.quote(rule)}",
             'if [ "$(cat "$rules" 2>/dev/null)" != "$rule" ]; then',
             '  printf "%s\\n" "$rule" > "$rules.new"',
@@ -112,11 +120,19 @@ def account_script(user: str, public_key: str, sudo: bool) -> str:
 
 def prepare_account(request: OnboardRequest, access: DeployAccess, echo: Echo) -> list[str]:
     """Log in with the first-contact account and make the deploy account; the changes made."""
-    client = connect(request.address, access.port, request.user, access.known_hosts, access.connect_timeout,
-                     password=request.password, key=request.key)
+    client = connect(
+        request.address,
+        access.port,
+        request.user,
+        access.known_hosts,
+        access.connect_timeout,
+        password=request.password,
+        key=request.key,
+    )
     try:
-        command, stdin_text = as_root(account_script(access.user, access.public_key, request.sudo),
-                                      request.user, request.password)
+        command, stdin_text = as_root(
+            account_script(access.user, access.public_key, request.sudo), request.user, request.password
+        )
         status, out, err = run(client, command, stdin_text)
     finally:
         client.close()
@@ -125,7 +141,8 @@ def prepare_account(request: OnboardRequest, access: DeployAccess, echo: Echo) -
         if request.user != "root" and "password is required" in err:
             detail += f" ({request.user} needs passwordless sudo, or use --password-prompt)"
         raise OnboardError(
-            f"{request.user}@{request.address}: preparing the deploy account {access.user} failed: {detail}")
+            f"{request.user}@{request.address}: preparing the deploy account {access.user} failed: {detail}"
+        )
     changes = [line for line in out.splitlines() if line.strip()]
     for line in changes:
         echo(f"{request.name}: {line}")
@@ -136,13 +153,15 @@ def prepare_account(request: OnboardRequest, access: DeployAccess, echo: Echo) -
 
 def check_deploy_login(request: OnboardRequest, access: DeployAccess) -> None:
     """The deploy account logs in with its key, and has passwordless sudo when the spec says it will."""
-    client = connect(request.address, access.port, access.user, access.known_hosts, access.connect_timeout,
-                     key=access.key)
+    client = connect(
+        request.address, access.port, access.user, access.known_hosts, access.connect_timeout, key=access.key
+    )
     try:
         if access.sudo and access.user != "root":
             status, _, err = run(client, "sudo -n true")
             if status != 0:
-                raise OnboardError(f"{access.user}@{request.address}: no passwordless sudo ({err.strip()}); "
-                                   "onboard with --sudo")
+                raise OnboardError(
+                    f"{access.user}@{request.address}: no passwordless sudo ({err.strip()}); onboard with --sudo"
+                )
     finally:
         client.close()

@@ -37,16 +37,18 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def onboard_host(request: OnboardRequest, confirm_host_key: ConfirmHostKey, echo: Echo,
-                 warn: Echo = _to_stderr) -> tuple[OnboardResult, FleetSpec]:
+def onboard_host(
+    request: OnboardRequest, confirm_host_key: ConfirmHostKey, echo: Echo, warn: Echo = _to_stderr
+) -> tuple[OnboardResult, FleetSpec]:
     """Steps 1-4 up to a validated spec holding the host: (result, the loaded FleetSpec).
 
     ``warn`` gets the spec's deprecation lines (renamed keys), like every command that loads a spec.
     """
     entry, access = plan_entry(request)
     check_spec_with(request.spec_path, request.name, entry)
-    shown, recorded = trust_host_key(request.address, access.port, access.known_hosts, access.connect_timeout,
-                                     confirm_host_key, echo)
+    shown, recorded = trust_host_key(
+        request.address, access.port, access.known_hosts, access.connect_timeout, confirm_host_key, echo
+    )
     changes = prepare_account(request, access, echo)
     check_deploy_login(request, access)
     spec, edit = write_spec(request.spec_path, request.name, entry, echo)
@@ -55,8 +57,14 @@ def onboard_host(request: OnboardRequest, confirm_host_key: ConfirmHostKey, echo
     return OnboardResult(request.name, shown, recorded, changes, edit), spec
 
 
-def onboard(request: OnboardRequest, confirm_host_key: ConfirmHostKey, echo: Echo,
-            apply: bool = True, options: Any = None, warn: Echo = _to_stderr) -> Onboarded:
+def onboard(
+    request: OnboardRequest,
+    confirm_host_key: ConfirmHostKey,
+    echo: Echo,
+    apply: bool = True,
+    options: Any = None,
+    warn: Echo = _to_stderr,
+) -> Onboarded:
     """First contact to applied host: steps 1-4, then facts, then ``apply`` limited to this host."""
     from sd35_provision import workflow
     from sd35_provision.runner import RunOptions

@@ -74,8 +74,9 @@ def scan_host_key(address: str, port: int, timeout: float, prefer: list[str]) ->
         transport.close()
 
 
-def trust_host_key(address: str, port: int, known_hosts: Path, timeout: float, confirm: ConfirmHostKey,
-                   echo: Echo) -> tuple[str, bool]:
+def trust_host_key(
+    address: str, port: int, known_hosts: Path, timeout: float, confirm: ConfirmHostKey, echo: Echo
+) -> tuple[str, bool]:
     """Show the host key; record it when new and accepted. Returns (description, recorded now)."""
     recorded = recorded_keys(known_hosts, address, port)
     offered = scan_host_key(address, port, timeout, list(recorded))
@@ -92,8 +93,10 @@ def trust_host_key(address: str, port: int, known_hosts: Path, timeout: float, c
         )
     echo(f"host key of {address}:{port}: {shown} (new)")
     if not confirm(shown):
-        raise OnboardError(f"{address}:{port}: host key {shown} not accepted; check it on the box's console "
-                           "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) and run again with --accept-host-key")
+        raise OnboardError(
+            f"{address}:{port}: host key {shown} not accepted; check it on the box's console "
+            "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) and run again with --accept-host-key"
+        )
     record_host_key(known_hosts, address, port, offered)
     echo(f"recorded in {known_hosts}")
     return shown, True

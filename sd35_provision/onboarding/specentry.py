@@ -56,7 +56,8 @@ def plan_entry(request: OnboardRequest) -> tuple[dict[str, Any], DeployAccess]:
     """The host's spec entry (only what differs from defaults and groups) and how to log in with it."""
     if not _HOST_NAME.match(request.name):
         raise OnboardError(
-            f"--name {request.name}: use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+            f"--name {request.name}: use letters, digits, '.', '_' and '-' (starting with a letter or digit)"
+        )
     if not is_valid_address(request.address):
         raise OnboardError(f"--address {request.address}: not a host name or IP address")
     entry: dict[str, Any] = {"address": request.address}
@@ -80,8 +81,10 @@ def plan_entry(request: OnboardRequest) -> tuple[dict[str, Any], DeployAccess]:
     base = request.spec_path.resolve().parent
     key = request.deploy_key or current.get("key") or request.key
     if key is None:
-        raise OnboardError("no SSH key for the deploy user: set ssh.key in the spec, or pass --deploy-key "
-                           "(or --key, to use the first-contact key)")
+        raise OnboardError(
+            "no SSH key for the deploy user: set ssh.key in the spec, or pass --deploy-key "
+            "(or --key, to use the first-contact key)"
+        )
     key = resolve_local_path(base, key)
     if key != (resolve_local_path(base, inherited["key"]) if inherited.get("key") else None):
         ssh["key"] = _spec_relative(key, request.spec_path)
@@ -97,8 +100,15 @@ def plan_entry(request: OnboardRequest) -> tuple[dict[str, Any], DeployAccess]:
 
     known_hosts = current.get("known_hosts")
     known_hosts = resolve_local_path(base, known_hosts) if known_hosts else Path("~/.ssh/known_hosts").expanduser()
-    access = DeployAccess(user=user, port=port, key=key, public_key=public_key_line(key), known_hosts=known_hosts,
-                          sudo=sudo, connect_timeout=int(current["connect_timeout"]))
+    access = DeployAccess(
+        user=user,
+        port=port,
+        key=key,
+        public_key=public_key_line(key),
+        known_hosts=known_hosts,
+        sudo=sudo,
+        connect_timeout=int(current["connect_timeout"]),
+    )
     return entry, access
 
 
@@ -131,8 +141,10 @@ def check_spec_with(spec_path: Path, name: str, entry: dict[str, Any]) -> None:
         add_host(copy, name, entry)
         load_spec(copy)
     except SpecError as error:
-        raise SpecError([problem.replace(str(copy), str(spec_path)) for problem in error.problems],
-                        notes=["(checked before contacting the host; the spec file was not changed)"]) from error
+        raise SpecError(
+            [problem.replace(str(copy), str(spec_path)) for problem in error.problems],
+            notes=["(checked before contacting the host; the spec file was not changed)"],
+        ) from error
     finally:
         copy.unlink(missing_ok=True)
 

@@ -119,7 +119,9 @@ def decode_json_body(body: bytes) -> Any:
 
 def model_not_found(name: str, names: Collection[str]) -> RequestError:
     return RequestError(
-        404, f"the model {name!r} does not exist here; this service serves {', '.join(names)}", "model",
+        404,
+        f"the model {name!r} does not exist here; this service serves {', '.join(names)}",
+        "model",
         "model_not_found",
     )
 
@@ -185,7 +187,11 @@ def _size(data: dict[str, Any], limits: Limits, model: ModelLimits) -> tuple[int
 
 
 def parse_generation_request(
-    data: Any, limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float,
+    data: Any,
+    limits: Limits,
+    model: ModelLimits,
+    default_steps: int,
+    default_guidance: float,
     model_names: Collection[str] | None = None,
 ) -> GenerationJob:
     """Validate one ``POST /v1/images/generations`` body; raises RequestError.
@@ -219,10 +225,12 @@ def parse_generation_request(
         )
     if response_format not in (None, "b64_json"):
         raise RequestError(
-            400, f"response_format: {response_format!r} is not supported; use 'b64_json'", "response_format")
+            400, f"response_format: {response_format!r} is not supported; use 'b64_json'", "response_format"
+        )
     if data.get("output_format") not in (None, "png"):
         raise RequestError(
-            400, f"output_format: {data['output_format']!r} is not supported; use 'png'", "output_format")
+            400, f"output_format: {data['output_format']!r} is not supported; use 'png'", "output_format"
+        )
 
     prompt = _text(data, "prompt", limits.max_prompt_chars, required=True)
     assert prompt is not None

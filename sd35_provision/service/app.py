@@ -214,7 +214,8 @@ def create_app(
     async def readyz() -> JSONResponse:
         if state.loaded is None:
             return JSONResponse(
-                {"status": state.phase, **stated}, status_code=503,
+                {"status": state.phase, **stated},
+                status_code=503,
                 headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)},
             )
         return JSONResponse({"status": "ready", **state.loaded.description, **stated})

@@ -74,7 +74,14 @@ Value = TypeVar("Value")
 _ENV_FILE_SPECIAL = ("\n", "\r", '"', "'", "\\")
 # What a bool setting accepts; the settings file writes on/off.
 _SWITCH_WORDS = {
-    "on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False,
+    "on": True,
+    "off": False,
+    "true": True,
+    "false": False,
+    "yes": True,
+    "no": False,
+    "1": True,
+    "0": False,
 }
 
 
@@ -310,9 +317,7 @@ def read_api_key(path: Path) -> ApiKey:
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path}: is not a regular file")
     if st.st_mode & 0o077:
-        raise ValueError(
-            f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read the key; use 0600"
-        )
+        raise ValueError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read the key; use 0600")
     try:
         key = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -322,7 +327,6 @@ def read_api_key(path: Path) -> ApiKey:
     if any(c.isspace() for c in key):
         raise ValueError(f"{path}: the key contains whitespace")
     return ApiKey(key)
-
 
 
 class _EnvReader:

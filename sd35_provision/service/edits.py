@@ -90,7 +90,8 @@ def parse_form(body: bytes, content_type: str) -> dict[str, list[FormPart]]:
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str) or not name:
             raise RequestError(
-                400, "a multipart part has no form field name (Content-Disposition: form-data; name=...)")
+                400, "a multipart part has no form field name (Content-Disposition: form-data; name=...)"
+            )
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
         fields.setdefault(name, []).append(FormPart(name, data, part.get_filename(), part.get_content_type()))
@@ -135,23 +136,26 @@ def _open_upload(part: FormPart, formats: tuple[str, ...], max_pixels: int) -> A
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(part.data), formats=formats)
     except UnidentifiedImageError:
-        raise RequestError(
-            400, f"{field}: not a {', '.join(formats)} image", field, "invalid_image_format"
-        ) from None
+        raise RequestError(400, f"{field}: not a {', '.join(formats)} image", field, "invalid_image_format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RequestError(
-            413, f"{field}: more pixels than the limit of {max_pixels}", field, "image_too_large") from None
+            413, f"{field}: more pixels than the limit of {max_pixels}", field, "image_too_large"
+        ) from None
     width, height = image.size
     if width * height > max_pixels:
         raise RequestError(
-            413, f"{field}: {width}x{height} is {width * height} pixels, the limit is {max_pixels}", field,
+            413,
+            f"{field}: {width}x{height} is {width * height} pixels, the limit is {max_pixels}",
+            field,
             "image_too_large",
         )
     if getattr(image, "n_frames", 1) > 1:
         raise RequestError(400, f"{field}: animated images are not accepted; send one frame", field)
     if image.mode not in IMAGE_MODES:
         raise RequestError(
-            400, f"{field}: mode {image.mode} is not accepted; send {', '.join(sorted(IMAGE_MODES))} (8-bit)", field,
+            400,
+            f"{field}: mode {image.mode} is not accepted; send {', '.join(sorted(IMAGE_MODES))} (8-bit)",
+            field,
             "invalid_image_mode",
         )
     try:
@@ -179,11 +183,19 @@ def read_mask(part: FormPart, image_size: tuple[int, int], max_pixels: int = MAX
     pipeline's: an L image, white where it repaints."""
     mask = _open_upload(part, ("PNG",), max_pixels)
     if mask.size != image_size:
-        raise RequestError(400, f"mask: {mask.size[0]}x{mask.size[1]}, the image is {image_size[0]}x{image_size[1]}; "
-                           "they must be the same size", "mask")
+        raise RequestError(
+            400,
+            f"mask: {mask.size[0]}x{mask.size[1]}, the image is {image_size[0]}x{image_size[1]}; "
+            "they must be the same size",
+            "mask",
+        )
     if mask.mode not in ("RGBA", "LA") and not (mask.mode == "P" and "transparency" in mask.info):
-        raise RequestError(400, f"mask: a {mask.mode} PNG without an alpha channel; its fully transparent pixels "
-                           "mark what to edit", "mask", "invalid_mask")
+        raise RequestError(
+            400,
+            f"mask: a {mask.mode} PNG without an alpha channel; its fully transparent pixels mark what to edit",
+            "mask",
+            "invalid_mask",
+        )
     return mask.convert("RGBA").getchannel("A").point(lambda alpha: 255 if alpha == 0 else 0)
 
 
@@ -200,7 +212,11 @@ def fitted_size(width: int, height: int, limits: Limits, model: ModelLimits) -> 
 
 
 def parse_edit_request(
-    form: dict[str, list[FormPart]], limits: Limits, model: ModelLimits, default_steps: int, default_guidance: float,
+    form: dict[str, list[FormPart]],
+    limits: Limits,
+    model: ModelLimits,
+    default_steps: int,
+    default_guidance: float,
     model_names: Collection[str] | None = None,
 ) -> EditJob:
     """Validate one ``POST /v1/images/edits`` form; raises RequestError (``model_names`` as for generations)."""
@@ -236,8 +252,10 @@ def parse_edit_request(
     steps_run = steps - int(max(steps - min(steps * strength, steps), 0))
     if steps_run < 1:
         raise RequestError(
-            400, f"strength: {strength} of {job.num_inference_steps} steps leaves no step to run; "
-            "raise strength or num_inference_steps", "strength",
+            400,
+            f"strength: {strength} of {job.num_inference_steps} steps leaves no step to run; "
+            "raise strength or num_inference_steps",
+            "strength",
         )
     if image.size != (job.width, job.height):
         from PIL import Image
@@ -333,11 +351,19 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"multipart/form-data": {"schema": {
-                    "type": "object", "required": ["image", "prompt"],
-                    "properties": {"image": {"type": "string", "format": "binary"}, "prompt": {"type": "string"},
-                                   "strength": {"type": "number"}},
-                }}},
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["image", "prompt"],
+                            "properties": {
+                                "image": {"type": "string", "format": "binary"},
+                                "prompt": {"type": "string"},
+                                "strength": {"type": "number"},
+                            },
+                        }
+                    }
+                },
             }
         },
     )
@@ -355,14 +381,19 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
         loaded = state.loaded
         if loaded is None:
             metrics.errors.labels("not_ready").inc()
-            return _error(503, f"the model is not ready ({state.phase}); retry later", "server_error",
-                          headers={"Retry-After": "10"})
+            return _error(
+                503,
+                f"the model is not ready ({state.phase}); retry later",
+                "server_error",
+                headers={"Retry-After": "10"},
+            )
         engine = loaded.engine
 
         def parse() -> EditJob:
             form = parse_form(body, content_type)
-            return parse_edit_request(form, config.limits, engine.limits, config.default_steps,
-                                      config.default_guidance, config.model_names)
+            return parse_edit_request(
+                form, config.limits, engine.limits, config.default_steps, config.default_guidance, config.model_names
+            )
 
         # Parsing and decoding a large upload takes a while: off the event loop, so /healthz stays quick.
         job = await asyncio.to_thread(parse)
@@ -382,8 +413,12 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
             images, elapsed = await worker.run(draw)
         except QueueFull as exc:
             metrics.errors.labels("queue_full").inc()
-            return _error(429, f"the service is busy ({config.queue_size} requests waiting); retry after "
-                          f"{exc.retry_after_s} s", "rate_limit_error", headers={"Retry-After": str(exc.retry_after_s)})
+            return _error(
+                429,
+                f"the service is busy ({config.queue_size} requests waiting); retry after {exc.retry_after_s} s",
+                "rate_limit_error",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
         except CapacityError as exc:
             metrics.errors.labels("capacity").inc()
             return _error(503, str(exc), "server_error", headers={"Retry-After": str(worker.retry_after_s())})
@@ -396,9 +431,11 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
 
         metrics.generation.observe(elapsed)
         metrics.images.inc(len(images))
-        return JSONResponse({
-            "created": int(time.time()),
-            "data": [{"b64_json": image, "seed": g.seed + i} for i, image in enumerate(images)],
-            "size": f"{g.width}x{g.height}",
-            "output_format": "png",
-        })
+        return JSONResponse(
+            {
+                "created": int(time.time()),
+                "data": [{"b64_json": image, "seed": g.seed + i} for i, image in enumerate(images)],
+                "size": f"{g.width}x{g.height}",
+                "output_format": "png",
+            }
+        )

@@ -28,8 +28,9 @@ def process_started_at() -> float | None:
     try:
         fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
         ticks = int(fields[19])  # starttime: field 22, clock ticks after boot
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -49,7 +50,8 @@ class CudaMemoryCollector:
             values = {
                 "sd35_gpu_memory_allocated_bytes": ("Bytes held by live tensors.", torch.cuda.memory_allocated(device)),
                 "sd35_gpu_memory_reserved_bytes": (
-                    "Bytes reserved by torch's allocator.", torch.cuda.memory_reserved(device)
+                    "Bytes reserved by torch's allocator.",
+                    torch.cuda.memory_reserved(device),
                 ),
                 "sd35_gpu_memory_peak_allocated_bytes": (
                     "Most bytes held by live tensors since start.",
@@ -70,7 +72,9 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "sd35_http_requests", "HTTP requests answered, by route and status.", ["route", "method", "status"],
+            "sd35_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "method", "status"],
             registry=r,
         )
         self.errors = Counter(
@@ -80,7 +84,10 @@ class ServiceMetrics:
             registry=r,
         )
         self.latency = Histogram(
-            "sd35_http_request_duration_seconds", "Time to answer, by route.", ["route"], buckets=LATENCY_BUCKETS,
+            "sd35_http_request_duration_seconds",
+            "Time to answer, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.generation = Histogram(
@@ -101,8 +108,10 @@ class ServiceMetrics:
             "sd35_ready_seconds", "Seconds from the process's start to ready (imports, load, warm-up).", registry=r
         )
         self.batch_images = Histogram(
-            "sd35_batch_images", "Images drawn per pipeline call (batched requests together).",
-            buckets=BATCH_BUCKETS, registry=r,
+            "sd35_batch_images",
+            "Images drawn per pipeline call (batched requests together).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         ProcessCollector(registry=r)
         r.register(CudaMemoryCollector())

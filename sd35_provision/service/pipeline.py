@@ -31,6 +31,7 @@ from .precision import (
 
 log = logging.getLogger("sd35.service")
 
+
 class StartupError(Exception):
     """The model cannot be served as configured on this machine."""
 
@@ -48,9 +49,7 @@ def model_bytes(model_dir: Path) -> int:
     model_dir = Path(model_dir)
     index = json.loads((model_dir / "model_index.json").read_text())
     components = [name for name, value in index.items() if isinstance(value, list) and not name.startswith("_")]
-    return sum(
-        p.stat().st_size for name in components for p in (model_dir / name).glob("*.safetensors") if p.is_file()
-    )
+    return sum(p.stat().st_size for name in components for p in (model_dir / name).glob("*.safetensors") if p.is_file())
 
 
 def _accelerate_available() -> bool:
@@ -123,12 +122,14 @@ def _load_component(model_dir: Path, name: str, dtype: Any, device: DeviceInfo) 
 def plan_memory(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, max_batch: int = 1) -> MemoryPlan:
     """The memory plan (resident or lean) from the sizes on disk, the GPU's memory and ``max_batch``."""
     sizes = component_bytes(model_dir)
-    return choose_memory_plan(choice, device, sizes.get("transformer"),
-                              sum(sizes.get(name, 0) for name in TEXT_ENCODERS), max_batch)
+    return choose_memory_plan(
+        choice, device, sizes.get("transformer"), sum(sizes.get(name, 0) for name in TEXT_ENCODERS), max_batch
+    )
 
 
-def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, max_batch: int = 1,
-                  plan: MemoryPlan | None = None) -> Any:
+def load_pipeline(
+    model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, max_batch: int = 1, plan: MemoryPlan | None = None
+) -> Any:
     """Load the pipeline from local files onto ``device``, each component straight into its target precision.
 
     Component by component (LOAD_ORDER): the transformer is read in the compute
@@ -168,8 +169,11 @@ def load_pipeline(model_dir: Path, choice: PrecisionChoice, device: DeviceInfo, 
     # The tokenizers and the scheduler (small files) come with the pipeline; the
     # weight-carrying components are the ones loaded above.
     pipe = StableDiffusion3Pipeline.from_pretrained(
-        str(model_dir), **components, **{_dtype_kwarg(): choice.compute_dtype},
-        local_files_only=True, use_safetensors=True,
+        str(model_dir),
+        **components,
+        **{_dtype_kwarg(): choice.compute_dtype},
+        local_files_only=True,
+        use_safetensors=True,
     )
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "vae", None) is not None:
@@ -228,7 +232,10 @@ def run_batch(pipe: Any, jobs: list[GenerationJob]) -> list[list[Any]]:
     generators: list[Any] = []
     for job in jobs:
         if (job.width, job.height, job.num_inference_steps, job.guidance_scale) != (
-            first.width, first.height, first.num_inference_steps, first.guidance_scale
+            first.width,
+            first.height,
+            first.num_inference_steps,
+            first.guidance_scale,
         ):
             raise ValueError("a batch takes jobs of one size, step count and guidance only")
         prompts += [job.prompt] * job.n
@@ -299,8 +306,15 @@ def warm_up(
         )
         started = time.monotonic()
         run_pipeline(pipe, job)
-        log.info("warm-up %dx%d, %d image(s), guidance %g, %d steps: %.1f s",
-                 width, height, n, guidance, steps, time.monotonic() - started)
+        log.info(
+            "warm-up %dx%d, %d image(s), guidance %g, %d steps: %.1f s",
+            width,
+            height,
+            n,
+            guidance,
+            steps,
+            time.monotonic() - started,
+        )
     return time.monotonic() - begin
 
 
@@ -342,8 +356,9 @@ def engine_loader(config: ServiceConfig) -> EngineLoader:
         limit = _apply_gpu_memory_limit(config.gpu_memory_gib)
         device = detect_device(limit)
         try:
-            choice = choose_precision(config.precision, device, config.compile, model_bytes(config.model_dir),
-                                      warmup=config.warmup_steps > 0)
+            choice = choose_precision(
+                config.precision, device, config.compile, model_bytes(config.model_dir), warmup=config.warmup_steps > 0
+            )
         except ValueError as exc:
             raise StartupError(f"SD35_PRECISION={config.precision}, SD35_COMPILE={config.compile}: {exc}") from None
         log.info(
@@ -409,6 +424,8 @@ def _gpu_memory_note(device: DeviceInfo) -> str:
         return ""
     import torch
 
-    return (f"; GPU memory {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated, "
-            f"{torch.cuda.memory_reserved() / 2**30:.1f} GiB reserved, "
-            f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated")
+    return (
+        f"; GPU memory {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated, "
+        f"{torch.cuda.memory_reserved() / 2**30:.1f} GiB reserved, "
+        f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated"
+    )

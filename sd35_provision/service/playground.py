@@ -90,10 +90,14 @@ def add_playground(app: FastAPI, config: ServiceConfig) -> None:
         if name == OPTIONS_PATH.rsplit("/", 1)[1]:
             loaded = state.loaded
             if loaded is None:
-                return JSONResponse(error_body(f"the model is not ready ({state.phase}); retry later", "server_error"),
-                                    status_code=503, headers={"Retry-After": "10"})
+                return JSONResponse(
+                    error_body(f"the model is not ready ({state.phase}); retry later", "server_error"),
+                    status_code=503,
+                    headers={"Retry-After": "10"},
+                )
             return JSONResponse(playground_options(config, loaded.engine.limits))
         if name not in ASSETS:
-            return JSONResponse(error_body(f"no such playground file: {name}", "invalid_request_error"),
-                                status_code=404)
+            return JSONResponse(
+                error_body(f"no such playground file: {name}", "invalid_request_error"), status_code=404
+            )
         return asset(name, ASSETS[name])

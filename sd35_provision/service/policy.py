@@ -131,15 +131,31 @@ def choose_precision(
     if compile not in COMPILE_REQUESTS:
         raise ValueError(f"compile {compile!r} is not one of {', '.join(COMPILE_REQUESTS)}")
     compiled = compile == "on" or (compile == "auto" and device.kind == "cuda" and warmup)
-    mode, reason = _pick_mode(requested, device, software, model_bytes, compiled,
-                              "compile off" if compile == "off" else "no warm-up to cover the compile")
+    mode, reason = _pick_mode(
+        requested,
+        device,
+        software,
+        model_bytes,
+        compiled,
+        "compile off" if compile == "off" else "no warm-up to cover the compile",
+    )
     use_compile, compile_reason = _pick_compile(compile, mode, device, warmup)
-    return PrecisionPlan(mode=mode, compute_dtype="float32" if mode == "fp32" else "bfloat16",
-                         compile=use_compile, reason=f"{reason}; {compile_reason}")
+    return PrecisionPlan(
+        mode=mode,
+        compute_dtype="float32" if mode == "fp32" else "bfloat16",
+        compile=use_compile,
+        reason=f"{reason}; {compile_reason}",
+    )
 
 
-def _pick_mode(requested: str, device: DeviceInfo, software: Software, model_bytes: int | None,
-               compiled: bool, why_not_compiled: str) -> tuple[str, str]:
+def _pick_mode(
+    requested: str,
+    device: DeviceInfo,
+    software: Software,
+    model_bytes: int | None,
+    compiled: bool,
+    why_not_compiled: str,
+) -> tuple[str, str]:
     cc = device.compute_capability
     where = f"this GPU ({device.name}) has {cc[0]}.{cc[1]}" if cc else f"this device ({device.name}) is a CPU"
     fp8_hw = device.kind == "cuda" and cc is not None and tuple(cc) >= FP8_MIN_CAPABILITY
@@ -154,41 +170,57 @@ def _pick_mode(requested: str, device: DeviceInfo, software: Software, model_byt
         return "bf16", "bf16 requested"
     if requested in ("fp8", "fp8-dynamic", "fp8-storage"):
         if not has_f8:
-            raise ValueError(f"{requested} needs torch >= {need_torch} with float8 types; "
-                             f"this torch is {software.torch_version or 'older'}")
+            raise ValueError(
+                f"{requested} needs torch >= {need_torch} with float8 types; "
+                f"this torch is {software.torch_version or 'older'}"
+            )
         if device.kind != "cuda":
             raise ValueError(f"{requested} needs a CUDA GPU; {where}")
         if requested == "fp8-storage":
             return "fp8-storage", "fp8-storage requested"
         if requested == "fp8" and fp8_hw and not compiled:
-            return "fp8-storage", (f"fp8 requested; {why_not_compiled}, and dynamic FP8 without compile is "
-                                   "slower than bf16 (2.2x on the H100), so weights are stored in FP8 instead")
+            return "fp8-storage", (
+                f"fp8 requested; {why_not_compiled}, and dynamic FP8 without compile is "
+                "slower than bf16 (2.2x on the H100), so weights are stored in FP8 instead"
+            )
         if requested == "fp8-dynamic" or fp8_hw:
             if not fp8_hw:
-                raise ValueError(f"fp8-dynamic needs compute capability >= "
-                                 f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}; {where}")
+                raise ValueError(
+                    f"fp8-dynamic needs compute capability >= {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}; {where}"
+                )
             if not has_ao:
                 raise ValueError("fp8-dynamic needs torchao (pip install torchao); it is not installed")
             return "fp8-dynamic", f"{requested} requested; FP8 tensor cores ({where})"
-        return "fp8-storage", (f"fp8 requested; no FP8 tensor cores ({where}, need 8.9), "
-                               "so weights are stored in FP8 and computed in bf16")
+        return "fp8-storage", (
+            f"fp8 requested; no FP8 tensor cores ({where}, need 8.9), so weights are stored in FP8 and computed in bf16"
+        )
 
     # auto
     if device.kind != "cuda":
         return "fp32", f"auto: {where}, fp32"
     if fp8_hw and has_f8 and has_ao and compiled:
         return "fp8-dynamic", f"auto: FP8 tensor cores ({where}) and torchao installed"
-    missing = (f"{why_not_compiled}: dynamic FP8 needs compile to beat bf16" if fp8_hw and has_f8 and has_ao else
-               "torchao not installed" if fp8_hw and has_f8 else
-               f"torch {software.torch_version} < {need_torch}" if fp8_hw else f"no FP8 tensor cores, {where}")
+    missing = (
+        f"{why_not_compiled}: dynamic FP8 needs compile to beat bf16"
+        if fp8_hw and has_f8 and has_ao
+        else "torchao not installed"
+        if fp8_hw and has_f8
+        else f"torch {software.torch_version} < {need_torch}"
+        if fp8_hw
+        else f"no FP8 tensor cores, {where}"
+    )
     if not fits(model_bytes, device.total_memory_bytes):
         assert model_bytes is not None and device.total_memory_bytes is not None
         if has_f8:
-            return "fp8-storage", (f"auto: {gib(model_bytes)} of bf16 weights do not fit "
-                                   f"{gib(device.total_memory_bytes)} with headroom ({missing}); "
-                                   "FP8 weight storage")
-        return "bf16", (f"auto: bf16 ({missing}); {gib(model_bytes)} of weights may not fit "
-                        f"{gib(device.total_memory_bytes)} and this torch has no FP8 storage")
+            return "fp8-storage", (
+                f"auto: {gib(model_bytes)} of bf16 weights do not fit "
+                f"{gib(device.total_memory_bytes)} with headroom ({missing}); "
+                "FP8 weight storage"
+            )
+        return "bf16", (
+            f"auto: bf16 ({missing}); {gib(model_bytes)} of weights may not fit "
+            f"{gib(device.total_memory_bytes)} and this torch has no FP8 storage"
+        )
     return "bf16", f"auto: bf16 ({missing})"
 
 
@@ -207,7 +239,8 @@ def _pick_compile(compile: str, mode: str, device: DeviceInfo, warmup: bool) -> 
         return False, "eager: no warm-up, and the first request would wait for the compile"
     if mode == "fp8-dynamic":
         return True, "compiled (dynamic FP8 needs compile to beat bf16)" + (
-            "" if warmup else "; no warm-up: the first request waits for the compile")
+            "" if warmup else "; no warm-up: the first request waits for the compile"
+        )
     if mode == "bf16":
         return True, "compiled"
     return False, "eager (layerwise casting hooks do not compile)"
@@ -242,21 +275,28 @@ def choose_memory_plan(
     resident = transformer + text_encoder_bytes
     need = memory_need(resident, batch, tiled=False, total=total)
     if fits(resident, total) and need <= total:
-        return MemoryPlan(False, False, f"resident: {gib(resident)} of weights and {batch} image(s) per call "
-                                        f"({gib(need)} with activations and margin) fit {gib(total)}")
+        return MemoryPlan(
+            False,
+            False,
+            f"resident: {gib(resident)} of weights and {batch} image(s) per call "
+            f"({gib(need)} with activations and margin) fit {gib(total)}",
+        )
     lean = transformer + int(text_encoder_bytes * TEXT_ENCODER_FP8_SCALE)
     lean_need = memory_need(lean, batch, tiled=True, total=total)
     verdict = "fits" if lean_need <= total else "may not fit"
-    return MemoryPlan(True, True, f"lean: {gib(need)} for resident weights and {batch} image(s) per call do not "
-                                  f"fit {gib(total)}; text encoders in FP8, tiled VAE decode ({gib(lean_need)}, "
-                                  f"{verdict})")
+    return MemoryPlan(
+        True,
+        True,
+        f"lean: {gib(need)} for resident weights and {batch} image(s) per call do not "
+        f"fit {gib(total)}; text encoders in FP8, tiled VAE decode ({gib(lean_need)}, "
+        f"{verdict})",
+    )
 
 
 def memory_need(weight_bytes: int, batch: int, tiled: bool, total: int) -> int:
     """GPU memory a process needs for ``weight_bytes`` of weights drawing ``batch`` images per call."""
     decode = TILED_DECODE_BYTES if tiled else DECODE_BYTES
-    return (weight_bytes + decode + batch * DENOISE_BYTES_PER_IMAGE + CONTEXT_BYTES
-            + int(total * SAFETY_FRACTION))
+    return weight_bytes + decode + batch * DENOISE_BYTES_PER_IMAGE + CONTEXT_BYTES + int(total * SAFETY_FRACTION)
 
 
 def gpu_device(name: str, compute_capability: tuple[int, int] | None, memory_mib: int | None) -> DeviceInfo:
@@ -276,8 +316,14 @@ PUBLISHED_WEIGHTS = {
 GPU_LOCK_SOFTWARE = Software(float8=True, torchao=True, torch_version="from the cu128/cu130 lock")
 
 
-def host_plan(requested: str, compile: str, device: DeviceInfo, repo: str | None, max_batch: int,
-              software: Software = GPU_LOCK_SOFTWARE) -> str:
+def host_plan(
+    requested: str,
+    compile: str,
+    device: DeviceInfo,
+    repo: str | None,
+    max_batch: int,
+    software: Software = GPU_LOCK_SOFTWARE,
+) -> str:
     """One line for the control side: the precision and memory plan the service will pick on ``device``.
 
     ``repo`` names the model (its published weight sizes, when known);
@@ -291,5 +337,7 @@ def host_plan(requested: str, compile: str, device: DeviceInfo, repo: str | None
     except ValueError as exc:
         return f"service: precision {requested} cannot run: {exc}"
     memory = choose_memory_plan(precision.mode, device, transformer, encoders, max_batch)
-    return (f"service: {precision.mode}{' + compile' if precision.compile else ''}, "
-            f"memory {memory.reason.split(':', 1)[0]} ({memory.reason.split(':', 1)[1].strip()})")
+    return (
+        f"service: {precision.mode}{' + compile' if precision.compile else ''}, "
+        f"memory {memory.reason.split(':', 1)[0]} ({memory.reason.split(':', 1)[1].strip()})"
+    )

@@ -87,8 +87,12 @@ def detect_device(memory_limit_bytes: int | None = None) -> DeviceInfo:
         )
     import platform
 
-    return DeviceInfo(kind="cpu", name=platform.processor() or platform.machine() or "cpu",
-                      compute_capability=None, total_memory_bytes=None)
+    return DeviceInfo(
+        kind="cpu",
+        name=platform.processor() or platform.machine() or "cpu",
+        compute_capability=None,
+        total_memory_bytes=None,
+    )
 
 
 def torch_version() -> tuple[int, int]:
@@ -121,8 +125,13 @@ def choose_precision(
 ) -> PrecisionChoice:
     """``policy.choose_precision`` with this environment's software; see there."""
     plan = policy.choose_precision(requested, device, software(), compile, model_bytes, warmup)
-    return PrecisionChoice(mode=plan.mode, compute_dtype=getattr(torch, plan.compute_dtype),
-                           compile=plan.compile, reason=plan.reason, compile_scope=plan.compile_scope)
+    return PrecisionChoice(
+        mode=plan.mode,
+        compute_dtype=getattr(torch, plan.compute_dtype),
+        compile=plan.compile,
+        reason=plan.reason,
+        compile_scope=plan.compile_scope,
+    )
 
 
 def fp8_linear_filter(module: torch.nn.Module, fqn: str = "") -> bool:
@@ -152,8 +161,7 @@ def quantize_fp8_dynamic(module: torch.nn.Module) -> int:
 TEXT_ENCODER_FP8_SKIP = (r"(^|\.)wo$",)
 
 
-def store_fp8(module: torch.nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
-              skip: tuple[str, ...] = ()) -> None:
+def store_fp8(module: torch.nn.Module, compute_dtype: torch.dtype = torch.bfloat16, skip: tuple[str, ...] = ()) -> None:
     """Store ``module``'s weights in FP8 (e4m3), upcast to ``compute_dtype`` per layer when used.
 
     Works on diffusers models and on plain torch modules (the transformers text
@@ -166,9 +174,13 @@ def store_fp8(module: torch.nn.Module, compute_dtype: torch.dtype = torch.bfloat
     # Embeddings stay: besides their precision, transformers reads a model's dtype off
     # its first parameter (the token embedding), and the SD3 pipeline casts the
     # prompt embeddings to it.
-    apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
-                            skip_modules_pattern=tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(skip),
-                            skip_modules_classes=(torch.nn.Embedding,))
+    apply_layerwise_casting(
+        module,
+        storage_dtype=torch.float8_e4m3fn,
+        compute_dtype=compute_dtype,
+        skip_modules_pattern=tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(skip),
+        skip_modules_classes=(torch.nn.Embedding,),
+    )
 
 
 def apply_precision(pipe, choice: PrecisionChoice) -> None:
@@ -188,8 +200,7 @@ def convert_transformer(transformer: torch.nn.Module, choice: PrecisionChoice) -
     if choice.mode == "fp8-dynamic":
         quantize_fp8_dynamic(transformer)
     elif choice.mode == "fp8-storage":
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
-                                             compute_dtype=choice.compute_dtype)
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=choice.compute_dtype)
 
 
 def compile_transformer(transformer: torch.nn.Module, scope: str = "blocks", fullgraph: bool = True) -> int:
@@ -248,11 +259,13 @@ def store_fp8_scaled(module: torch.nn.Module) -> None:
     from torchao.quantization import Float8WeightOnlyConfig, PerRow, quantize_
 
     def eligible(m: torch.nn.Module, fqn: str = "") -> bool:
-        return (isinstance(m, torch.nn.Linear) and m.weight.shape[0] % FP8_DIM_MULTIPLE == 0
-                and m.weight.shape[1] % FP8_DIM_MULTIPLE == 0)
+        return (
+            isinstance(m, torch.nn.Linear)
+            and m.weight.shape[0] % FP8_DIM_MULTIPLE == 0
+            and m.weight.shape[1] % FP8_DIM_MULTIPLE == 0
+        )
 
-    quantize_(module, Float8WeightOnlyConfig(granularity=PerRow(), set_inductor_config=False),
-              filter_fn=eligible)
+    quantize_(module, Float8WeightOnlyConfig(granularity=PerRow(), set_inductor_config=False), filter_fn=eligible)
 
 
 def apply_memory_plan(pipe, plan: MemoryPlan) -> None:

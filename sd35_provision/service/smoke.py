@@ -191,8 +191,16 @@ def wait_ready(base_url: str, key: str | None, deadline: float) -> None:
         time.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
-def run_smoke(base_url: str, key: str | None, width: int, height: int, steps: int, timeout_s: float,
-              prompt: str = "smoke test: a red apple on a wooden table", save: Path | None = None) -> SmokeResult:
+def run_smoke(
+    base_url: str,
+    key: str | None,
+    width: int,
+    height: int,
+    steps: int,
+    timeout_s: float,
+    prompt: str = "smoke test: a red apple on a wooden table",
+    save: Path | None = None,
+) -> SmokeResult:
     """Wait for readiness, generate one image and check it (and keep it in ``save``).
 
     Never raises for a failed check.
@@ -242,7 +250,8 @@ def read_key(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sd35_provision.service.smoke", description=__doc__.split("\n\n")[0])
+        prog="python -m sd35_provision.service.smoke", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
     parser.add_argument("--size", default="64x64", help="WIDTHxHEIGHT of the test image")
     parser.add_argument("--steps", type=int, default=2, help="inference steps")
@@ -252,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--prompt", default="smoke test: a red apple on a wooden table", help="the prompt")
     parser.add_argument("--save", type=Path, default=None, help="write the image here when the check passes")
-    parser.add_argument("--record", type=Path, default=None,
-                        help="also write the result, with the time it was taken, to this JSON file")
+    parser.add_argument(
+        "--record", type=Path, default=None, help="also write the result, with the time it was taken, to this JSON file"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -263,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size: {args.size!r} is not WIDTHxHEIGHT")
 
     key_file = args.api_key_file or (
-        Path(os.environ["SD35_API_KEY_FILE"]) if os.environ.get("SD35_API_KEY_FILE") else None)
+        Path(os.environ["SD35_API_KEY_FILE"]) if os.environ.get("SD35_API_KEY_FILE") else None
+    )
     try:
         key = read_key(key_file) if key_file is not None else None
     except SmokeFailure as exc:

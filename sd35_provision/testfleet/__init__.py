@@ -17,6 +17,17 @@ from sd35_provision.testfleet.spec import render_spec
 from sd35_provision.testfleet.state import FleetHost
 
 __all__ = [
-    "DEFAULT_FIRST_ADDRESS", "CommandResult", "Fleet", "FleetHost", "HostStatus", "TestFleetError",
-    "default_state_dir", "down", "render_spec", "start_host", "status", "stop_host", "up",
+    "DEFAULT_FIRST_ADDRESS",
+    "CommandResult",
+    "Fleet",
+    "FleetHost",
+    "HostStatus",
+    "TestFleetError",
+    "default_state_dir",
+    "down",
+    "render_spec",
+    "start_host",
+    "status",
+    "stop_host",
+    "up",
 ]

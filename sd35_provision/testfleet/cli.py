@@ -10,8 +10,12 @@ import click
 from sd35_provision.testfleet import fleet as testfleet_api
 
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="SD35_TESTFLEET_DIR",
-    default="/var/lib/sd35-provision/testfleet", show_default=True, show_envvar=True,
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SD35_TESTFLEET_DIR",
+    default="/var/lib/sd35-provision/testfleet",
+    show_default=True,
+    show_envvar=True,
     help="Where the fleet's keys, known_hosts, spec, state, host disks and logs live.",
 )
 
@@ -24,12 +28,24 @@ def testfleet() -> None:
 @testfleet.command()
 @click.argument("count", type=click.IntRange(1, 250))
 @state_dir_option
-@click.option("--bind-ro", "binds", multiple=True, metavar="SRC:DST",
-              help="Bind a directory of this machine read-only into every host (repeatable).")
-@click.option("--first-address", default=testfleet_api.DEFAULT_FIRST_ADDRESS, show_default=True,
-              help="node1's address; node2 gets the next one, and so on (inside 127.0.0.0/8).")
-@click.option("--replace", is_flag=True,
-              help="Take down the fleet already booted from STATE_DIR first (without it, that is refused).")
+@click.option(
+    "--bind-ro",
+    "binds",
+    multiple=True,
+    metavar="SRC:DST",
+    help="Bind a directory of this machine read-only into every host (repeatable).",
+)
+@click.option(
+    "--first-address",
+    default=testfleet_api.DEFAULT_FIRST_ADDRESS,
+    show_default=True,
+    help="node1's address; node2 gets the next one, and so on (inside 127.0.0.0/8).",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Take down the fleet already booted from STATE_DIR first (without it, that is refused).",
+)
 def up(count: int, state_dir: Path, binds: tuple[str, ...], first_address: str, replace: bool) -> None:
     """Boot COUNT fresh hosts and write STATE_DIR/fleet.yaml.
 
@@ -41,14 +57,16 @@ def up(count: int, state_dir: Path, binds: tuple[str, ...], first_address: str, 
         names = ", ".join(f"{host.name} ({host.address})" for host in existing.hosts)
         raise click.UsageError(
             f"{existing.state_dir} already has a test fleet: {names}. Pass --replace to take it down and boot a new "
-            "one, use another --state-dir, or `sd35-provision testfleet down` it first")
+            "one, use another --state-dir, or `sd35-provision testfleet down` it first"
+        )
     started = time.monotonic()
     fleet = testfleet_api.up(count, state_dir, binds, first_address, progress=lambda line: click.echo(line, err=True))
     for host in fleet.hosts:
         click.echo(f"{host.name}  {host.address}  pid {host.pid}")
     click.echo(f"spec: {fleet.spec_path}")
-    click.echo(f"ssh:  ssh -i {fleet.key_path} -o UserKnownHostsFile={fleet.known_hosts_path} "
-               f"root@{fleet.hosts[0].address}")
+    click.echo(
+        f"ssh:  ssh -i {fleet.key_path} -o UserKnownHostsFile={fleet.known_hosts_path} root@{fleet.hosts[0].address}"
+    )
     click.echo(f"up in {time.monotonic() - started:.1f}s")
 
 

@@ -25,8 +25,15 @@ NSPAWN_RUNTIME = Path("/run/systemd/nspawn")
 KILL_WAIT_S = 30.0
 SSHD_DROP_IN = "etc/ssh/sshd_config.d/00-testfleet.conf"
 # What ``configure_disk`` wrote: a reset disk keeps them, so the host keeps its name, address and keys.
-IDENTITY_FILES = ("etc/hostname", "etc/hosts", "etc/machine-id", SSHD_DROP_IN, "etc/ssh/ssh_host_ed25519_key",
-                  "etc/ssh/ssh_host_ed25519_key.pub", "root/.ssh/authorized_keys")
+IDENTITY_FILES = (
+    "etc/hostname",
+    "etc/hosts",
+    "etc/machine-id",
+    SSHD_DROP_IN,
+    "etc/ssh/ssh_host_ed25519_key",
+    "etc/ssh/ssh_host_ed25519_key.pub",
+    "root/.ssh/authorized_keys",
+)
 
 
 def create_disk(host: FleetHost) -> None:
@@ -54,8 +61,15 @@ def mount_disk(host: FleetHost) -> None:
         )
     layer = host.root.parent
     run_tool(
-        ["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={host.rootfs},upperdir={layer / 'upper'},workdir={layer / 'work'}", str(host.root)],
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={host.rootfs},upperdir={layer / 'upper'},workdir={layer / 'work'}",
+            str(host.root),
+        ],
         what=f"{host.name}: mounting its disk",
     )
 
@@ -97,8 +111,11 @@ def reset_disk(host: FleetHost) -> None:
     run_tool(["rm", "-rf", str(fresh)], what=f"{host.name}: clearing {fresh}")
     fresh.mkdir()
     # --parents with -a keeps the owners and modes of the directories on the way (/root is 0700).
-    run_tool(["cp", "-a", "--parents", *IDENTITY_FILES, str(fresh)], what=f"{host.name}: keeping its identity",
-             cwd=layer / "upper")
+    run_tool(
+        ["cp", "-a", "--parents", *IDENTITY_FILES, str(fresh)],
+        what=f"{host.name}: keeping its identity",
+        cwd=layer / "upper",
+    )
     for old in ("upper", "work"):
         run_tool(["rm", "-rf", str(layer / old)], what=f"{host.name}: deleting its old {old} layer")
     fresh.rename(layer / "upper")
@@ -108,8 +125,15 @@ def reset_disk(host: FleetHost) -> None:
 
 def nspawn_command(host: FleetHost, binds: list[str]) -> list[str]:
     return [
-        NSPAWN, "--quiet", "--boot", f"--directory={host.root}", f"--machine={host.machine}",
-        f"--hostname={host.name}", "--register=no", "--keep-unit", "--console=passive",
+        NSPAWN,
+        "--quiet",
+        "--boot",
+        f"--directory={host.root}",
+        f"--machine={host.machine}",
+        f"--hostname={host.name}",
+        "--register=no",
+        "--keep-unit",
+        "--console=passive",
         "--link-journal=no",
         *(f"--bind-ro={bind}" for bind in binds),
     ]
@@ -123,8 +147,12 @@ def boot(host: FleetHost, binds: list[str], log: Path) -> None:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} boot {host.name} on {host.address}\n".encode())
         out.flush()
         process = subprocess.Popen(
-            nspawn_command(host, binds), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True, close_fds=True,
+            nspawn_command(host, binds),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
         )
     host.pid = process.pid
 

@@ -64,8 +64,10 @@ class HostStatus:
     ssh_ok: bool
 
     def line(self) -> str:
-        return (f"{self.name}  {self.address}  pid {self.pid or '-'}  "
-                f"{'running' if self.running else 'stopped'}  ssh {'ok' if self.ssh_ok else 'unreachable'}")
+        return (
+            f"{self.name}  {self.address}  pid {self.pid or '-'}  "
+            f"{'running' if self.running else 'stopped'}  ssh {'ok' if self.ssh_ok else 'unreachable'}"
+        )
 
 
 class Fleet:
@@ -172,14 +174,22 @@ class Fleet:
         rows = []
         for host in self.hosts:
             running = containers.is_running(host)
-            rows.append(HostStatus(host.name, host.address, host.pid if running else None, running,
-                                   running and _ssh_ok(self, host)))
+            rows.append(
+                HostStatus(
+                    host.name, host.address, host.pid if running else None, running, running and _ssh_ok(self, host)
+                )
+            )
         return rows
 
     # -- spec --------------------------------------------------------------------
 
-    def render_spec(self, extra_defaults: dict[str, Any] | None = None, groups: dict[str, Any] | None = None,
-                    host_overrides: dict[str, dict[str, Any]] | None = None, spec_dir: Path | None = None) -> str:
+    def render_spec(
+        self,
+        extra_defaults: dict[str, Any] | None = None,
+        groups: dict[str, Any] | None = None,
+        host_overrides: dict[str, dict[str, Any]] | None = None,
+        spec_dir: Path | None = None,
+    ) -> str:
         """See ``sd35_provision.testfleet.spec.render_spec``."""
         return render_spec(self.hosts, self.state_dir, extra_defaults, groups, host_overrides, spec_dir)
 
@@ -194,9 +204,14 @@ class Fleet:
         self.state = FleetState()
 
 
-def up(count: int, state_dir: Path | None = None, binds: list[str] | tuple[str, ...] = (),
-       first_address: str = DEFAULT_FIRST_ADDRESS, wait_s: float = BOOT_TIMEOUT_S,
-       progress: Callable[[str], None] | None = None) -> Fleet:
+def up(
+    count: int,
+    state_dir: Path | None = None,
+    binds: list[str] | tuple[str, ...] = (),
+    first_address: str = DEFAULT_FIRST_ADDRESS,
+    wait_s: float = BOOT_TIMEOUT_S,
+    progress: Callable[[str], None] | None = None,
+) -> Fleet:
     """Boot ``count`` fresh hosts and return once every sshd answers with its known host key.
 
     A fleet already running from ``state_dir`` is taken down first. When
@@ -213,14 +228,22 @@ def up(count: int, state_dir: Path | None = None, binds: list[str] | tuple[str, 
     fleet = Fleet(state_dir, FleetState(binds=checked_binds))
     client_key = keys.ensure_key(fleet.key_path, "sd35-provision-testfleet")
     for name, address in planned:
-        fleet.hosts.append(FleetHost(name=name, address=address, root=fleet.hosts_dir / name / "root",
-                                     machine=machine_name(state_dir, name), rootfs=rootfs))
+        fleet.hosts.append(
+            FleetHost(
+                name=name,
+                address=address,
+                root=fleet.hosts_dir / name / "root",
+                machine=machine_name(state_dir, name),
+                rootfs=rootfs,
+            )
+        )
     try:
         fleet.save()  # before the first mount, so `down` finds everything `up` made
         for host in fleet.hosts:
             containers.create_disk(host)
-        known_hosts = [keys.known_hosts_line(host.address, containers.configure_disk(host, client_key))
-                       for host in fleet.hosts]
+        known_hosts = [
+            keys.known_hosts_line(host.address, containers.configure_disk(host, client_key)) for host in fleet.hosts
+        ]
         fleet.known_hosts_path.write_text("\n".join(known_hosts) + "\n")
         for host in fleet.hosts:
             fleet.log_path(host.name).unlink(missing_ok=True)
@@ -285,8 +308,9 @@ def _check_free(addresses: list[str]) -> None:
 
 def _connect(fleet: Fleet, host: FleetHost, timeout: float) -> paramiko.SSHClient:
     """Root on ``host`` with the fleet's key; a host key other than the recorded one is refused."""
-    return sshlogin.connect(host.address, user="root", key=fleet.key_path, known_hosts=fleet.known_hosts_path,
-                            timeout=timeout)
+    return sshlogin.connect(
+        host.address, user="root", key=fleet.key_path, known_hosts=fleet.known_hosts_path, timeout=timeout
+    )
 
 
 def _ssh_ok(fleet: Fleet, host: FleetHost) -> bool:
@@ -323,7 +347,8 @@ def _wait_until_ready(fleet: Fleet, host: FleetHost, wait_s: float) -> None:
     try:
         remaining = max(1, int(deadline - time.monotonic()))
         _, stdout, _ = client.exec_command(
-            f"timeout {remaining} systemctl is-system-running --wait", timeout=remaining + 5)
+            f"timeout {remaining} systemctl is-system-running --wait", timeout=remaining + 5
+        )
         state = stdout.read().decode().strip()
         if state not in ("running", "degraded"):
             raise TestFleetError(f"{host.name}: boot did not finish (systemd says {state or 'nothing'!r}); see {log}")

@@ -54,7 +54,8 @@ def check_state_dir(state_dir: Path) -> Path:
     absolute = state_dir.absolute()
     if any(char in str(absolute) for char in ",:\n"):
         raise TestFleetError(
-            f"--state-dir {state_dir}: pick a path without ',' or ':' (they cannot appear in mount options)")
+            f"--state-dir {state_dir}: pick a path without ',' or ':' (they cannot appear in mount options)"
+        )
     return absolute
 
 

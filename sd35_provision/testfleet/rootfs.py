@@ -28,8 +28,16 @@ SUITE = "bookworm"
 # PID 1, sshd, python3 for pyinfra's facts, sudo, and an apt that can fetch
 # over https.
 PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "sudo",
-    "iproute2", "procps", "ca-certificates", "curl",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "sudo",
+    "iproute2",
+    "procps",
+    "ca-certificates",
+    "curl",
 )
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 HOST_CERT_DIRS = (Path("/etc/ssl/certs"), Path("/usr/local/share/ca-certificates"))
@@ -94,8 +102,9 @@ def extra_ca_certs(cert_dirs: tuple[Path, ...] = HOST_CERT_DIRS) -> tuple[tuple[
             continue
         for path in sorted([*directory.glob("*.pem"), *directory.glob("*.crt")]):
             target = path.resolve()
-            if (not target.is_file() or DEBIAN_CERTS in target.parents
-                    or path.name == "ca-certificates.crt"):  # the generated bundle itself
+            if (
+                not target.is_file() or DEBIAN_CERTS in target.parents or path.name == "ca-certificates.crt"
+            ):  # the generated bundle itself
                 continue
             text = target.read_text(errors="replace")
             if "BEGIN CERTIFICATE" in text:
@@ -109,7 +118,10 @@ def default_recipe(host_sources: Path = HOST_SOURCES) -> RootfsRecipe:
     mirror = parse_mirror(text) if text else None
     apt_sources = text if mirror else default_apt_sources(DEFAULT_MIRROR)
     return RootfsRecipe(
-        SUITE, PACKAGES, mirror or DEFAULT_MIRROR, apt_sources,
+        SUITE,
+        PACKAGES,
+        mirror or DEFAULT_MIRROR,
+        apt_sources,
         extra_ca_certs=extra_ca_certs(),
         pip_conf=HOST_PIP_CONF.read_text() if HOST_PIP_CONF.is_file() else None,
     )
@@ -126,8 +138,9 @@ def ensure_tools() -> None:
     run_tool(["apt-get", "install", "-y", "-qq", *missing], what=f"apt-get install {' '.join(missing)}", env=env)
 
 
-def ensure_rootfs(recipe: RootfsRecipe | None = None, cache_dir: Path | None = None,
-                  progress: Callable[[str], None] | None = None) -> Path:
+def ensure_rootfs(
+    recipe: RootfsRecipe | None = None, cache_dir: Path | None = None, progress: Callable[[str], None] | None = None
+) -> Path:
     """The cached rootfs for ``recipe``, built first when absent (about a minute)."""
     recipe = recipe or default_recipe()
     cache_dir = cache_dir or default_cache_dir()
@@ -146,9 +159,16 @@ def ensure_rootfs(recipe: RootfsRecipe | None = None, cache_dir: Path | None = N
             progress(f"building the {recipe.suite} rootfs with debootstrap (about a minute; log: {log})")
         try:
             run_tool(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.packages)}",
-                 recipe.suite, str(building), recipe.mirror],
-                what="debootstrap", log=log,
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(recipe.packages)}",
+                    recipe.suite,
+                    str(building),
+                    recipe.mirror,
+                ],
+                what="debootstrap",
+                log=log,
             )
             finish_rootfs(building, recipe)
         except BaseException:

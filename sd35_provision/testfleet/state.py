@@ -35,15 +35,27 @@ class FleetState:
 
 
 def dump_state(state: FleetState) -> str:
-    return json.dumps({
-        "version": STATE_VERSION,
-        "hosts": [
-            {"name": h.name, "address": h.address, "root": str(h.root), "machine": h.machine,
-             "rootfs": None if h.rootfs is None else str(h.rootfs), "pid": h.pid}
-            for h in state.hosts
-        ],
-        "binds": list(state.binds),
-    }, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "version": STATE_VERSION,
+                "hosts": [
+                    {
+                        "name": h.name,
+                        "address": h.address,
+                        "root": str(h.root),
+                        "machine": h.machine,
+                        "rootfs": None if h.rootfs is None else str(h.rootfs),
+                        "pid": h.pid,
+                    }
+                    for h in state.hosts
+                ],
+                "binds": list(state.binds),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def parse_state(text: str, where: Path) -> FleetState:
@@ -54,10 +66,14 @@ def parse_state(text: str, where: Path) -> FleetState:
         if data.get("version", STATE_VERSION) != STATE_VERSION:
             raise ValueError(f"version {data.get('version')!r}, expected {STATE_VERSION}")
         hosts = [
-            FleetHost(name=str(h["name"]), address=str(h["address"]), root=Path(h["root"]),
-                      machine=str(h.get("machine", h["name"])),
-                      rootfs=None if h.get("rootfs") is None else Path(h["rootfs"]),
-                      pid=None if h["pid"] is None else int(h["pid"]))
+            FleetHost(
+                name=str(h["name"]),
+                address=str(h["address"]),
+                root=Path(h["root"]),
+                machine=str(h.get("machine", h["name"])),
+                rootfs=None if h.get("rootfs") is None else Path(h["rootfs"]),
+                pid=None if h["pid"] is None else int(h["pid"]),
+            )
             for h in data["hosts"]
         ]
         binds = [str(b) for b in data.get("binds", [])]

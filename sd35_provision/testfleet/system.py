@@ -13,8 +13,9 @@ from sd35_provision.testfleet.errors import TestFleetError
 PROC = Path("/proc")
 
 
-def run_tool(command: list[str], what: str, log: Path | None = None, env: dict[str, str] | None = None,
-             cwd: Path | None = None) -> str:
+def run_tool(
+    command: list[str], what: str, log: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> str:
     """Run a tool to completion; its output goes to ``log`` when given. Returns stdout."""
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, cwd=cwd)

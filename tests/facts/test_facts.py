@@ -24,10 +24,12 @@ CASES = sorted(Path(__file__).parent.glob("*/*.json"))
 
 def jsonable(value: Any) -> Any:
     """Dataclasses to dicts, tuples to lists: the value as the case's JSON spells it."""
+
     def default(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj):
             return dataclasses.asdict(obj)
         raise TypeError(f"{obj!r} is not JSON-able")
+
     return json.loads(json.dumps(value, default=default))
 
 
@@ -55,14 +57,17 @@ def test_fact_parses_recorded_output(case_path: Path) -> None:
     matches(jsonable(fact.process(case["output"])), case["fact"])
 
 
-@pytest.mark.parametrize("fact_class, arg", [
-    (facts.StorageKind, {"path": "{tmp}/not/yet"}),
-    (facts.FreeSpace, {"path": "{tmp}/not yet/there"}),
-    (facts.PythonVersions, {}),
-    (facts.NvidiaGpus, {}),
-    (facts.NvidiaPciDevices, {}),
-    (facts.NvidiaKernelModule, {}),
-])
+@pytest.mark.parametrize(
+    "fact_class, arg",
+    [
+        (facts.StorageKind, {"path": "{tmp}/not/yet"}),
+        (facts.FreeSpace, {"path": "{tmp}/not yet/there"}),
+        (facts.PythonVersions, {}),
+        (facts.NvidiaGpus, {}),
+        (facts.NvidiaPciDevices, {}),
+        (facts.NvidiaKernelModule, {}),
+    ],
+)
 def test_commands_run_under_sh_here(tmp_path: Path, fact_class: type, arg: dict[str, str]) -> None:
     """Each command is valid POSIX sh, exits 0 and gives its parser something it understands."""
     fact = fact_class()
@@ -76,8 +81,9 @@ def test_commands_run_under_sh_here(tmp_path: Path, fact_class: type, arg: dict[
 
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-RECORDED_SMI = sorted(d for d in FIXTURES.iterdir()
-                      if (d / "nvidia-smi-q.txt").exists() and (d / "nvidia-smi-query-gpu.txt").exists())
+RECORDED_SMI = sorted(
+    d for d in FIXTURES.iterdir() if (d / "nvidia-smi-q.txt").exists() and (d / "nvidia-smi-query-gpu.txt").exists()
+)
 
 
 def fake_nvidia_smi(tmp_path: Path, query: str, q: str, status: int = 0) -> dict[str, str]:
@@ -85,8 +91,10 @@ def fake_nvidia_smi(tmp_path: Path, query: str, q: str, status: int = 0) -> dict
     (tmp_path / "query.txt").write_text(query)
     (tmp_path / "q.txt").write_text(q)
     script = tmp_path / "nvidia-smi"
-    script.write_text(f'#!/bin/sh\ncase "$*" in *--query-gpu*) cat {tmp_path}/query.txt;; *-q*) cat {tmp_path}/q.txt;; '
-                      f"esac\nexit {status}\n")
+    script.write_text(
+        f'#!/bin/sh\ncase "$*" in *--query-gpu*) cat {tmp_path}/query.txt;; *-q*) cat {tmp_path}/q.txt;; '
+        f"esac\nexit {status}\n"
+    )
     script.chmod(0o755)
     return {"PATH": f"{tmp_path}:/usr/bin:/bin"}
 
@@ -94,8 +102,9 @@ def fake_nvidia_smi(tmp_path: Path, query: str, q: str, status: int = 0) -> dict
 @pytest.mark.parametrize("recorded", RECORDED_SMI, ids=[d.name for d in RECORDED_SMI])
 def test_nvidia_gpus_command_on_recorded_nvidia_smi(tmp_path: Path, recorded: Path) -> None:
     """The whole command, run against nvidia-smi outputs recorded on a real H100 host."""
-    env = fake_nvidia_smi(tmp_path, (recorded / "nvidia-smi-query-gpu.txt").read_text(),
-                          (recorded / "nvidia-smi-q.txt").read_text())
+    env = fake_nvidia_smi(
+        tmp_path, (recorded / "nvidia-smi-query-gpu.txt").read_text(), (recorded / "nvidia-smi-q.txt").read_text()
+    )
     fact = facts.NvidiaGpus()
     result = subprocess.run(["sh", "-c", fact.command()], capture_output=True, text=True, check=True, env=env)
     status = fact.process(result.stdout.splitlines())
@@ -110,8 +119,10 @@ def test_nvidia_gpus_command_on_recorded_nvidia_smi(tmp_path: Path, recorded: Pa
 
 
 def test_nvidia_gpus_command_when_the_driver_is_not_loaded(tmp_path: Path) -> None:
-    message = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
-               "Make sure that the latest NVIDIA driver is installed and running.\n")
+    message = (
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+        "Make sure that the latest NVIDIA driver is installed and running.\n"
+    )
     env = fake_nvidia_smi(tmp_path, message, message, status=9)
     fact = facts.NvidiaGpus()
     result = subprocess.run(["sh", "-c", fact.command()], capture_output=True, text=True, check=True, env=env)
@@ -121,6 +132,7 @@ def test_nvidia_gpus_command_when_the_driver_is_not_loaded(tmp_path: Path) -> No
 
 def test_nvidia_gpus_command_without_nvidia_smi(tmp_path: Path) -> None:
     fact = facts.NvidiaGpus()
-    result = subprocess.run(["/bin/sh", "-c", fact.command()], capture_output=True, text=True, check=True,
-                            env={"PATH": str(tmp_path)})
+    result = subprocess.run(
+        ["/bin/sh", "-c", fact.command()], capture_output=True, text=True, check=True, env={"PATH": str(tmp_path)}
+    )
     assert fact.process(result.stdout.splitlines()).state == "absent"

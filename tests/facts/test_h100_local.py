@@ -32,15 +32,27 @@ def host_facts(data: dict) -> HostFacts:
     storage["disks"] = tuple(DiskInfo(**d) for d in storage["disks"])
     storage["chain"] = tuple(storage["chain"])
     nvidia = dict(data["nvidia"])
-    nvidia["gpus"] = tuple(GpuInfo(**{**{k: v for k, v in g.items() if k != "fp8_capable"},
-                                      "compute_capability": tuple(g["compute_capability"])})
-                           for g in nvidia["gpus"])
+    nvidia["gpus"] = tuple(
+        GpuInfo(
+            **{
+                **{k: v for k, v in g.items() if k != "fp8_capable"},
+                "compute_capability": tuple(g["compute_capability"]),
+            }
+        )
+        for g in nvidia["gpus"]
+    )
     return HostFacts(
-        os_id=data["os_id"], os_name=data["os_name"], os_version=data["os_version"],
-        os_codename=data["os_codename"], kernel=data["kernel"],
+        os_id=data["os_id"],
+        os_name=data["os_name"],
+        os_version=data["os_version"],
+        os_codename=data["os_codename"],
+        kernel=data["kernel"],
         pythons=tuple(PythonInterpreter(**p) for p in data["pythons"]),
-        cache_free=FreeSpaceInfo(**data["cache_free"]), cache_storage=StorageInfo(**storage),
-        nvidia=NvidiaStatus(**nvidia), nvidia_pci=tuple(PciDevice(**p) for p in data["nvidia_pci"]))
+        cache_free=FreeSpaceInfo(**data["cache_free"]),
+        cache_storage=StorageInfo(**storage),
+        nvidia=NvidiaStatus(**nvidia),
+        nvidia_pci=tuple(PciDevice(**p) for p in data["nvidia_pci"]),
+    )
 
 
 def test_recorded_gpu_facts(recorded):
@@ -53,8 +65,9 @@ def test_recorded_gpu_facts(recorded):
     assert gpu["fp8_capable"] is True and facts["fp8_capable"] is True
     assert gpu["driver_version"].startswith("580.") and facts["driver_version"] == "580.159.04"
     assert facts["cuda_version"] == "13.0"
-    assert facts["nvidia_pci"] == [{"slot": "0000:00:06.0", "pci_class": "0x030200", "device_id": "0x2330",
-                                    "driver": "nvidia"}]
+    assert facts["nvidia_pci"] == [
+        {"slot": "0000:00:06.0", "pci_class": "0x030200", "device_id": "0x2330", "driver": "nvidia"}
+    ]
     assert recorded["preflight"] == []
 
 
@@ -71,15 +84,18 @@ def test_rotational_virtual_disk_is_unknown_not_hdd(recorded):
     storage = recorded["facts"]["cache_storage"]
     assert storage["kind"] == "unknown"
     (disk,) = storage["disks"]
-    assert (disk["name"], disk["rotational"], disk["virtual"], disk["driver"]) == ("vda", True, "virtio",
-                                                                                   "virtio_blk")
+    assert (disk["name"], disk["rotational"], disk["virtual"], disk["driver"]) == ("vda", True, "virtio", "virtio_blk")
     assert "docker container" in storage["reason"] and "/dev/vda" in storage["reason"]
 
 
 @pytest.fixture
 def settings() -> HostSettings:
-    return HostSettings(name="@local", address="127.0.0.1", gpu=GpuSettings(accelerator="nvidia", require_fp8=True),
-                        cache=CacheSettings(root="/tmp", min_free_gb=1, require_ssd=False))
+    return HostSettings(
+        name="@local",
+        address="127.0.0.1",
+        gpu=GpuSettings(accelerator="nvidia", require_fp8=True),
+        cache=CacheSettings(root="/tmp", min_free_gb=1, require_ssd=False),
+    )
 
 
 def test_preflight_on_the_recorded_facts(recorded, settings):

@@ -25,7 +25,11 @@ def cli(*args: str, check_exit: int | None = None, env: dict[str, str] | None = 
     """``sd35-provision ARGS`` in a new process, as a user runs it (``env`` over this one's environment)."""
     result = subprocess.run(
         [sys.executable, "-m", "sd35_provision.cli", *args],
-        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     if check_exit is not None:
         assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -59,8 +63,14 @@ class HostStates:
 
     def provisioned(self, spec: Path, *names: str) -> subprocess.CompletedProcess | None:
         """``names`` (default: every host) with a current release: ``spec`` applied to those known to have none."""
-        return self._apply(spec, [name for name in names or self._all()
-                                  if not self.known.get(name, "").startswith(("applied ", PROVISIONED))])
+        return self._apply(
+            spec,
+            [
+                name
+                for name in names or self._all()
+                if not self.known.get(name, "").startswith(("applied ", PROVISIONED))
+            ],
+        )
 
     def _apply(self, spec: Path, todo: list[str]) -> subprocess.CompletedProcess | None:
         for name in todo:

@@ -55,9 +55,24 @@ def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, states,
     report_path = tmp_path / "report.json"
     with open(report_path, "w") as report_file:
         apply = subprocess.Popen(
-            [sys.executable, "-m", "sd35_provision.cli", "apply", str(spec), "--json",
-             "--limit", "node1", "--limit", "node2", "--limit", "node3"],
-            stdout=report_file, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "sd35_provision.cli",
+                "apply",
+                str(spec),
+                "--json",
+                "--limit",
+                "node1",
+                "--limit",
+                "node2",
+                "--limit",
+                "node3",
+            ],
+            stdout=report_file,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
         )
     progress: list[str] = []
     reader = threading.Thread(target=lambda: progress.extend(apply.stderr), daemon=True)
@@ -135,8 +150,11 @@ def test_status_of_a_mixed_fleet(fleet, states):
 
     table = cli("status", str(spec), check_exit=1).stdout.splitlines()
     assert table[0].split()[:3] == ["HOST", "REACHABLE", "OS"]
-    assert re.match(rf"node1\s+yes\s+Debian 12\s+none\s+-\s+-\s+active/ready\s+{release}\s+push-\w+\s+"
-                    r"ok \d+\.\ds\s+no$", table[1]), table[1]
+    assert re.match(
+        rf"node1\s+yes\s+Debian 12\s+none\s+-\s+-\s+active/ready\s+{release}\s+push-\w+\s+"
+        r"ok \d+\.\ds\s+no$",
+        table[1],
+    ), table[1]
     assert re.match(r"node2\s+yes\s+.*inactive\s+.*\s+yes$", table[2]), table[2]
     assert re.match(r"node3\s+no(\s+-){9}$", table[3]), table[3]
     assert re.match(r"node4\s+yes\s+Debian 12\s+none(\s+-){6}\s+yes$", table[4]), table[4]
@@ -151,8 +169,12 @@ def onboard(spec: Path, *args: str, password: str | None = None) -> subprocess.C
     # A new session: no controlling terminal, like automation (getpass reads stdin, nobody is asked).
     return subprocess.run(
         [sys.executable, "-m", "sd35_provision.cli", "onboard", str(spec), *args],
-        input=password + "\n" if password is not None else "", capture_output=True, text=True, timeout=600,
-        cwd=REPO, start_new_session=True,
+        input=password + "\n" if password is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        start_new_session=True,
     )
 
 
@@ -165,8 +187,7 @@ def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, states, b
     text = text.replace("\nhosts:\n", "\nhosts:  # the fleet\n  # rack 1\n", 1) + "# end of the spec\n"
     spec.write_text(text)
     address = boxes.host("node1").address
-    base = ["--address", address, "--name", "new1", "--key", str(boxes.key_path),
-            "--set", f"service.bind={address}"]
+    base = ["--address", address, "--name", "new1", "--key", str(boxes.key_path), "--set", f"service.bind={address}"]
 
     refused = onboard(spec, *base)  # no terminal and no --accept-host-key: never trusted silently
     assert refused.returncode == 1 and "not accepted" in refused.stderr and "--accept-host-key" in refused.stderr
@@ -181,7 +202,8 @@ def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, states, b
     assert "new1: authorized the deploy key for root" in first.stdout
     assert spec.read_text() == text.replace(
         "\n# end of the spec\n",
-        f"\n  new1:\n    address: {address}\n    service:\n      bind: {address}\n# end of the spec\n")
+        f"\n  new1:\n    address: {address}\n    service:\n      bind: {address}\n# end of the spec\n",
+    )
     assert re.search(r"^new1\s+Debian 12\s+none\s+", first.stdout, re.M)  # its facts
     assert re.search(r"^new1\s+changed\s+\d+\s+.*smoke ok in", first.stdout, re.M), first.stdout
     assert sh(boxes, "node1", f"systemctl is-active {UNIT}") == "active"
@@ -198,18 +220,39 @@ def test_onboarding_fresh_boxes_end_to_end_and_again_as_a_no_op(fleet, states, b
     # passwordless sudo for the spec's key (and asks sudo for the password on stdin, never in argv).
     second = boxes.host("node2").address
     password = "first-contact-Pa55"
-    sh(boxes, "node2", "sed -i 's/^PasswordAuthentication no/PasswordAuthentication yes/' "
-                       "/etc/ssh/sshd_config.d/*.conf && systemctl reload ssh && useradd -m -s /bin/bash admin && "
-                       f"echo 'admin:{password}' | chpasswd && echo 'admin ALL=(ALL) ALL' > /etc/sudoers.d/admin")
-    with_password = onboard(spec, "--address", second, "--name", "new2", "--user", "admin", "--password-prompt",
-                            "--deploy-user", "ops", "--sudo", "--set", f"service.bind={second}",
-                            "--accept-host-key", "--skip-apply", password=password)
+    sh(
+        boxes,
+        "node2",
+        "sed -i 's/^PasswordAuthentication no/PasswordAuthentication yes/' "
+        "/etc/ssh/sshd_config.d/*.conf && systemctl reload ssh && useradd -m -s /bin/bash admin && "
+        f"echo 'admin:{password}' | chpasswd && echo 'admin ALL=(ALL) ALL' > /etc/sudoers.d/admin",
+    )
+    with_password = onboard(
+        spec,
+        "--address",
+        second,
+        "--name",
+        "new2",
+        "--user",
+        "admin",
+        "--password-prompt",
+        "--deploy-user",
+        "ops",
+        "--sudo",
+        "--set",
+        f"service.bind={second}",
+        "--accept-host-key",
+        "--skip-apply",
+        password=password,
+    )
     assert with_password.returncode == 0, with_password.stdout + with_password.stderr
     assert password not in with_password.stdout + with_password.stderr
     for change in ("created user ops", "authorized the deploy key for ops", "passwordless sudo for ops"):
         assert f"new2: {change}" in with_password.stdout
-    assert (f"  new2:\n    address: {second}\n    ssh:\n      user: ops\n      sudo: true\n"
-            f"    service:\n      bind: {second}\n") in spec.read_text()
+    assert (
+        f"  new2:\n    address: {second}\n    ssh:\n      user: ops\n      sudo: true\n"
+        f"    service:\n      bind: {second}\n"
+    ) in spec.read_text()
     assert re.search(r"^new2\s+Debian 12\s+", with_password.stdout, re.M)  # facts through ops + sudo
     assert sh(boxes, "node2", "stat -c '%a %U' /etc/sudoers.d/90-sd35-ops") == "440 root"
     cli("validate", str(spec), check_exit=0)
@@ -239,9 +282,11 @@ def blank_image_model(fleet) -> str:
 
 def host_state(fleet, name: str) -> tuple[str, str, str]:
     """(current release, service state, the model directories) of a host, whatever they are."""
-    return (fleet.run(name, "readlink /opt/sd35/current").stdout.strip(),
-            fleet.run(name, f"systemctl is-active {UNIT}").stdout.strip(),
-            fleet.run(name, "ls /srv/sd35/models 2>/dev/null").stdout.strip())
+    return (
+        fleet.run(name, "readlink /opt/sd35/current").stdout.strip(),
+        fleet.run(name, f"systemctl is-active {UNIT}").stdout.strip(),
+        fleet.run(name, "ls /srv/sd35/models 2>/dev/null").stdout.strip(),
+    )
 
 
 def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet, states):
@@ -256,13 +301,29 @@ def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet, states):
 
     # The update: a new model (that renders blank images) and a new queue size, canary first.
     bad = write_spec(fleet, "bad-update.yaml", model=blank_image_model(fleet), queue_size=3)
-    result = cli("apply", str(bad), "--limit", "node1", "--limit", "node2", "--limit", "node4",
-                 "--canary", "1", "--batch", "1", "--json", check_exit=3)
+    result = cli(
+        "apply",
+        str(bad),
+        "--limit",
+        "node1",
+        "--limit",
+        "node2",
+        "--limit",
+        "node4",
+        "--canary",
+        "1",
+        "--batch",
+        "1",
+        "--json",
+        check_exit=3,
+    )
     report = json_report(result)
     assert report["aborted"] == "the canary failed (node1); the rollout stopped before any other host"
     assert [(w["wave"], w["hosts"], w["result"]) for w in report["waves"]] == [
-        ("canary", ["node1"], "failed"), ("batch 1/2", ["node2"], "not started"),
-        ("batch 2/2", ["node4"], "not started")]
+        ("canary", ["node1"], "failed"),
+        ("batch 1/2", ["node2"], "not started"),
+        ("batch 2/2", ["node4"], "not started"),
+    ]
     hosts = {host["name"]: host for host in report["hosts"]}
     canary = hosts["node1"]
     assert canary["status"] == "failed" and canary["step"] == "smoke test", canary["error"]
@@ -306,8 +367,9 @@ def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet, states):
         assert sh(fleet, name, f"systemctl is-active {UNIT}") == "active"
         # Only the new release and the one a rollback would go back to are kept: node1's canary
         # release of the test above went, with the blank-image model only it used.
-        kept = {sh(fleet, name, f"readlink /opt/sd35/{link}").removeprefix("releases/")
-                for link in ("current", "previous")}
+        kept = {
+            sh(fleet, name, f"readlink /opt/sd35/{link}").removeprefix("releases/") for link in ("current", "previous")
+        }
         assert set(sh(fleet, name, "ls /opt/sd35/releases").split()) == kept
         assert len(sh(fleet, name, "ls /srv/sd35/models").split()) == 1  # both use the one good model
     assert_unchanged = cli("apply", str(update), "--limit", "node1", "--limit", "node2", check_exit=0)

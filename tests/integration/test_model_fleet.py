@@ -30,15 +30,21 @@ from tests.integration.test_provision_fleet import json_report
 
 pytestmark = pytest.mark.fleet
 WEIGHT = "transformer/diffusion_pytorch_model.safetensors"
-WEIGHTS = ["text_encoder/model.safetensors", "text_encoder_2/model.safetensors", "text_encoder_3/model.safetensors",
-           WEIGHT, "vae/diffusion_pytorch_model.safetensors"]
+WEIGHTS = [
+    "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",
+    "text_encoder_3/model.safetensors",
+    WEIGHT,
+    "vae/diffusion_pytorch_model.safetensors",
+]
 HUB_REVISION = "5ad3d1b3c0b1e0f2a4c6e8d0b2a4c6e8d0f2a4c6"
 TOKEN = "hf_fleetTestToken_9f8e7d6c5b4a3210"
 
 
 def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +106,9 @@ def assert_unchanged(result) -> None:
 
 
 def git_spec(fleet) -> Path:
-    return write_spec(fleet, "git.yaml", {"source": "git", "url": "file:///mirror/tiny.git",
-                                          "revision": fleet.revision})
+    return write_spec(
+        fleet, "git.yaml", {"source": "git", "url": "file:///mirror/tiny.git", "revision": fleet.revision}
+    )
 
 
 def test_git_fresh_apply_noop_and_a_corrupted_weight_fetched_again_alone(fleet, states):
@@ -124,8 +131,11 @@ def test_git_fresh_apply_noop_and_a_corrupted_weight_fetched_again_alone(fleet, 
     before = stats(fleet, directory, others)
     sh(fleet, f"printf 'XXXX' | dd of={directory}/{WEIGHT} bs=1 seek=1000 conv=notrunc status=none")
     drift = cli("drift", str(spec), check_exit=2)
-    assert re.search(rf"- {re.escape(WEIGHT)}: checksum mismatch: sha256 [0-9a-f]{{12}}\.\.\., expected "
-                     rf"{local_sha256(fleet, WEIGHT)[:12]}\.\.\.", drift.stdout), drift.stdout
+    assert re.search(
+        rf"- {re.escape(WEIGHT)}: checksum mismatch: sha256 [0-9a-f]{{12}}\.\.\., expected "
+        rf"{local_sha256(fleet, WEIGHT)[:12]}\.\.\.",
+        drift.stdout,
+    ), drift.stdout
     assert f"+ fetch again: {WEIGHT}" in drift.stdout
     report = json_report(cli("drift", str(spec), "--json", check_exit=2))
     [host] = report["hosts"]
@@ -143,12 +153,18 @@ def test_pointer_trap_a_clone_made_without_git_lfs_is_found_and_repaired(fleet, 
     states.converged(spec)
     directory = model_dir(spec)
     # What a host does when git-lfs was never set up (GIT_CONFIG_NOSYSTEM hides `git lfs install --system`).
-    sh(fleet, f"rm -rf {directory} && GIT_CONFIG_NOSYSTEM=1 git clone -q file:///mirror/tiny.git {directory} && "
-              f"chown -R sd35:sd35 {directory} && head -c 42 {directory}/{WEIGHT}")
+    sh(
+        fleet,
+        f"rm -rf {directory} && GIT_CONFIG_NOSYSTEM=1 git clone -q file:///mirror/tiny.git {directory} && "
+        f"chown -R sd35:sd35 {directory} && head -c 42 {directory}/{WEIGHT}",
+    )
     drift = cli("drift", str(spec), check_exit=2)
     for name in WEIGHTS:
-        assert re.search(rf"- {re.escape(name)}: Git LFS pointer file \(1\d\d bytes\) instead of the \d+-byte content "
-                         r"\(fetched without git-lfs\)", drift.stdout), drift.stdout
+        assert re.search(
+            rf"- {re.escape(name)}: Git LFS pointer file \(1\d\d bytes\) instead of the \d+-byte content "
+            r"\(fetched without git-lfs\)",
+            drift.stdout,
+        ), drift.stdout
     cli("apply", str(spec), check_exit=0)
     for name in WEIGHTS:
         assert host_sha256(fleet, f"{directory}/{name}") == local_sha256(fleet, name), name
@@ -166,8 +182,10 @@ def test_push_sends_only_what_the_host_lacks_or_holds_broken(fleet, states):
     gone, corrupt = "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"
     kept = [name for name in WEIGHTS if name not in (gone, corrupt)]
     before = stats(fleet, directory, kept)
-    sh(fleet, f"rm {directory}/{gone} && "
-              f"printf 'X' | dd of={directory}/{corrupt} bs=1 seek=99 conv=notrunc status=none")
+    sh(
+        fleet,
+        f"rm {directory}/{gone} && printf 'X' | dd of={directory}/{corrupt} bs=1 seek=99 conv=notrunc status=none",
+    )
     drift = cli("drift", str(spec), check_exit=2)
     assert f"- {gone}: missing" in drift.stdout and f"- {corrupt}: checksum mismatch" in drift.stdout
     assert f"+ fetch again: {corrupt}, {gone}" in drift.stdout
@@ -182,8 +200,10 @@ def test_push_sends_only_what_the_host_lacks_or_holds_broken(fleet, states):
 
 @pytest.fixture
 def hub(fleet):
-    repos = {"sd35-test/tiny-sd3": FakeRepo.from_directory(fleet.tiny, HUB_REVISION),
-             "sd35-test/gated-sd3": FakeRepo.from_directory(fleet.tiny, HUB_REVISION, gated=True)}
+    repos = {
+        "sd35-test/tiny-sd3": FakeRepo.from_directory(fleet.tiny, HUB_REVISION),
+        "sd35-test/gated-sd3": FakeRepo.from_directory(fleet.tiny, HUB_REVISION, gated=True),
+    }
     fake = FakeHub(repos=repos, tokens={TOKEN}, delay_s=0.3)
     address = fleet.host("node1").address.rsplit(".", 1)[0] + ".254"  # in the fleet's claimed block
     with fake.serve(address) as running:
@@ -192,16 +212,28 @@ def hub(fleet):
 
 
 def hf_spec(fleet, hub, repo: str = "sd35-test/tiny-sd3", name: str = "hf.yaml") -> Path:
-    return write_spec(fleet, name, {"source": "hf", "repo": repo, "revision": HUB_REVISION,
-                                    "endpoint": hub.url, "token_file": str(fleet.token_file)})
+    return write_spec(
+        fleet,
+        name,
+        {
+            "source": "hf",
+            "repo": repo,
+            "revision": HUB_REVISION,
+            "endpoint": hub.url,
+            "token_file": str(fleet.token_file),
+        },
+    )
 
 
 def test_hf_download_repair_and_the_token_never_leaks(fleet, states, hub):
     spec = hf_spec(fleet, hub)
     directory = model_dir(spec)
     # Sample the host's process list during the whole apply: the token must never be in it.
-    sh(fleet, "rm -f /tmp/ps.log; nohup sh -c 'while :; do ps -eo args >> /tmp/ps.log; sleep 0.05; done' "
-              ">/dev/null 2>&1 & echo $! > /tmp/ps.pid")
+    sh(
+        fleet,
+        "rm -f /tmp/ps.log; nohup sh -c 'while :; do ps -eo args >> /tmp/ps.log; sleep 0.05; done' "
+        ">/dev/null 2>&1 & echo $! > /tmp/ps.pid",
+    )
     try:
         outputs = [cli("plan", str(spec), check_exit=0), cli("apply", str(spec), check_exit=0)]
     finally:
@@ -225,8 +257,9 @@ def test_hf_download_repair_and_the_token_never_leaks(fleet, states, hub):
 
     for output in outputs:
         assert TOKEN not in output.stdout + output.stderr
-    found = sh(fleet, f"grep -rlF -e '{TOKEN}' /etc /opt /var/lib /var/log /var/tmp /srv /tmp /root /home "
-                      "2>/dev/null || true")
+    found = sh(
+        fleet, f"grep -rlF -e '{TOKEN}' /etc /opt /var/lib /var/log /var/tmp /srv /tmp /root /home 2>/dev/null || true"
+    )
     assert found.split() == ["/etc/sd35/hf-token"]
     assert sh(fleet, f"journalctl --no-pager -o cat | grep -cF -e '{TOKEN}' || true") == "0"
     states.are(spec)
@@ -237,11 +270,16 @@ def test_gated_repo_403_names_host_step_and_what_to_do(fleet, states, hub):
     spec = hf_spec(fleet, hub, repo="sd35-test/gated-sd3", name="gated.yaml")
     serving = sh(fleet, "readlink /opt/sd35/current")
     result = cli("apply", str(spec), check_exit=1)
-    assert re.search(r"node1\s+failed\s+\d+\s+Model \| Download model sd35-test/gated-sd3 at 5ad3d1b3c0b1: "
-                     r"403 Forbidden", result.stdout), result.stdout
-    assert (f"403 Forbidden from {hub.url}: sd35-test/gated-sd3 is a gated repository and the account that owns the "
-            f"token in model.token_file has not been granted access; open {hub.url}/sd35-test/gated-sd3 logged in "
-            "as that account, accept the license, then run apply again") in result.stderr
+    assert re.search(
+        r"node1\s+failed\s+\d+\s+Model \| Download model sd35-test/gated-sd3 at 5ad3d1b3c0b1: "
+        r"403 Forbidden",
+        result.stdout,
+    ), result.stdout
+    assert (
+        f"403 Forbidden from {hub.url}: sd35-test/gated-sd3 is a gated repository and the account that owns the "
+        f"token in model.token_file has not been granted access; open {hub.url}/sd35-test/gated-sd3 logged in "
+        "as that account, accept the license, then run apply again"
+    ) in result.stderr
     assert TOKEN not in result.stdout + result.stderr
     assert sh(fleet, "readlink /opt/sd35/current") == serving  # the running release is untouched
     states.are(PROVISIONED)

@@ -153,8 +153,10 @@ def test_host_keys_are_verified_and_accept_new_only_when_asked(fleet, states, tm
     refused = cli("plan", str(spec), "--limit", "node1", check_exit=1)
     assert "node1  error" in refused.stdout
     address = fleet.host("node1").address
-    assert f"connect: {address} is not in {empty}: check the host's key fingerprint, then pass " \
-           "--accept-new-host-keys once to record it" in refused.stdout
+    assert (
+        f"connect: {address} is not in {empty}: check the host's key fingerprint, then pass "
+        "--accept-new-host-keys once to record it" in refused.stdout
+    )
     assert empty.read_text() == ""
 
     accepted = cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=0)
@@ -168,8 +170,10 @@ def test_host_keys_are_verified_and_accept_new_only_when_asked(fleet, states, tm
     empty.write_text(f"# an older entry\n{address} {other}\n")
     changed_key = cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=1)
     assert "node1  error" in changed_key.stdout
-    assert (f"connect: host key of {address} changed: it presents ssh-ed25519 {node1_key}, {empty}:2 has ssh-ed25519 "
-            f"{fingerprint(other, tmp_path)}. Someone may be intercepting the connection") in changed_key.stdout
+    assert (
+        f"connect: host key of {address} changed: it presents ssh-ed25519 {node1_key}, {empty}:2 has ssh-ed25519 "
+        f"{fingerprint(other, tmp_path)}. Someone may be intercepting the connection"
+    ) in changed_key.stdout
     assert f"ssh-keygen -R '{address}' -f {empty}" in changed_key.stdout
     assert empty.read_text() == f"# an older entry\n{address} {other}\n"  # nothing recorded
     states.kept()  # plans only
@@ -180,8 +184,10 @@ def test_a_passphrase_protected_or_public_key_is_one_line_with_what_to_do(fleet,
     shutil.copy(fleet.key_path, protected)
     subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "secret", "-f", str(protected)], check=True)
     public = Path(f"{fleet.key_path}.pub")
-    for key, expected in ((protected, f"ssh.key {protected} is protected by a passphrase"),
-                          (public, f"ssh.key {public} is a public key: give the private key ({fleet.key_path}?)")):
+    for key, expected in (
+        (protected, f"ssh.key {protected} is protected by a passphrase"),
+        (public, f"ssh.key {public} is a public key: give the private key ({fleet.key_path}?)"),
+    ):
         spec = write_spec(fleet, "key.yaml", ssh={"key": str(key)})
         result = cli("plan", str(spec), "--limit", "node1", check_exit=1)
         assert "node1  error" in result.stdout and expected in result.stdout, result.stdout
@@ -200,8 +206,9 @@ def test_a_passphrase_protected_or_public_key_is_one_line_with_what_to_do(fleet,
         agent_env = {"SSH_AUTH_SOCK": str(socket_path), "HOME": str(home)}  # HOME: no ~/.ssh/id_* to fall back on
         subprocess.run(["ssh-add", "-q", str(fleet.key_path)], check=True, env={**os.environ, **agent_env})
         spec = write_spec(fleet, "agent.yaml")
-        spec.write_text("".join(line for line in spec.read_text().splitlines(keepends=True)
-                                if not line.strip().startswith("key:")))
+        spec.write_text(
+            "".join(line for line in spec.read_text().splitlines(keepends=True) if not line.strip().startswith("key:"))
+        )
         cli("plan", str(spec), "--limit", "node1", check_exit=0, env=agent_env)
     finally:
         agent.terminate()
@@ -221,8 +228,9 @@ def test_accept_new_host_keys_creates_known_hosts_on_a_fresh_control_machine(fle
     assert f"no known_hosts file {known_hosts}: pass --accept-new-host-keys to create it" in refused.stdout
     assert not (home / ".ssh").exists()
 
-    accepted = cli("plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=0,
-                   env={"HOME": str(home)})
+    accepted = cli(
+        "plan", str(spec), "--limit", "node1", "--accept-new-host-keys", check_exit=0, env={"HOME": str(home)}
+    )
     assert stat.S_IMODE((home / ".ssh").stat().st_mode) == 0o700
     assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
     node1_key = fingerprint(host_key_line(fleet, "node1"), tmp_path)
@@ -250,7 +258,8 @@ def test_limit_and_facts(fleet, states):
 
     status = json_report(cli("status", str(spec), "-l", "node1", "--json", check_exit=0))
     assert [(host["name"], host["status"], host["fp8_capable"]) for host in status["hosts"]] == [
-        ("node1", "ok", node1["fp8_capable"])]
+        ("node1", "ok", node1["fp8_capable"])
+    ]
     states.kept()  # plans, facts and status only
 
 
@@ -271,7 +280,11 @@ def test_deploys_run_with_plain_pyinfra(fleet, states):
     pyinfra = Path(sys.executable).with_name("pyinfra")
     result = subprocess.run(
         [str(pyinfra), "-y", "deploys/inventory.py", "deploys/site.py"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "SD35_SPEC": str(spec)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "SD35_SPEC": str(spec)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr

@@ -51,8 +51,14 @@ def test_fresh_build_noop_reapply_and_drift(fleet, states):
 
     venv = f"{ROOT}/venvs/{lock.id}"
     assert host_sh(fleet, f"readlink -f {ROOT}/current/venv") == venv
-    assert host_sh(fleet, f"{ROOT}/current/venv/bin/python -c 'import torch, diffusers; "
-                          "print(torch.__version__, diffusers.__version__)'") == "2.13.0+cpu 0.42.1"
+    assert (
+        host_sh(
+            fleet,
+            f"{ROOT}/current/venv/bin/python -c 'import torch, diffusers; "
+            "print(torch.__version__, diffusers.__version__)'",
+        )
+        == "2.13.0+cpu 0.42.1"
+    )
     pushed = set(host_sh(fleet, f"ls {ROOT}/wheelhouse").split())
     assert "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl" in pushed
     assert not any(".partial" in name for name in pushed)
@@ -64,10 +70,13 @@ def test_fresh_build_noop_reapply_and_drift(fleet, states):
     host_sh(fleet, f"{venv}/bin/python -m pip uninstall --quiet --yes pillow")
     site = host_sh(fleet, f"{venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'")
     handmade = f"{site}/handmade-1.0.dist-info"
-    host_sh(fleet, f"mkdir {handmade} && "
-                   f"printf 'Metadata-Version: 2.1\\nName: handmade\\nVersion: 1.0\\n' > {handmade}/METADATA && "
-                   "printf 'handmade-1.0.dist-info/METADATA,,\\nhandmade-1.0.dist-info/RECORD,,\\n' "
-                   f"> {handmade}/RECORD")
+    host_sh(
+        fleet,
+        f"mkdir {handmade} && "
+        f"printf 'Metadata-Version: 2.1\\nName: handmade\\nVersion: 1.0\\n' > {handmade}/METADATA && "
+        "printf 'handmade-1.0.dist-info/METADATA,,\\nhandmade-1.0.dist-info/RECORD,,\\n' "
+        f"> {handmade}/RECORD",
+    )
     drift = cli("drift", str(spec), check_exit=2)
     assert "-handmade==1.0" in drift.stdout and "+pillow==13.0.0" in drift.stdout
     assert "pillow 13.0.0 is missing" in drift.stdout
@@ -87,21 +96,28 @@ def test_failed_build_names_the_package_and_leaves_the_old_venv_serving(fleet, s
     release_before = host_sh(fleet, f"readlink {ROOT}/current")
 
     bad_lock = tmp_path / "bad-lock.txt"
-    bad_lock.write_text(re.sub(r"(pillow==13\.0\.0 \\\n(?:    --hash=sha256:[0-9a-f]{64}.*\n)+)",
-                               lambda m: re.sub("[0-9a-f]{64}", "0" * 64, m.group(1)), good.text))
+    bad_lock.write_text(
+        re.sub(
+            r"(pillow==13\.0\.0 \\\n(?:    --hash=sha256:[0-9a-f]{64}.*\n)+)",
+            lambda m: re.sub("[0-9a-f]{64}", "0" * 64, m.group(1)),
+            good.text,
+        )
+    )
     assert bad_lock.read_text() != good.text
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(fleet.wheelhouse))
     address = fleet.host("node1").address.rsplit(".", 1)[0] + ".254"
     with http.server.ThreadingHTTPServer((address, 0), handler) as mirror:
         threading.Thread(target=mirror.serve_forever, daemon=True).start()
         try:
-            spec = write_spec(fleet, "bad.yaml", lock_file=str(bad_lock),
-                              find_links=f"http://{address}:{mirror.server_address[1]}/")
+            spec = write_spec(
+                fleet, "bad.yaml", lock_file=str(bad_lock), find_links=f"http://{address}:{mirror.server_address[1]}/"
+            )
             result = cli("apply", str(spec), check_exit=1)
         finally:
             mirror.shutdown()
-    assert ("wheels do not match the lock's hashes: pillow==13.0.0; the running environment is unchanged"
-            in result.stdout)
+    assert (
+        "wheels do not match the lock's hashes: pillow==13.0.0; the running environment is unchanged" in result.stdout
+    )
     assert "Expected sha256 " + "0" * 64 in result.stdout + result.stderr
     assert host_sh(fleet, f"readlink {ROOT}/current") == release_before
     assert host_sh(fleet, f"ls {ROOT}/venvs") == good.id  # the half-built one is gone

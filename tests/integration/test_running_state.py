@@ -40,14 +40,22 @@ RECORD = "/run/sd35/running.json"
 
 
 def spec_with(fleet, queue_size: int, name: str | None = None) -> Path:  # noqa: F811 - the fixture
-    defaults = cpu_fleet_defaults(fleet, "tiny-sd3", service={"precision": "fp32", "port": 8600,
-                                                              "api_key_file": "api-key", "queue_size": queue_size})
+    defaults = cpu_fleet_defaults(
+        fleet,
+        "tiny-sd3",
+        service={"precision": "fp32", "port": 8600, "api_key_file": "api-key", "queue_size": queue_size},
+    )
     return fleet.write_spec(fleet.state_dir / (name or f"queue-{queue_size}.yaml"), extra_defaults=defaults)
 
 
 def start_apply(spec: Path, *options: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sd35_provision.cli", "apply", str(spec), *options],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sd35_provision.cli", "apply", str(spec), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float = 540) -> list[str]:
@@ -77,8 +85,11 @@ def settled_pid(fleet, timeout: float = 180) -> str:  # noqa: F811
     """The service's pid once it serves and has stated what it runs (no restart under way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = fleet.run("node1", f"systemctl is-active {UNIT}; systemctl show -p MainPID --value {UNIT}; "
-                                   f"systemctl list-jobs --no-legend | wc -l; cat {RECORD}").stdout.splitlines()
+        state = fleet.run(
+            "node1",
+            f"systemctl is-active {UNIT}; systemctl show -p MainPID --value {UNIT}; "
+            f"systemctl list-jobs --no-legend | wc -l; cat {RECORD}",
+        ).stdout.splitlines()
         active, pid, jobs = (state + ["", "", ""])[:3]
         record = state[3] if len(state) > 3 else "{}"
         if active == "active" and jobs == "0" and json.loads(record).get("pid") == int(pid or 0):
@@ -134,11 +145,15 @@ def test_a_settings_change_killed_at_every_step_boundary_converges_on_reapply(fl
 
     # Killed right after the settings were written, before the restart: the files are as the spec says,
     # only the process is not. Before the running record, apply and drift said all was well here.
-    spec, queue_size = cut_off_after_the_settings(fleet, range(21, 25),
-                                                  lambda spec: kill_after(spec, "Service | Service settings"))
+    spec, queue_size = cut_off_after_the_settings(
+        fleet, range(21, 25), lambda spec: kill_after(spec, "Service | Service settings")
+    )
     drift = cli("drift", str(spec), check_exit=2)
-    assert re.search(r"service restarts: service runs release \S+ with settings digest \w+, wanted \S+ "
-                     r"with \w+ \(/etc/sd35/service.env differs\)", drift.stdout), drift.stdout
+    assert re.search(
+        r"service restarts: service runs release \S+ with settings digest \w+, wanted \S+ "
+        r"with \w+ \(/etc/sd35/service.env differs\)",
+        drift.stdout,
+    ), drift.stdout
     assert_smoke_ok(cli("apply", str(spec), check_exit=0))
     assert_runs(fleet, queue_size)
     cli("drift", str(spec), check_exit=0)
@@ -152,11 +167,14 @@ def test_a_host_whose_ssh_connection_drops_after_the_files_were_written(fleet, s
         os.kill(process.pid, signal.SIGSTOP)  # hold the run where it is while the host drops it
         # The host drops the run's connection: kill the sshd session whose child holds the run lock
         # (and its privilege-separation monitor), so the TCP connection closes from the host's side.
-        sh(fleet, "holder=$(for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q sd35-provision.lock && "
-                  "echo ${p#/proc/}; done | head -1); "
-                  "session=$(ps -o ppid= -p $holder | tr -d ' '); monitor=$(ps -o ppid= -p $session | tr -d ' '); "
-                  "case \"$(ps -o args= -p $monitor)\" in *priv*) kill -9 $session $monitor;; "
-                  "*) kill -9 $session;; esac")
+        sh(
+            fleet,
+            "holder=$(for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q sd35-provision.lock && "
+            "echo ${p#/proc/}; done | head -1); "
+            "session=$(ps -o ppid= -p $holder | tr -d ' '); monitor=$(ps -o ppid= -p $session | tr -d ' '); "
+            'case "$(ps -o args= -p $monitor)" in *priv*) kill -9 $session $monitor;; '
+            "*) kill -9 $session;; esac",
+        )
         os.kill(process.pid, signal.SIGCONT)
         out, err = process.communicate(timeout=300)
         assert process.returncode != 0, out + err
@@ -194,8 +212,9 @@ def test_two_applies_on_one_host_one_is_refused_naming_the_holder_or_waits(fleet
     second = cli("apply", str(spec_with(fleet, 5)))
     assert second.returncode == 1, second.stdout + second.stderr
     text = second.stdout + second.stderr
-    assert re.search(rf"locked by \S+@\S+ pid {first.pid} since \d\d:\d\d:\d\d UTC \(apply\); --wait-lock S to wait",
-                     text), text
+    assert re.search(
+        rf"locked by \S+@\S+ pid {first.pid} since \d\d:\d\d:\d\d UTC \(apply\); --wait-lock S to wait", text
+    ), text
     assert "changed:" not in second.stderr
     first.communicate(timeout=540)
     assert first.returncode == 0
@@ -214,15 +233,22 @@ def test_two_applies_on_one_host_one_is_refused_naming_the_holder_or_waits(fleet
 def test_leftovers_of_a_killed_run_and_a_broken_previous_are_named_and_removed(fleet, states):  # noqa: F811
     spec = spec_with(fleet, 8)
     states.converged(spec)
-    sh(fleet, "mkdir -p /opt/sd35/releases/.0123456789ab-cdef01.new /opt/sd35/venvs/cpu-halfbuilt && "
-              "touch /srv/sd35/models/x.safetensors.partial && ln -sfn releases/gone-0 /opt/sd35/previous")
+    sh(
+        fleet,
+        "mkdir -p /opt/sd35/releases/.0123456789ab-cdef01.new /opt/sd35/venvs/cpu-halfbuilt && "
+        "touch /srv/sd35/models/x.safetensors.partial && ln -sfn releases/gone-0 /opt/sd35/previous",
+    )
     drift = cli("drift", str(spec), check_exit=2)
     assert "Remove what an interrupted run left: releases/.0123456789ab-cdef01.new" in drift.stdout
     assert "models/x.safetensors.partial" in drift.stdout and "venvs/cpu-halfbuilt" in drift.stdout
     assert "Remove the broken link previous (releases/gone-0 is gone: no rollback target)" in drift.stdout
     cli("apply", str(spec), check_exit=0)
-    for path in ("/opt/sd35/releases/.0123456789ab-cdef01.new", "/opt/sd35/venvs/cpu-halfbuilt",
-                 "/srv/sd35/models/x.safetensors.partial", "/opt/sd35/previous"):
+    for path in (
+        "/opt/sd35/releases/.0123456789ab-cdef01.new",
+        "/opt/sd35/venvs/cpu-halfbuilt",
+        "/srv/sd35/models/x.safetensors.partial",
+        "/opt/sd35/previous",
+    ):
         assert fleet.run("node1", f"test -e {path} || test -L {path}").exit_status != 0, path
     assert_runs(fleet, 8)
     cli("drift", str(spec), check_exit=0)

@@ -106,20 +106,28 @@ def test_status_page_playground_and_edits_on_the_host(fleet, states, spec, tmp_p
     assert httpx.get(f"{url(fleet)}/playground/options", timeout=10).status_code == 401
     assert httpx.get(f"{url(fleet)}/playground/options", headers=auth, timeout=10).json()["sizes"][0] == "64x64"
     client = openai.OpenAI(base_url=f"{url(fleet)}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-    edited = client.images.edit(image=("in.png", noise_png(96, 64)), prompt="the same at night",
-                                extra_body={"strength": 0.5, "num_inference_steps": 2, "seed": 1})
+    edited = client.images.edit(
+        image=("in.png", noise_png(96, 64)),
+        prompt="the same at night",
+        extra_body={"strength": 0.5, "num_inference_steps": 2, "seed": 1},
+    )
     assert Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json))).size == (96, 64)
     with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG, WEBP image"):
         client.images.edit(image=("in.png", b"not an image"), prompt="x")
     states.are(spec)  # reads and requests only
 
 
-@pytest.mark.parametrize("damage, expect", [
-    (f"sed -i 's/^ProtectHome=yes$/ProtectHome=no/' /etc/systemd/system/{UNIT} && systemctl daemon-reload",
-     "-ProtectHome=no"),
-    (f"systemctl stop {UNIT}", f"{UNIT} enabled and running"),
-    ("/opt/sd35/current/venv/bin/python -m pip uninstall --quiet --yes pillow", "+pillow==13.0.0"),
-])
+@pytest.mark.parametrize(
+    "damage, expect",
+    [
+        (
+            f"sed -i 's/^ProtectHome=yes$/ProtectHome=no/' /etc/systemd/system/{UNIT} && systemctl daemon-reload",
+            "-ProtectHome=no",
+        ),
+        (f"systemctl stop {UNIT}", f"{UNIT} enabled and running"),
+        ("/opt/sd35/current/venv/bin/python -m pip uninstall --quiet --yes pillow", "+pillow==13.0.0"),
+    ],
+)
 def test_drift_is_reported_and_apply_repairs_it(fleet, states, spec, damage, expect):
     sh(fleet, damage)
     drift = cli("drift", str(spec), check_exit=2)
@@ -146,21 +154,28 @@ def test_killed_service_is_restarted_by_systemd(fleet, states, spec):
     states.are(spec)
 
 
-@pytest.mark.parametrize("headers, body, status", [
-    ({}, {"prompt": "a cat", "size": "64x64"}, 401),
-    ({"Authorization": "Bearer wrong-key-0123456789"}, {"prompt": "a cat", "size": "64x64"}, 401),
-    (None, {"prompt": "a cat", "size": "0x0"}, 400),
-    (None, {"prompt": "a cat", "size": "10000x10000"}, 400),
-    (None, {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1000}, 400),
-    (None, {"prompt": "", "size": "64x64"}, 400),
-    (None, "prompt=a cat", 415),
-])
+@pytest.mark.parametrize(
+    "headers, body, status",
+    [
+        ({}, {"prompt": "a cat", "size": "64x64"}, 401),
+        ({"Authorization": "Bearer wrong-key-0123456789"}, {"prompt": "a cat", "size": "64x64"}, 401),
+        (None, {"prompt": "a cat", "size": "0x0"}, 400),
+        (None, {"prompt": "a cat", "size": "10000x10000"}, 400),
+        (None, {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1000}, 400),
+        (None, {"prompt": "", "size": "64x64"}, 400),
+        (None, "prompt=a cat", 415),
+    ],
+)
 def test_bad_requests_get_4xx_and_the_service_keeps_serving(fleet, states, spec, headers, body, status):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     send_headers = auth if headers is None else headers
     if isinstance(body, str):
-        response = httpx.post(f"{url(fleet)}/v1/images/generations", content=body,
-                              headers={**send_headers, "Content-Type": "text/plain"}, timeout=30)
+        response = httpx.post(
+            f"{url(fleet)}/v1/images/generations",
+            content=body,
+            headers={**send_headers, "Content-Type": "text/plain"},
+            timeout=30,
+        )
     else:
         response = httpx.post(f"{url(fleet)}/v1/images/generations", json=body, headers=send_headers, timeout=30)
     assert response.status_code == status, response.text

@@ -23,15 +23,25 @@ from tests.conftest import cpu_fleet_defaults
 pytestmark = pytest.mark.fleet
 REPO = Path(__file__).resolve().parents[2]
 # What is not part of a source tree: build outputs, caches, the venv, other checkouts' state.
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-                                    ".ruff_cache", ".mypy_cache", ".whl", ".work")
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    ".whl",
+    ".work",
+)
 
 
 def run(*argv: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     # No PYTHONPATH and a cwd outside the checkout: only what the wheel installed can be imported.
     env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    result = subprocess.run([str(arg) for arg in argv], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([str(arg) for arg in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, f"{argv}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
@@ -55,8 +65,17 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel and its dependencies (the control side); returns its bin directory."""
     venv = tmp_path_factory.mktemp("wheel-venv") / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=venv.parent)
-    run(venv / "bin/python", "-m", "pip", "install", "-q", "--find-links", wheel.parent, "sd35-provision",
-        cwd=venv.parent)
+    run(
+        venv / "bin/python",
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--find-links",
+        wheel.parent,
+        "sd35-provision",
+        cwd=venv.parent,
+    )
     return venv / "bin"
 
 
@@ -73,14 +92,21 @@ def test_the_wheel_ships_the_package_data_and_no_top_level_deploys(wheel: Path) 
 
 
 def test_installed_control_side_works_from_outside_the_checkout(
-    installed: Path, test_fleet: Fleet, cpu_wheelhouse: Path, fleet_tiny_model: Path,
+    installed: Path,
+    test_fleet: Fleet,
+    cpu_wheelhouse: Path,
+    fleet_tiny_model: Path,
     tmp_path: Path,
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     python = installed / "python"
-    where = run(python, "-c", "import importlib.util as u, sd35_provision; print(sd35_provision.__file__); "
-                              "print(u.find_spec('torch'))", cwd=elsewhere).stdout.split()
+    where = run(
+        python,
+        "-c",
+        "import importlib.util as u, sd35_provision; print(sd35_provision.__file__); print(u.find_spec('torch'))",
+        cwd=elsewhere,
+    ).stdout.split()
     assert where[0].startswith(str(installed.parent)) and where[1] == "None", where  # the wheel's copy; no torch
     assert run(python, "-c", "import deploys", cwd=elsewhere, check=False).returncode != 0
 
@@ -88,8 +114,9 @@ def test_installed_control_side_works_from_outside_the_checkout(
     assert run(cli, "--version", cwd=elsewhere).stdout.strip().endswith("0.1.0")
 
     test_fleet.wheelhouse = cpu_wheelhouse
-    spec = test_fleet.write_spec(elsewhere / "fleet.yaml",
-                                 extra_defaults=cpu_fleet_defaults(test_fleet, fleet_tiny_model))
+    spec = test_fleet.write_spec(
+        elsewhere / "fleet.yaml", extra_defaults=cpu_fleet_defaults(test_fleet, fleet_tiny_model)
+    )
     assert run(cli, "validate", spec.name, cwd=elsewhere).stdout.strip() == "ok: 2 host(s), 0 group(s)"
     bad = spec.with_name("bad.yaml")
     bad.write_text(spec.read_text().replace("min_free_gb: 1", "min_free_gb: -1"))

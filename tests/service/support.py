@@ -25,8 +25,12 @@ SERVICE_START_TIMEOUT_S = 90
 
 def base_env(model_dir: Path, **overrides: str) -> dict[str, str]:
     # The name stock clients are pointed at in these tests, beside the service's own id.
-    env = {"SD35_MODEL_DIR": str(model_dir), "SD35_WARMUP_STEPS": "1", "SD35_DEFAULT_STEPS": "2",
-           "SD35_MODEL_ALIASES": "sd3.5-large"}
+    env = {
+        "SD35_MODEL_DIR": str(model_dir),
+        "SD35_WARMUP_STEPS": "1",
+        "SD35_DEFAULT_STEPS": "2",
+        "SD35_MODEL_ALIASES": "sd3.5-large",
+    }
     env.update(overrides)
     return env
 

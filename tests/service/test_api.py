@@ -22,10 +22,26 @@ def test_minimal_request_gets_defaults() -> None:
 
 
 def test_full_request() -> None:
-    job = parse(prompt="a cat", n=2, size="768x512", response_format="b64_json", model="sd3.5-large",
-                num_inference_steps=4, guidance_scale=0, seed=7, negative_prompt="blurry", quality="standard")
-    assert (job.width, job.height, job.n, job.num_inference_steps, job.guidance_scale, job.seed) \
-        == (768, 512, 2, 4, 0.0, 7)
+    job = parse(
+        prompt="a cat",
+        n=2,
+        size="768x512",
+        response_format="b64_json",
+        model="sd3.5-large",
+        num_inference_steps=4,
+        guidance_scale=0,
+        seed=7,
+        negative_prompt="blurry",
+        quality="standard",
+    )
+    assert (job.width, job.height, job.n, job.num_inference_steps, job.guidance_scale, job.seed) == (
+        768,
+        512,
+        2,
+        4,
+        0.0,
+        7,
+    )
     assert job.negative_prompt == "blurry"
 
 

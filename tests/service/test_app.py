@@ -90,8 +90,9 @@ def test_wrong_content_type_is_415(client: TestClient) -> None:
     response = client.post("/v1/images/generations", content=b"prompt=a cat", headers={"Content-Type": "text/plain"})
     assert response.status_code == 415
     assert "Content-Type: application/json" in response.json()["error"]["message"]
-    response = client.post("/v1/images/generations", content=b"prompt=a",
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        "/v1/images/generations", content=b"prompt=a", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == 415
 
 
@@ -123,7 +124,7 @@ def test_metrics_count_requests(client: TestClient) -> None:
     assert "sd35_generation_duration_seconds_count" in text
     assert "sd35_queue_depth 0.0" in text
     assert "sd35_model_ready 1.0" in text
-    assert 'sd35_model_info{' in text and 'precision="fp32"' in text
+    assert "sd35_model_info{" in text and 'precision="fp32"' in text
 
 
 # --- fake engines: queueing, failures, start-up ---------------------------------------------------

@@ -18,8 +18,9 @@ from sd35_provision.service.worker import GPUWorker, QueueFull
 from .support import make_config, noise_png
 
 
-def job(prompt: str = "a cat", n: int = 1, size: int = 64, steps: int = 2, guidance: float = 3.5,
-        seed: int = 0) -> GenerationJob:
+def job(
+    prompt: str = "a cat", n: int = 1, size: int = 64, steps: int = 2, guidance: float = 3.5, seed: int = 0
+) -> GenerationJob:
     return GenerationJob(prompt, None, n, size, size, steps, guidance, seed)
 
 
@@ -203,7 +204,10 @@ def test_warmup_plan_covers_every_batch_a_request_can_make():
     from sd35_provision.service.pipeline import warmup_plan
 
     assert warmup_plan([(1024, 1024)], 4, 3.5) == [
-        (1024, 1024, 1, 3.5), (1024, 1024, 2, 3.5), (1024, 1024, 3, 3.5), (1024, 1024, 4, 3.5),
+        (1024, 1024, 1, 3.5),
+        (1024, 1024, 2, 3.5),
+        (1024, 1024, 3, 3.5),
+        (1024, 1024, 4, 3.5),
         (1024, 1024, 1, 0.0),  # no CFG: a transformer batch of 1, its own compiled case
     ]
     assert warmup_plan([(64, 64), (32, 48)], 1, 1.0) == [(64, 64, 1, 1.0), (32, 48, 1, 1.0)]
@@ -213,8 +217,11 @@ def test_warm_up_draws_each_planned_batch(monkeypatch):
     from sd35_provision.service import pipeline
 
     drawn: list[tuple[int, int, float]] = []
-    monkeypatch.setattr(pipeline, "run_batch",
-                        lambda pipe, jobs: drawn.append((jobs[0].width, jobs[0].n, jobs[0].guidance_scale)) or [[]])
+    monkeypatch.setattr(
+        pipeline,
+        "run_batch",
+        lambda pipe, jobs: drawn.append((jobs[0].width, jobs[0].n, jobs[0].guidance_scale)) or [[]],
+    )
     pipeline.warm_up(object(), [(64, 64)], steps=1, guidance_scale=3.5, max_batch=3)
     assert drawn == [(64, 1, 3.5), (64, 2, 3.5), (64, 3, 3.5), (64, 1, 0.0)]
 
@@ -226,8 +233,9 @@ def tiny_pipe(tiny_model_dir: Path):
     from sd35_provision.service.pipeline import load_pipeline
     from sd35_provision.service.precision import DeviceInfo, PrecisionChoice
 
-    return load_pipeline(tiny_model_dir, PrecisionChoice("fp32", torch.float32, False, "test"),
-                         DeviceInfo("cpu", "cpu", None, None))
+    return load_pipeline(
+        tiny_model_dir, PrecisionChoice("fp32", torch.float32, False, "test"), DeviceInfo("cpu", "cpu", None, None)
+    )
 
 
 def test_a_batched_image_is_the_image_drawn_alone(tiny_pipe) -> None:
@@ -269,8 +277,9 @@ def test_components_load_one_by_one_transformer_first(tiny_model_dir: Path, monk
 
     monkeypatch.setattr(pipeline, "_load_component", load)
     monkeypatch.setattr(pipeline, "convert_transformer", convert)
-    pipe = pipeline.load_pipeline(tiny_model_dir, PrecisionChoice("fp32", torch.float32, False, "test"),
-                                  DeviceInfo("cpu", "cpu", None, None))
+    pipe = pipeline.load_pipeline(
+        tiny_model_dir, PrecisionChoice("fp32", torch.float32, False, "test"), DeviceInfo("cpu", "cpu", None, None)
+    )
     assert order == ["transformer", "text_encoder_3", "text_encoder_2", "text_encoder", "vae"]
     assert converted == ["SD3Transformer2DModel after transformer, before the next"]
     assert pipe.vae.use_slicing  # a batch decodes one image at a time

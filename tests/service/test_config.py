@@ -92,9 +92,20 @@ def test_non_loopback_bind_without_key_is_refused(model_dir: Path, bind: str) ->
     assert problem.startswith(f"SD35_BIND: {bind} is reachable from other machines; refusing to start")
 
 
-@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True),
-                                                ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
-                                                ("::", False), ("192.168.1.1", False), ("example", False)])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.1", False),
+        ("example", False),
+    ],
+)
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
@@ -134,12 +145,19 @@ def test_choices_match_the_precision_module() -> None:
 
 def test_model_names(model_dir: Path) -> None:
     assert load_config({"SD35_MODEL_DIR": str(model_dir)}).model_names == ("sd3.5",)
-    config = load_config({"SD35_MODEL_DIR": str(model_dir), "SD35_MODEL_NAME": "sd3.5-large",
-                          "SD35_MODEL_ALIASES": "stabilityai/stable-diffusion-3.5-large, sd3.5-large,large"})
+    config = load_config(
+        {
+            "SD35_MODEL_DIR": str(model_dir),
+            "SD35_MODEL_NAME": "sd3.5-large",
+            "SD35_MODEL_ALIASES": "stabilityai/stable-diffusion-3.5-large, sd3.5-large,large",
+        }
+    )
     assert config.model_names == ("sd3.5-large", "stabilityai/stable-diffusion-3.5-large", "large")
     found = problems({"SD35_MODEL_DIR": str(model_dir), "SD35_MODEL_NAME": "a,b", "SD35_MODEL_ALIASES": "two words"})
-    assert sorted(found) == ["SD35_MODEL_ALIASES: 'two words' is not a model name (printable, without spaces)",
-                             "SD35_MODEL_NAME: one name; other names go in SD35_MODEL_ALIASES"]
+    assert sorted(found) == [
+        "SD35_MODEL_ALIASES: 'two words' is not a model name (printable, without spaces)",
+        "SD35_MODEL_NAME: one name; other names go in SD35_MODEL_ALIASES",
+    ]
 
 
 def test_batching_and_gpu_memory_settings(model_dir: Path) -> None:

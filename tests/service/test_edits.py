@@ -42,6 +42,7 @@ def decode(item: dict) -> Image.Image:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature and IHDR claiming ``width`` x ``height``, with almost no pixel data: a bomb's shape."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -104,8 +105,15 @@ def test_edits_run_on_the_loaded_weights_not_a_copy(client: TestClient) -> None:
 
 
 def test_edit_runs_the_same_openai_shape_as_generations(client: TestClient) -> None:
-    response = edit(client, noise_png(64, 64), response_format="b64_json", model="sd3.5", output_format="png",
-                    negative_prompt="blurry", guidance_scale="2.5")
+    response = edit(
+        client,
+        noise_png(64, 64),
+        response_format="b64_json",
+        model="sd3.5",
+        output_format="png",
+        negative_prompt="blurry",
+        guidance_scale="2.5",
+    )
     assert response.status_code == 200, response.text
     assert set(response.json()) == {"created", "data", "size", "output_format"}
 
@@ -123,8 +131,13 @@ def test_edit_names_only_the_served_model(client: TestClient) -> None:
         (encoded(Image.new("CMYK", (64, 64)), "JPEG"), {}, 400, "image", "mode CMYK is not accepted"),
         (encoded(Image.new("I;16", (64, 64)), "PNG"), {}, 400, "image", "mode I;16 is not accepted"),
         (noise_png(64, 64)[:300], {}, 400, "image", "the PNG data is damaged"),
-        (png_header_only(5000, 5000), {}, 413, "image",
-         f"5000x5000 is 25000000 pixels, the limit is {MAX_INPUT_PIXELS}"),
+        (
+            png_header_only(5000, 5000),
+            {},
+            413,
+            "image",
+            f"5000x5000 is 25000000 pixels, the limit is {MAX_INPUT_PIXELS}",
+        ),
         (png_header_only(20000, 20000), {}, 413, "image", f"more pixels than the limit of {MAX_INPUT_PIXELS}"),
         (b"", {}, 400, "image", "the file is empty"),
         (noise_png(64, 64), {"strength": "0"}, 400, "strength", "outside the allowed range (0, 1]"),
@@ -138,9 +151,26 @@ def test_edit_names_only_the_served_model(client: TestClient) -> None:
         (noise_png(64, 64), {"response_format": "url"}, 400, "response_format", "does not host files"),
         (noise_png(64, 64), {"steps": "2"}, 400, "steps", "unknown field"),
     ],
-    ids=["not-an-image", "gif", "cmyk", "16-bit", "truncated", "too-many-pixels", "decompression-bomb", "empty",
-         "strength-0", "strength-1.5", "strength-text", "no-step-left", "n-text", "n-too-many", "size", "prompt",
-         "url", "unknown-field"],
+    ids=[
+        "not-an-image",
+        "gif",
+        "cmyk",
+        "16-bit",
+        "truncated",
+        "too-many-pixels",
+        "decompression-bomb",
+        "empty",
+        "strength-0",
+        "strength-1.5",
+        "strength-text",
+        "no-step-left",
+        "n-text",
+        "n-too-many",
+        "size",
+        "prompt",
+        "url",
+        "unknown-field",
+    ],
 )
 def test_bad_edits_are_refused_in_the_openai_error_shape(
     client: TestClient, image: bytes, fields: dict[str, str], status: int, param: str, text: str
@@ -162,8 +192,11 @@ def mask_png(width: int, height: int, transparent_left: int, mode: str = "RGBA")
 
 
 def with_mask(client: TestClient, image: bytes, mask: bytes, **fields: str):
-    return client.post("/v1/images/edits", data={**FORM, **fields}, files={
-        "image": ("in.png", image, "image/png"), "mask": ("mask.png", mask, "image/png")})
+    return client.post(
+        "/v1/images/edits",
+        data={**FORM, **fields},
+        files={"image": ("in.png", image, "image/png"), "mask": ("mask.png", mask, "image/png")},
+    )
 
 
 def test_mask_inpaints_on_the_same_weights(client: TestClient) -> None:
@@ -208,8 +241,14 @@ def test_bad_masks_are_refused(client: TestClient, mask: bytes, text: str) -> No
 def test_missing_image_wrong_body_and_oversized_upload(client: TestClient) -> None:
     missing = client.post("/v1/images/edits", files={"prompt": (None, "a cat")})
     assert missing.status_code == 400 and "image: is required" in missing.json()["error"]["message"]
-    two = client.post("/v1/images/edits", data=FORM, files=[
-        ("image[]", ("a.png", noise_png(64, 64), "image/png")), ("image[]", ("b.png", noise_png(64, 64), "image/png"))])
+    two = client.post(
+        "/v1/images/edits",
+        data=FORM,
+        files=[
+            ("image[]", ("a.png", noise_png(64, 64), "image/png")),
+            ("image[]", ("b.png", noise_png(64, 64), "image/png")),
+        ],
+    )
     assert two.status_code == 400 and "2 images sent" in two.json()["error"]["message"]
     as_json = client.post("/v1/images/edits", json={"prompt": "a cat"})
     assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["error"]["message"]

@@ -19,9 +19,25 @@ from .support import TEST_KEY, RunningService, base_env, free_port, subprocess_e
 
 def run_smoke(shipped_dir: Path, url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
     result = subprocess.run(
-        [sys.executable, "-m", "sd35_provision.service.smoke", "--url", url, "--size", "64x64", "--steps", "2",
-         "--timeout", "60", *args],
-        cwd=shipped_dir, env=subprocess_env(env or {}), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "sd35_provision.service.smoke",
+            "--url",
+            url,
+            "--size",
+            "64x64",
+            "--steps",
+            "2",
+            "--timeout",
+            "60",
+            *args,
+        ],
+        cwd=shipped_dir,
+        env=subprocess_env(env or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, result.stdout + result.stderr
@@ -65,8 +81,11 @@ def test_openai_client_lists_models_and_is_told_an_unknown_one_is_not_found(live
     # the default name and no name at all both work
     for model in ("sd3.5", None):
         extra = {"model": model} if model else {}
-        assert client.images.generate(prompt="a cat", size="64x64", extra_body={"num_inference_steps": 1},
-                                      **extra).data[0].b64_json  # type: ignore[arg-type]
+        assert (
+            client.images.generate(prompt="a cat", size="64x64", extra_body={"num_inference_steps": 1}, **extra)
+            .data[0]
+            .b64_json
+        )  # type: ignore[arg-type]
 
 
 def test_openai_client_edits(live_service: RunningService, tmp_path: Path) -> None:
@@ -89,8 +108,11 @@ def test_openai_client_edits(live_service: RunningService, tmp_path: Path) -> No
         image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
         assert (image.format, image.size) == ("PNG", (64, 64))
     # Without size, the picture's own size; a text file is refused in the OpenAI error shape.
-    kept = client.images.edit(image=("in.png", source.read_bytes(), "image/png"), prompt="x",
-                              extra_body={"num_inference_steps": 2, "strength": 0.5})
+    kept = client.images.edit(
+        image=("in.png", source.read_bytes(), "image/png"),
+        prompt="x",
+        extra_body={"num_inference_steps": 2, "strength": 0.5},
+    )
     assert Image.open(io.BytesIO(base64.b64decode(kept.data[0].b64_json))).size == (96, 64)
     with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG, WEBP image"):
         client.images.edit(image=("notes.png", b"just text", "image/png"), prompt="x")
@@ -99,8 +121,12 @@ def test_openai_client_edits(live_service: RunningService, tmp_path: Path) -> No
     mask.paste((0, 0, 0, 0), (0, 0, 48, 64))
     buffer = io.BytesIO()
     mask.save(buffer, format="PNG")
-    inpainted = client.images.edit(image=("in.png", source.read_bytes()), mask=("mask.png", buffer.getvalue()),
-                                   prompt="a moon", extra_body={"num_inference_steps": 2, "strength": 1.0})
+    inpainted = client.images.edit(
+        image=("in.png", source.read_bytes()),
+        mask=("mask.png", buffer.getvalue()),
+        prompt="a moon",
+        extra_body={"num_inference_steps": 2, "strength": 1.0},
+    )
     assert Image.open(io.BytesIO(base64.b64decode(inpainted.data[0].b64_json))).size == (96, 64)
     with pytest.raises(openai.BadRequestError, match="without an alpha channel"):
         client.images.edit(image=("in.png", source.read_bytes()), mask=("mask.png", source.read_bytes()), prompt="x")
@@ -120,8 +146,11 @@ def test_smoke_client_fails_on_wrong_size_of_model(live_service: RunningService,
 
 
 def test_metrics_after_live_requests(live_service: RunningService) -> None:
-    httpx.post(f"{live_service.url}/v1/images/generations",
-               json={"prompt": "x", "size": "64x64", "num_inference_steps": 1}, timeout=60)
+    httpx.post(
+        f"{live_service.url}/v1/images/generations",
+        json={"prompt": "x", "size": "64x64", "num_inference_steps": 1},
+        timeout=60,
+    )
     text = httpx.get(f"{live_service.url}/metrics").text
     assert 'sd35_http_requests_total{method="POST",route="/v1/images/generations",status="200"}' in text
     assert "sd35_images_generated_total" in text
@@ -147,16 +176,28 @@ def test_model_that_does_not_load_exits_1(shipped_dir: Path, tiny_model_dir: Pat
     broken.mkdir()
     (broken / "model_index.json").write_text((tiny_model_dir / "model_index.json").read_text())
     env = subprocess_env(base_env(broken, SD35_PORT=str(free_port())))
-    result = subprocess.run([sys.executable, "-m", "sd35_provision.service"], cwd=shipped_dir, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sd35_provision.service"],
+        cwd=shipped_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "model load failed" in result.stderr
 
 
 def test_precision_this_machine_cannot_run_exits_2(shipped_dir: Path, tiny_model_dir: Path) -> None:
     env = subprocess_env(base_env(tiny_model_dir, SD35_PRECISION="fp8", SD35_PORT=str(free_port())))
-    result = subprocess.run([sys.executable, "-m", "sd35_provision.service"], cwd=shipped_dir, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sd35_provision.service"],
+        cwd=shipped_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "SD35_PRECISION=fp8, SD35_COMPILE=auto: fp8 needs a CUDA GPU" in result.stderr
 
@@ -164,8 +205,12 @@ def test_precision_this_machine_cannot_run_exits_2(shipped_dir: Path, tiny_model
 def test_non_loopback_bind_without_key_refuses_to_start(shipped_dir: Path, tiny_model_dir: Path) -> None:
     env = subprocess_env(base_env(tiny_model_dir, SD35_BIND="0.0.0.0", SD35_PORT="1"))
     result = subprocess.run(
-        [sys.executable, "-m", "sd35_provision.service"], cwd=shipped_dir, env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "sd35_provision.service"],
+        cwd=shipped_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "SD35_BIND: 0.0.0.0 is reachable from other machines; refusing to start" in result.stderr
@@ -216,8 +261,14 @@ def test_shipped_package_imports_nothing_else_of_the_project(shipped_dir: Path) 
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('pyinfra', 'click', 'yaml', 'jsonschema')"
         " or (m.startswith('sd35_provision.') and not m.startswith('sd35_provision.service')))))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=shipped_dir, env=subprocess_env({}),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=shipped_dir,
+        env=subprocess_env({}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     location, foreign = (result.stdout.splitlines() + [""])[:2]
     assert location.startswith(str(shipped_dir))

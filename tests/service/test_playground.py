@@ -71,8 +71,9 @@ def test_options_offer_the_sizes_the_service_accepts(client: TestClient) -> None
     assert options["sizes"][0] == options["default_size"] == "64x64"
     assert options["default_steps"] == 2 and options["max_n"] == 4
     for size in options["sizes"]:
-        response = client.post("/v1/images/generations", headers=AUTH,
-                               json={"prompt": "x", "size": size, "num_inference_steps": 1})
+        response = client.post(
+            "/v1/images/generations", headers=AUTH, json={"prompt": "x", "size": size, "num_inference_steps": 1}
+        )
         assert response.status_code == 200, (size, response.text)
 
 
@@ -108,8 +109,10 @@ def test_playground_in_headless_chromium(auth_service: RunningService, browser: 
 
     fill(browser, prompt="a lighthouse on a cliff at dusk", negative="blurry", size="64x64", steps="2", seed="7", n="2")
     browser.evaluate("document.getElementById('generate').click()")
-    browser.wait_for("document.querySelectorAll('#results img').length === 2 && "
-                     "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth === 64)")
+    browser.wait_for(
+        "document.querySelectorAll('#results img').length === 2 && "
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth === 64)"
+    )
     captions = browser.evaluate("[...document.querySelectorAll('#results figcaption')].map(c => c.textContent)")
     assert [c.split(" · ")[0] for c in captions] == ["seed 7", "seed 8"]
     assert all(c.endswith(" s") and "64x64" in c for c in captions), captions

@@ -14,7 +14,8 @@ from sd35_provision.service import __main__ as service_main
 def quiet():
     """quiet_start() with the global warning and logger filters put back afterwards."""
     loggers = [logging.getLogger(name) for name, _ in service_main.QUIET_MESSAGES] + [
-        logging.getLogger("uvicorn.access")]
+        logging.getLogger("uvicorn.access")
+    ]
     before = {lg.name: list(lg.filters) for lg in loggers}
     with warnings.catch_warnings():
         service_main.quiet_start()
@@ -24,12 +25,28 @@ def quiet():
 
 
 def access_record(path: str, status: int = 200) -> logging.LogRecord:
-    return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                             ("127.0.0.1:5000", "GET", path, "1.1", status), None)
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", path, "1.1", status),
+        None,
+    )
 
 
-@pytest.mark.parametrize("path,kept", [("/healthz", False), ("/readyz", False), ("/readyz?x=1", False),
-                                       ("/metrics", False), ("/v1/images/generations", True), ("/", True)])
+@pytest.mark.parametrize(
+    "path,kept",
+    [
+        ("/healthz", False),
+        ("/readyz", False),
+        ("/readyz?x=1", False),
+        ("/metrics", False),
+        ("/v1/images/generations", True),
+        ("/", True),
+    ],
+)
 def test_health_polls_leave_the_access_log(path: str, kept: bool) -> None:
     assert service_main._HealthPollFilter().filter(access_record(path)) is kept
 

@@ -27,8 +27,11 @@ def test_record_names_the_release_and_each_file_digest_never_content(tmp_path: P
     key = write_key_file(tmp_path)
     record = running_record(str(tmp_path / "current"), [str(env), str(key), str(tmp_path / "absent")], pid=42)
     assert record["release"] == "abc-123" and record["pid"] == 42
-    assert record["files"] == {str(env): hashlib.sha256(env.read_bytes()).hexdigest(),
-                               str(key): hashlib.sha256(key.read_bytes()).hexdigest(), str(tmp_path / "absent"): None}
+    assert record["files"] == {
+        str(env): hashlib.sha256(env.read_bytes()).hexdigest(),
+        str(key): hashlib.sha256(key.read_bytes()).hexdigest(),
+        str(tmp_path / "absent"): None,
+    }
     assert key.read_text().strip() not in json.dumps(record)
 
     path = tmp_path / "running.json"
@@ -38,13 +41,23 @@ def test_record_names_the_release_and_each_file_digest_never_content(tmp_path: P
 
 
 def test_config_reads_what_the_unit_says_to_record(tmp_path: Path, tiny_model_dir: Path) -> None:
-    unit = render_unit("/opt/sd35/current/venv", "/opt/sd35/current/app", ["/srv/sd35"], "/etc/sd35/service.env",
-                       running_record="/run/sd35/running.json", release_link="/opt/sd35/current",
-                       unit_path="/etc/systemd/system/sd35-inference.service")
+    unit = render_unit(
+        "/opt/sd35/current/venv",
+        "/opt/sd35/current/app",
+        ["/srv/sd35"],
+        "/etc/sd35/service.env",
+        running_record="/run/sd35/running.json",
+        release_link="/opt/sd35/current",
+        unit_path="/etc/systemd/system/sd35-inference.service",
+    )
     assert "RuntimeDirectory=sd35" in unit and "RuntimeDirectoryMode=0755" in unit
     # As systemd reads Environment= lines: assignments split at unquoted spaces.
-    assignments = [word for line in unit.splitlines() if line.startswith("Environment=")
-                   for word in shlex.split(line.removeprefix("Environment="))]
+    assignments = [
+        word
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+        for word in shlex.split(line.removeprefix("Environment="))
+    ]
     environment = dict(word.split("=", 1) for word in assignments if word.startswith("SD35_"))
     assert environment == {
         "SD35_RUNNING_RECORD": "/run/sd35/running.json",
@@ -53,8 +66,11 @@ def test_config_reads_what_the_unit_says_to_record(tmp_path: Path, tiny_model_di
     }
     config = load_config({**base_env(tiny_model_dir), **environment})
     assert config.running_record == "/run/sd35/running.json" and config.release_link == "/opt/sd35/current"
-    assert config.running_files == ("/etc/systemd/system/sd35-inference.service", "/etc/sd35/env",
-                                    "/etc/sd35/service.env")
+    assert config.running_files == (
+        "/etc/systemd/system/sd35-inference.service",
+        "/etc/sd35/env",
+        "/etc/sd35/service.env",
+    )
     try:
         render_unit("/v", "/w", ["/c"], running_record="/var/run.json")
     except ValueError as error:

@@ -28,8 +28,14 @@ def _paeth(a: int, b: int, c: int) -> int:
     return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
 
 
-def encode_png(rows: list[bytes], width: int, color_type: int = 2, filters: list[int] | None = None,
-               bit_depth: int = 8, interlace: int = 0) -> bytes:
+def encode_png(
+    rows: list[bytes],
+    width: int,
+    color_type: int = 2,
+    filters: list[int] | None = None,
+    bit_depth: int = 8,
+    interlace: int = 0,
+) -> bytes:
     """A PNG writer independent of the decoder under test, with a chosen filter per row."""
     bpp = smoke.BYTES_PER_PIXEL.get(color_type, 3)
     raw = b""

@@ -29,10 +29,17 @@ def test_same_seed_same_bytes_other_seed_other_weights(tiny_model_dir: Path, tmp
 
 def test_layout_and_size(tiny_model_dir: Path) -> None:
     files = set(checksums(tiny_model_dir))
-    for required in ("model_index.json", "transformer/diffusion_pytorch_model.safetensors",
-                     "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
-                     "text_encoder_2/model.safetensors", "text_encoder_3/model.safetensors",
-                     "tokenizer/tokenizer.json", "tokenizer_3/tokenizer.json", "scheduler/scheduler_config.json"):
+    for required in (
+        "model_index.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "text_encoder_2/model.safetensors",
+        "text_encoder_3/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "tokenizer_3/tokenizer.json",
+        "scheduler/scheduler_config.json",
+    ):
         assert required in files
     assert not any(name.endswith(".bin") for name in files)
     size = sum(p.stat().st_size for p in tiny_model_dir.rglob("*") if p.is_file())
@@ -57,8 +64,9 @@ def test_reloads_and_draws_fast(tiny_model_dir: Path) -> None:
         timings = []
         for _ in range(3):
             begin = time.monotonic()
-            image = pipe("a cat", num_inference_steps=2, height=64, width=64,
-                         generator=torch.Generator().manual_seed(0)).images[0]
+            image = pipe(
+                "a cat", num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(0)
+            ).images[0]
             timings.append(time.monotonic() - begin)
     finally:
         torch.set_num_threads(threads)

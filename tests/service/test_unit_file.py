@@ -45,9 +45,17 @@ def test_unit_is_hardened_without_breaking_cuda() -> None:
     text = render_unit(**ARGS)
     unit = directives(text)
     for key, value in {
-        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
-        "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectControlGroups": "yes",
-        "RestrictSUIDSGID": "yes", "LockPersonality": "yes", "CapabilityBoundingSet": "", "UMask": "0077",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "CapabilityBoundingSet": "",
+        "UMask": "0077",
     }.items():
         assert unit[key] == [value], key
     assert unit["ReadWritePaths"] == ["/var/cache/sd35 /mnt/nvme/sd35-models"]
@@ -99,8 +107,9 @@ def test_systemd_accepts_the_unit_and_rates_it_hardened(tmp_path: Path) -> None:
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stderr
     assert str(unit) not in verify.stderr, verify.stderr  # no warnings about our file
-    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
-                              capture_output=True, text=True, timeout=60)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, timeout=60
+    )
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
     assert match, security.stdout[-500:]
     assert float(match.group(1)) <= 2.5, security.stdout

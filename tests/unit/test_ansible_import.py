@@ -81,8 +81,11 @@ def test_ini_inventory(tmp_path):
     assert list(data["hosts"]) == ["gpu-a1", "gpu-a2", "gpu-a3", "l40s"]
     assert data["hosts"]["gpu-a1"] == {"address": "10.12.0.11", "groups": ["gpu", "h100"]}
     assert data["hosts"]["gpu-a2"] == {"address": "gpu-a2", "groups": ["gpu", "h100"], "ssh": {"user": "ubuntu"}}
-    assert data["hosts"]["l40s"] == {"address": "l40s.office.example.com", "groups": ["gpu", "edge"],
-                                     "ssh": {"port": 2222}}
+    assert data["hosts"]["l40s"] == {
+        "address": "l40s.office.example.com",
+        "groups": ["gpu", "edge"],
+        "ssh": {"port": 2222},
+    }
     assert "# Not carried over: ansible_python_interpreter (host l40s)" in spec.read_text()
 
     fleet = load_spec(spec, check_local_files=False)  # the key file does not exist here
@@ -107,19 +110,25 @@ def test_yaml_inventory(tmp_path):
 
 
 def test_host_ranges():
-    assert expand_host_pattern("web[01:03].example.com") == ["web01.example.com", "web02.example.com",
-                                                             "web03.example.com"]
+    assert expand_host_pattern("web[01:03].example.com") == [
+        "web01.example.com",
+        "web02.example.com",
+        "web03.example.com",
+    ]
     assert expand_host_pattern("db-[a:c]") == ["db-a", "db-b", "db-c"]
     assert expand_host_pattern("n[1:5:2]") == ["n1", "n3", "n5"]
     assert expand_host_pattern("plain") == ["plain"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[web\nhost1\n", r"hosts.ini:1: '\[web': a section header must end with '\]'"),
-    ("[web:nonsense]\n", "unknown section kind 'nonsense'"),
-    ("[web:vars]\njustaword\n", r"hosts.ini:2: 'justaword': expected name=value"),
-    ("[web]\n", "no hosts found"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[web\nhost1\n", r"hosts.ini:1: '\[web': a section header must end with '\]'"),
+        ("[web:nonsense]\n", "unknown section kind 'nonsense'"),
+        ("[web:vars]\njustaword\n", r"hosts.ini:2: 'justaword': expected name=value"),
+        ("[web]\n", "no hosts found"),
+    ],
+)
 def test_what_is_not_an_inventory_is_refused_with_its_line(tmp_path, text, message):
     inventory = tmp_path / "hosts.ini"
     inventory.write_text(text)

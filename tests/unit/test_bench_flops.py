@@ -40,10 +40,12 @@ def _torch_count(config: dict, height: int, width: int, text_tokens: int, vae_sc
     with torch.device(device):
         model = SD3Transformer2DModel(**config)
         h, w = height // vae_scale, width // vae_scale
-        inputs = dict(hidden_states=torch.randn(1, config["in_channels"], h, w),
-                      encoder_hidden_states=torch.randn(1, text_tokens, config["joint_attention_dim"]),
-                      pooled_projections=torch.randn(1, config["pooled_projection_dim"]),
-                      timestep=torch.ones(1))
+        inputs = dict(
+            hidden_states=torch.randn(1, config["in_channels"], h, w),
+            encoder_hidden_states=torch.randn(1, text_tokens, config["joint_attention_dim"]),
+            pooled_projections=torch.randn(1, config["pooled_projection_dim"]),
+            timestep=torch.ones(1),
+        )
     # The math SDPA backend runs attention as matmuls, which the counter sees on any device
     # (the CPU's fused flash kernel is not in its table).
     with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):

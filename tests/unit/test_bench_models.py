@@ -14,15 +14,22 @@ from sd35_provision.bench import models  # noqa: E402
 META = torch.device("meta")
 
 # Parameters per component, as the H100 runs built them (docs/benchmarks-h100/*.json: bf16 bytes / 2).
-COMMON = {"vae": 83_819_683, "text_encoder": 123_650_304, "text_encoder_2": 694_659_840,
-          "text_encoder_3": 4_762_310_656}
+COMMON = {
+    "vae": 83_819_683,
+    "text_encoder": 123_650_304,
+    "text_encoder_2": 694_659_840,
+    "text_encoder_3": 4_762_310_656,
+}
 
 
 @pytest.mark.parametrize("spec,transformer", [(models.LARGE, 8_056_627_520), (models.MEDIUM, 2_243_171_520)])
 def test_published_configs_give_the_measured_sizes(spec, transformer):
     pipe = models.build_pipeline(spec, META, torch.bfloat16)
-    counts = {name: sum(p.numel() for p in module.parameters())
-              for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
+    counts = {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+    }
     assert counts == {**COMMON, "transformer": transformer}
     assert all(p.dtype == torch.bfloat16 and p.is_meta for p in pipe.transformer.parameters())
     assert pipe.vae.config.scaling_factor == 1.5305 and pipe.vae.config.shift_factor == 0.0609

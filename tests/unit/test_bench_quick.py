@@ -16,8 +16,9 @@ from sd35_provision.bench.cli import bench  # noqa: E402
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = CliRunner().invoke(bench, ["--quick", "--reps", "1", "--json", str(out / "r.json"),
-                                        "--markdown", str(out / "b.md")])
+    result = CliRunner().invoke(
+        bench, ["--quick", "--reps", "1", "--json", str(out / "r.json"), "--markdown", str(out / "b.md")]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out, result.output
 
@@ -63,17 +64,34 @@ def test_unknown_mode_is_a_usage_error():
 
 
 def _mode(key, image_s, step_ms, floor, peak):
-    return harness.ModeResult(key, key, "ok", image_s=image_s, step_ms=step_ms, floor_step_ms=floor,
-                              peak_allocated=peak)
+    return harness.ModeResult(
+        key, key, "ok", image_s=image_s, step_ms=step_ms, floor_step_ms=floor, peak_allocated=peak
+    )
 
 
 def test_target_checks():
     run = harness.BenchRun(
-        model="SD3.5 Large", height=1024, width=1024, steps=28, guidance=3.5, cfg=True, reps=3, env={},
-        rates=harness.Rates(800e12, 1600e12, 1200e12, 500e12, 3e12), flops_linear=2.39e13,
-        flops_attention=7.25e12, image_tokens=4096, text_tokens=333, transformer_params=8_000_000_000,
-        pipeline_bytes={}, modes=[_mode("bf16", 10.0, 300, 78, 30e9), _mode("fp8-dynamic", 4.0, 60, 48, 20e9),
-                                  _mode("fp8-dynamic-lean", 4.4, 62, 48, 15e9)])
+        model="SD3.5 Large",
+        height=1024,
+        width=1024,
+        steps=28,
+        guidance=3.5,
+        cfg=True,
+        reps=3,
+        env={},
+        rates=harness.Rates(800e12, 1600e12, 1200e12, 500e12, 3e12),
+        flops_linear=2.39e13,
+        flops_attention=7.25e12,
+        image_tokens=4096,
+        text_tokens=333,
+        transformer_params=8_000_000_000,
+        pipeline_bytes={},
+        modes=[
+            _mode("bf16", 10.0, 300, 78, 30e9),
+            _mode("fp8-dynamic", 4.0, 60, 48, 20e9),
+            _mode("fp8-dynamic-lean", 4.4, 62, 48, 15e9),
+        ],
+    )
     checks = {c.what: c.met for c in report.target_checks(run)}
     assert checks["FP8 dynamic + compile: time ≤ 0.45× BF16 eager".replace("FP8 dynamic + compile", "fp8-dynamic")]
     assert checks["fp8-dynamic-lean: peak ≤ 0.55× BF16's"] is True
@@ -90,10 +108,23 @@ def _run(scope: str | None, modes: list, reps: int = 3) -> harness.BenchRun:
     if scope:
         env["compile scope"] = scope
     return harness.BenchRun(
-        model="SD3.5 Large", height=1024, width=1024, steps=28, guidance=3.5, cfg=True, reps=reps, env=env,
-        rates=harness.Rates(800e12, 1600e12, 1200e12, 500e12, 3e12), flops_linear=2.39e13,
-        flops_attention=7.25e12, image_tokens=4096, text_tokens=333, transformer_params=8_000_000_000,
-        pipeline_bytes={}, modes=modes)
+        model="SD3.5 Large",
+        height=1024,
+        width=1024,
+        steps=28,
+        guidance=3.5,
+        cfg=True,
+        reps=reps,
+        env=env,
+        rates=harness.Rates(800e12, 1600e12, 1200e12, 500e12, 3e12),
+        flops_linear=2.39e13,
+        flops_attention=7.25e12,
+        image_tokens=4096,
+        text_tokens=333,
+        transformer_params=8_000_000_000,
+        pipeline_bytes={},
+        modes=modes,
+    )
 
 
 def test_merge_keeps_compile_scopes_apart_and_joins_rows():
@@ -101,14 +132,18 @@ def test_merge_keeps_compile_scopes_apart_and_joins_rows():
     bf16.reps = [{}] * 3
     fast = _mode("fp8-dynamic", 3.3, 108, 55, 22e9)
     fast.reps = [{}] * 2
-    runs = harness.merge_runs([
-        _run("blocks", [bf16]),
-        _run("model", [bf16, harness.ModeResult("fp8-dynamic", "fp8-dynamic", "skipped")]),
-        _run("model", [bf16, fast], reps=2),
-        _run(None, [bf16]),  # before the scope was recorded: the whole model was compiled
-    ])
+    runs = harness.merge_runs(
+        [
+            _run("blocks", [bf16]),
+            _run("model", [bf16, harness.ModeResult("fp8-dynamic", "fp8-dynamic", "skipped")]),
+            _run("model", [bf16, fast], reps=2),
+            _run(None, [bf16]),  # before the scope was recorded: the whole model was compiled
+        ]
+    )
     assert [(r.env.get("compile scope"), [m.key for m in r.modes]) for r in runs] == [
-        ("blocks", ["bf16"]), ("model", ["bf16", "fp8-dynamic"])]
+        ("blocks", ["bf16"]),
+        ("model", ["bf16", "fp8-dynamic"]),
+    ]
     assert "rows fp8-dynamic: bench model" in runs[1].env["command"]
     assert "Median of 2-3 images" in report.render_run_markdown(runs[1])
     assert "Median of 3 images" in report.render_run_markdown(runs[0])

@@ -66,9 +66,11 @@ def no_gevent_patching(monkeypatch):
 
 def test_importing_the_cli_patches_nothing():
     # A fresh interpreter: the test process has long imported gevent for other tests.
-    code = ("import socket, ssl, sys, threading; before = (socket.socket, threading.Lock)\n"
-            "import sd35_provision.cli\n"
-            "print(before == (socket.socket, threading.Lock), 'gevent' in sys.modules, 'pyinfra' in sys.modules)")
+    code = (
+        "import socket, ssl, sys, threading; before = (socket.socket, threading.Lock)\n"
+        "import sd35_provision.cli\n"
+        "print(before == (socket.socket, threading.Lock), 'gevent' in sys.modules, 'pyinfra' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False", "False"]
@@ -98,12 +100,23 @@ def test_each_spec_problem_is_printed_once_at_its_line(runner, tmp_path):
     result = runner.invoke(cli, ["validate", str(bad)])
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert lines == [f"{bad}:2: defaults.ssh.key: {tmp_path}/nokey does not exist on this machine (all 4 hosts)",
-                     "1 problem(s); nothing was changed."]
+    assert lines == [
+        f"{bad}:2: defaults.ssh.key: {tmp_path}/nokey does not exist on this machine (all 4 hosts)",
+        "1 problem(s); nothing was changed.",
+    ]
 
 
-@pytest.mark.parametrize("args", [["plan"], ["validate"], ["plan", "x.yaml", "--no-such-option"], ["nosuch"],
-                                  ["apply", "x.yaml", "--batch", "0"], ["status", "x.yaml", "--parallel", "-1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan"],
+        ["validate"],
+        ["plan", "x.yaml", "--no-such-option"],
+        ["nosuch"],
+        ["apply", "x.yaml", "--batch", "0"],
+        ["status", "x.yaml", "--parallel", "-1"],
+    ],
+)
 def test_usage_errors_exit_64(runner, args):
     result = runner.invoke(cli, args)
     assert result.exit_code == EXIT_USAGE, result.output
@@ -137,16 +150,21 @@ def test_limit_takes_comma_lists_and_globs_over_hosts_and_groups(spec):
     assert names("edge", "db?") == ["node3", "db1"]
     assert names("gpu, db1") == ["node1", "node2", "db1"]
     assert names("g*") == ["node1", "node2"]  # the group gpu
-    with pytest.raises(UsageError, match=r"--limit web\*: no such host or group \(known: node1, node2, node3, db1, "
-                                         r"gpu \(group\), edge \(group\)\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"--limit web\*: no such host or group \(known: node1, node2, node3, db1, "
+        r"gpu \(group\), edge \(group\)\)",
+    ):
         names("node1,web*")
 
 
 def test_an_unknown_limit_exits_64_naming_the_known_hosts(runner, spec, no_gevent_patching):
     result = runner.invoke(cli, ["plan", str(spec), "-l", "node1,nope"])
     assert result.exit_code == EXIT_USAGE, result.output
-    assert "--limit nope: no such host or group (known: node1, node2, node3, db1, gpu (group), edge (group))" \
+    assert (
+        "--limit nope: no such host or group (known: node1, node2, node3, db1, gpu (group), edge (group))"
         in result.output
+    )
     assert no_gevent_patching == ["patch_all"]  # a command that runs pyinfra patches when it starts
 
 
@@ -204,15 +222,21 @@ def test_ctrl_c_exits_130_and_says_where_each_host_was(tmp_path):
     threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
     (tmp_path / "known_hosts").write_text("")
     spec = tmp_path / "silent.yaml"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         defaults:
           ssh: {{known_hosts: known_hosts, port: {silent.getsockname()[1]}, connect_timeout: 120}}
           model: {{source: hf, repo: a/b, revision: {REVISION}}}
         hosts:
           quiet: {{address: 127.0.0.1}}
-        """))
-    run = subprocess.Popen([sys.executable, "-m", "sd35_provision.cli", "plan", str(spec)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        """)
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "sd35_provision.cli", "plan", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not accepted:
@@ -234,8 +258,10 @@ def test_apply_diff_shows_what_changed_before_the_table(runner, spec, monkeypatc
     from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 
     def apply(fleet, limit, options, rollout):
-        ops = [OperationOutcome("System | Cache environment file", True, diff="-HF_HOME=/tmp\n+HF_HOME=/srv\n"),
-               OperationOutcome("System | Service user", False)]
+        ops = [
+            OperationOutcome("System | Cache environment file", True, diff="-HF_HOME=/tmp\n+HF_HOME=/srv\n"),
+            OperationOutcome("System | Service user", False),
+        ]
         return RunReport(mode="apply", hosts=[HostOutcome("node1", operations=ops, executed=True)])
 
     monkeypatch.setattr(workflow, "apply", apply)
@@ -259,8 +285,10 @@ def test_where_each_host_was_when_interrupted():
     outcome = run.outcomes["n2"]
     outcome.failed, outcome.step, outcome.error = True, "preflight", "python3 3.9 is older than 3.11\nmore"
     run.state.current_stage = StateStage.Prepare
-    assert host_states([run]) == ["n1: interrupted while working out the changes (nothing changed yet)",
-                                  "n2: failed at preflight: python3 3.9 is older than 3.11"]
+    assert host_states([run]) == [
+        "n1: interrupted while working out the changes (nothing changed yet)",
+        "n2: failed at preflight: python3 3.9 is older than 3.11",
+    ]
     later = FleetRun([HostSettings(name="n1", address="127.0.0.1")])
     later.state.current_stage = StateStage.Execute
     assert host_states([run, later])[0] == "n1: interrupted while applying"  # the later run says the last word

@@ -31,10 +31,16 @@ def test_table_holds_the_release_notes_numbers():
         assert cuda is None or cuda in TOOLKIT_DRIVER, flavour
 
 
-@pytest.mark.parametrize("flavour, cuda, driver", [
-    ("cu118", "11.8", "520.61.05"), ("cu126", "12.6", "560.28.03"), ("cu128", "12.8", "570.26"),
-    ("cu130", "13.0", "580.65.06"), ("cpu", None, None),
-])
+@pytest.mark.parametrize(
+    "flavour, cuda, driver",
+    [
+        ("cu118", "11.8", "520.61.05"),
+        ("cu126", "12.6", "560.28.03"),
+        ("cu128", "12.8", "570.26"),
+        ("cu130", "13.0", "580.65.06"),
+        ("cpu", None, None),
+    ],
+)
 def test_flavour_to_cuda_and_minimum_driver(flavour, cuda, driver):
     assert FLAVOUR_CUDA[flavour] == cuda
     assert min_driver_for(flavour) == driver
@@ -66,16 +72,19 @@ def test_minor_version_compatibility_is_known_but_not_the_default():
     assert not driver_satisfies("575.64", "cu130", minor_compat=True)
 
 
-@pytest.mark.parametrize("driver, flavour", [
-    ("580.159.04", "cu130"),  # the H100 box
-    ("580.65.06", "cu130"),
-    ("575.57.08", "cu128"),
-    ("570.133.20", "cu128"),
-    ("570.26", "cu128"),
-    ("565.57.01", "cpu"),  # cu126 runs there, but we ship no cu126 lock
-    ("560.28.02", "cpu"),
-    ("535.183.01", "cpu"),
-])
+@pytest.mark.parametrize(
+    "driver, flavour",
+    [
+        ("580.159.04", "cu130"),  # the H100 box
+        ("580.65.06", "cu130"),
+        ("575.57.08", "cu128"),
+        ("570.133.20", "cu128"),
+        ("570.26", "cu128"),
+        ("565.57.01", "cpu"),  # cu126 runs there, but we ship no cu126 lock
+        ("560.28.02", "cpu"),
+        ("535.183.01", "cpu"),
+    ],
+)
 def test_pick_flavour_takes_the_newest_the_driver_runs(driver, flavour):
     assert pick_flavour(driver) == flavour
 
@@ -107,11 +116,14 @@ def test_driver_install_problem():
     assert driver_install_problem("ubuntu", "22.04", "570", "auto") is None
     assert driver_install_problem("ubuntu", "24.04", "560", "cu126") is None
     assert driver_install_problem("ubuntu", "24.04", "560", "cu128") == (
-        "gpu.driver.branch 560 is too old for torch (cu128 needs 570.26+)")
+        "gpu.driver.branch 560 is too old for torch (cu128 needs 570.26+)"
+    )
     assert driver_install_problem("ubuntu", "20.04", "570", "auto", "Ubuntu") == (
         "gpu.driver.mode: install supports Ubuntu 22.04/24.04 and Debian 12, not Ubuntu 20.04; "
-        "install the driver by hand and use gpu.driver.mode: verify")
+        "install the driver by hand and use gpu.driver.mode: verify"
+    )
     assert driver_install_problem("debian", "12", "570", "auto") == (
         "gpu.driver.mode: install gets Debian 12's own NVIDIA driver, branch 535 (gpu.driver.branch cannot be "
-        "pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)")
+        "pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)"
+    )
     assert driver_install_problem("debian", "12", "570", "cu121") is None

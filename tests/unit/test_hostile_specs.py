@@ -53,13 +53,15 @@ def test_hostile_spec_is_refused_at_its_line(case: Path) -> None:
         assert any(p.startswith(prefix) and fragment in p for p in problems), (prefix + fragment, problems)
 
 
-@pytest.mark.parametrize("name", ["alias-bomb", "deep-nesting", "host-name-integer", "python-object-tag",
-                                  "invalid-utf8", "cache-root-shell"])
+@pytest.mark.parametrize(
+    "name", ["alias-bomb", "deep-nesting", "host-name-integer", "python-object-tag", "invalid-utf8", "cache-root-shell"]
+)
 def test_validate_prints_file_line_and_exits_1_without_a_traceback(name: str) -> None:
     case = CORPUS / f"{name}.yaml"
     [(line, fragment)] = expectations(case)
-    result = subprocess.run([sys.executable, "-m", "sd35_provision.cli", "validate", str(case)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "sd35_provision.cli", "validate", str(case)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     first = result.stderr.splitlines()[0]
@@ -71,8 +73,9 @@ def test_a_spec_larger_than_the_limit_is_refused_before_parsing(tmp_path: Path) 
     spec.write_text("hosts:\n  a: {address: 10.0.0.1}\n" + "# padding\n" * (MAX_FILE_BYTES // 10))
     with pytest.raises(SpecError) as caught:
         load_spec(spec, check_local_files=False)
-    assert caught.value.problems == [f"{spec}:1: (top level): the file is larger than {MAX_FILE_BYTES} bytes; "
-                                     "a host spec is a few kilobytes"]
+    assert caught.value.problems == [
+        f"{spec}:1: (top level): the file is larger than {MAX_FILE_BYTES} bytes; a host spec is a few kilobytes"
+    ]
 
 
 DEFAULTS = """\
@@ -83,14 +86,17 @@ defaults:
 
 def test_two_hosts_on_one_address_with_ports_from_a_group_are_valid(tmp_path: Path) -> None:
     spec = tmp_path / "fleet.yaml"
-    spec.write_text(DEFAULTS + textwrap.dedent("""\
+    spec.write_text(
+        DEFAULTS
+        + textwrap.dedent("""\
         groups:
           alt-port:
             ssh: {port: 2222}
         hosts:
           a: {address: 10.0.0.11}
           b: {address: 10.0.0.11, groups: [alt-port]}
-        """))
+        """)
+    )
     fleet = load_spec(spec)
     assert [(host.address, host.ssh.port) for host in fleet.hosts] == [("10.0.0.11", 22), ("10.0.0.11", 2222)]
 
@@ -98,7 +104,9 @@ def test_two_hosts_on_one_address_with_ports_from_a_group_are_valid(tmp_path: Pa
 def test_plain_paths_and_long_keys_pass(tmp_path: Path) -> None:
     (tmp_path / "key").write_text("k" * 16 + "\n")
     spec = tmp_path / "fleet.yaml"
-    spec.write_text(DEFAULTS + textwrap.dedent("""\
+    spec.write_text(
+        DEFAULTS
+        + textwrap.dedent("""\
           cache: {root: /mnt/nvme0/sd35-cache}
           python: {install_root: /opt/sd35.v2}
           service: {bind: 0.0.0.0, api_key_file: key, max_steps: 28}
@@ -106,7 +114,8 @@ def test_plain_paths_and_long_keys_pass(tmp_path: Path) -> None:
         hosts:
           a: {address: '::ffff:10.0.0.12'}
           b: {address: 10.0.0.12, ssh: {port: 2200}}
-        """))
+        """)
+    )
     host = load_spec(spec).host("a")
     assert (host.cache.root, host.python.install_root) == ("/mnt/nvme0/sd35-cache", "/opt/sd35.v2")
 
@@ -121,8 +130,12 @@ def test_the_env_file_a_shell_sources_never_runs_a_value(tmp_path: Path) -> None
     settings = HostSettings(name="a", address="10.0.0.1", cache=CacheSettings(root=root))
     env_file.write_text(render_env_file(settings.cache))
     # What /etc/profile.d/sd35.sh does.
-    shown = subprocess.run(["sh", "-c", 'set -a; . "$1"; set +a; printf %s "$HF_HOME"', "sh", str(env_file)],
-                           capture_output=True, text=True, timeout=10)
+    shown = subprocess.run(
+        ["sh", "-c", 'set -a; . "$1"; set +a; printf %s "$HF_HOME"', "sh", str(env_file)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == f"{root}/huggingface"
     assert not marker.exists()

@@ -42,10 +42,14 @@ def gpus(case: str) -> NvidiaStatus:
 
 
 def host(**changes) -> HostSettings:
-    base = HostSettings(name="gpu-a1", address="10.0.0.1", gpu=GpuSettings(accelerator="cpu"),
-                        cache=CacheSettings(root="/srv/sd35"),
-                        model=ModelSettings(source="git", url="file:///mirror/tiny.git", revision=REV),
-                        service=ServiceSettings(port=8123))
+    base = HostSettings(
+        name="gpu-a1",
+        address="10.0.0.1",
+        gpu=GpuSettings(accelerator="cpu"),
+        cache=CacheSettings(root="/srv/sd35"),
+        model=ModelSettings(source="git", url="file:///mirror/tiny.git", revision=REV),
+        service=ServiceSettings(port=8123),
+    )
     return replace(base, **changes)
 
 
@@ -84,13 +88,17 @@ def test_the_torch_flavour_follows_the_driver_or_the_branch_the_driver_step_inst
 
 def test_the_interpreter_is_python3_if_new_enough_else_the_newest_python3_x():
     old = PythonInterpreter("python3", "/usr/bin/python3", "3.10.12")
-    newer = (old, PythonInterpreter("python3.11", "/usr/bin/python3.11", "3.11.9"),
-             PythonInterpreter("python3.12", "/opt/py/bin/python3.12", "3.12.3"))
+    newer = (
+        old,
+        PythonInterpreter("python3.11", "/usr/bin/python3.11", "3.11.9"),
+        PythonInterpreter("python3.12", "/opt/py/bin/python3.12", "3.12.3"),
+    )
     assert build_host_plan(host(), PlanFacts(pythons=newer)).interpreter == "/opt/py/bin/python3.12"
     with pytest.raises(EnvironmentNotReady) as raised:
         build_host_plan(host(), PlanFacts(pythons=(old,)))
-    assert str(raised.value) == ("gpu-a1: Python environment: no Python 3.11+ on the host to build the venv with "
-                                 "(python.min_version)")
+    assert str(raised.value) == (
+        "gpu-a1: Python environment: no Python 3.11+ on the host to build the venv with (python.min_version)"
+    )
 
 
 def test_the_api_key_is_present_in_the_plan_never_its_text(tmp_path):
@@ -128,13 +136,24 @@ def test_releases_compare_across_hosts_and_change_with_the_service_settings():
 
 
 def test_the_plan_takes_preflights_facts_as_they_are():
-    facts = HostFacts(os_id="debian", os_name="Debian GNU/Linux", os_version="12", os_codename="bookworm",
-                      kernel="6.1.0-28-amd64", pythons=(PY311,),
-                      cache_free=None, cache_storage=None,  # type: ignore[arg-type]  # preflight's, not the plan's
-                      nvidia=gpus("h100_recorded"))
+    facts = HostFacts(
+        os_id="debian",
+        os_name="Debian GNU/Linux",
+        os_version="12",
+        os_codename="bookworm",
+        kernel="6.1.0-28-amd64",
+        pythons=(PY311,),
+        cache_free=None,
+        cache_storage=None,  # type: ignore[arg-type]  # preflight's, not the plan's
+        nvidia=gpus("h100_recorded"),
+    )
     plan_facts = PlanFacts.from_host_facts(facts, {"python_version": "3.11"})
-    assert (plan_facts.pythons, plan_facts.nvidia, plan_facts.os_id, plan_facts.os_version) == \
-        (facts.pythons, facts.nvidia, "debian", "12")
+    assert (plan_facts.pythons, plan_facts.nvidia, plan_facts.os_id, plan_facts.os_version) == (
+        facts.pythons,
+        facts.nvidia,
+        "debian",
+        "12",
+    )
     assert plan_facts.interpreter_environment == {"python_version": "3.11"}
     nvidia = host(gpu=GpuSettings(accelerator="nvidia"))
     assert build_host_plan(nvidia, PlanFacts.from_host_facts(facts)).torch_flavour == "cu130"

@@ -14,7 +14,7 @@ from sd35_provision.deploys.release import _create_script, switch_script
 from sd35_provision.hostscripts import placeholders, render_script
 
 HOSTSIDE = Path(hostscripts.__file__).parent / "hostside"
-ODD = "it's a \"dir\" with $(touch pwned) spaces"
+ODD = 'it\'s a "dir" with $(touch pwned) spaces'
 
 
 def sh(script: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -23,8 +23,10 @@ def sh(script: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("script", sorted(path.name for path in HOSTSIDE.glob("*.sh")))
 def test_every_script_renders_to_valid_sh(script, tmp_path):
-    values = {name: ["a b", "c"] if name in ("pip_options", "extras", "names", "include") else "/x y/z"
-              for name in placeholders(script)}
+    values = {
+        name: ["a b", "c"] if name in ("pip_options", "extras", "names", "include") else "/x y/z"
+        for name in placeholders(script)
+    }
     text = render_script(script, **values)
     assert "@" not in text.replace("safe.directory", "")  # every value put in
     result = subprocess.run(["sh", "-n", "-c", text], check=False, capture_output=True, text=True, timeout=30)
@@ -39,8 +41,12 @@ def test_values_missing_or_left_over_are_refused():
 
 
 def test_a_placeholder_inside_quotes_or_a_comment_is_refused(monkeypatch):
-    texts = {"quoted.sh": 'echo "@path@"\n', "single.sh": "echo '@path@'\n", "comment.sh": "true  # @path@\n",
-             "fine.sh": "# it's fine\necho @path@/bin \"$x\" 'y'\n"}
+    texts = {
+        "quoted.sh": 'echo "@path@"\n',
+        "single.sh": "echo '@path@'\n",
+        "comment.sh": "true  # @path@\n",
+        "fine.sh": "# it's fine\necho @path@/bin \"$x\" 'y'\n",
+    }
     monkeypatch.setattr(hostscripts, "source", texts.__getitem__)
     placeholders.cache_clear()
     try:
@@ -50,8 +56,10 @@ def test_a_placeholder_inside_quotes_or_a_comment_is_refused(monkeypatch):
             placeholders("single.sh")
         with pytest.raises(ValueError, match="inside a comment"):
             placeholders("comment.sh")
-        assert render_script("fine.sh", path=ODD) == "echo " + "'it'\"'\"'s a \"dir\" with $(touch pwned) spaces'" + \
-            "/bin \"$x\" 'y'"
+        assert (
+            render_script("fine.sh", path=ODD)
+            == "echo " + "'it'\"'\"'s a \"dir\" with $(touch pwned) spaces'" + "/bin \"$x\" 'y'"
+        )
     finally:
         placeholders.cache_clear()
 
@@ -59,8 +67,10 @@ def test_a_placeholder_inside_quotes_or_a_comment_is_refused(monkeypatch):
 def test_release_is_created_and_switched_with_odd_paths_kept_as_one_word(tmp_path):
     root = tmp_path / ODD
     (root / "releases").mkdir(parents=True)
-    manifest = {"links": {"venv": f"{root}/venvs/v1", "app": f"{root}/apps/a1", "model": f"{root}/models/m 1"},
-                "lock": "cpu-1"}
+    manifest = {
+        "links": {"venv": f"{root}/venvs/v1", "app": f"{root}/apps/a1", "model": f"{root}/models/m 1"},
+        "lock": "cpu-1",
+    }
     env = "SD35_PORT=8000\nSD35_PROMPT_NOTE=it's $HOME\n"
     for rid in ("r1", "r2"):
         result = sh(_create_script(f"{root}/releases", rid, manifest, env), tmp_path)

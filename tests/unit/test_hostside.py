@@ -44,10 +44,14 @@ def test_host_programs_need_only_python_3_8_and_its_standard_library(path: Path)
         for name in names:
             top = name.split(".")[0]
             in_function = node.col_offset > 0  # hf-fetch imports huggingface_hub when it runs, in the host venv
-            assert (top in sys.stdlib_module_names or name.startswith("sd35_provision.hostside.")
-                    or (in_function and top == "huggingface_hub")), f"{path.name}:{node.lineno}: imports {name}"
-    calls = {node.func.attr for node in ast.walk(tree)
-             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+            assert (
+                top in sys.stdlib_module_names
+                or name.startswith("sd35_provision.hostside.")
+                or (in_function and top == "huggingface_hub")
+            ), f"{path.name}:{node.lineno}: imports {name}"
+    calls = {
+        node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
     assert not calls & {"removeprefix", "removesuffix"}  # str methods from 3.9
 
 
@@ -60,21 +64,42 @@ def test_the_modelcheck_program_carries_its_library_and_runs_alone(tmp_path: Pat
     manifests.write_json(str(tmp_path / "m.json"), manifests.directory_manifest(str(model)))
     args = ["verify", "--dir", str(model), "--manifest", str(tmp_path / "m.json")]
 
-    alone = subprocess.run([sys.executable, "-I", "-S", "-c", hostside.source("modelcheck.py"), *args], cwd=tmp_path,
-                           capture_output=True, text=True, check=False)
+    alone = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", hostside.source("modelcheck.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert alone.returncode == 1 and "No module named 'sd35_provision'" in alone.stderr  # so -I really isolates
 
-    shipped = subprocess.run([sys.executable, "-I", "-S", "-c", modelcheck_source(), *args], cwd=tmp_path,
-                             capture_output=True, text=True, check=True)
-    assert json.loads(shipped.stdout) | {"rehashed": 0} == {"directory": True, "manifest": True, "files": 2,
-                                                             "bytes": 4099, "rehashed": 0, "broken": []}
+    shipped = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", modelcheck_source(), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(shipped.stdout) | {"rehashed": 0} == {
+        "directory": True,
+        "manifest": True,
+        "files": 2,
+        "bytes": 4099,
+        "rehashed": 0,
+        "broken": [],
+    }
 
 
 def test_what_travels_in_argv_stays_small_and_is_code_only() -> None:
     commands = {
         "modelcheck": modelcheck_source(),
-        "service state": ServiceState().command("sd35-inference.service", "/opt/sd35", "/var/lib/sd35/smoke/last.json",
-                                                "http://127.0.0.1:8000", "/etc/sd35/api-key"),
+        "service state": ServiceState().command(
+            "sd35-inference.service",
+            "/opt/sd35",
+            "/var/lib/sd35/smoke/last.json",
+            "http://127.0.0.1:8000",
+            "/etc/sd35/api-key",
+        ),
         "interpreter": InterpreterEnvironment().command("/usr/bin/python3"),
         "storage": StorageKind().command("/var/lib/sd35"),
     }
@@ -87,13 +112,19 @@ def test_modelcheck_main_in_process_refuses_a_full_disk(tmp_path: Path, capsys: 
     model = tmp_path / "model"
     model.mkdir()
     (model / "model_index.json").write_text("{}\n")
-    manifest = {"source": "push", "files": {"model_index.json": {"size": 3, "sha256": "0" * 64},
-                                            "big.safetensors": {"size": 10**18, "sha256": "0" * 64}}}
+    manifest = {
+        "source": "push",
+        "files": {
+            "model_index.json": {"size": 3, "sha256": "0" * 64},
+            "big.safetensors": {"size": 10**18, "sha256": "0" * 64},
+        },
+    }
     manifests.write_json(str(tmp_path / "m.json"), manifest)
     code = modelcheck.main(["space", "--dir", str(model), "--manifest", str(tmp_path / "m.json"), "--why", " (x2)"])
     assert code == modelcheck.EXIT_NO_SPACE
-    assert capsys.readouterr().err.startswith(f"not enough disk space for the model at {model}: 1000000000.00 GB "
-                                              "needed (x2)")
+    assert capsys.readouterr().err.startswith(
+        f"not enough disk space for the model at {model}: 1000000000.00 GB needed (x2)"
+    )
     manifest["files"].pop("big.safetensors")
     manifests.write_json(str(tmp_path / "m.json"), manifest)
     assert modelcheck.main(["space", "--dir", str(model), "--manifest", str(tmp_path / "m.json")]) == 0
@@ -134,8 +165,14 @@ def test_service_state_reads_the_release_smoke_record_and_readyz(tmp_path: Path,
     key.write_text("sesame\n")
 
     state = service_state.service_state("sd35-nosuch.service", str(root), str(tmp_path / "last.json"), url, str(key))
-    assert state == {"active": None, "release": "releases/abc", "release_info": {"model_revision": "r1"},
-                     "smoke": None, "ready_status": 200, "ready_phase": "ready"}
+    assert state == {
+        "active": None,
+        "release": "releases/abc",
+        "release_info": {"model_revision": "r1"},
+        "smoke": None,
+        "ready_status": 200,
+        "ready_phase": "ready",
+    }
     without_key = service_state.readiness(url, str(tmp_path / "no-key"))
     assert without_key == {"ready_status": 401, "ready_phase": "denied"}
     assert seen == ["Bearer sesame", None]
@@ -145,14 +182,16 @@ def test_venv_probe_speaks_pep_508_as_packaging_does() -> None:
     ours, theirs = venv_probe.marker_environment(), default_environment()
     assert ours == {key: theirs[key] for key in ours}
     assert venv_probe.installed()["pytest"] == importlib.metadata.version("pytest")
-    shipped = subprocess.run(["sh", "-c", InterpreterEnvironment().command(sys.executable)], capture_output=True,
-                             text=True, check=True)
+    shipped = subprocess.run(
+        ["sh", "-c", InterpreterEnvironment().command(sys.executable)], capture_output=True, text=True, check=True
+    )
     assert InterpreterEnvironment().process(shipped.stdout.splitlines()) == ours
 
 
 def test_storage_kind_script_runs_as_a_file(tmp_path: Path) -> None:
     script = HOSTSIDE / "storage_kind.sh"
-    result = subprocess.run(["sh", str(script), str(tmp_path / "not" / "yet")], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        ["sh", str(script), str(tmp_path / "not" / "yet")], capture_output=True, text=True, check=True
+    )
     info = StorageKind().process(result.stdout.splitlines())
     assert info.path == str(tmp_path) and info.kind in {"ssd", "hdd", "unknown"} and info.reason

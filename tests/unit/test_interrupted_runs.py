@@ -33,9 +33,11 @@ from tests.unit.test_python_env_deploy import (
 def on_release(host, store: Output) -> dict:
     """A host already on the plan's release, with this release store."""
     plan = plan_for(host)
-    return merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{plan.release_id}", plan.app_dir),
-                       {"Link": {f"path={ROOT}/current": {"link_target": plan.release_target}}},
-                       store_fact(store))
+    return merge_facts(
+        dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{plan.release_id}", plan.app_dir),
+        {"Link": {f"path={ROOT}/current": {"link_target": plan.release_target}}},
+        store_fact(store),
+    )
 
 
 def kept_store(host, extra: list[str]) -> Output:
@@ -48,17 +50,27 @@ def kept_store(host, extra: list[str]) -> Output:
 def test_leftovers_of_a_killed_run_are_named_and_removed_but_not_the_venv_being_built():
     host = settings(accelerator="cpu")
     plan = plan_for(host)
-    leftovers = [f"{ROOT}/releases/.0123456789ab-cdef01.new", f"{ROOT}/.current.new", f"{ROOT}/apps/feedfeedfeed.new",
-                 f"{ROOT}/apps/feedfeedfeed.tar", f"{MODELS}/push-000000000001/transformer/weights.safetensors.partial"]
-    store = kept_store(host, [f"leftover {path}" for path in leftovers]
-                       + [f"unstamped {ROOT}/venvs/cpu-half0built00", f"unstamped {plan.venv_dir}"])
+    leftovers = [
+        f"{ROOT}/releases/.0123456789ab-cdef01.new",
+        f"{ROOT}/.current.new",
+        f"{ROOT}/apps/feedfeedfeed.new",
+        f"{ROOT}/apps/feedfeedfeed.tar",
+        f"{MODELS}/push-000000000001/transformer/weights.safetensors.partial",
+    ]
+    store = kept_store(
+        host,
+        [f"leftover {path}" for path in leftovers]
+        + [f"unstamped {ROOT}/venvs/cpu-half0built00", f"unstamped {plan.venv_dir}"],
+    )
     run = run_deploy(release_layer, on_release(host, store), host)
     [op] = [op for op in run.changes if "interrupted run" in op.name]
-    assert op.name == ("Release | Remove what an interrupted run left: "
-                       "releases/.0123456789ab-cdef01.new, .current.new, "
-                       "apps/feedfeedfeed.new, apps/feedfeedfeed.tar, "
-                       "models/push-000000000001/transformer/weights.safetensors.partial, "
-                       "venvs/cpu-half0built00")
+    assert op.name == (
+        "Release | Remove what an interrupted run left: "
+        "releases/.0123456789ab-cdef01.new, .current.new, "
+        "apps/feedfeedfeed.new, apps/feedfeedfeed.tar, "
+        "models/push-000000000001/transformer/weights.safetensors.partial, "
+        "venvs/cpu-half0built00"
+    )
     removed = [line.removeprefix("rm -rf ") for line in op.commands[0].splitlines() if line.startswith("rm -rf ")]
     assert removed == [*leftovers, f"{ROOT}/venvs/cpu-half0built00"]
     assert plan.venv_dir not in op.commands[0]  # the Python environment layer builds it again
@@ -72,8 +84,11 @@ def test_the_rollback_target_is_kept_when_current_was_deleted_by_hand():
     plan = plan_for(host)
     old = (f"{ROOT}/venvs/cpu-000000000001", f"{ROOT}/apps/aaaaaaaaaaaa", f"{MODELS}/push-000000000001")
     store = store_output("", "releases/old-1", {"releases/old-1": old}, list(old))
-    facts = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{plan.release_id}", plan.app_dir),
-                        {"Link": {f"path={ROOT}/current": None}}, store_fact(store))
+    facts = merge_facts(
+        dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{plan.release_id}", plan.app_dir),
+        {"Link": {f"path={ROOT}/current": None}},
+        store_fact(store),
+    )
     run = run_deploy(release_layer, facts, host)
     assert [op.name for op in run.changes] == [f"Release | Switch current to release {plan.release_id}"]
 
@@ -82,8 +97,9 @@ def test_a_broken_previous_link_is_drift_and_apply_removes_it():
     host = settings(accelerator="cpu")
     plan = plan_for(host)
     links = plan.release_manifest["links"]
-    store = store_output(plan.release_target, "releases/gone-0", {plan.release_target: tuple(links.values())},
-                         list(links.values()))
+    store = store_output(
+        plan.release_target, "releases/gone-0", {plan.release_target: tuple(links.values())}, list(links.values())
+    )
     run = run_deploy(release_layer, on_release(host, store), host)
     [op] = run.changes
     assert op.name == "Release | Remove the broken link previous (releases/gone-0 is gone: no rollback target)"
@@ -93,8 +109,15 @@ def test_a_broken_previous_link_is_drift_and_apply_removes_it():
 def test_the_release_store_fact_reads_leftovers_from_a_real_directory(tmp_path):
     # The fact's own command on a directory laid out as a killed run leaves it.
     root, models = tmp_path / "opt", tmp_path / "models"
-    for path in ("releases/abc-123", "releases/.def-456.new", "venvs/cpu-1", "venvs/cpu-2", "apps/a1", "apps/a2.new",
-                 "wheelhouse"):
+    for path in (
+        "releases/abc-123",
+        "releases/.def-456.new",
+        "venvs/cpu-1",
+        "venvs/cpu-2",
+        "apps/a1",
+        "apps/a2.new",
+        "wheelhouse",
+    ):
         (root / path).mkdir(parents=True)
     (root / "venvs/cpu-1/.sd35-complete").write_text("lock\n")
     (root / "apps/a2.tar").write_text("")
@@ -104,12 +127,19 @@ def test_the_release_store_fact_reads_leftovers_from_a_real_directory(tmp_path):
     (root / "current").symlink_to("releases/abc-123")
     (root / "previous").symlink_to("releases/gone")
     fact = ReleaseStoreContents()
-    output = subprocess.run(["sh", "-c", fact.command(str(root), str(models))], capture_output=True, text=True,
-                            check=True).stdout.splitlines()
+    output = subprocess.run(
+        ["sh", "-c", fact.command(str(root), str(models))], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     store = fact.process(output)
-    assert sorted(store.leftovers) == sorted([f"{root}/releases/.def-456.new", f"{root}/apps/a2.new",
-                                              f"{root}/apps/a2.tar", f"{root}/wheelhouse/x-1.whl.partial",
-                                              f"{models}/push-1/transformer/w.safetensors.partial"])
+    assert sorted(store.leftovers) == sorted(
+        [
+            f"{root}/releases/.def-456.new",
+            f"{root}/apps/a2.new",
+            f"{root}/apps/a2.tar",
+            f"{root}/wheelhouse/x-1.whl.partial",
+            f"{models}/push-1/transformer/w.safetensors.partial",
+        ]
+    )
     assert store.unstamped == (f"{root}/venvs/cpu-2",)
     assert store.previous_broken and store.current == "releases/abc-123"
 
@@ -127,10 +157,14 @@ def test_lock_script_refuses_naming_the_holder_waits_and_is_released_when_its_in
     out, _ = second.communicate(timeout=10)
     assert second.returncode == 75
     answer = read_answer(out.splitlines())
-    assert answer == LockAnswer(locked=False, holder="alice@ctl pid 4242 since 12:01:03 UTC (apply)",
-                                waited_for="alice@ctl pid 4242 since 12:01:03 UTC (apply)")
-    assert refusal("node1", answer, 0) == ("node1: locked by alice@ctl pid 4242 since 12:01:03 UTC (apply); "
-                                           "--wait-lock S to wait")
+    assert answer == LockAnswer(
+        locked=False,
+        holder="alice@ctl pid 4242 since 12:01:03 UTC (apply)",
+        waited_for="alice@ctl pid 4242 since 12:01:03 UTC (apply)",
+    )
+    assert refusal("node1", answer, 0) == (
+        "node1: locked by alice@ctl pid 4242 since 12:01:03 UTC (apply); --wait-lock S to wait"
+    )
     waiting = start("carol@ctl pid 2 since 12:03:00 UTC (apply)", 30)
     assert waiting.stdout.readline().startswith("busy alice@ctl")
     time.sleep(0.5)
@@ -150,10 +184,13 @@ def test_lock_command_quotes_the_holder_and_uses_sudo_when_the_host_does():
     assert "touch /tmp/x" in command and "'\"'\"'eve'\"'\"'\"'\"'\"'\"'\"'\"'; touch" in command
 
 
-@pytest.mark.parametrize("lines, expected", [
-    (["locked"], LockAnswer(locked=True)),
-    (["busy a pid 1", "locked"], LockAnswer(locked=True, waited_for="a pid 1")),
-    ([], LockAnswer(locked=False)),
-])
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        (["locked"], LockAnswer(locked=True)),
+        (["busy a pid 1", "locked"], LockAnswer(locked=True, waited_for="a pid 1")),
+        ([], LockAnswer(locked=False)),
+    ],
+)
 def test_lock_answers(lines, expected):
     assert read_answer(lines) == expected

@@ -43,8 +43,10 @@ def test_the_schema_is_a_valid_2020_12_schema():
 def test_a_run_with_failed_aborted_and_local_error_hosts():
     run = FleetRun(HOSTS, RunOptions(fail_percent=25))
     failed(run, "n2")
-    run.outcomes["n1"].operations = [OperationOutcome("System | Cache environment file", True, diff="+HF_HOME=/x\n"),
-                                     OperationOutcome("System | Service user", False)]
+    run.outcomes["n1"].operations = [
+        OperationOutcome("System | Cache environment file", True, diff="+HF_HOME=/x\n"),
+        OperationOutcome("System | Service user", False),
+    ]
     run.outcomes["n3"].failed, run.outcomes["n3"].local_error, run.outcomes["n3"].step = True, True, "connect"
     run.outcomes["n3"].error = "ssh.key /k/id.pub is a public key: give the private key"
     assert run.check_fail_percent()
@@ -53,16 +55,25 @@ def test_a_run_with_failed_aborted_and_local_error_hosts():
     assert (data["command"], data["ok"], data["drift"]) == ("plan", False, True)
     assert data["aborted"] == "more than 25% of hosts failed (2 of 4: n2, n3)"
     assert [(h["name"], h["status"]) for h in data["hosts"]] == [
-        ("n1", "would change"), ("n2", "failed"), ("n3", "error"), ("n4", "aborted")]
+        ("n1", "would change"),
+        ("n2", "failed"),
+        ("n3", "error"),
+        ("n4", "aborted"),
+    ]
     assert data["hosts"][0]["changes"] == [
-        {"operation": "System | Cache environment file", "change": "would change", "diff": "+HF_HOME=/x\n"}]
+        {"operation": "System | Cache environment file", "change": "would change", "diff": "+HF_HOME=/x\n"}
+    ]
 
 
 def test_drift_and_smoke_say_what_they_checked():
     report = RunReport(mode="drift", hosts=[HostOutcome("n1")])
     assert check(run_document(report))["drift"] is False
-    smoked = RunReport(mode="smoke", hosts=[HostOutcome("n1", smoke={"ok": True, "reason": "", "latency_s": 0.5,
-                                                                      "image": "/srv/sd35/smoke/last.png"})])
+    smoked = RunReport(
+        mode="smoke",
+        hosts=[
+            HostOutcome("n1", smoke={"ok": True, "reason": "", "latency_s": 0.5, "image": "/srv/sd35/smoke/last.png"})
+        ],
+    )
     data = check(run_document(smoked))
     assert data["drift"] is None and data["hosts"][0]["smoke"]["ok"] is True
 
@@ -75,8 +86,20 @@ def test_a_staged_rollout_lists_its_waves(monkeypatch):
 
 
 def test_status_rows():
-    applied = HostStatus("gpu-1", "10.0.0.1", True, "Debian 12", "1x NVIDIA H100", "570.86.15", True,
-                         "active", "ready", "0a1b2c3d4e5f", "ceddf0a7", {"ok": True, "latency_s": 0.8, "reason": ""})
+    applied = HostStatus(
+        "gpu-1",
+        "10.0.0.1",
+        True,
+        "Debian 12",
+        "1x NVIDIA H100",
+        "570.86.15",
+        True,
+        "active",
+        "ready",
+        "0a1b2c3d4e5f",
+        "ceddf0a7",
+        {"ok": True, "latency_s": 0.8, "reason": ""},
+    )
     _add_outcome(applied, HostOutcome("gpu-1"))
     gone = HostStatus("gpu-2", "10.0.0.2", False)
     _add_outcome(gone, HostOutcome("gpu-2", failed=True, unreachable=True, step="connect", error="timed out"))
@@ -84,7 +107,10 @@ def test_status_rows():
     _add_outcome(refused, HostOutcome("gpu-3", failed=True, local_error=True, step="connect", error="no key"))
     data = check(status_json([applied, gone, refused]))
     assert [(h["name"], h["status"]) for h in data["hosts"]] == [
-        ("gpu-1", "ok"), ("gpu-2", "unreachable"), ("gpu-3", "error")]
+        ("gpu-1", "ok"),
+        ("gpu-2", "unreachable"),
+        ("gpu-3", "error"),
+    ]
     assert data["ok"] is False and data["drift"] is False
     assert data["hosts"][0]["service"] == {"active": "active", "ready": "ready"}
 
@@ -95,16 +121,27 @@ def h100_facts():
 
 
 def test_facts_in_spec_order_with_fp8_as_in_status(h100_facts):
-    no_gpu = replace(h100_facts, nvidia=NvidiaStatus(state="absent"),
-                     cache_free=FreeSpaceInfo("/srv", "/srv", "/", "/dev/vda1", 10**10, 10**9))
+    no_gpu = replace(
+        h100_facts,
+        nvidia=NvidiaStatus(state="absent"),
+        cache_free=FreeSpaceInfo("/srv", "/srv", "/", "/dev/vda1", 10**10, 10**9),
+    )
     # gathered in the order the hosts answered; the document keeps the spec's
     gathered = {"cpu-1": no_gpu, "gpu-1": h100_facts}
-    report = RunReport(mode="facts", hosts=[HostOutcome("gpu-1"), HostOutcome("cpu-1"),
-                                            HostOutcome("gone", failed=True, unreachable=True, step="connect",
-                                                        error="timed out")])
+    report = RunReport(
+        mode="facts",
+        hosts=[
+            HostOutcome("gpu-1"),
+            HostOutcome("cpu-1"),
+            HostOutcome("gone", failed=True, unreachable=True, step="connect", error="timed out"),
+        ],
+    )
     data = check(facts_document(gathered, report))
-    assert [(h["name"], h["status"]) for h in data["hosts"]] == [("gpu-1", "ok"), ("cpu-1", "ok"),
-                                                                 ("gone", "unreachable")]
+    assert [(h["name"], h["status"]) for h in data["hosts"]] == [
+        ("gpu-1", "ok"),
+        ("cpu-1", "ok"),
+        ("gone", "unreachable"),
+    ]
     assert data["hosts"][0]["facts"]["fp8_capable"] is True and data["hosts"][0]["facts"]["os_name"] == "Ubuntu"
     assert data["hosts"][1]["facts"]["fp8_capable"] is None  # no GPU: as status says it
     assert data["hosts"][2] == {"name": "gone", "status": "unreachable", "error": "connect: timed out", "facts": None}
@@ -115,9 +152,12 @@ def test_facts_in_spec_order_with_fp8_as_in_status(h100_facts):
 def test_the_schema_refuses_what_is_not_the_contract():
     good = run_document(RunReport(mode="apply", hosts=[HostOutcome("n1", executed=True)]))
     check(good)
-    for broken in ({**good, "version": 2}, {**good, "command": "deploy"},
-                   {key: value for key, value in good.items() if key != "waves"},
-                   {**good, "hosts": [{**good["hosts"][0], "status": "fine"}]},
-                   {**good, "hosts": [{"name": "n1"}]}):
+    for broken in (
+        {**good, "version": 2},
+        {**good, "command": "deploy"},
+        {key: value for key, value in good.items() if key != "waves"},
+        {**good, "hosts": [{**good["hosts"][0], "status": "fine"}]},
+        {**good, "hosts": [{"name": "n1"}]},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, load_schema(), cls=jsonschema.Draft202012Validator)

@@ -8,9 +8,17 @@ from packaging.version import Version
 from sd35_provision.cuda_compat import AUTO_FLAVOURS
 from sd35_provision.locks import FLAVOURS, LockError, compare_installed, load_lock, parse_lock, unlocked_packages
 
-PY311 = {"python_full_version": "3.11.2", "python_version": "3.11", "platform_machine": "x86_64",
-         "sys_platform": "linux", "platform_system": "Linux", "implementation_name": "cpython",
-         "platform_python_implementation": "CPython", "os_name": "posix", "platform_release": "6.1.0"}
+PY311 = {
+    "python_full_version": "3.11.2",
+    "python_version": "3.11",
+    "platform_machine": "x86_64",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "os_name": "posix",
+    "platform_release": "6.1.0",
+}
 PY312 = {**PY311, "python_full_version": "3.12.3", "python_version": "3.12"}
 
 
@@ -58,11 +66,14 @@ def test_parse_joins_continuations_and_keeps_markers():
     assert pins[0].applies_to(PY311) and not pins[0].applies_to(PY312)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("numpy>=2 --hash=sha256:" + "a" * 64 + "\n", "x.txt:1: numpy is not pinned with =="),
-    ("\nnumpy==2.4.6\n", "x.txt:2: numpy has no --hash"),
-    ("numpy=2 --hash=sha256:" + "a" * 64 + "\n", "x.txt:1: not a requirement"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("numpy>=2 --hash=sha256:" + "a" * 64 + "\n", "x.txt:1: numpy is not pinned with =="),
+        ("\nnumpy==2.4.6\n", "x.txt:2: numpy has no --hash"),
+        ("numpy=2 --hash=sha256:" + "a" * 64 + "\n", "x.txt:1: not a requirement"),
+    ],
+)
 def test_parse_refuses_what_pip_require_hashes_would(text, message):
     with pytest.raises(LockError, match=message):
         parse_lock(text, "x.txt")

@@ -46,11 +46,11 @@ def test_healthy_then_each_kind_of_broken_file(tmp_path):
 
     (model / "transformer" / "config.json").unlink()
     (model / WEIGHT).write_bytes(
-        b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 300000\n")
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 300000\n"
+    )
     (model / "model_index.json").write_text('{"_class_name": "Other"}\n')
     result = modelcheck.verify(str(model), manifest, cache)
-    assert problems(result) == {"transformer/config.json": "missing", WEIGHT: "lfs-pointer",
-                                "model_index.json": "size"}
+    assert problems(result) == {"transformer/config.json": "missing", WEIGHT: "lfs-pointer", "model_index.json": "size"}
     (model / "model_index.json").write_text('{"_class_name": "StableDiffusion3PipelinX"}\n')  # same size
     broken = modelcheck.verify(str(model), manifest, cache)["broken"]
     [checksum] = [i for i in broken if i["path"] == "model_index.json"]
@@ -95,8 +95,14 @@ def test_files_the_service_user_cannot_read_are_named_with_owner_and_mode(tmp_pa
 
 
 def git(*args: str, cwd: Path, env: dict | None = None) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -140,15 +146,17 @@ def test_space_check_names_the_directory_and_both_sizes(tmp_path):
     assert modelcheck.bytes_needed(str(model), manifest) == 300_000
     message = modelcheck.check_space(str(tmp_path / "not" / "yet"), 10**15, " (twice)")
     assert message.startswith(
-        f"not enough disk space for the model at {tmp_path}/not/yet: 1000000.00 GB needed (twice), ")
+        f"not enough disk space for the model at {tmp_path}/not/yet: 1000000.00 GB needed (twice), "
+    )
     assert f"GB free on {tmp_path}" in message
     assert modelcheck.check_space(str(model), 1) is None
 
 
 def run_shipped(*args: str, python: str = "python3", stdin: str | None = None, env: dict | None = None):
     """The checker as a host runs it: ``python3 -c <source> ...``."""
-    return subprocess.run([python, "-c", modelcheck_source(), *args], capture_output=True, text=True,
-                          input=stdin, env=env, timeout=120)
+    return subprocess.run(
+        [python, "-c", modelcheck_source(), *args], capture_output=True, text=True, input=stdin, env=env, timeout=120
+    )
 
 
 def test_the_fact_command_runs_in_sh_with_an_inline_manifest(tmp_path):
@@ -156,8 +164,9 @@ def test_the_fact_command_runs_in_sh_with_an_inline_manifest(tmp_path):
     manifest = manifests.directory_manifest(str(model))
     (model / "transformer" / "config.json").write_text("{}\n")
     fact = ModelFiles()
-    command = fact.command(directory=str(model), manifest_path=str(tmp_path / "manifest.json"),
-                           manifest=json.dumps(manifest))
+    command = fact.command(
+        directory=str(model), manifest_path=str(tmp_path / "manifest.json"), manifest=json.dumps(manifest)
+    )
     output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
     check = fact.process(output.splitlines())
     assert check.manifest and check.exists and check.mismatched == ("transformer/config.json",)
@@ -183,48 +192,101 @@ def hub(tmp_path):
     # Laid out like stabilityai/stable-diffusion-3.5-large: what the pipeline loads, and what it never reads.
     (model / "model_index.json").write_text(
         '{"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"], '
-        '"image_encoder": [null, null]}\n')
+        '"image_encoder": [null, null]}\n'
+    )
     for name in NOT_LOADED:
         (model / name).parent.mkdir(parents=True, exist_ok=True)
         (model / name).write_bytes(os.urandom(1000))
-    fake = FakeHub(repos={"sd35-test/tiny": FakeRepo.from_directory(model, REV),
-                          "sd35-test/gated": FakeRepo.from_directory(model, REV, gated=True)},
-                   tokens={TOKEN})
+    fake = FakeHub(
+        repos={
+            "sd35-test/tiny": FakeRepo.from_directory(model, REV),
+            "sd35-test/gated": FakeRepo.from_directory(model, REV, gated=True),
+        },
+        tokens={TOKEN},
+    )
     with fake.serve() as running:
         fake.url = running.url
         yield fake
 
 
-NOT_LOADED = ("sd3.5_tiny.safetensors", "text_encoders/clip_l.safetensors", "README.md",
-              "transformer/diffusion_pytorch_model.bin")
+NOT_LOADED = (
+    "sd3.5_tiny.safetensors",
+    "text_encoders/clip_l.safetensors",
+    "README.md",
+    "transformer/diffusion_pytorch_model.bin",
+)
 
 
 def test_pipeline_files_are_the_index_and_its_component_folders():
-    files = {name: {} for name in ("model_index.json", "README.md", "sd3.5_large.safetensors",
-                                   "text_encoders/t5xxl_fp16.safetensors", "vae/config.json",
-                                   "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin",
-                                   "tokenizer/vocab.json", "text_encoder/model.bin", "scheduler/scheduler_config.json")}
-    index = {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.31.0",
-             "vae": ["diffusers", "AutoencoderKL"], "tokenizer": ["transformers", "CLIPTokenizer"],
-             "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "image_encoder": [None, None]}
+    files = {
+        name: {}
+        for name in (
+            "model_index.json",
+            "README.md",
+            "sd3.5_large.safetensors",
+            "text_encoders/t5xxl_fp16.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.bin",
+            "tokenizer/vocab.json",
+            "text_encoder/model.bin",
+            "scheduler/scheduler_config.json",
+        )
+    }
+    index = {
+        "_class_name": "StableDiffusion3Pipeline",
+        "_diffusers_version": "0.31.0",
+        "vae": ["diffusers", "AutoencoderKL"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "image_encoder": [None, None],
+    }
     assert sorted(manifests.pipeline_files(files, index)) == [
-        "model_index.json", "scheduler/scheduler_config.json", "text_encoder/model.bin",  # its only weights
-        "tokenizer/vocab.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/model.bin",  # its only weights
+        "tokenizer/vocab.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
     assert manifests.pipeline_files(files, {"_class_name": "Custom"}) == files  # nothing to go by: all
 
 
-def hf_fetch(tmp_path: Path, hub: FakeHub, repo: str = "sd35-test/tiny", token: str | None = TOKEN,
-             revision: str = REV, repair: tuple[str, ...] = ()):
+def hf_fetch(
+    tmp_path: Path,
+    hub: FakeHub,
+    repo: str = "sd35-test/tiny",
+    token: str | None = TOKEN,
+    revision: str = REV,
+    repair: tuple[str, ...] = (),
+):
     home = tmp_path / "hf"
     (home / "hub").mkdir(parents=True, exist_ok=True)
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     if token is not None:
         (tmp_path / "token").write_text(token + "\n")
         env["HF_TOKEN_PATH"] = str(tmp_path / "token")
-    args = ["hf-fetch", "--repo", repo, "--revision", revision, "--cache-dir", str(home / "hub"),
-            "--manifest", str(tmp_path / "manifest.json"), "--endpoint", hub.url]
+    args = [
+        "hf-fetch",
+        "--repo",
+        repo,
+        "--revision",
+        revision,
+        "--cache-dir",
+        str(home / "hub"),
+        "--manifest",
+        str(tmp_path / "manifest.json"),
+        "--endpoint",
+        hub.url,
+    ]
     for name in repair:
         args += ["--repair", name]
     return run_shipped(*args, python=sys.executable, env=env)
@@ -267,18 +329,41 @@ def test_hf_fetch_resumes_an_interrupted_download_with_what_is_missing(tmp_path,
     assert hub.downloads() == [WEIGHT]
 
 
-@pytest.mark.parametrize("repo, token, revision, message", [
-    ("sd35-test/gated", TOKEN, REV, "403 Forbidden from {url}: sd35-test/gated is a gated repository and the "
-     "account that owns the token in model.token_file has not been granted access; open {url}/sd35-test/gated "
-     "logged in as that account, accept the license, then run apply again"),
-    ("sd35-test/gated", None, REV, "401 Unauthorized from {url} for sd35-test/gated: no token was sent; set "
-     "model.token_file to a file holding a read token (gated repos also need their license accepted at "
-     "{url}/sd35-test/gated)"),
-    ("sd35-test/tiny", "hf_revokedToken", REV, "401 Unauthorized from {url} for sd35-test/tiny: the token in "
-     "model.token_file was refused (expired, revoked or without read access); put a valid read token in that file"),
-    ("sd35-test/tiny", TOKEN, "f" * 40,
-     f"revision {'f' * 40} not found in sd35-test/tiny on {{url}}; check model.revision"),
-])
+@pytest.mark.parametrize(
+    "repo, token, revision, message",
+    [
+        (
+            "sd35-test/gated",
+            TOKEN,
+            REV,
+            "403 Forbidden from {url}: sd35-test/gated is a gated repository and the "
+            "account that owns the token in model.token_file has not been granted access; open {url}/sd35-test/gated "
+            "logged in as that account, accept the license, then run apply again",
+        ),
+        (
+            "sd35-test/gated",
+            None,
+            REV,
+            "401 Unauthorized from {url} for sd35-test/gated: no token was sent; set "
+            "model.token_file to a file holding a read token (gated repos also need their license accepted at "
+            "{url}/sd35-test/gated)",
+        ),
+        (
+            "sd35-test/tiny",
+            "hf_revokedToken",
+            REV,
+            "401 Unauthorized from {url} for sd35-test/tiny: the token in "
+            "model.token_file was refused (expired, revoked or without read access); "
+            "put a valid read token in that file",
+        ),
+        (
+            "sd35-test/tiny",
+            TOKEN,
+            "f" * 40,
+            f"revision {'f' * 40} not found in sd35-test/tiny on {{url}}; check model.revision",
+        ),
+    ],
+)
 def test_hf_fetch_refusals_are_one_clear_line(tmp_path, hub, repo, token, revision, message):
     result = hf_fetch(tmp_path, hub, repo=repo, token=token, revision=revision)
     assert result.returncode == modelcheck.EXIT_UNREACHABLE

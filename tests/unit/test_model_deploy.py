@@ -38,11 +38,19 @@ def push_dir(tmp_path, monkeypatch) -> Path:
 
 
 def settings(source: str, **model) -> HostSettings:
-    defaults = {"push": {}, "git": {"url": "file:///mirror/tiny.git", "revision": REV},
-                "hf": {"repo": "sd35-test/tiny-sd3", "revision": REV}}[source]
-    return HostSettings(name="gpu-a1", address="10.0.0.1", gpu=GpuSettings(accelerator="cpu"),
-                        cache=CacheSettings(root=ROOT), python=PythonSettings(torch_flavour="cpu"),
-                        model=ModelSettings(source=source, **{**defaults, **model}))
+    defaults = {
+        "push": {},
+        "git": {"url": "file:///mirror/tiny.git", "revision": REV},
+        "hf": {"repo": "sd35-test/tiny-sd3", "revision": REV},
+    }[source]
+    return HostSettings(
+        name="gpu-a1",
+        address="10.0.0.1",
+        gpu=GpuSettings(accelerator="cpu"),
+        cache=CacheSettings(root=ROOT),
+        python=PythonSettings(torch_flavour="cpu"),
+        model=ModelSettings(source=source, **{**defaults, **model}),
+    )
 
 
 def model_dir(host: HostSettings) -> str:
@@ -55,25 +63,40 @@ def manifest_path(host: HostSettings) -> str:
 
 def model_fact(host: HostSettings, check: ModelCheck) -> dict:
     """The ModelFiles reading the layer makes for ``host``, answered with ``check``."""
-    args = {"directory": model_dir(host), "git": host.model.source == "git", "manifest": None,
-            "manifest_path": manifest_path(host), "user": "sd35"}
+    args = {
+        "directory": model_dir(host),
+        "git": host.model.source == "git",
+        "manifest": None,
+        "manifest_path": manifest_path(host),
+        "user": "sd35",
+    }
     if host.model.source == "push":
         args["manifest"], args["git"] = modelstore.push_manifest(host)[1], False
     return {"ModelFiles": {get_kwargs_str(args): check}}
 
 
 def run(host: HostSettings, check: ModelCheck, free_gb: float = 100.0, extra_files: dict | None = None):
-    dirs = {f"path={p}": {"mode": 750, "user": "sd35", "group": "sd35"}
-            for p in (f"{ROOT}/models", f"{ROOT}/manifests")}
+    dirs = {
+        f"path={p}": {"mode": 750, "user": "sd35", "group": "sd35"} for p in (f"{ROOT}/models", f"{ROOT}/manifests")
+    }
     files = {manifest_path(host): None, layout.HF_TOKEN_FILE: None}
     facts = merge_facts(
         existing_files(files),
         existing_files(extra_files or {}, user="sd35", group="sd35", mode=640),
         {"Directory": dirs},
         model_fact(host, check),
-        {"FreeSpace": {f"path={model_dir(host)}": FreeSpaceInfo(
-            path=model_dir(host), nearest=ROOT, mount="/srv", source="/dev/nvme0n1p1",
-            total_bytes=10**12, free_bytes=int(free_gb * 1e9))}},
+        {
+            "FreeSpace": {
+                f"path={model_dir(host)}": FreeSpaceInfo(
+                    path=model_dir(host),
+                    nearest=ROOT,
+                    mount="/srv",
+                    source="/dev/nvme0n1p1",
+                    total_bytes=10**12,
+                    free_bytes=int(free_gb * 1e9),
+                )
+            }
+        },
     )
     result = run_deploy(model_layer, facts, host)
     for op in result.operations:  # the shipped checker's source is noise to these tests
@@ -86,8 +109,7 @@ ABSENT = ModelCheck(manifest=False, exists=False)
 
 
 def test_model_directory_per_source(push_dir):
-    assert model_dir(settings("hf")) == \
-        f"{ROOT}/huggingface/hub/models--sd35-test--tiny-sd3/snapshots/{REV}"
+    assert model_dir(settings("hf")) == f"{ROOT}/huggingface/hub/models--sd35-test--tiny-sd3/snapshots/{REV}"
     assert model_dir(settings("git")) == f"{ROOT}/models/git-tiny-{REV[:12]}"
     pushed = model_dir(settings("push", path=push_dir))
     assert pushed.startswith(f"{ROOT}/models/push-") and len(pushed.rsplit("-", 1)[1]) == 12
@@ -100,8 +122,11 @@ def test_push_manifest_hashes_each_file_once_and_leaves_hidden_files_out(push_di
     manifest, text = modelstore.push_manifest(host)
     assert sorted(manifest["files"]) == ["model_index.json", "transformer/config.json", WEIGHT]
     import hashlib
+
     assert manifest["files"][WEIGHT] == {
-        "size": 10240, "sha256": hashlib.sha256((push_dir / WEIGHT).read_bytes()).hexdigest()}
+        "size": 10240,
+        "sha256": hashlib.sha256((push_dir / WEIGHT).read_bytes()).hexdigest(),
+    }
     # the second time, from the stat-keyed cache (a changed file is hashed again)
     before = model_dir(host)
     (push_dir / WEIGHT).write_bytes(b"changed")
@@ -121,8 +146,9 @@ def test_push_to_a_fresh_host_sends_every_file_then_checks_them(push_dir):
     directory = model_dir(host)
     [push] = [op for op in result.changes if op.name.startswith("Model | Push model files")]
     uploads = [c for c in push.commands if isinstance(c, list) and c[0] == "upload"]
-    assert [c[2] for c in uploads] == [f"{directory}/{n}.partial" for n in
-                                        ("model_index.json", "transformer/config.json", WEIGHT)]
+    assert [c[2] for c in uploads] == [
+        f"{directory}/{n}.partial" for n in ("model_index.json", "transformer/config.json", WEIGHT)
+    ]
     assert push.commands[0] == f"install -d -o sd35 -g sd35 -m 750 {directory} {directory}/transformer"
     assert f"mv -f {directory}/{WEIGHT}.partial {directory}/{WEIGHT}" in push.commands
     assert "verify --strict" in push.commands[-1] and "--user sd35" in push.commands[-1]
@@ -153,9 +179,12 @@ def test_healthy_push_changes_nothing(push_dir):
 
 def test_push_that_does_not_fit_fails_before_sending_anything(push_dir):
     (push_dir / WEIGHT).write_bytes(b"\0" * 3_000_000)
-    with pytest.raises(ModelNotReady, match=r"gpu-a1: Model: not enough disk space .* 0\.00 GB to push|"
-                                            r"not enough disk space for the model at .*: "
-                                            r"0\.00 GB to push, 0\.00 GB free"):
+    with pytest.raises(
+        ModelNotReady,
+        match=r"gpu-a1: Model: not enough disk space .* 0\.00 GB to push|"
+        r"not enough disk space for the model at .*: "
+        r"0\.00 GB to push, 0\.00 GB free",
+    ):
         run(settings("push", path=push_dir), ABSENT, free_gb=0.001)
 
 
@@ -167,10 +196,18 @@ def test_git_fresh_clone_checks_out_pointers_then_pulls_lfs_content_after_a_spac
     [script] = fetch.commands
     steps = script.splitlines()
     directory = model_dir(host)
-    order = ["clone --quiet --no-checkout -- file:///mirror/tiny.git", "lfs install --local",
-             f"fetch --quiet origin {REV}", f"checkout --quiet --force --detach {REV}", " git-manifest ", " space ",
-             "lfs pull",
-             f"rm -rf {directory}/.git/lfs/objects", "chown -h sd35:sd35", " verify --strict "]
+    order = [
+        "clone --quiet --no-checkout -- file:///mirror/tiny.git",
+        "lfs install --local",
+        f"fetch --quiet origin {REV}",
+        f"checkout --quiet --force --detach {REV}",
+        " git-manifest ",
+        " space ",
+        "lfs pull",
+        f"rm -rf {directory}/.git/lfs/objects",
+        "chown -h sd35:sd35",
+        " verify --strict ",
+    ]
     positions = [next(i for i, line in enumerate(steps) if part in line) for part in order]
     assert positions == sorted(positions), steps
     assert "--include" not in script
@@ -178,9 +215,13 @@ def test_git_fresh_clone_checks_out_pointers_then_pulls_lfs_content_after_a_spac
 
 def test_git_pointer_trap_is_repaired_by_pulling_only_those_files():
     host = settings("git")
-    check = replace(HEALTHY, broken=(
-        BrokenFile(WEIGHT, "lfs-pointer", "Git LFS pointer file (132 bytes) instead of the content"),
-        BrokenFile("vae/diffusion_pytorch_model.safetensors", "lfs-pointer", "Git LFS pointer file")))
+    check = replace(
+        HEALTHY,
+        broken=(
+            BrokenFile(WEIGHT, "lfs-pointer", "Git LFS pointer file (132 bytes) instead of the content"),
+            BrokenFile("vae/diffusion_pytorch_model.safetensors", "lfs-pointer", "Git LFS pointer file"),
+        ),
+    )
     [fetch] = run(host, check).changes
     [script] = fetch.commands
     assert "clone" not in script
@@ -231,8 +272,13 @@ def test_hf_download_runs_as_the_service_user_with_the_token_by_path_only(tmp_pa
 
 
 def test_hf_repair_names_the_broken_files():
-    check = replace(HEALTHY, broken=(BrokenFile(WEIGHT, "checksum", "checksum mismatch"),
-                                     BrokenFile("vae/config.json", "missing", "missing")))
+    check = replace(
+        HEALTHY,
+        broken=(
+            BrokenFile(WEIGHT, "checksum", "checksum mismatch"),
+            BrokenFile("vae/config.json", "missing", "missing"),
+        ),
+    )
     [fetch] = run(settings("hf"), check).changes
     assert f"--repair {WEIGHT} --repair vae/config.json" in fetch.commands[0]
     assert "HF_TOKEN_PATH" not in fetch.commands[0]  # no token_file: none named
@@ -245,9 +291,17 @@ def test_empty_token_file_fails_the_host_naming_the_file(tmp_path):
 
 
 def test_model_fact_reads_what_the_checker_prints():
-    output = json.dumps({"manifest": True, "directory": True, "files": 2, "bytes": 10, "rehashed": 1,
-                         "git_head": REV, "broken": [{"path": WEIGHT, "problem": "lfs-pointer",
-                                                      "detail": "Git LFS pointer file"}]})
+    output = json.dumps(
+        {
+            "manifest": True,
+            "directory": True,
+            "files": 2,
+            "bytes": 10,
+            "rehashed": 1,
+            "git_head": REV,
+            "broken": [{"path": WEIGHT, "problem": "lfs-pointer", "detail": "Git LFS pointer file"}],
+        }
+    )
     check = ModelFiles().process(["some warning", output])
     assert check.pointers == (WEIGHT,) and check.refetch == (WEIGHT,) and not check.healthy
     assert check.problems() == [f"{WEIGHT}: Git LFS pointer file"]

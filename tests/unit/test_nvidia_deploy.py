@@ -23,10 +23,16 @@ from tests.pyinfra_fakes import DeployRun, Output, existing_files, fact_case, me
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 LOCK_FILE = Path(__file__).parents[2] / "sd35_provision" / "locks" / "cpu.txt"
-APT_INSTALL = 'DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::="--force-confdef" ' \
-              '-o Dpkg::Options::="--force-confold" install'
-KERNELS = {"ubuntu-22.04": "5.15.0-126-generic", "ubuntu-24.04": "6.8.0-49-generic",
-           "ubuntu-20.04": "5.4.0-200-generic", "debian-12": "6.1.0-28-amd64"}
+APT_INSTALL = (
+    'DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::="--force-confdef" '
+    '-o Dpkg::Options::="--force-confold" install'
+)
+KERNELS = {
+    "ubuntu-22.04": "5.15.0-126-generic",
+    "ubuntu-24.04": "6.8.0-49-generic",
+    "ubuntu-20.04": "5.4.0-200-generic",
+    "debian-12": "6.1.0-28-amd64",
+}
 DPKG_HEADER = [
     "Desired=Unknown/Install/Remove/Purge/Hold",
     "| Status=Not/Inst/Conf-files/Unpacked/halF-conf/Half-inst/trig-aWait/Trig-pend",
@@ -44,47 +50,75 @@ def dpkg_l(*packages: tuple[str, str]) -> Output:
 BASE_PACKAGES = (("adduser", "3.137ubuntu1"), ("apt", "2.7.14build2"), ("bash", "5.2.21-2ubuntu4"))
 
 
-def spec(mode: str = "install", driver_flavour: str = "default", allow_reboot: bool = False, branch: str = "570",
-         flavour: str = "auto", accelerator: str = "nvidia") -> HostSettings:
+def spec(
+    mode: str = "install",
+    driver_flavour: str = "default",
+    allow_reboot: bool = False,
+    branch: str = "570",
+    flavour: str = "auto",
+    accelerator: str = "nvidia",
+) -> HostSettings:
     return HostSettings(
-        name="gpu-a1", address="10.0.0.1",
-        gpu=GpuSettings(accelerator=accelerator, driver=DriverSettings(mode=mode, branch=branch, flavour=driver_flavour,
-                                                                       allow_reboot=allow_reboot)),
+        name="gpu-a1",
+        address="10.0.0.1",
+        gpu=GpuSettings(
+            accelerator=accelerator,
+            driver=DriverSettings(mode=mode, branch=branch, flavour=driver_flavour, allow_reboot=allow_reboot),
+        ),
         # The plan's lock is the Python layer's business; a named lock file keeps flavours we ship no lock for
         # (cu121, which Debian 12's driver runs) plannable here.
         python=PythonSettings(torch_flavour=flavour, lock_file=LOCK_FILE),
     )
 
 
-def deploy(settings: HostSettings, os: str = "ubuntu-22.04", gpus: str = "absent", module: str = "none",
-           packages: tuple[tuple[str, str], ...] = BASE_PACKAGES, **extra) -> DeployRun:
-    facts = merge_facts({
-        "LinuxDistribution": Output((FIXTURES / os / "linux-distribution.txt").read_text().splitlines()),
-        "KernelVersion": KERNELS[os],
-        "NvidiaGpus": fact_case("NvidiaGpus", gpus),
-        "NvidiaKernelModule": fact_case("NvidiaKernelModule", module),
-        "DebPackages": dpkg_l(*packages),
-    }, extra)
+def deploy(
+    settings: HostSettings,
+    os: str = "ubuntu-22.04",
+    gpus: str = "absent",
+    module: str = "none",
+    packages: tuple[tuple[str, str], ...] = BASE_PACKAGES,
+    **extra,
+) -> DeployRun:
+    facts = merge_facts(
+        {
+            "LinuxDistribution": Output((FIXTURES / os / "linux-distribution.txt").read_text().splitlines()),
+            "KernelVersion": KERNELS[os],
+            "NvidiaGpus": fact_case("NvidiaGpus", gpus),
+            "NvidiaKernelModule": fact_case("NvidiaKernelModule", module),
+            "DebPackages": dpkg_l(*packages),
+        },
+        extra,
+    )
     return run_deploy(nvidia_driver, facts, settings)
 
 
-@pytest.mark.parametrize("os, driver_flavour, expected", [
-    ("ubuntu-22.04", "default", ["nvidia-driver-570", "linux-headers-5.15.0-126-generic"]),
-    ("ubuntu-22.04", "server", ["nvidia-driver-570-server", "linux-headers-5.15.0-126-generic"]),
-    ("ubuntu-24.04", "open", ["nvidia-driver-570-open", "linux-headers-6.8.0-49-generic"]),
-    ("ubuntu-24.04", "server-open", ["nvidia-driver-570-server-open", "linux-headers-6.8.0-49-generic"]),
-])
+@pytest.mark.parametrize(
+    "os, driver_flavour, expected",
+    [
+        ("ubuntu-22.04", "default", ["nvidia-driver-570", "linux-headers-5.15.0-126-generic"]),
+        ("ubuntu-22.04", "server", ["nvidia-driver-570-server", "linux-headers-5.15.0-126-generic"]),
+        ("ubuntu-24.04", "open", ["nvidia-driver-570-open", "linux-headers-6.8.0-49-generic"]),
+        ("ubuntu-24.04", "server-open", ["nvidia-driver-570-server-open", "linux-headers-6.8.0-49-generic"]),
+    ],
+)
 def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, driver_flavour, expected):
     run = deploy(spec(driver_flavour=driver_flavour), os=os)
     assert [op.name for op in run.changes] == [f"NVIDIA driver | Install {' '.join(expected)}"]
     assert run.commands() == ["apt-get update", f"{APT_INSTALL} {' '.join(expected)}"]
-    assert run.notes == ["reboot required: NVIDIA driver newly installed; no nvidia module loaded now; the new "
-                         "driver works only after a reboot (gpu.driver.allow_reboot is false)"]
+    assert run.notes == [
+        "reboot required: NVIDIA driver newly installed; no nvidia module loaded now; the new "
+        "driver works only after a reboot (gpu.driver.allow_reboot is false)"
+    ]
 
 
 def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
-    run = deploy(spec(driver_flavour="server-open", allow_reboot=True), os="ubuntu-24.04", gpus="driver_not_loaded",
-                 module="installed_nouveau_running", packages=BASE_PACKAGES + (("nvidia-driver-535", "535.216.01"),))
+    run = deploy(
+        spec(driver_flavour="server-open", allow_reboot=True),
+        os="ubuntu-24.04",
+        gpus="driver_not_loaded",
+        module="installed_nouveau_running",
+        packages=BASE_PACKAGES + (("nvidia-driver-535", "535.216.01"),),
+    )
     assert [op.name for op in run.changes] == [
         "NVIDIA driver | Install nvidia-driver-570-server-open linux-headers-6.8.0-49-generic",
         "NVIDIA driver | Reboot to load the NVIDIA driver",
@@ -100,8 +134,11 @@ def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
 
 def test_debian_12_enables_contrib_non_free_and_installs_debians_driver():
     sources = (FIXTURES / "debian-12" / "debian.sources").read_text()
-    run = deploy(spec(flavour="cu121"), os="debian-12",
-                 **existing_files({"/etc/apt/sources.list.d/debian.sources": sources, "/etc/apt/sources.list": None}))
+    run = deploy(
+        spec(flavour="cu121"),
+        os="debian-12",
+        **existing_files({"/etc/apt/sources.list.d/debian.sources": sources, "/etc/apt/sources.list": None}),
+    )
     assert [op.name for op in run.changes] == [
         "NVIDIA driver | Enable contrib non-free non-free-firmware in /etc/apt/sources.list.d/debian.sources",
         "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64",
@@ -109,29 +146,44 @@ def test_debian_12_enables_contrib_non_free_and_installs_debians_driver():
     upload, chown, chmod = run.commands("Enable contrib")
     assert upload[0] == "upload" and upload[2] == "/etc/apt/sources.list.d/debian.sources"
     assert upload[1] == sources.replace("Components: main\n", "Components: main contrib non-free non-free-firmware\n")
-    assert (chown, chmod) == ("chown root:root /etc/apt/sources.list.d/debian.sources",
-                              "chmod 644 /etc/apt/sources.list.d/debian.sources")
-    assert run.commands("Install") == ["apt-get update",
-                                       f"{APT_INSTALL} nvidia-driver firmware-misc-nonfree linux-headers-amd64"]
+    assert (chown, chmod) == (
+        "chown root:root /etc/apt/sources.list.d/debian.sources",
+        "chmod 644 /etc/apt/sources.list.d/debian.sources",
+    )
+    assert run.commands("Install") == [
+        "apt-get update",
+        f"{APT_INSTALL} nvidia-driver firmware-misc-nonfree linux-headers-amd64",
+    ]
     assert "+Components: main contrib non-free non-free-firmware" in run.diffs[0]
-    assert run.notes[0] == ("Debian 12 installs its own NVIDIA driver branch (535); "
-                            "gpu.driver.branch 570 cannot be pinned there")
+    assert run.notes[0] == (
+        "Debian 12 installs its own NVIDIA driver branch (535); gpu.driver.branch 570 cannot be pinned there"
+    )
     assert run.notes[1].startswith("reboot required: NVIDIA driver newly installed")
 
 
 def test_debian_12_with_a_one_line_sources_list_already_enabled():
-    enabled = (FIXTURES / "debian-12" / "sources.list").read_text().replace(
-        "main non-free-firmware", "main contrib non-free non-free-firmware")
-    run = deploy(spec(flavour="cu121"), os="debian-12",
-                 **existing_files({"/etc/apt/sources.list.d/debian.sources": None, "/etc/apt/sources.list": enabled}))
+    enabled = (
+        (FIXTURES / "debian-12" / "sources.list")
+        .read_text()
+        .replace("main non-free-firmware", "main contrib non-free non-free-firmware")
+    )
+    run = deploy(
+        spec(flavour="cu121"),
+        os="debian-12",
+        **existing_files({"/etc/apt/sources.list.d/debian.sources": None, "/etc/apt/sources.list": enabled}),
+    )
     assert [op.name for op in run.changes] == [
-        "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64"]
+        "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64"
+    ]
 
 
 def test_debian_12_without_a_debian_archive_to_extend_fails_clearly():
     with pytest.raises(DriverNotReady, match=r"no Debian bookworm archive with 'main' in "):
-        deploy(spec(flavour="cu121"), os="debian-12",
-               **existing_files({"/etc/apt/sources.list.d/debian.sources": None, "/etc/apt/sources.list": None}))
+        deploy(
+            spec(flavour="cu121"),
+            os="debian-12",
+            **existing_files({"/etc/apt/sources.list.d/debian.sources": None, "/etc/apt/sources.list": None}),
+        )
 
 
 def test_debian_12_driver_is_too_old_for_the_torch_builds_we_ship():
@@ -139,7 +191,8 @@ def test_debian_12_driver_is_too_old_for_the_torch_builds_we_ship():
         deploy(spec(), os="debian-12")
     assert raised.value.message == (
         "nvidia-smi is not installed; gpu.driver.mode: install gets Debian 12's own NVIDIA driver, branch 535 "
-        "(gpu.driver.branch cannot be pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)")
+        "(gpu.driver.branch cannot be pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)"
+    )
 
 
 def test_nothing_to_do_when_the_driver_works():
@@ -151,37 +204,64 @@ def test_nothing_to_do_when_the_driver_works():
 def test_a_working_driver_of_another_branch_is_kept_and_said():
     run = deploy(spec(), os="ubuntu-24.04", gpus="h100_recorded", module="h100_container_recorded")
     assert run.changes == []
-    assert run.notes == ["NVIDIA driver 580.159.04 works for torch; gpu.driver.branch 570 not applied "
-                         "(a working driver is never replaced)"]
+    assert run.notes == [
+        "NVIDIA driver 580.159.04 works for torch; gpu.driver.branch 570 not applied "
+        "(a working driver is never replaced)"
+    ]
 
 
 def test_installed_but_not_rebooted_yields_nothing_and_says_reboot_required():
-    installed = BASE_PACKAGES + (("nvidia-driver-570-server", "570.133.20-0ubuntu0.22.04.1"),
-                                 ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"))
-    run = deploy(spec(driver_flavour="server"), os="ubuntu-22.04", gpus="driver_library_mismatch",
-                 module="upgraded_not_rebooted", packages=installed)
+    installed = BASE_PACKAGES + (
+        ("nvidia-driver-570-server", "570.133.20-0ubuntu0.22.04.1"),
+        ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"),
+    )
+    run = deploy(
+        spec(driver_flavour="server"),
+        os="ubuntu-22.04",
+        gpus="driver_library_mismatch",
+        module="upgraded_not_rebooted",
+        packages=installed,
+    )
     assert run.changes == []
-    assert run.notes == ["reboot required: nvidia module 570.133.20 installed, 550.127.05 loaded; the new driver "
-                         "works only after a reboot (gpu.driver.allow_reboot is false)"]
-    rebooting = deploy(spec(driver_flavour="server", allow_reboot=True), os="ubuntu-22.04",
-                       gpus="driver_library_mismatch", module="upgraded_not_rebooted", packages=installed)
-    assert [op.name for op in rebooting.changes] == ["NVIDIA driver | Reboot to load the NVIDIA driver",
-                                                     "NVIDIA driver | Check the NVIDIA driver after the reboot"]
+    assert run.notes == [
+        "reboot required: nvidia module 570.133.20 installed, 550.127.05 loaded; the new driver "
+        "works only after a reboot (gpu.driver.allow_reboot is false)"
+    ]
+    rebooting = deploy(
+        spec(driver_flavour="server", allow_reboot=True),
+        os="ubuntu-22.04",
+        gpus="driver_library_mismatch",
+        module="upgraded_not_rebooted",
+        packages=installed,
+    )
+    assert [op.name for op in rebooting.changes] == [
+        "NVIDIA driver | Reboot to load the NVIDIA driver",
+        "NVIDIA driver | Check the NVIDIA driver after the reboot",
+    ]
 
 
 def test_installed_and_loaded_but_not_working_points_at_the_kernel_log():
-    installed = BASE_PACKAGES + (("nvidia-driver-570", "570.133.20-0ubuntu0.22.04.1"),
-                                 ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"))
+    installed = BASE_PACKAGES + (
+        ("nvidia-driver-570", "570.133.20-0ubuntu0.22.04.1"),
+        ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"),
+    )
     with pytest.raises(DriverNotReady, match="see dmesg"):
         deploy(spec(), os="ubuntu-22.04", gpus="no_devices", module="loaded_is_installed", packages=installed)
 
 
 def test_too_old_driver_is_replaced_by_the_pinned_branch():
-    run = deploy(spec(flavour="cu128"), os="ubuntu-22.04", gpus="two_a100_driver_535", module="driver_535_running",
-                 packages=BASE_PACKAGES + (("nvidia-driver-535", "535.183.01-0ubuntu0.22.04.1"),))
+    run = deploy(
+        spec(flavour="cu128"),
+        os="ubuntu-22.04",
+        gpus="two_a100_driver_535",
+        module="driver_535_running",
+        packages=BASE_PACKAGES + (("nvidia-driver-535", "535.183.01-0ubuntu0.22.04.1"),),
+    )
     assert run.commands() == ["apt-get update", f"{APT_INSTALL} nvidia-driver-570 linux-headers-5.15.0-126-generic"]
-    assert run.notes == ["reboot required: NVIDIA driver newly installed; module 535.183.01 loaded now; the new "
-                         "driver works only after a reboot (gpu.driver.allow_reboot is false)"]
+    assert run.notes == [
+        "reboot required: NVIDIA driver newly installed; module 535.183.01 loaded now; the new "
+        "driver works only after a reboot (gpu.driver.allow_reboot is false)"
+    ]
 
 
 def test_pinned_branch_too_old_for_the_torch_build_is_refused():
@@ -199,8 +279,10 @@ def test_verify_fails_the_host_with_what_is_wrong():
         deploy(spec(mode="verify"), gpus="two_a100_driver_535")
     error = raised.value
     assert isinstance(error, PreflightError) and error.host == "testhost" and error.step == "NVIDIA driver"
-    assert error.message == ("NVIDIA driver 535.183.01 is too old for torch (cu130 needs 580.65.06+, cu128 needs "
-                             "570.26+); install a driver (branch 570 or newer), or set gpu.driver.mode: install")
+    assert error.message == (
+        "NVIDIA driver 535.183.01 is too old for torch (cu130 needs 580.65.06+, cu128 needs "
+        "570.26+); install a driver (branch 570 or newer), or set gpu.driver.mode: install"
+    )
     with pytest.raises(DriverNotReady, match="nvidia-smi failed: NVIDIA-SMI has failed because it couldn't"):
         deploy(spec(mode="verify"), gpus="driver_not_loaded")
 
@@ -231,18 +313,30 @@ def test_one_line_sources_get_the_components_on_every_debian_line_with_main():
 
 
 def test_one_line_sources_keep_options_and_trailing_comments():
-    lines = ["deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian "
-             "bookworm main  # local mirror"]
+    lines = [
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian "
+        "bookworm main  # local mirror"
+    ]
     new, found = enable_components_one_line(lines, "bookworm")
-    assert found and new == ["deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                             "http://mirror.example/debian bookworm main contrib non-free non-free-firmware"
-                             "  # local mirror"]
+    assert found and new == [
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+        "http://mirror.example/debian bookworm main contrib non-free non-free-firmware"
+        "  # local mirror"
+    ]
 
 
 def test_deb822_sources_skip_disabled_and_foreign_stanzas():
     lines = (FIXTURES / "debian-12" / "debian.sources").read_text().splitlines() + [
-        "", "Types: deb", "URIs: https://download.docker.com/linux/debian", "Suites: bookworm", "Components: stable",
-        "", "Types: deb", "URIs: http://deb.debian.org/debian", "Suites: bookworm-backports", "Components: main",
+        "",
+        "Types: deb",
+        "URIs: https://download.docker.com/linux/debian",
+        "Suites: bookworm",
+        "Components: stable",
+        "",
+        "Types: deb",
+        "URIs: http://deb.debian.org/debian",
+        "Suites: bookworm-backports",
+        "Components: main",
         "Enabled: no",
     ]
     new, found = enable_components_deb822(lines, "bookworm")
@@ -256,12 +350,15 @@ def test_deb822_sources_skip_disabled_and_foreign_stanzas():
     assert enable_components_deb822(new, "bookworm") == (new, True)
 
 
-@pytest.mark.parametrize("kernel, package", [
-    ("6.1.0-28-amd64", "linux-headers-amd64"),
-    ("6.1.0-28-cloud-amd64", "linux-headers-cloud-amd64"),
-    ("6.1.0-28-arm64", "linux-headers-arm64"),
-    ("6.1.0-28-rt-amd64", "linux-headers-rt-amd64"),
-    ("6.12.9+bpo-amd64", "linux-headers-6.12.9+bpo-amd64"),
-])
+@pytest.mark.parametrize(
+    "kernel, package",
+    [
+        ("6.1.0-28-amd64", "linux-headers-amd64"),
+        ("6.1.0-28-cloud-amd64", "linux-headers-cloud-amd64"),
+        ("6.1.0-28-arm64", "linux-headers-arm64"),
+        ("6.1.0-28-rt-amd64", "linux-headers-rt-amd64"),
+        ("6.12.9+bpo-amd64", "linux-headers-6.12.9+bpo-amd64"),
+    ],
+)
 def test_debian_headers_follow_the_running_kernels_flavour(kernel, package):
     assert debian_headers_package(kernel) == package

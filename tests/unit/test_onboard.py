@@ -58,8 +58,9 @@ def spec(tmp_path: Path) -> Path:
 
 
 def request(spec: Path, **kwargs) -> OnboardRequest:
-    return OnboardRequest(**{"spec_path": spec, "name": "n2", "address": "127.0.0.6",
-                             "key": spec.parent / "keys" / "fleet", **kwargs})
+    return OnboardRequest(
+        **{"spec_path": spec, "name": "n2", "address": "127.0.0.6", "key": spec.parent / "keys" / "fleet", **kwargs}
+    )
 
 
 def test_entry_holds_only_what_defaults_and_groups_do_not_give(spec):
@@ -75,8 +76,9 @@ def test_deploy_user_with_sudo_and_its_own_key(spec, tmp_path):
     other = tmp_path / "keys" / "deploy"
     other.write_text("private\n")
     Path(f"{other}.pub").write_text(PUBLIC + "\n")
-    entry, access = plan_entry(request(spec, deploy_user="deploy", deploy_key=other, sudo=True,
-                                       settings=settings_from(["smoke.steps=3"])))
+    entry, access = plan_entry(
+        request(spec, deploy_user="deploy", deploy_key=other, sudo=True, settings=settings_from(["smoke.steps=3"]))
+    )
     assert list(entry) == ["address", "ssh", "smoke"]  # where and how to reach it first
     assert entry["ssh"] == {"user": "deploy", "key": "keys/deploy", "sudo": True}
     assert entry["smoke"] == {"steps": 3}
@@ -101,21 +103,27 @@ def test_without_a_key_in_the_spec_the_first_contact_key_becomes_the_deploy_key(
         plan_entry(request(spec, key=None, password="pw"))
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"name": "-bad"}, "--name -bad"),
-    ({"address": "10.0.0.300"}, "--address 10.0.0.300"),
-    ({"deploy_user": "Root;rm"}, "not a valid user name"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"name": "-bad"}, "--name -bad"),
+        ({"address": "10.0.0.300"}, "--address 10.0.0.300"),
+        ({"deploy_user": "Root;rm"}, "not a valid user name"),
+    ],
+)
 def test_bad_names_are_refused_before_anything_happens(spec, bad, message):
     with pytest.raises(OnboardError, match=message):
         plan_entry(request(spec, **bad))
 
 
 def test_settings_are_read_as_yaml_values():
-    assert settings_from(["service.port=8601", "gpu.driver.mode=install", "smoke.enabled=false",
-                          "service.bind=10.0.0.5"]) == {
-        "service": {"port": 8601, "bind": "10.0.0.5"}, "gpu": {"driver": {"mode": "install"}},
-        "smoke": {"enabled": False}}
+    assert settings_from(
+        ["service.port=8601", "gpu.driver.mode=install", "smoke.enabled=false", "service.bind=10.0.0.5"]
+    ) == {
+        "service": {"port": 8601, "bind": "10.0.0.5"},
+        "gpu": {"driver": {"mode": "install"}},
+        "smoke": {"enabled": False},
+    }
     for bad in ("service", "nosuch.field=1", "service.port"):
         with pytest.raises(OnboardError, match="--set"):
             settings_from([bad])
@@ -172,8 +180,9 @@ def test_host_keys_known_unknown_changed(tmp_path):
 
 def test_fingerprint_is_the_one_ssh_keygen_shows(tmp_path):
     (tmp_path / "key.pub").write_text(PUBLIC + "\n")
-    shown = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "key.pub")], capture_output=True, text=True,
-                           check=True).stdout.split()[1]
+    shown = subprocess.run(
+        ["ssh-keygen", "-lf", str(tmp_path / "key.pub")], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
     assert fingerprint(_key(PUBLIC)) == shown
 
 

@@ -92,8 +92,11 @@ def test_auto_follows_the_software(software, mode):
 
 def test_old_torch_is_named_in_the_error():
     with pytest.raises(ValueError, match="this torch is 2.2.0"):
-        choose_precision("fp8", gpu_device("NVIDIA H200", (9, 0), 143771),
-                         Software(float8=False, torchao=False, torch_version="2.2.0"))
+        choose_precision(
+            "fp8",
+            gpu_device("NVIDIA H200", (9, 0), 143771),
+            Software(float8=False, torchao=False, torch_version="2.2.0"),
+        )
 
 
 def test_activation_budget_is_per_image():
@@ -122,6 +125,7 @@ def test_host_plan_from_gpu_facts(memory_mib, repo, max_batch, expected):
 
 
 def test_host_plan_names_a_precision_the_gpu_cannot_run():
-    line = policy.host_plan("fp8-dynamic", "auto", gpu_device("NVIDIA A100", (8, 0), 81920),
-                            "stabilityai/stable-diffusion-3.5-large", 4)
+    line = policy.host_plan(
+        "fp8-dynamic", "auto", gpu_device("NVIDIA A100", (8, 0), 81920), "stabilityai/stable-diffusion-3.5-large", 4
+    )
     assert line.startswith("service: precision fp8-dynamic cannot run: fp8-dynamic needs compute capability >= 8.9")

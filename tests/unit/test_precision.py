@@ -82,8 +82,13 @@ def test_explicit_requests(env, requested, device, mode):
 
 EXPLICIT_REFUSED = [
     # requested, device, torchao, float8, words the message must contain
-    ("fp8-dynamic", A100, True, True, ["fp8-dynamic needs compute capability >= 8.9",
-                                       "this GPU (NVIDIA A100-SXM4-80GB) has 8.0"]),
+    (
+        "fp8-dynamic",
+        A100,
+        True,
+        True,
+        ["fp8-dynamic needs compute capability >= 8.9", "this GPU (NVIDIA A100-SXM4-80GB) has 8.0"],
+    ),
     ("fp8-dynamic", T4, True, True, ["8.9", "Tesla T4", "7.5"]),
     ("fp8-dynamic", CPU, True, True, ["CUDA GPU", "CPU"]),
     ("fp8-storage", CPU, True, True, ["CUDA GPU"]),
@@ -264,8 +269,15 @@ def tiny_pipe():
 
 
 def _generate(pipe) -> torch.Tensor:
-    out = pipe("a red cat", num_inference_steps=2, guidance_scale=3.5, height=32, width=32,
-               generator=torch.Generator().manual_seed(0), output_type="pt")
+    out = pipe(
+        "a red cat",
+        num_inference_steps=2,
+        guidance_scale=3.5,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
     return out.images
 
 

@@ -19,21 +19,37 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 NVME_ROOT = "/mnt/nvme/sd35"
 
 
-def settings(root: str = NVME_ROOT, min_free_gb: float = 25.0, require_ssd: bool = False, accelerator: str = "nvidia",
-             require_fp8: bool = False, mode: str = "verify", flavour: str = "auto", min_python: str = "3.10",
-             branch: str = "570") -> HostSettings:
+def settings(
+    root: str = NVME_ROOT,
+    min_free_gb: float = 25.0,
+    require_ssd: bool = False,
+    accelerator: str = "nvidia",
+    require_fp8: bool = False,
+    mode: str = "verify",
+    flavour: str = "auto",
+    min_python: str = "3.10",
+    branch: str = "570",
+) -> HostSettings:
     return HostSettings(
-        name="gpu-a1", address="10.0.0.1",
-        gpu=GpuSettings(accelerator=accelerator, require_fp8=require_fp8,
-                        driver=DriverSettings(mode=mode, branch=branch)),
+        name="gpu-a1",
+        address="10.0.0.1",
+        gpu=GpuSettings(
+            accelerator=accelerator, require_fp8=require_fp8, driver=DriverSettings(mode=mode, branch=branch)
+        ),
         cache=CacheSettings(root=root, require_ssd=require_ssd, min_free_gb=min_free_gb),
         python=PythonSettings(min_version=min_python, torch_flavour=flavour),
     )
 
 
-def host(spec: HostSettings, os: str = "ubuntu-24.04", python: str = "ubuntu2204_deadsnakes",
-         free: str = "nvme_data_disk", storage: str = "nvme_partition", gpus: str = "eight_h100_sxm",
-         pci: str = "h100_bound_to_nvidia") -> HostFacts:
+def host(
+    spec: HostSettings,
+    os: str = "ubuntu-24.04",
+    python: str = "ubuntu2204_deadsnakes",
+    free: str = "nvme_data_disk",
+    storage: str = "nvme_partition",
+    gpus: str = "eight_h100_sxm",
+    pci: str = "h100_bound_to_nvidia",
+) -> HostFacts:
     root = f"path={spec.cache.root}"
     recorded = {
         "LinuxDistribution": Output((FIXTURES / os / "linux-distribution.txt").read_text().splitlines()),
@@ -55,21 +71,25 @@ def test_h100_host_on_nvme_passes_everything():
 def test_low_disk_names_numbers_place_and_field():
     spec = settings(root="/var/lib/sd35")
     assert check_preflight(spec, host(spec, free="lvm_nearly_full")) == [
-        "9.0 GB free at /var/lib/sd35, 25.0 GB required (cache.min_free_gb)"]
+        "9.0 GB free at /var/lib/sd35, 25.0 GB required (cache.min_free_gb)"
+    ]
 
 
 def test_low_disk_on_a_cache_root_that_does_not_exist_yet():
     spec = settings(root="/var/lib/sd35/none", min_free_gb=100)
     assert check_preflight(spec, host(spec, free="missing_path_recorded")) == [
-        "82.0 GB free at /var/lib/sd35/none (nearest existing: /var/lib), 100.0 GB required (cache.min_free_gb)"]
+        "82.0 GB free at /var/lib/sd35/none (nearest existing: /var/lib), 100.0 GB required (cache.min_free_gb)"
+    ]
 
 
 def test_python_too_old_or_missing():
     spec = settings()
     assert check_preflight(spec, host(spec, python="debian11_old")) == [
-        "Python 3.10+ required (python.min_version); found python3 3.9.2, python3.9 3.9.2"]
+        "Python 3.10+ required (python.min_version); found python3 3.9.2, python3.9 3.9.2"
+    ]
     assert check_preflight(spec, host(spec, python="none")) == [
-        "Python 3.10+ required (python.min_version); found no python3 on PATH"]
+        "Python 3.10+ required (python.min_version); found no python3 on PATH"
+    ]
 
 
 def test_a_newer_python3_x_beside_an_old_python3_is_enough():
@@ -85,13 +105,15 @@ def test_require_ssd_fails_on_a_virtual_disk_and_says_how_to_accept_it():
     assert check_preflight(spec, host(spec, storage="kvm_virtio_vm")) == [
         "cache root /var/lib/sd35: cannot confirm an SSD: vda is a virtual disk (virtio) reporting rotational=1 "
         "whatever backs it (cache.require_ssd; set cache.require_ssd: false for this host if its storage is "
-        "known to be fast)"]
+        "known to be fast)"
+    ]
 
 
 def test_require_ssd_fails_on_an_array_with_a_spinning_member():
     spec = settings(root="/data/sd35", require_ssd=True)
     assert check_preflight(spec, host(spec, storage="md_raid1_ssd_and_hdd")) == [
-        "cache root /data/sd35 is on a rotating disk: sdb is rotational (cache.require_ssd)"]
+        "cache root /data/sd35 is on a rotating disk: sdb is rotational (cache.require_ssd)"
+    ]
 
 
 def test_unknown_storage_is_fine_without_require_ssd():
@@ -102,7 +124,8 @@ def test_unknown_storage_is_fine_without_require_ssd():
 def test_unsupported_os():
     spec = settings()
     assert check_preflight(spec, host(spec, os="rocky-9")) == [
-        "Rocky Linux 9.4 is not supported; Debian or Ubuntu needed"]
+        "Rocky Linux 9.4 is not supported; Debian or Ubuntu needed"
+    ]
 
 
 def test_gpu_on_pci_without_driver_fails_verify_and_names_the_fix():
@@ -110,7 +133,8 @@ def test_gpu_on_pci_without_driver_fails_verify_and_names_the_fix():
     assert check_preflight(spec, host(spec, gpus="absent", pci="l40s_unbound_and_4090_on_nouveau")) == [
         "no working NVIDIA GPU (nvidia-smi is not installed; NVIDIA GPU on PCI without a working driver: "
         "0000:01:00.0 [10de:26b9] (no driver bound), 0000:02:00.0 [10de:2684] (bound to nouveau); "
-        "gpu.driver.mode: install would install driver branch 570); set gpu.accelerator: cpu for a CPU-only host"]
+        "gpu.driver.mode: install would install driver branch 570); set gpu.accelerator: cpu for a CPU-only host"
+    ]
 
 
 def test_gpu_on_pci_without_driver_is_the_driver_steps_job_in_install_mode():
@@ -119,14 +143,16 @@ def test_gpu_on_pci_without_driver_is_the_driver_steps_job_in_install_mode():
     # ... unless the install could not give torch a driver it runs
     spec = settings(mode="install", branch="560", flavour="cu128")
     assert check_preflight(spec, host(spec, gpus="absent", pci="l40s_unbound_and_4090_on_nouveau")) == [
-        "gpu.driver.branch 560 is too old for torch (cu128 needs 570.26+)"]
+        "gpu.driver.branch 560 is too old for torch (cu128 needs 570.26+)"
+    ]
 
 
 def test_install_mode_on_debian_12_gets_debians_535_driver():
     spec = settings(mode="install")
     assert check_preflight(spec, host(spec, os="debian-12", gpus="absent", pci="l40s_unbound_and_4090_on_nouveau")) == [
         "gpu.driver.mode: install gets Debian 12's own NVIDIA driver, branch 535 (gpu.driver.branch cannot be "
-        "pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)"]
+        "pinned there), too old for torch (cu130 needs 580.65.06+, cu128 needs 570.26+)"
+    ]
 
 
 def test_install_mode_where_the_driver_step_cannot_install():
@@ -134,7 +160,8 @@ def test_install_mode_where_the_driver_step_cannot_install():
     facts = host(spec, os="ubuntu-20.04", gpus="absent", pci="l40s_unbound_and_4090_on_nouveau")
     assert check_preflight(spec, facts) == [
         "gpu.driver.mode: install supports Ubuntu 22.04/24.04 and Debian 12, not Ubuntu 20.04; "
-        "install the driver by hand and use gpu.driver.mode: verify"]
+        "install the driver by hand and use gpu.driver.mode: verify"
+    ]
 
 
 def test_gpu_reserved_for_passthrough_is_not_installable():
@@ -142,14 +169,16 @@ def test_gpu_reserved_for_passthrough_is_not_installable():
     assert check_preflight(spec, host(spec, gpus="absent", pci="a100_on_vfio")) == [
         "no working NVIDIA GPU (nvidia-smi is not installed; NVIDIA GPU on PCI without a working driver: "
         "0000:41:00.0 [10de:20b5] (bound to vfio-pci (reserved for VM passthrough)); unbind vfio-pci from it "
-        "first); set gpu.accelerator: cpu for a CPU-only host"]
+        "first); set gpu.accelerator: cpu for a CPU-only host"
+    ]
 
 
 def test_no_gpu_at_all_and_cpu_hosts():
     spec = settings()
     assert check_preflight(spec, host(spec, gpus="absent", pci="none")) == [
         "no working NVIDIA GPU (nvidia-smi is not installed and no NVIDIA GPU is on PCI); "
-        "set gpu.accelerator: cpu for a CPU-only host"]
+        "set gpu.accelerator: cpu for a CPU-only host"
+    ]
     cpu = settings(accelerator="cpu", require_fp8=True)
     assert check_preflight(cpu, host(cpu, gpus="absent", pci="none")) == []
 
@@ -157,8 +186,10 @@ def test_no_gpu_at_all_and_cpu_hosts():
 def test_driver_library_mismatch_says_reboot():
     spec = settings()
     [failure] = check_preflight(spec, host(spec, gpus="driver_library_mismatch"))
-    assert "nvidia-smi failed: Failed to initialize NVML: Driver/library version mismatch (the driver changed " \
-           "since the last boot: reboot the host)" in failure
+    assert (
+        "nvidia-smi failed: Failed to initialize NVML: Driver/library version mismatch (the driver changed "
+        "since the last boot: reboot the host)" in failure
+    )
     # install mode: the driver step sees the installed module is not the loaded one and reboots (or says so)
     install = settings(mode="install")
     assert check_preflight(install, host(install, gpus="driver_library_mismatch")) == []
@@ -168,34 +199,54 @@ def test_driver_too_old_for_the_pinned_cuda_build():
     spec = settings(flavour="cu128")
     assert check_preflight(spec, host(spec, gpus="two_a100_driver_535", pci="none")) == [
         "NVIDIA driver 535.183.01 is too old for torch cu128 (CUDA 12.8 needs 570.26+; python.torch_flavour); "
-        "upgrade the driver, or set gpu.driver.mode: install"]
+        "upgrade the driver, or set gpu.driver.mode: install"
+    ]
 
 
 def test_driver_too_old_for_every_build_auto_could_pick():
     spec = settings()
     assert check_preflight(spec, host(spec, gpus="two_a100_driver_535", pci="none")) == [
         "NVIDIA driver 535.183.01 is too old for every CUDA build of torch we ship (cu130 needs 580.65.06+, "
-        "cu128 needs 570.26+); upgrade the driver, or set gpu.driver.mode: install"]
+        "cu128 needs 570.26+); upgrade the driver, or set gpu.driver.mode: install"
+    ]
     assert check_preflight(settings(mode="install"), host(spec, gpus="two_a100_driver_535", pci="none")) == []
 
 
 def test_fp8_needs_ada_or_hopper():
     spec = settings(require_fp8=True)
-    assert check_preflight(spec, host(spec, gpus="two_a100_driver_535", pci="none", )) == [
+    assert check_preflight(
+        spec,
+        host(
+            spec,
+            gpus="two_a100_driver_535",
+            pci="none",
+        ),
+    ) == [
         "NVIDIA driver 535.183.01 is too old for every CUDA build of torch we ship (cu130 needs 580.65.06+, "
         "cu128 needs 570.26+); upgrade the driver, or set gpu.driver.mode: install",
         "GPUs 0, 1 (NVIDIA A100-SXM4-40GB) have compute capability 8.0; FP8 needs 8.9+ (Ada, Hopper or newer) "
-        "(gpu.require_fp8)"]
+        "(gpu.require_fp8)",
+    ]
     l4 = settings(require_fp8=True, flavour="cu128")  # Ada (8.9) is FP8-capable; only its driver 560 is old
     assert check_preflight(l4, host(l4, gpus="l4_ada", pci="none")) == [
         "NVIDIA driver 560.35.03 is too old for torch cu128 (CUDA 12.8 needs 570.26+; python.torch_flavour); "
-        "upgrade the driver, or set gpu.driver.mode: install"]
+        "upgrade the driver, or set gpu.driver.mode: install"
+    ]
 
 
 def test_every_failure_is_reported_at_once():
     spec = settings(root="/var/lib/sd35", require_ssd=True, require_fp8=True, flavour="cu128")
-    failures = check_preflight(spec, host(spec, python="debian11_old", free="lvm_nearly_full", storage="sata_hdd",
-                                          gpus="two_a100_driver_535", pci="none"))
+    failures = check_preflight(
+        spec,
+        host(
+            spec,
+            python="debian11_old",
+            free="lvm_nearly_full",
+            storage="sata_hdd",
+            gpus="two_a100_driver_535",
+            pci="none",
+        ),
+    )
     assert len(failures) == 5
     assert [f.split(" ")[0] for f in failures] == ["Python", "9.0", "cache", "NVIDIA", "GPUs"]
 

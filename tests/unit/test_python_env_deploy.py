@@ -22,8 +22,12 @@ DEBIAN_PYTHONS = Output(["python3 /usr/bin/python3 3.11.2", "python3.11 /usr/bin
 
 
 def settings(flavour: str = "auto", accelerator: str = "nvidia", wheelhouse: Path | None = None) -> HostSettings:
-    return HostSettings(name="gpu-a1", address="10.0.0.1", gpu=GpuSettings(accelerator=accelerator),
-                        python=PythonSettings(torch_flavour=flavour, wheelhouse=wheelhouse))
+    return HostSettings(
+        name="gpu-a1",
+        address="10.0.0.1",
+        gpu=GpuSettings(accelerator=accelerator),
+        python=PythonSettings(torch_flavour=flavour, wheelhouse=wheelhouse),
+    )
 
 
 def venv_fact(lock_id: str, packages: dict[str, str] | None) -> dict:
@@ -37,14 +41,22 @@ def dirs(*paths: str) -> dict:
     return {"Directory": {f"path={p}": {"mode": 755, "user": "root", "group": "root"} for p in paths}}
 
 
-def run(host: HostSettings, lock_id: str, packages: dict[str, str] | None, gpus: str = "h100_recorded",
-        wheels: dict[str, str] | None = None):
+def run(
+    host: HostSettings,
+    lock_id: str,
+    packages: dict[str, str] | None,
+    gpus: str = "h100_recorded",
+    wheels: dict[str, str] | None = None,
+):
     lock_path = f"{ROOT}/locks/{lock_id}.txt"
     facts = merge_facts(
-        {"DebPackages": {"python3-venv": ["3.11.2-1+b1"]}, "PythonVersions": DEBIAN_PYTHONS,
-         "NvidiaGpus": fact_case("NvidiaGpus", gpus),
-         "InterpreterEnvironment": {"interpreter=/usr/bin/python3": PY311},
-         "WheelHashes": {f"directory={ROOT}/wheelhouse": wheels or {}}},
+        {
+            "DebPackages": {"python3-venv": ["3.11.2-1+b1"]},
+            "PythonVersions": DEBIAN_PYTHONS,
+            "NvidiaGpus": fact_case("NvidiaGpus", gpus),
+            "InterpreterEnvironment": {"interpreter=/usr/bin/python3": PY311},
+            "WheelHashes": {f"directory={ROOT}/wheelhouse": wheels or {}},
+        },
         dirs(ROOT, f"{ROOT}/venvs", f"{ROOT}/locks", f"{ROOT}/wheelhouse"),
         existing_files({lock_path: load_lock(lock_id.split("-")[0]).text}),
         venv_fact(lock_id, packages),
@@ -90,8 +102,10 @@ def test_hand_changed_packages_are_diffed_and_restored():
     [script] = restore.commands
     assert f"{ROOT}/venvs/{lock.id}/bin/python -m pip uninstall --quiet --yes requests-mock" in script
     assert "pip install --quiet --require-hashes" in script
-    assert result.diffs == [f"--- venv {ROOT}/venvs/{lock.id} (on host)\n+++ lock {lock.id}\n"
-                            "+pillow==13.0.0\n-requests-mock==1.12.1\n-torch==2.5.0\n+torch==2.13.0+cpu\n"]
+    assert result.diffs == [
+        f"--- venv {ROOT}/venvs/{lock.id} (on host)\n+++ lock {lock.id}\n"
+        "+pillow==13.0.0\n-requests-mock==1.12.1\n-torch==2.5.0\n+torch==2.13.0+cpu\n"
+    ]
     assert f"venv {lock.id}: torch is 2.5.0, the lock pins 2.13.0+cpu" in result.notes
 
 
@@ -106,30 +120,45 @@ def wheelhouse(tmp_path_factory):
 
 def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
     hashes = {path.name: sha256_of(path) for path in wheelhouse.glob("*.whl")}
-    text = "".join(f"{n}=={v} --hash=sha256:{hashes[f'{n}-{v}-py3-none-any.whl']}\n"
-                   for n, v in (("alpha", "1.0"), ("beta", "2.0")))
+    text = "".join(
+        f"{n}=={v} --hash=sha256:{hashes[f'{n}-{v}-py3-none-any.whl']}\n"
+        for n, v in (("alpha", "1.0"), ("beta", "2.0"))
+    )
     lock_file = wheelhouse / "lock.txt"
     lock_file.write_text(text)
-    host = HostSettings(name="h", address="10.0.0.2", gpu=GpuSettings(accelerator="cpu"),
-                        python=PythonSettings(wheelhouse=wheelhouse, lock_file=lock_file))
+    host = HostSettings(
+        name="h",
+        address="10.0.0.2",
+        gpu=GpuSettings(accelerator="cpu"),
+        python=PythonSettings(wheelhouse=wheelhouse, lock_file=lock_file),
+    )
     from sd35_provision.locks import load_lock_file
+
     lock = load_lock_file(lock_file)
     facts = merge_facts(
-        {"DebPackages": {"python3-venv": ["3.11.2-1+b1"]}, "PythonVersions": DEBIAN_PYTHONS,
-         "InterpreterEnvironment": {"interpreter=/usr/bin/python3": PY311},
-         # beta is there already with its hash; alpha is there but truncated
-         "WheelHashes": {f"directory={ROOT}/wheelhouse": {
-             "alpha-1.0-py3-none-any.whl": "0" * 64,
-             "beta-2.0-py3-none-any.whl": hashes["beta-2.0-py3-none-any.whl"],
-         }}},
+        {
+            "DebPackages": {"python3-venv": ["3.11.2-1+b1"]},
+            "PythonVersions": DEBIAN_PYTHONS,
+            "InterpreterEnvironment": {"interpreter=/usr/bin/python3": PY311},
+            # beta is there already with its hash; alpha is there but truncated
+            "WheelHashes": {
+                f"directory={ROOT}/wheelhouse": {
+                    "alpha-1.0-py3-none-any.whl": "0" * 64,
+                    "beta-2.0-py3-none-any.whl": hashes["beta-2.0-py3-none-any.whl"],
+                }
+            },
+        },
         dirs(ROOT, f"{ROOT}/venvs", f"{ROOT}/locks", f"{ROOT}/wheelhouse"),
         existing_files({f"{ROOT}/locks/{lock.id}.txt": text}),
         venv_fact(lock.id, None),
     )
     result = run_deploy(python_environment, facts, host)
     assert result.commands("Push wheels") == [
-        ["upload", str(wheelhouse / "alpha-1.0-py3-none-any.whl"),
-         f"{ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial"],
+        [
+            "upload",
+            str(wheelhouse / "alpha-1.0-py3-none-any.whl"),
+            f"{ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial",
+        ],
         f"mv -f {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl.partial {ROOT}/wheelhouse/alpha-1.0-py3-none-any.whl",
     ]
     [build] = result.commands("Build venv")
@@ -155,8 +184,9 @@ def store_output(current: str, previous: str, releases: dict[str, tuple[str, str
     """What ReleaseStoreContents's command prints on a host."""
     lines = [f"root {ROOT}", f"current {current}", f"previous {previous}"]
     for release, parts in releases.items():
-        lines += [f"link {release} {part} {target}"
-                  for part, target in zip(("venv", "app", "model"), parts, strict=False)]
+        lines += [
+            f"link {release} {part} {target}" for part, target in zip(("venv", "app", "model"), parts, strict=False)
+        ]
     return Output(lines + [f"dir {entry}" for entry in dirs])
 
 
@@ -170,9 +200,11 @@ def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_tar
     failed = (old[0], old[1], f"{MODELS}/push-badbadbadbad")
     releases = {"releases/old-1": old, "releases/older-0": older, "releases/failed-2": failed}
     entries = [old[0], older[0], venv, old[1], app, old[2], older[2], failed[2], model]
-    facts = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{rid}", app),
-                        {"Link": {f"path={ROOT}/current": {"link_target": "releases/old-1"}}},
-                        store_fact(store_output("releases/old-1", "releases/failed-2", releases, entries)))
+    facts = merge_facts(
+        dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{rid}", app),
+        {"Link": {f"path={ROOT}/current": {"link_target": "releases/old-1"}}},
+        store_fact(store_output("releases/old-1", "releases/failed-2", releases, entries)),
+    )
     result = run_deploy(release_layer, facts, host)
     # Switching to the new release: the old current becomes previous and stays, with what it uses.
     [prune] = result.commands("Prune what no kept release uses")
@@ -182,10 +214,11 @@ def test_old_releases_and_what_only_they_use_are_pruned_keeping_the_rollback_tar
 
     # Already on the new release: current and previous are kept, nothing else is there.
     kept = {f"releases/{rid}": (venv, app, model), "releases/old-1": old}
-    facts = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{rid}", app),
-                        {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}},
-                        store_fact(store_output(f"releases/{rid}", "releases/old-1", kept, [old[0], venv, old[1], app,
-                                                                                          old[2], model])))
+    facts = merge_facts(
+        dirs(f"{ROOT}/releases", f"{ROOT}/apps", f"{ROOT}/releases/{rid}", app),
+        {"Link": {f"path={ROOT}/current": {"link_target": f"releases/{rid}"}}},
+        store_fact(store_output(f"releases/{rid}", "releases/old-1", kept, [old[0], venv, old[1], app, old[2], model])),
+    )
     assert run_deploy(release_layer, facts, host).changes == []
 
 
@@ -211,10 +244,17 @@ def test_release_is_created_then_switched_atomically_and_then_left_alone():
     app = plan.app_dir
     assert manifest["links"]["app"] == app == f"{ROOT}/apps/{service_bundle()[1][:12]}"
     base = merge_facts(dirs(f"{ROOT}/releases", f"{ROOT}/apps"), store_fact(Output([])))
-    fresh = run_deploy(release_layer, merge_facts(base, {"Directory": {f"path={ROOT}/releases/{rid}": None,
-                                                                       f"path={app}": None},
-                                                         "Link": {f"path={ROOT}/current": None}}),
-                       host)
+    fresh = run_deploy(
+        release_layer,
+        merge_facts(
+            base,
+            {
+                "Directory": {f"path={ROOT}/releases/{rid}": None, f"path={app}": None},
+                "Link": {f"path={ROOT}/current": None},
+            },
+        ),
+        host,
+    )
     [upload, unpack] = fresh.commands("Unpack service code")
     assert upload[0] == "upload" and upload[2] == f"{app}.tar"
     assert unpack.endswith(f"mv -T {app}.new {app}")

@@ -24,8 +24,9 @@ from tests.unit.test_spec import run_cli
 NAMES = [f"n{i}" for i in range(1, 8)]
 
 
-@pytest.mark.parametrize("text, expected", [("2", BatchSize(2, False)), ("25%", BatchSize(25, True)),
-                                            (" 100% ", BatchSize(100, True))])
+@pytest.mark.parametrize(
+    "text, expected", [("2", BatchSize(2, False)), ("25%", BatchSize(25, True)), (" 100% ", BatchSize(100, True))]
+)
 def test_batch_sizes_parse(text, expected):
     assert parse_batch(text) == expected
 
@@ -48,11 +49,17 @@ def labelled(waves):
 
 def test_waves_in_spec_order():
     assert labelled(plan_waves(NAMES, Rollout(batch=BatchSize(3, False)))) == [
-        ("batch 1/3", ["n1", "n2", "n3"]), ("batch 2/3", ["n4", "n5", "n6"]), ("batch 3/3", ["n7"])]
+        ("batch 1/3", ["n1", "n2", "n3"]),
+        ("batch 2/3", ["n4", "n5", "n6"]),
+        ("batch 3/3", ["n7"]),
+    ]
     assert labelled(plan_waves(NAMES, Rollout(canary=1))) == [("canary", ["n1"]), ("rest", NAMES[1:])]
     # The percentage is of all the hosts, the canary included.
     assert labelled(plan_waves(NAMES, Rollout(batch=BatchSize(50, True), canary=2))) == [
-        ("canary", ["n1", "n2"]), ("batch 1/2", ["n3", "n4", "n5", "n6"]), ("batch 2/2", ["n7"])]
+        ("canary", ["n1", "n2"]),
+        ("batch 1/2", ["n3", "n4", "n5", "n6"]),
+        ("batch 2/2", ["n7"]),
+    ]
     assert labelled(plan_waves(NAMES[:2], Rollout(canary=5))) == [("canary", ["n1", "n2"])]
 
 
@@ -91,7 +98,10 @@ def test_a_failed_canary_stops_the_rollout_and_no_other_host_is_touched(monkeypa
     assert [host.status for host in report.hosts] == ["failed"] + ["not started"] * 6
     assert all(host.error.startswith("not started: the canary failed") for host in report.hosts[1:])
     assert [(w["wave"], w["result"]) for w in report.waves] == [
-        ("canary", "failed"), ("batch 1/2", "not started"), ("batch 2/2", "not started")]
+        ("canary", "failed"),
+        ("batch 1/2", "not started"),
+        ("batch 2/2", "not started"),
+    ]
     assert lines[0] == "== canary: n1" and lines[-1].startswith("ABORTED: the canary failed")
     table = render_table(report).splitlines()
     assert table[0].split() == ["HOST", "WAVE", "STATUS", "CHANGES", "DETAIL"]
@@ -128,11 +138,14 @@ def test_every_wave_passing_is_a_plain_success(monkeypatch):
     assert "== batch 2/2: passed" in lines
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch", "0"], "a batch is 1 or more hosts"),
-    (["--batch", "half"], "is not a host count"),
-    (["--canary", "0"], "--canary"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch", "0"], "a batch is 1 or more hosts"),
+        (["--batch", "half"], "is not a host count"),
+        (["--canary", "0"], "--canary"),
+    ],
+)
 def test_bad_rollout_options_are_refused_before_anything_runs(tmp_path, args, message):
     result = run_cli("apply", str(tmp_path / "never-read.yaml"), *args)
     assert result.returncode == 64, result.stderr

@@ -23,8 +23,10 @@ def uneven_layer(plan: HostPlan, recorder: HostRecorder) -> None:
 
 def test_a_hosts_changes_are_named_by_its_own_operations():
     # pyinfra matches operations across hosts by position: fresh's 1st and applied's 1st share a hash.
-    hosts = [HostSettings(name="fresh", address="127.0.0.5", gpu=GpuSettings(accelerator="cpu")),
-             HostSettings(name="applied", address="127.0.0.6", gpu=GpuSettings(accelerator="cpu"))]
+    hosts = [
+        HostSettings(name="fresh", address="127.0.0.5", gpu=GpuSettings(accelerator="cpu")),
+        HostSettings(name="applied", address="127.0.0.6", gpu=GpuSettings(accelerator="cpu")),
+    ]
     run = FleetRun(hosts)
     for pyinfra_host in run.state.inventory:
         run.state.activate_host(pyinfra_host)
@@ -33,14 +35,18 @@ def test_a_hosts_changes_are_named_by_its_own_operations():
     assert report == {"fresh": ["Demo | Only where missing", "Demo | Everywhere"], "applied": ["Demo | Everywhere"]}
     # each host's notes are its own (the recorder handed to its layers)
     assert {outcome.name: outcome.notes for outcome in run.report("plan").hosts} == {
-        "fresh": ["prepared on fresh"], "applied": ["prepared on applied"]}
+        "fresh": ["prepared on fresh"],
+        "applied": ["prepared on applied"],
+    }
 
 
 def test_pyinfra_keeps_each_hosts_own_operation_name_and_verdict():
     """The runner names a host's operations from pyinfra's per-host operation data (``global_arguments``) and
     reads the prepared verdict from ``OperationMeta.will_change``: this fails if pyinfra stops keeping either."""
-    hosts = [HostSettings(name="fresh", address="127.0.0.5", gpu=GpuSettings(accelerator="cpu")),
-             HostSettings(name="applied", address="127.0.0.6", gpu=GpuSettings(accelerator="cpu"))]
+    hosts = [
+        HostSettings(name="fresh", address="127.0.0.5", gpu=GpuSettings(accelerator="cpu")),
+        HostSettings(name="applied", address="127.0.0.6", gpu=GpuSettings(accelerator="cpu")),
+    ]
     run = FleetRun(hosts)
     for pyinfra_host in run.state.inventory:
         run.state.activate_host(pyinfra_host)

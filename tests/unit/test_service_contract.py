@@ -81,7 +81,10 @@ def test_a_spec_without_service_settings_renders_what_the_service_defaults_to(tm
 
 def test_every_spec_value_reaches_the_service_as_written(tmp_path: Path) -> None:
     spec = tmp_path / "fleet.yaml"
-    spec.write_text(SPEC + textwrap.indent(textwrap.dedent("""\
+    spec.write_text(
+        SPEC
+        + textwrap.indent(
+            textwrap.dedent("""\
         service:
           bind: 127.0.0.2
           port: 9001
@@ -91,7 +94,10 @@ def test_every_spec_value_reaches_the_service_as_written(tmp_path: Path) -> None
           max_side: 4096
           max_steps: 500
           max_n: 16
-    """), "    "))
+    """),
+            "    ",
+        )
+    )
     host = load_spec(spec).hosts[0]
     assert host.service.queue_size == 256  # the spec's own maximum...
     model = tmp_path / "model"
@@ -100,9 +106,18 @@ def test_every_spec_value_reaches_the_service_as_written(tmp_path: Path) -> None
     loaded = config.load_config({**service_environment(host), "SD35_MODEL_DIR": str(model)})
     # ...is accepted by the service, and so is every other value the schema allows
     assert (loaded.bind, loaded.port, loaded.precision, loaded.compile, loaded.queue_size) == (
-        "127.0.0.2", 9001, "fp8-storage", "off", 256)
+        "127.0.0.2",
+        9001,
+        "fp8-storage",
+        "off",
+        256,
+    )
     assert (loaded.limits.max_side, loaded.limits.max_pixels, loaded.limits.max_steps, loaded.limits.max_n) == (
-        4096, 4096 * 4096, 500, 16)
+        4096,
+        4096 * 4096,
+        500,
+        16,
+    )
 
 
 def test_the_renderer_refuses_what_the_service_would_refuse() -> None:
@@ -114,4 +129,6 @@ def test_the_renderer_refuses_what_the_service_would_refuse() -> None:
     with pytest.raises(ValueError, match="^SD35_BIND: .* cannot be written to an environment file$"):
         config.render_env([(config.BIND, "127.0.0.1\nSD35_API_KEY_FILE=/tmp/k")])
     assert config.render_env([(config.PORT, 8000), (config.DEFAULT_GUIDANCE, 3.5)]) == {
-        "SD35_PORT": "8000", "SD35_DEFAULT_GUIDANCE": "3.5"}
+        "SD35_PORT": "8000",
+        "SD35_DEFAULT_GUIDANCE": "3.5",
+    }

@@ -39,27 +39,45 @@ def settings(tmp_path=None, bind="127.0.0.1") -> HostSettings:
     if tmp_path is not None:
         key_file = tmp_path / "api-key"
         key_file.write_text(KEY + "\n")
-    return HostSettings(name="h1", address="10.0.0.1", gpu=GpuSettings(accelerator="cpu"),
-                        cache=CacheSettings(root="/srv/sd35"),
-                        model=ModelSettings(source="git", url="file:///mirror/tiny.git", revision="a" * 40),
-                        service=ServiceSettings(bind=bind, port=8123, api_key_file=key_file),
-                        smoke=SmokeSettings(size="64x64", steps=2))
+    return HostSettings(
+        name="h1",
+        address="10.0.0.1",
+        gpu=GpuSettings(accelerator="cpu"),
+        cache=CacheSettings(root="/srv/sd35"),
+        model=ModelSettings(source="git", url="file:///mirror/tiny.git", revision="a" * 40),
+        service=ServiceSettings(bind=bind, port=8123, api_key_file=key_file),
+        smoke=SmokeSettings(size="64x64", steps=2),
+    )
 
 
 def sha256(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
-def running_output(release: str | None, files: dict[str, str | None], pid: int = 4242,
-                   active: str = "active") -> Output:
+def running_output(
+    release: str | None, files: dict[str, str | None], pid: int = 4242, active: str = "active"
+) -> Output:
     """RunningService's output on a host whose service (pid ``pid``) stated ``release`` and these file digests."""
     record = {"version": 1, "pid": pid, "started_at": "2026-11-30T12:00:00Z", "release": release, "files": files}
-    return Output(["LoadState=loaded", f"ActiveState={active}", f"MainPID={pid if active == 'active' else 0}",
-                   "record " + json.dumps(record, sort_keys=True)])
+    return Output(
+        [
+            "LoadState=loaded",
+            f"ActiveState={active}",
+            f"MainPID={pid if active == 'active' else 0}",
+            "record " + json.dumps(record, sort_keys=True),
+        ]
+    )
 
 
-def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None, current: str | None,
-          running: bool = True, stated: Output | None = None):
+def facts(
+    host: HostSettings,
+    unit: str | None,
+    env: str | None,
+    key: str | None,
+    current: str | None,
+    running: bool = True,
+    stated: Output | None = None,
+):
     """The host as the release and service layers read it: the release is there; ``current`` points at ``current``.
 
     The service (when ``running``) states what these files held when it started, unless ``stated`` says otherwise.
@@ -67,25 +85,40 @@ def facts(host: HostSettings, unit: str | None, env: str | None, key: str | None
     systemd_key = f"machine=None, services=['{UNIT_NAME}'], user_mode=False, user_name=None"
     plan = plan_for(host)
     if stated is None:
-        files = {UNIT_PATH: sha256(unit), SERVICE_ENV_FILE: sha256(env), layout.ENV_FILE: plan.running_files[
-            layout.ENV_FILE]}
+        files = {
+            UNIT_PATH: sha256(unit),
+            SERVICE_ENV_FILE: sha256(env),
+            layout.ENV_FILE: plan.running_files[layout.ENV_FILE],
+        }
         if key is not None:
             files[API_KEY_PATH] = sha256(key)
-        stated = running_output(current.rsplit("/", 1)[-1] if current else None, files,
-                                active="active" if running else "inactive")
+        stated = running_output(
+            current.rsplit("/", 1)[-1] if current else None, files, active="active" if running else "inactive"
+        )
     present = {"mode": 755, "user": "root", "group": "root"}
     return merge_facts(
-        {"Directory": {f"path={path}": present for path in
-                       ("/opt/sd35/releases", "/opt/sd35/apps", plan.app_dir, f"/opt/sd35/releases/{plan.release_id}")},
-         "ReleaseStoreContents": {"models=/srv/sd35/models, root=/opt/sd35": Output([])}},
+        {
+            "Directory": {
+                f"path={path}": present
+                for path in (
+                    "/opt/sd35/releases",
+                    "/opt/sd35/apps",
+                    plan.app_dir,
+                    f"/opt/sd35/releases/{plan.release_id}",
+                )
+            },
+            "ReleaseStoreContents": {"models=/srv/sd35/models, root=/opt/sd35": Output([])},
+        },
         existing_files({UNIT_PATH: unit}),
         existing_files({SERVICE_ENV_FILE: env}, group="sd35", mode=640),
         existing_files({API_KEY_PATH: key}, user="sd35", group="sd35", mode=400),
-        {"Directory": {"path=/srv/sd35/smoke": {"mode": 755, "user": "root", "group": "root"}},
-         "Link": {"path=/opt/sd35/current": {"link_target": current} if current else None},
-         "RunningService": {f"record={layout.RUNNING_RECORD}, unit={UNIT_NAME}": stated},
-         "SystemdStatus": {systemd_key: {UNIT_NAME: running}},
-         "SystemdEnabled": {systemd_key: {UNIT_NAME: True}}},
+        {
+            "Directory": {"path=/srv/sd35/smoke": {"mode": 755, "user": "root", "group": "root"}},
+            "Link": {"path=/opt/sd35/current": {"link_target": current} if current else None},
+            "RunningService": {f"record={layout.RUNNING_RECORD}, unit={UNIT_NAME}": stated},
+            "SystemdStatus": {systemd_key: {UNIT_NAME: running}},
+            "SystemdEnabled": {systemd_key: {UNIT_NAME: True}},
+        },
     )
 
 
@@ -103,16 +136,25 @@ LAYERS = [release_layer, service_layer]
 
 def test_nothing_changed_means_no_restart(tmp_path):
     host = settings(tmp_path, bind="10.0.0.1")
-    run = run_deploy(LAYERS, facts(host, render_service_unit(host), render_service_env(host), KEY + "\n",
-                                          target(host)), host)
+    run = run_deploy(
+        LAYERS, facts(host, render_service_unit(host), render_service_env(host), KEY + "\n", target(host)), host
+    )
     assert run.changes == [] and run.notes == []
 
 
 def test_a_new_release_or_unit_restarts_and_says_why(tmp_path):
     host = settings(tmp_path, bind="10.0.0.1")
-    run = run_deploy(LAYERS, facts(host, render_service_unit(host).replace("ProtectHome=yes", ""),
-                                          render_service_env(host), KEY + "\n", "releases/old"),
-                     host)
+    run = run_deploy(
+        LAYERS,
+        facts(
+            host,
+            render_service_unit(host).replace("ProtectHome=yes", ""),
+            render_service_env(host),
+            KEY + "\n",
+            "releases/old",
+        ),
+        host,
+    )
     assert service_ops(run) == ["Service | Service unit", f"Service | Restart {UNIT_NAME}"]
     [restart] = run.commands("Restart")
     assert "systemctl daemon-reload" in restart and f"systemctl restart {UNIT_NAME}" in restart
@@ -122,8 +164,11 @@ def test_a_new_release_or_unit_restarts_and_says_why(tmp_path):
 
 def test_a_stopped_service_is_started_not_restarted(tmp_path):
     host = settings()
-    run = run_deploy(LAYERS, facts(host, render_service_unit(host), render_service_env(host), None,
-                                          target(host), running=False), host)
+    run = run_deploy(
+        LAYERS,
+        facts(host, render_service_unit(host), render_service_env(host), None, target(host), running=False),
+        host,
+    )
     assert service_ops(run) == [f"Service | {UNIT_NAME} enabled and running"]
     assert run.commands(UNIT_NAME) == [f"systemctl start {UNIT_NAME}"]
 
@@ -169,8 +214,11 @@ def test_service_bundle_is_reproducible_and_only_the_service():
     assert "sd35_provision/service/__main__.py" in names and "sd35_provision/__init__.py" in names
     assert all(name.startswith("sd35_provision/service/") or name == "sd35_provision/__init__.py" for name in names)
     # The playground's page and assets, served by the service itself, travel with the code.
-    assert {"sd35_provision/service/static/playground.html", "sd35_provision/service/static/playground.js",
-            "sd35_provision/service/static/playground.css"} <= set(names)
+    assert {
+        "sd35_provision/service/static/playground.html",
+        "sd35_provision/service/static/playground.js",
+        "sd35_provision/service/static/playground.css",
+    } <= set(names)
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
 
 
@@ -192,9 +240,15 @@ def test_a_model_fetched_again_restarts_the_service():
     from tests.unit.test_model_deploy import model_fact
 
     host = settings(bind="10.0.0.1")
-    model = merge_facts({"Directory": {f"path=/srv/sd35/{name}": {"mode": 750, "user": "sd35", "group": "sd35"}
-                                       for name in ("models", "manifests")}},
-                        model_fact(host, ModelCheck(manifest=True, exists=False)))
+    model = merge_facts(
+        {
+            "Directory": {
+                f"path=/srv/sd35/{name}": {"mode": 750, "user": "sd35", "group": "sd35"}
+                for name in ("models", "manifests")
+            }
+        },
+        model_fact(host, ModelCheck(manifest=True, exists=False)),
+    )
     current = facts(host, render_service_unit(host), render_service_env(host), None, target(host))
     run = run_deploy([model_layer, *LAYERS], merge_facts(current, model), host)
     assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
@@ -207,11 +261,14 @@ def test_a_service_running_old_settings_restarts_though_the_files_are_right(tmp_
     # A run cut off after writing the settings: the files match the spec, the process does not.
     host = settings(tmp_path, bind="10.0.0.1")
     unit, env = render_service_unit(host), render_service_env(host)
-    old = {UNIT_PATH: sha256(unit), SERVICE_ENV_FILE: sha256(env + "SD35_QUEUE_SIZE=4\n"),
-           layout.ENV_FILE: plan_for(host).running_files[layout.ENV_FILE], API_KEY_PATH: sha256(KEY + "\n")}
+    old = {
+        UNIT_PATH: sha256(unit),
+        SERVICE_ENV_FILE: sha256(env + "SD35_QUEUE_SIZE=4\n"),
+        layout.ENV_FILE: plan_for(host).running_files[layout.ENV_FILE],
+        API_KEY_PATH: sha256(KEY + "\n"),
+    }
     rid = plan_for(host).release_id
-    run = run_deploy(LAYERS, facts(host, unit, env, KEY + "\n", target(host),
-                                   stated=running_output(rid, old)), host)
+    run = run_deploy(LAYERS, facts(host, unit, env, KEY + "\n", target(host), stated=running_output(rid, old)), host)
     assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
     [note] = run.notes
     assert note.startswith(f"service restarts: service runs release {rid} with settings digest ")
@@ -223,10 +280,17 @@ def test_a_hand_edited_env_file_the_service_restarted_with_is_restored_and_resta
 
     host = settings(tmp_path, bind="10.0.0.1")
     unit, env = render_service_unit(host), render_service_env(host)
-    edited = {UNIT_PATH: sha256(unit), SERVICE_ENV_FILE: sha256(env), layout.ENV_FILE: sha256("HF_HOME=/tmp/x\n"),
-              API_KEY_PATH: sha256(KEY + "\n")}
-    run = run_deploy(LAYERS, facts(host, unit, env, KEY + "\n", target(host),
-                                   stated=running_output(plan_for(host).release_id, edited)), host)
+    edited = {
+        UNIT_PATH: sha256(unit),
+        SERVICE_ENV_FILE: sha256(env),
+        layout.ENV_FILE: sha256("HF_HOME=/tmp/x\n"),
+        API_KEY_PATH: sha256(KEY + "\n"),
+    }
+    run = run_deploy(
+        LAYERS,
+        facts(host, unit, env, KEY + "\n", target(host), stated=running_output(plan_for(host).release_id, edited)),
+        host,
+    )
     assert service_ops(run) == [f"Service | Restart {UNIT_NAME}"]
     assert run.notes[0].endswith(f"({layout.ENV_FILE} differs)")
 

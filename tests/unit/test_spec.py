@@ -109,21 +109,36 @@ def test_example_inventory_is_valid():
     "text, expected",
     [
         ("hosts:\n  a: {address: 10.0.0.1\n", "fleet.yaml:2: YAML syntax error"),
-        ("hosts:\n  a:\n    address: 10.0.0.1\n  a:\n    address: 10.0.0.2\n",
-         "fleet.yaml:4: hosts.a: duplicate key (first defined on line 2)"),
-        ("hosts:\n  a:\n    address: 10.0.0.1\n    ssh:\n      port: 70000\n",
-         "fleet.yaml:5: hosts.a.ssh.port: 70000 is above 65535"),
-        ("hosts:\n  a:\n    address: 10.0.0.1\n    ssh:\n      prot: 22\n",
-         "fleet.yaml:5: hosts.a.ssh.prot: unknown key (allowed: connect_timeout, key, known_hosts, port, sudo, user)"),
-        ("hosts:\n  a:\n    address: 10.0.0.300\n",
-         "fleet.yaml:3: hosts.a.address: '10.0.0.300' is not a host name or IP address"),
-        ("hosts:\n  a:\n    address: bad_host!\n",
-         "fleet.yaml:3: hosts.a.address: 'bad_host!' is not a host name or IP address"),
-        ("hosts:\n  a:\n    address: 10.0.0.1\n    groups: [nope]\n",
-         "fleet.yaml:4: hosts.a.groups[0]: unknown group 'nope' (groups: none defined)"),
+        (
+            "hosts:\n  a:\n    address: 10.0.0.1\n  a:\n    address: 10.0.0.2\n",
+            "fleet.yaml:4: hosts.a: duplicate key (first defined on line 2)",
+        ),
+        (
+            "hosts:\n  a:\n    address: 10.0.0.1\n    ssh:\n      port: 70000\n",
+            "fleet.yaml:5: hosts.a.ssh.port: 70000 is above 65535",
+        ),
+        (
+            "hosts:\n  a:\n    address: 10.0.0.1\n    ssh:\n      prot: 22\n",
+            "fleet.yaml:5: hosts.a.ssh.prot: unknown key "
+            "(allowed: connect_timeout, key, known_hosts, port, sudo, user)",
+        ),
+        (
+            "hosts:\n  a:\n    address: 10.0.0.300\n",
+            "fleet.yaml:3: hosts.a.address: '10.0.0.300' is not a host name or IP address",
+        ),
+        (
+            "hosts:\n  a:\n    address: bad_host!\n",
+            "fleet.yaml:3: hosts.a.address: 'bad_host!' is not a host name or IP address",
+        ),
+        (
+            "hosts:\n  a:\n    address: 10.0.0.1\n    groups: [nope]\n",
+            "fleet.yaml:4: hosts.a.groups[0]: unknown group 'nope' (groups: none defined)",
+        ),
         ("hosts: {}\n", "fleet.yaml:1: hosts: {} should be non-empty"),
-        ("defaults:\n  gpu:\n    accelerator: tpu\nhosts:\n  a: {address: 10.0.0.1}\n",
-         "fleet.yaml:3: defaults.gpu.accelerator: 'tpu' is not one of: nvidia, cpu"),
+        (
+            "defaults:\n  gpu:\n    accelerator: tpu\nhosts:\n  a: {address: 10.0.0.1}\n",
+            "fleet.yaml:3: defaults.gpu.accelerator: 'tpu' is not one of: nvidia, cpu",
+        ),
         ("", "fleet.yaml:1: (top level): the file is empty"),
     ],
 )
@@ -167,8 +182,10 @@ def test_semantic_rules(tmp_path):
       b: {address: 10.0.0.1}
     """
     problems = "\n".join(problems_of(tmp_path, text))
-    assert ("fleet.yaml:2: defaults.service.bind: 10.1.1.1 is not loopback, so service.api_key_file is required "
-            "(all 2 hosts)") in problems
+    assert (
+        "fleet.yaml:2: defaults.service.bind: 10.1.1.1 is not loopback, so service.api_key_file is required "
+        "(all 2 hosts)"
+    ) in problems
     assert "fleet.yaml:3: defaults.smoke.size: 100x64 is not a multiple of 16" in problems
     assert "fleet.yaml:4: defaults.model.source: source 'push' needs model.path (all 2 hosts)" in problems
     assert "fleet.yaml:7: hosts.b.address: 10.0.0.1:22 is already host 'a'" in problems
@@ -229,8 +246,10 @@ def test_usage_error_exit_code(tmp_path):
 def test_hf_revision_must_be_a_full_commit_sha(tmp_path):
     text = "defaults:\n  model:\n    source: hf\n    revision: abc1234\nhosts:\n  a: {address: 10.0.0.1}\n"
     problems = "\n".join(problems_of(tmp_path, text, check_local_files=False))
-    assert ("fleet.yaml:4: defaults.model.revision: 'abc1234' is not a full 40-character commit sha; the hub cache "
-            "names the snapshot by it, so an abbreviated one cannot be used with source hf (host a)") in problems
+    assert (
+        "fleet.yaml:4: defaults.model.revision: 'abc1234' is not a full 40-character commit sha; the hub cache "
+        "names the snapshot by it, so an abbreviated one cannot be used with source hf (host a)"
+    ) in problems
     git = "defaults:\n  model: {source: git, url: file:///m.git, revision: abc1234}\nhosts:\n  a: {address: 10.0.0.1}\n"
     assert load_spec(write(tmp_path, git), check_local_files=False).host("a").model.revision == "abc1234"
 
@@ -240,8 +259,11 @@ def test_push_path_must_be_a_diffusers_pipeline(tmp_path):
     (tmp_path / "weights" / "notes.txt").write_text("not a model")
     text = "defaults:\n  model: {source: push, path: weights}\nhosts:\n  a: {address: 10.0.0.1}\n"
     problems = problems_of(tmp_path, text)
-    assert any(f"fleet.yaml:2: defaults.model.path: {tmp_path}/weights has no model_index.json: not a diffusers "
-               "pipeline directory (host a)" in p for p in problems), problems
+    assert any(
+        f"fleet.yaml:2: defaults.model.path: {tmp_path}/weights has no model_index.json: not a diffusers "
+        "pipeline directory (host a)" in p
+        for p in problems
+    ), problems
     (tmp_path / "weights" / "model_index.json").write_text("{}")
     assert load_spec(write(tmp_path, text)).host("a").model.path == tmp_path / "weights"
 
@@ -281,13 +303,17 @@ def test_renamed_keys_are_still_read_with_a_deprecation_line_each(tmp_path):
 def test_renamed_key_keeps_its_line_for_later_errors(tmp_path):
     text = "hosts:\n  a:\n    address: 10.0.0.1\n    python:\n      venv_root: relative/dir\n"
     problems = problems_of(tmp_path, text, check_local_files=False)
-    assert any(p.startswith(f"{tmp_path}/fleet.yaml:5: hosts.a.python.install_root: 'relative/dir' is not valid")
-               for p in problems), problems
+    assert any(
+        p.startswith(f"{tmp_path}/fleet.yaml:5: hosts.a.python.install_root: 'relative/dir' is not valid")
+        for p in problems
+    ), problems
 
 
 def test_current_keys_give_no_deprecation_line(tmp_path):
-    text = ("defaults:\n  python: {install_root: /srv/new}\n  gpu: {driver: {flavour: open}}\n"
-            "  model: {source: push, path: weights}\nhosts:\n  a: {address: 10.0.0.1}\n")
+    text = (
+        "defaults:\n  python: {install_root: /srv/new}\n  gpu: {driver: {flavour: open}}\n"
+        "  model: {source: push, path: weights}\nhosts:\n  a: {address: 10.0.0.1}\n"
+    )
     spec = load_spec(write(tmp_path, text), check_local_files=False)
     assert spec.warnings == ()
     assert spec.host("a").python.install_root == "/srv/new"
@@ -297,12 +323,18 @@ def test_current_keys_give_no_deprecation_line(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("hosts:\n  a:\n    address: 10.0.0.1\n    python:\n      install_root: /srv/new\n      venv_root: /srv/old\n",
-         "fleet.yaml:6: hosts.a.python.venv_root: python.venv_root (deprecated) and python.install_root are both set; "
-         "keep only python.install_root"),
-        ("defaults:\n  gpu:\n    driver: {flavor: open, flavour: server}\nhosts:\n  a: {address: 10.0.0.1}\n",
-         "fleet.yaml:3: defaults.gpu.driver.flavor: gpu.driver.flavor (deprecated) and gpu.driver.flavour are "
-         "both set; keep only gpu.driver.flavour"),
+        (
+            "hosts:\n  a:\n    address: 10.0.0.1\n    python:\n"
+            "      install_root: /srv/new\n      venv_root: /srv/old\n",
+            "fleet.yaml:6: hosts.a.python.venv_root: "
+            "python.venv_root (deprecated) and python.install_root are both set; "
+            "keep only python.install_root",
+        ),
+        (
+            "defaults:\n  gpu:\n    driver: {flavor: open, flavour: server}\nhosts:\n  a: {address: 10.0.0.1}\n",
+            "fleet.yaml:3: defaults.gpu.driver.flavor: gpu.driver.flavor (deprecated) and gpu.driver.flavour are "
+            "both set; keep only gpu.driver.flavour",
+        ),
     ],
 )
 def test_old_and_new_key_together_is_an_error(tmp_path, text, expected):

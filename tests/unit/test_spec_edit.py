@@ -65,18 +65,22 @@ def test_host_is_appended_with_every_comment_and_the_order_kept(tmp_path):
 
 
 def test_block_sequences_and_the_file_end_keep_their_style(tmp_path):
-    text = ("defaults:\n  ssh:\n    user: root\n"
-            "hosts:\n  n1:\n    address: 127.0.0.5\n    groups:\n    - g\ngroups:\n  g: {}\n")
+    text = (
+        "defaults:\n  ssh:\n    user: root\n"
+        "hosts:\n  n1:\n    address: 127.0.0.5\n    groups:\n    - g\ngroups:\n  g: {}\n"
+    )
     path = spec_file(tmp_path, text)
     add_host(path, "n2", {"address": "127.0.0.6", "groups": ["g"]})
     assert path.read_text() == text.replace(
-        "groups:\n  g: {}", "  n2:\n    address: 127.0.0.6\n    groups:\n    - g\ngroups:\n  g: {}")
+        "groups:\n  g: {}", "  n2:\n    address: 127.0.0.6\n    groups:\n    - g\ngroups:\n  g: {}"
+    )
 
     trailing = "hosts:\n  n1:\n    address: 127.0.0.5\n\n# end of file\n"
     path.write_text(trailing)
     add_host(path, "n2", {"address": "127.0.0.6"})
     assert path.read_text() == (
-        "hosts:\n  n1:\n    address: 127.0.0.5\n\n  n2:\n    address: 127.0.0.6\n\n# end of file\n")
+        "hosts:\n  n1:\n    address: 127.0.0.5\n\n  n2:\n    address: 127.0.0.6\n\n# end of file\n"
+    )
 
 
 def test_an_empty_hosts_section_takes_the_first_host(tmp_path):
@@ -102,24 +106,39 @@ def test_an_entry_edited_by_hand_since_still_counts_as_the_same(tmp_path):
     assert path.read_text() == COMMENTED
 
 
-@pytest.mark.parametrize("name, entry, expected", [
-    ("a2", {"address": "10.0.0.7"},
-     "fleet.yaml:16: hosts.a2.address: '10.0.0.2' in the spec, '10.0.0.7' asked for"),
-    ("a1", {"address": "10.0.0.1", "groups": ["other"]},
-     "fleet.yaml:13: hosts.a1.groups: ['lab'] in the spec, ['other'] asked for"),
-    ("a1", {"address": "10.0.0.1", "ssh": {"user": "deploy"}},
-     "fleet.yaml:11: hosts.a1.ssh: nothing in the spec, {'user': 'deploy'} asked for"),
-    ("A1", {"address": "10.0.0.1"},
-     "fleet.yaml:11: hosts.a1: a host of that name (ignoring case) is already in the spec"),
-    ("b1", {"address": "10.0.0.1"},
-     "fleet.yaml:12: hosts.a1.address: 10.0.0.1:22 is already host 'a1'"),
-])
+@pytest.mark.parametrize(
+    "name, entry, expected",
+    [
+        (
+            "a2",
+            {"address": "10.0.0.7"},
+            "fleet.yaml:16: hosts.a2.address: '10.0.0.2' in the spec, '10.0.0.7' asked for",
+        ),
+        (
+            "a1",
+            {"address": "10.0.0.1", "groups": ["other"]},
+            "fleet.yaml:13: hosts.a1.groups: ['lab'] in the spec, ['other'] asked for",
+        ),
+        (
+            "a1",
+            {"address": "10.0.0.1", "ssh": {"user": "deploy"}},
+            "fleet.yaml:11: hosts.a1.ssh: nothing in the spec, {'user': 'deploy'} asked for",
+        ),
+        (
+            "A1",
+            {"address": "10.0.0.1"},
+            "fleet.yaml:11: hosts.a1: a host of that name (ignoring case) is already in the spec",
+        ),
+        ("b1", {"address": "10.0.0.1"}, "fleet.yaml:12: hosts.a1.address: 10.0.0.1:22 is already host 'a1'"),
+    ],
+)
 def test_conflicts_are_refused_with_file_and_line(tmp_path, name, entry, expected):
     path = spec_file(tmp_path, COMMENTED)
     with pytest.raises(SpecError) as caught:
         add_host(path, name, entry)
-    assert any(problem.startswith(f"{path.parent}/{expected}") for problem in caught.value.problems), \
+    assert any(problem.startswith(f"{path.parent}/{expected}") for problem in caught.value.problems), (
         caught.value.problems
+    )
     assert path.read_text() == COMMENTED
 
 
@@ -129,8 +148,10 @@ def test_same_address_on_another_port_is_another_host(tmp_path):
 
 
 def test_ports_set_by_groups_and_other_address_spellings_count_as_the_loader_counts_them(tmp_path):
-    text = COMMENTED.replace('    description: "the lab"   # quoted on purpose\n',
-                             '    description: "the lab"   # quoted on purpose\n    ssh: {port: 2222}\n')
+    text = COMMENTED.replace(
+        '    description: "the lab"   # quoted on purpose\n',
+        '    description: "the lab"   # quoted on purpose\n    ssh: {port: 2222}\n',
+    )
     path = spec_file(tmp_path, text)
     # a1 is 10.0.0.1:2222 through its group, so port 22 there is free...
     assert add_host(path, "b1", {"address": "10.0.0.1"}).changed

@@ -38,13 +38,15 @@ def test_a_passphrase_protected_key_says_to_use_the_agent(tmp_path):
 def test_a_public_key_names_the_private_one(tmp_path):
     keygen(tmp_path / "id")
     assert sshcheck.key_problem(tmp_path / "id.pub") == (
-        f"ssh.key {tmp_path}/id.pub is a public key: give the private key ({tmp_path}/id?)")
+        f"ssh.key {tmp_path}/id.pub is a public key: give the private key ({tmp_path}/id?)"
+    )
 
 
 def test_a_file_that_is_no_key(tmp_path):
     (tmp_path / "notes.txt").write_text("hello\n")
     assert sshcheck.key_problem(tmp_path / "notes.txt").startswith(
-        f"ssh.key {tmp_path}/notes.txt is not a private key that paramiko can read")
+        f"ssh.key {tmp_path}/notes.txt is not a private key that paramiko can read"
+    )
     assert sshcheck.key_problem(tmp_path / "missing") == f"ssh.key {tmp_path}/missing does not exist"
 
 
@@ -53,7 +55,8 @@ def test_problems_are_per_host_and_local(tmp_path):
     (tmp_path / "kh").write_text("")
     problems = sshcheck.check_before_connect(
         [host("a", key=good, known_hosts=tmp_path / "kh"), host("b", "10.0.0.2", key=bad, known_hosts=tmp_path / "kh")],
-        accept_new=False)
+        accept_new=False,
+    )
     assert list(problems) == ["b"] and problems["b"].local
 
 
@@ -80,7 +83,8 @@ def test_the_default_known_hosts_is_in_home(tmp_path, monkeypatch):
 def test_connect_errors_are_explained():
     settings = host(known_hosts=Path("/k/known_hosts"), port=2222, key=Path("/k/id"), user="deploy")
     missing = sshcheck.explain_connect_error(
-        settings, "SSH error (StrictPolicy: No host key for [10.0.0.1]:2222 found in known_hosts)")
+        settings, "SSH error (StrictPolicy: No host key for [10.0.0.1]:2222 found in known_hosts)"
+    )
     assert missing.local and missing.message.startswith("[10.0.0.1]:2222 is not in /k/known_hosts: check the")
     refused = sshcheck.explain_connect_error(settings, "Authentication error (username=deploy, key=/k/id)")
     assert refused.local and refused.message.startswith("deploy@[10.0.0.1]:2222 refused the login with key /k/id")
@@ -93,9 +97,11 @@ def test_recorded_keys_are_found_by_plain_and_hashed_names(tmp_path):
     two = paramiko.Ed25519Key.from_private_key_file(str(keygen(tmp_path / "two")))
     hashed = paramiko.HostKeys.hash_host("[10.0.0.1]:2222")
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(f"# comment\n10.0.0.9 {one.get_name()} {one.get_base64()}\n"
-                           f"{hashed} {two.get_name()} {two.get_base64()}\n"
-                           f"10.0.0.1 {one.get_name()} {one.get_base64()}\n")
+    known_hosts.write_text(
+        f"# comment\n10.0.0.9 {one.get_name()} {one.get_base64()}\n"
+        f"{hashed} {two.get_name()} {two.get_base64()}\n"
+        f"10.0.0.1 {one.get_name()} {one.get_base64()}\n"
+    )
     found = sshcheck.recorded_keys(known_hosts, "[10.0.0.1]:2222")
     assert [(line, key.fingerprint) for line, key in found] == [(3, two.fingerprint)]
     assert [line for line, _ in sshcheck.recorded_keys(known_hosts, "10.0.0.1")] == [4]
@@ -105,13 +111,13 @@ def test_accepted_keys_are_said_with_their_fingerprints(tmp_path):
     key = paramiko.Ed25519Key.from_private_key_file(str(keygen(tmp_path / "hostkey")))
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(
-        "10.0.0.9 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+        "10.0.0.9 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    )
     hosts = [host("n1", known_hosts=known_hosts), host("n2", "10.0.0.2", known_hosts=known_hosts)]
     watch = sshcheck.KnownHostsWatch(hosts)
     with open(known_hosts, "a") as appended:  # as pyinfra's accept-new policy does
         appended.write(paramiko.hostkeys.HostKeyEntry(["10.0.0.2"], key).to_line())
-    assert watch.accepted() == [
-        f"n2: accepted new host key ssh-ed25519 {key.fingerprint}, recorded in {known_hosts}:2"]
+    assert watch.accepted() == [f"n2: accepted new host key ssh-ed25519 {key.fingerprint}, recorded in {known_hosts}:2"]
     assert key.fingerprint.startswith("SHA256:")
 
 
@@ -127,9 +133,11 @@ def test_a_spec_naming_a_missing_known_hosts_loads_when_accept_new_will_create_i
     from sd35_provision.hostspec import load_spec
 
     spec = tmp_path / "fleet.yaml"
-    spec.write_text("defaults:\n  ssh: {known_hosts: fresh/known_hosts}\n"
-                    "  model: {source: hf, repo: a/b, revision: ceddf0a7fdf2064ea28e2213e3b84e4afa170a0f}\n"
-                    "hosts:\n  n1: {address: 10.0.0.1}\n")
+    spec.write_text(
+        "defaults:\n  ssh: {known_hosts: fresh/known_hosts}\n"
+        "  model: {source: hf, repo: a/b, revision: ceddf0a7fdf2064ea28e2213e3b84e4afa170a0f}\n"
+        "hosts:\n  n1: {address: 10.0.0.1}\n"
+    )
     with pytest.raises(SpecError, match="fresh/known_hosts does not exist on this machine"):
         load_spec(spec)
     [settings] = load_spec(spec, known_hosts_may_be_missing=True).hosts

@@ -12,9 +12,15 @@ from sd35_provision.report import HostOutcome, OperationOutcome
 from sd35_provision.status import HostStatus, _add_outcome, render_status_table
 
 APPLIED = {
-    "active": "active", "ready_status": 200, "ready_phase": None, "release": "releases/0a1b2c3d4e5f",
-    "release_info": {"lock": "cpu-4ea3791261db", "model_revision": "ceddf0a7fdf2064ea28e2213e3b84e4afa170a0f",
-                     "links": {"model": "/srv/sd35/models/hub/snapshots/ceddf0a7"}},
+    "active": "active",
+    "ready_status": 200,
+    "ready_phase": None,
+    "release": "releases/0a1b2c3d4e5f",
+    "release_info": {
+        "lock": "cpu-4ea3791261db",
+        "model_revision": "ceddf0a7fdf2064ea28e2213e3b84e4afa170a0f",
+        "links": {"model": "/srv/sd35/models/hub/snapshots/ceddf0a7"},
+    },
     "smoke": {"ok": True, "latency_s": 0.84, "width": 64, "height": 64, "reason": "", "at": "2026-11-25T05:00:00Z"},
 }
 
@@ -28,8 +34,13 @@ def test_probe_runs_with_plain_python3_and_reads_what_is_there(tmp_path):
     smoke.write_text(json.dumps(APPLIED["smoke"]) + "\n")
 
     # 127.0.0.1:9 (discard) never answers HTTP: the service "gives no answer".
-    command = ServiceState().command(unit="sd35-nosuch.service", install_root=str(root), smoke_record=str(smoke),
-                                     url="http://127.0.0.1:9", api_key_file=str(tmp_path / "no-key"))
+    command = ServiceState().command(
+        unit="sd35-nosuch.service",
+        install_root=str(root),
+        smoke_record=str(smoke),
+        url="http://127.0.0.1:9",
+        api_key_file=str(tmp_path / "no-key"),
+    )
     output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, check=True)
     state = parse_service_state(output.stdout.splitlines())
     assert state.release_id == "0a1b2c3d4e5f"
@@ -37,11 +48,16 @@ def test_probe_runs_with_plain_python3_and_reads_what_is_there(tmp_path):
     assert state.smoke == APPLIED["smoke"]
     assert state.ready == "no answer"
 
-    fresh = ServiceState().command(unit="sd35-nosuch.service", install_root=str(tmp_path / "nothing"),
-                                   smoke_record=str(tmp_path / "nothing.json"), url="http://127.0.0.1:9",
-                                   api_key_file="/nonexistent")
-    state = parse_service_state(subprocess.run(["sh", "-c", fresh], capture_output=True, text=True,
-                                               check=True).stdout.splitlines())
+    fresh = ServiceState().command(
+        unit="sd35-nosuch.service",
+        install_root=str(tmp_path / "nothing"),
+        smoke_record=str(tmp_path / "nothing.json"),
+        url="http://127.0.0.1:9",
+        api_key_file="/nonexistent",
+    )
+    state = parse_service_state(
+        subprocess.run(["sh", "-c", fresh], capture_output=True, text=True, check=True).stdout.splitlines()
+    )
     assert (state.release, state.release_info, state.smoke, state.model_revision) == (None, None, None, None)
 
 
@@ -58,26 +74,63 @@ def test_parser_takes_the_last_json_line_and_says_what_readyz_answered():
 
 def test_rows_of_a_mixed_fleet():
     state = parse_service_state([json.dumps(APPLIED)])
-    applied = HostStatus("gpu-1", "10.0.0.1", True, "Debian 12", "1x NVIDIA H100 (80 GiB, cc 9.0)", "570.86.15", True,
-                         state.active, state.ready, state.release_id, state.model_revision, state.smoke)
+    applied = HostStatus(
+        "gpu-1",
+        "10.0.0.1",
+        True,
+        "Debian 12",
+        "1x NVIDIA H100 (80 GiB, cc 9.0)",
+        "570.86.15",
+        True,
+        state.active,
+        state.ready,
+        state.release_id,
+        state.model_revision,
+        state.smoke,
+    )
     _add_outcome(applied, HostOutcome("gpu-1"))
     fresh = HostStatus("gpu-2", "10.0.0.2", True, "Ubuntu 24.04", "none", None, None)
     _add_outcome(fresh, HostOutcome("gpu-2", operations=[OperationOutcome("System | Install git and git-lfs", True)]))
     gone = HostStatus("gpu-3", "10.0.0.3", False)
     _add_outcome(gone, HostOutcome("gpu-3", failed=True, unreachable=True, step="connect", error="Could not connect"))
     odd = HostStatus("gpu-4", "10.0.0.4", True, "Rocky 9")
-    _add_outcome(odd, HostOutcome("gpu-4", failed=True, step="preflight",
-                                  error="only Debian and Ubuntu\nare supported"))
+    _add_outcome(
+        odd, HostOutcome("gpu-4", failed=True, step="preflight", error="only Debian and Ubuntu\nare supported")
+    )
 
-    assert applied.row() == ("gpu-1", "yes", "Debian 12", "1x NVIDIA H100 (80 GiB, cc 9.0)", "570.86.15", "yes",
-                             "active/ready", "0a1b2c3d4e5f", "ceddf0a7fdf2", "ok 0.8s", "no")
+    assert applied.row() == (
+        "gpu-1",
+        "yes",
+        "Debian 12",
+        "1x NVIDIA H100 (80 GiB, cc 9.0)",
+        "570.86.15",
+        "yes",
+        "active/ready",
+        "0a1b2c3d4e5f",
+        "ceddf0a7fdf2",
+        "ok 0.8s",
+        "no",
+    )
     assert fresh.row() == ("gpu-2", "yes", "Ubuntu 24.04", "none", "-", "-", "-", "-", "-", "-", "yes")
     assert gone.row() == ("gpu-3", "no", "-", "-", "-", "-", "-", "-", "-", "-", "-")
     assert odd.row()[-1] == "?"
 
     table = render_status_table([applied, fresh, gone, odd]).splitlines()
-    assert table[0].split() == ["HOST", "REACHABLE", "OS", "GPU", "DRIVER", "FP8", "SERVICE", "RELEASE", "MODEL",
-                                "REV", "LAST", "SMOKE", "DRIFT"]
+    assert table[0].split() == [
+        "HOST",
+        "REACHABLE",
+        "OS",
+        "GPU",
+        "DRIVER",
+        "FP8",
+        "SERVICE",
+        "RELEASE",
+        "MODEL",
+        "REV",
+        "LAST",
+        "SMOKE",
+        "DRIFT",
+    ]
     assert table[-2:] == ["gpu-3: connect: Could not connect", "gpu-4: preflight: are supported"]
 
     data = json.loads(status_json([applied, fresh, gone]))["hosts"]

@@ -37,15 +37,69 @@ def recorded_rows() -> list[HostStatus]:
     """The rows of a mixed fleet as status read them: applied, drifted, unreachable, fresh, failing smoke."""
     smoke_ok = {"ok": True, "latency_s": 3.4, "width": 512, "height": 512, "reason": "ok", "at": "2026-11-30T11:58:02Z"}
     return [
-        HostStatus("node1", "10.0.0.1", True, "Debian 12", "NVIDIA H200", "575.57.08", True, "active", "ready",
-                   RELEASE, "a" * 40, smoke_ok, False),
-        HostStatus("node2", "10.0.0.2", True, "Debian 12", "NVIDIA H200", "575.57.08", True, "inactive", None,
-                   RELEASE, "a" * 40, smoke_ok, True, ["Service | sd35-inference.service enabled and running"]),
+        HostStatus(
+            "node1",
+            "10.0.0.1",
+            True,
+            "Debian 12",
+            "NVIDIA H200",
+            "575.57.08",
+            True,
+            "active",
+            "ready",
+            RELEASE,
+            "a" * 40,
+            smoke_ok,
+            False,
+        ),
+        HostStatus(
+            "node2",
+            "10.0.0.2",
+            True,
+            "Debian 12",
+            "NVIDIA H200",
+            "575.57.08",
+            True,
+            "inactive",
+            None,
+            RELEASE,
+            "a" * 40,
+            smoke_ok,
+            True,
+            ["Service | sd35-inference.service enabled and running"],
+        ),
         HostStatus("node3", "10.0.0.3", False, error="connect: timed out <after 10 s>"),
-        HostStatus("node4", "10.0.0.4", True, "Ubuntu 24.04", "none", None, None, None, None, None, None, None, True,
-                   ["System | sd35 service user", "Python environment | venv"]),
-        HostStatus("node5", "10.0.0.5", True, "Debian 12", "NVIDIA L40S", "570.172.08", True, "active", "ready",
-                   RELEASE, "a" * 40, {**smoke_ok, "ok": False, "reason": "the image is blank"}, False),
+        HostStatus(
+            "node4",
+            "10.0.0.4",
+            True,
+            "Ubuntu 24.04",
+            "none",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            True,
+            ["System | sd35 service user", "Python environment | venv"],
+        ),
+        HostStatus(
+            "node5",
+            "10.0.0.5",
+            True,
+            "Debian 12",
+            "NVIDIA L40S",
+            "570.172.08",
+            True,
+            "active",
+            "ready",
+            RELEASE,
+            "a" * 40,
+            {**smoke_ok, "ok": False, "reason": "the image is blank"},
+            False,
+        ),
     ]
 
 
@@ -73,23 +127,33 @@ def test_fact_command_without_a_release_sends_the_file_up_to_a_limit(tmp_path: P
     image = tmp_path / "last.png"
     image.write_bytes(png(64, 64))
     none = str(tmp_path / "no-release")
-    raw = subprocess.run(["sh", "-c", SmokeImage().command(path=str(image), current=none)],
-                         capture_output=True, text=True, check=True)
+    raw = subprocess.run(
+        ["sh", "-c", SmokeImage().command(path=str(image), current=none)], capture_output=True, text=True, check=True
+    )
     assert parse_smoke_image(raw.stdout.splitlines()) == image.read_bytes()
-    too_big = subprocess.run(["sh", "-c", SmokeImage().command(path=str(image), current=none, max_bytes=100)],
-                             capture_output=True, text=True, check=True)
+    too_big = subprocess.run(
+        ["sh", "-c", SmokeImage().command(path=str(image), current=none, max_bytes=100)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert too_big.stdout == "" and parse_smoke_image(too_big.stdout.splitlines()) is None
-    missing = subprocess.run(["sh", "-c", SmokeImage().command(path=str(tmp_path / "none.png"),
-                                                               current=str(release(tmp_path)))],
-                             capture_output=True, text=True, check=False)
+    missing = subprocess.run(
+        ["sh", "-c", SmokeImage().command(path=str(tmp_path / "none.png"), current=str(release(tmp_path)))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert missing.returncode == 0 and missing.stdout == ""
 
 
 def test_fact_command_quotes_the_paths() -> None:
     command = SmokeImage().command(path="/srv/sd 35/smoke/last.png", current="/opt/sd 35/current")
     assert "'/srv/sd 35/smoke/last.png'" in command
-    assert "cd '/opt/sd 35/current/app' && '/opt/sd 35/current/venv/bin/python' -m sd35_provision.service.thumbnail" \
+    assert (
+        "cd '/opt/sd 35/current/app' && '/opt/sd 35/current/venv/bin/python' -m sd35_provision.service.thumbnail"
         in command
+    )
 
 
 @pytest.mark.parametrize("output", [[], [""], ["not base64 at all!"], [base64.b64encode(b"GIF89a...").decode()]])
@@ -128,10 +192,12 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
         assert browser.evaluate("[...document.images].map(i => i.naturalWidth)") == [256, 256, 256]
         # Drift in colour: amber where apply would change something, green where not.
         colours = browser.evaluate(
-            "[...document.querySelectorAll('tr.host')].map(r => getComputedStyle(r.children[10]).backgroundColor)")
+            "[...document.querySelectorAll('tr.host')].map(r => getComputedStyle(r.children[10]).backgroundColor)"
+        )
         assert colours[0] == "rgb(223, 243, 227)" and colours[1] == colours[3] == "rgb(255, 232, 179)"
         reachable = browser.evaluate(
-            "getComputedStyle(document.querySelector('#host-node3 td:nth-child(2)')).backgroundColor")
+            "getComputedStyle(document.querySelector('#host-node3 td:nth-child(2)')).backgroundColor"
+        )
         assert reachable == "rgb(251, 213, 210)"
         # Nothing was fetched from the network to show it.
         resources = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
@@ -144,9 +210,20 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
 def test_status_html_to_a_missing_directory_fails_before_any_host_is_asked(tmp_path: Path) -> None:
     repo = REPO
     result = subprocess.run(
-        [sys.executable, "-m", "sd35_provision.cli", "status", str(repo / "inventory" / "example.yaml"),
-         "--html", str(tmp_path / "gone" / "s.html")],
-        capture_output=True, text=True, cwd=repo, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "sd35_provision.cli",
+            "status",
+            str(repo / "inventory" / "example.yaml"),
+            "--html",
+            str(tmp_path / "gone" / "s.html"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1, result.stderr
     assert f"status --html {tmp_path / 'gone' / 's.html'}: {tmp_path / 'gone'} is not a directory" in result.stderr
