@@ -23,7 +23,7 @@ from pyinfra.context import ctx_host, ctx_state  # noqa: E402
 
 from sd35_provision.facts import gather_host_facts  # noqa: E402
 from sd35_provision.facts.nvidia import NvidiaGpus  # noqa: E402
-from sd35_provision.facts.report import facts_row, render_facts_table  # noqa: E402
+from sd35_provision.facts.table import facts_row, render_facts_table  # noqa: E402
 from sd35_provision.hostspec.settings import CacheSettings, GpuSettings, HostSettings  # noqa: E402
 from sd35_provision.preflight import check_preflight  # noqa: E402
 

@@ -221,8 +221,8 @@ class Sd35Group(click.Group):
     """The command group: subpackages' command groups are imported only when used."""
 
     lazy_commands: ClassVar[dict[str, str]] = {
-        "testfleet": "sd35_provision.testfleet.cli:testfleet",
-        "bench": "sd35_provision.bench.cli:bench",
+        "testfleet": "sd35_provision.testfleet.commands:testfleet",
+        "bench": "sd35_provision.bench.commands:bench",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -447,7 +447,7 @@ def drift(spec: Path, limit: tuple[str, ...], parallel: int, fail_percent: int |
 def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
     """Gather and print per-host facts: OS, GPU, driver, FP8, disk, SSD."""
     from sd35_provision import workflow
-    from sd35_provision.facts.report import facts_row, render_facts_table
+    from sd35_provision.facts.table import facts_row, render_facts_table
     from sd35_provision.jsonreport import dumps, facts_document
     from sd35_provision.report import render_failures
 
@@ -620,7 +620,7 @@ def onboard(
     """
     import getpass
 
-    from sd35_provision.facts.report import facts_row, render_facts_table
+    from sd35_provision.facts.table import facts_row, render_facts_table
     from sd35_provision.onboarding import OnboardRequest, settings_from
     from sd35_provision.onboarding import onboard as onboard_box
     from sd35_provision.report import render_failures, render_table

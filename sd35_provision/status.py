@@ -124,7 +124,7 @@ def fleet_status(
 
 def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     from sd35_provision.facts import gather_host_facts
-    from sd35_provision.facts.report import facts_row
+    from sd35_provision.facts.table import facts_row
 
     row.reachable = True
     facts = gather_host_facts(host, settings)

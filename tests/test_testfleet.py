@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sd35_provision import sshlogin
 from sd35_provision.errors import Sd35Error
 from sd35_provision.testfleet import Fleet, FleetHost, TestFleetError, containers, keys, render_spec, rootfs, up
-from sd35_provision.testfleet import cli as testfleet_cli
+from sd35_provision.testfleet import commands as testfleet_cli
 from sd35_provision.testfleet.layout import machine_name, parse_binds, plan_hosts
 from sd35_provision.testfleet.state import FleetState, dump_state, parse_state, read_state
 from sd35_provision.testfleet.system import command_line, mounts_under, overlay_lower_dirs

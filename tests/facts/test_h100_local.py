@@ -14,7 +14,7 @@ from sd35_provision.facts import HostFacts, NvidiaGpus
 from sd35_provision.facts.disk import DiskInfo, FreeSpaceInfo, StorageInfo
 from sd35_provision.facts.nvidia import GpuInfo, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter
-from sd35_provision.facts.report import facts_row, render_facts_table
+from sd35_provision.facts.table import facts_row, render_facts_table
 from sd35_provision.hostspec.settings import CacheSettings, GpuSettings, HostSettings
 from sd35_provision.preflight import check_preflight
 

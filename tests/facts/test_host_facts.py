@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sd35_provision.facts import HostFacts, gather_host_facts
-from sd35_provision.facts.report import HEADER, facts_row, render_facts_table
+from sd35_provision.facts.table import HEADER, facts_row, render_facts_table
 from sd35_provision.hostspec.settings import CacheSettings, HostSettings
 from tests.pyinfra_fakes import Output, RecordedHost, fact_case
 

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 pytest.importorskip("diffusers")
 
-from sd35_provision.bench import harness, report  # noqa: E402
-from sd35_provision.bench.cli import bench  # noqa: E402
+from sd35_provision.bench import harness, tables  # noqa: E402
+from sd35_provision.bench.commands import bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_quick_writes_json_and_markdown(quick_run):
     assert md.startswith("# Benchmarks")
     assert "| mode | s/image | ms/step |" in md
     assert "python -m sd35_provision.bench" in md
-    assert report.NOTES_MARKER in md
+    assert tables.NOTES_MARKER in md
 
 
 def test_rerender_keeps_notes(quick_run, tmp_path):
@@ -55,7 +55,7 @@ def test_rerender_keeps_notes(quick_run, tmp_path):
     result = CliRunner().invoke(bench, ["--from-json", str(out / "r.json"), "--markdown", str(md)])
     assert result.exit_code == 0, result.output
     text = md.read_text()
-    assert text.count(report.NOTES_MARKER) == 1 and text.endswith("## Notes\nhand-written\n")
+    assert text.count(tables.NOTES_MARKER) == 1 and text.endswith("## Notes\nhand-written\n")
 
 
 def test_unknown_mode_is_a_usage_error():
@@ -92,7 +92,7 @@ def test_target_checks():
             _mode("fp8-dynamic-lean", 4.4, 62, 48, 15e9),
         ],
     )
-    checks = {c.what: c.met for c in report.target_checks(run)}
+    checks = {c.what: c.met for c in tables.target_checks(run)}
     assert checks["FP8 dynamic + compile: time ≤ 0.45× BF16 eager".replace("FP8 dynamic + compile", "fp8-dynamic")]
     assert checks["fp8-dynamic-lean: peak ≤ 0.55× BF16's"] is True
     assert checks["fp8-dynamic-lean: whole-pipeline peak ≤ 16 GB"] is True
@@ -100,7 +100,7 @@ def test_target_checks():
     assert checks["fp8-dynamic-lean: time ≤ 0.45× BF16 eager"] is True
     # JSON round trip keeps everything the report needs.
     again = harness.BenchRun.from_dict(json.loads(run.to_json()))
-    assert report.render_text(again) == report.render_text(run)
+    assert tables.render_text(again) == tables.render_text(run)
 
 
 def _run(scope: str | None, modes: list, reps: int = 3) -> harness.BenchRun:
@@ -145,6 +145,6 @@ def test_merge_keeps_compile_scopes_apart_and_joins_rows():
         ("model", ["bf16", "fp8-dynamic"]),
     ]
     assert "rows fp8-dynamic: bench model" in runs[1].env["command"]
-    assert "Median of 2-3 images" in report.render_run_markdown(runs[1])
-    assert "Median of 3 images" in report.render_run_markdown(runs[0])
-    assert "regional compilation" in report.render_run_markdown(runs[0])
+    assert "Median of 2-3 images" in tables.render_run_markdown(runs[1])
+    assert "Median of 3 images" in tables.render_run_markdown(runs[0])
+    assert "regional compilation" in tables.render_run_markdown(runs[0])

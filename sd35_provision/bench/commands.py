@@ -102,7 +102,7 @@ def bench(
     from_json,
 ):
     """Measure SD3.5 Large/Medium in each precision mode side by side (time, memory, error, floor)."""
-    from sd35_provision.bench import harness, report
+    from sd35_provision.bench import harness, tables
 
     if from_json:
         runs = harness.merge_runs([run for path in from_json for run in harness.load_runs(path)])
@@ -111,11 +111,11 @@ def bench(
             models, quick, modes, reps, steps, warmup_steps, profile, compile_scope, inductor_tuning, json_path
         )
     for run in runs:
-        click.echo("\n" + report.render_text(run))
+        click.echo("\n" + tables.render_text(run))
     if markdown is None and not quick:
         markdown = DEFAULT_MARKDOWN
     if markdown is not None:
-        report.write_markdown(markdown, runs)
+        tables.write_markdown(markdown, runs)
         click.echo(f"\nwrote {markdown}")
 
 
