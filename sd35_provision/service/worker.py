@@ -137,18 +137,24 @@ class GPUWorker:
         if self.on_batch is not None:
             self.on_batch(images)
         begin = time.monotonic()
+        failure: BaseException | None = None
         try:
             results = run_batch([e.item for e in batch])
-            for entry, result in zip(batch, results, strict=True):
-                entry.future.set_result(result)
+            if len(results) != len(batch):
+                raise RuntimeError(f"the batch returned {len(results)} results for {len(batch)} jobs")
         except BaseException as exc:  # every waiting client hears of it; the thread lives on
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(exc)
-        finally:
-            with self._lock:
-                self._running -= len(batch)
-                self._finished(begin)
+            failure = exc
+        # The counts first: a client that has its result sees this batch no longer running.
+        with self._lock:
+            self._running -= len(batch)
+            self._finished(begin)
+        for position, entry in enumerate(batch):
+            if entry.future.done():  # cancelled: its client left while the batch ran
+                continue
+            if failure is not None:
+                entry.future.set_exception(failure)
+            else:
+                entry.future.set_result(results[position])
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Queue ``fn`` and await its result; raises QueueFull at once when the line is full."""
