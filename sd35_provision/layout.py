@@ -75,7 +75,7 @@ def smoke_image(cache_root: str) -> str:
     return f"{smoke_dir(cache_root)}/last.png"
 
 
-# -- models (format of the manifests: sd35_provision/modelcheck.py) ----------------------
+# -- models (format of the manifests: sd35_provision/hostside/manifests.py) ----------------------
 #
 #   <hf_home>/hub/models--org--name/snapshots/<revision>/   source hf: the hub cache's snapshot
 #   <cache root>/models/git-<name>-<commit>/                 source git: a checkout
