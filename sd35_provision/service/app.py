@@ -33,6 +33,7 @@ from .api import (
 )
 from .config import ServiceConfig
 from .edits import EDITS_PATH, add_edits_route
+from .gpu_metrics import GpuCollector
 from .metrics import ServiceMetrics, process_started_at
 from .playground import PAGE_PATHS, add_playground
 from .worker import GPUWorker, QueueFull
@@ -97,10 +98,12 @@ def create_app(
     on_ready: Callable[[], None] | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
     running: dict[str, Any] | None = None,
+    gpu_metrics: GpuCollector | None = None,
 ) -> FastAPI:
     """The service app. ``load_engine`` defaults to loading ``config.model_dir`` (tests pass their own).
 
     ``running``: what this process runs (service/running.py), answered on /readyz as ``running``.
+    ``gpu_metrics``: the NVML metrics on /metrics (default: of this process's GPUs; tests pass their own).
     """
     if load_engine is None:
         from .pipeline import engine_loader
@@ -109,7 +112,7 @@ def create_app(
 
     state = ServiceState()
     worker = GPUWorker(config.queue_size, config.max_batch)
-    metrics = ServiceMetrics(queue_depth=lambda: worker.waiting, in_progress=lambda: worker.running)
+    metrics = ServiceMetrics(queue_depth=lambda: worker.waiting, in_progress=lambda: worker.running, gpu=gpu_metrics)
     worker.on_batch = metrics.batch_images.observe
     created = time.time()
     body_limit = 16 * 1024 + 8 * config.limits.max_prompt_chars
@@ -222,7 +225,8 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        payload, content_type = metrics.render()
+        # Off the event loop: the GPU collectors ask the driver, which may take a while (bounded there).
+        payload, content_type = await asyncio.to_thread(metrics.render)
         return Response(payload, media_type=content_type)
 
     started = int(time.time())

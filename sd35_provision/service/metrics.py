@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from .gpu_metrics import GpuCollector
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
 
@@ -66,7 +68,13 @@ class CudaMemoryCollector:
 
 
 class ServiceMetrics:
-    def __init__(self, queue_depth: Callable[[], float], in_progress: Callable[[], float]):
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        in_progress: Callable[[], float],
+        gpu: GpuCollector | None = None,
+    ):
+        """``gpu``: the NVML metrics (default: of the GPUs CUDA_VISIBLE_DEVICES gives this process)."""
         # The *_created series double every counter's lines and nobody graphs them.
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -115,6 +123,8 @@ class ServiceMetrics:
         )
         ProcessCollector(registry=r)
         r.register(CudaMemoryCollector())
+        self.gpu = gpu if gpu is not None else GpuCollector()
+        r.register(self.gpu)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
