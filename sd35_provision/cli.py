@@ -528,6 +528,56 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
         sys.exit(EXIT_FAILED)
 
 
+@cli.command(
+    epilog="Exit codes: 0 the file was written; 1 a host could not be read (nothing is written), "
+    "or the spec or output path is unusable; 64 the command line is wrong."
+)
+@spec_argument
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="The targets file to write (replaced atomically), for Prometheus's file_sd_configs.",
+)
+@limit_option
+@runs_pyinfra
+def prometheus(spec: Path, output: Path, limit: tuple[str, ...]) -> None:
+    """Write a Prometheus file_sd targets file: every service instance (and gateway) of SPEC.
+
+    Each host's instances are read from the host (its GPUs decide them), over SSH;
+    labels: job, host, group, instance, and gpu on NVIDIA hosts. Changes nothing on the hosts.
+    """
+    from sd35_provision.report import render_failures
+    from sd35_provision.scrape_targets import (
+        check_output,
+        fleet_targets,
+        render_targets,
+        unreachable_from_outside,
+        write_targets,
+    )
+
+    fleet = _load(spec)
+    check_output(output)  # before any host is asked
+    targets, report = fleet_targets(fleet, limit, _options(False, quiet=True))
+    if not report.ok:
+        click.echo(render_failures(report), err=True)
+        click.echo(f"{output} not written: every host must be read for a complete targets file", err=True)
+        sys.exit(EXIT_FAILED)
+    write_targets(output, render_targets(targets))
+    for settings in fleet.hosts:
+        if any(target.labels.get("host") == settings.name for target in targets) and unreachable_from_outside(settings):
+            click.echo(
+                f"{settings.name}: service.bind is {settings.service.bind}: only a Prometheus on the host "
+                "itself can scrape it",
+                err=True,
+            )
+    keys = sorted({str(target.api_key_file) for target in targets if target.api_key_file is not None})
+    needs_key = f"; /metrics wants the bearer key in {', '.join(keys)} (authorization.credentials_file)" if keys else ""
+    click.echo(f"wrote {output}: {len(targets)} target(s){needs_key}")
+
+
 @cli.command("import-ansible")
 @click.argument("inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

@@ -185,8 +185,13 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
             layout.SERVICE_ENV_FILE: sha256_text(env),
         },
         has_api_key=settings.service.api_key_file is not None,
-        instances=(Instance(index=0, port=settings.service.port),),
+        instances=plan_instances(settings, facts),
     )
+
+
+def plan_instances(settings: HostSettings, facts: PlanFacts) -> tuple[Instance, ...]:
+    """The host's service instances: what the service layer runs and ``sd35-provision prometheus`` scrapes."""
+    return (Instance(index=0, port=settings.service.port),)
 
 
 @dataclass(frozen=True)
