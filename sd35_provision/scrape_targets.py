@@ -64,12 +64,9 @@ def instance_targets(settings: HostSettings, instances: Sequence[Instance]) -> l
     """The targets of one host's service instances."""
     targets = []
     for instance in instances:
-        labels = {
-            "job": SERVICE_JOB,
-            "host": settings.name,
-            "group": ",".join(settings.groups),
-            "instance": f"{settings.name}:{instance.port}",
-        }
+        labels = {"job": SERVICE_JOB, "host": settings.name, "instance": f"{settings.name}:{instance.port}"}
+        if settings.groups:  # Prometheus drops empty labels anyway
+            labels["group"] = ",".join(settings.groups)
         if settings.gpu.accelerator == "nvidia":
             labels["gpu"] = str(instance.index)  # instance N runs on GPU N (hostplan.plan_instances)
         targets.append(

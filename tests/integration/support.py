@@ -102,3 +102,28 @@ class HostStates:
 
     def _all(self) -> tuple[str, ...]:
         return tuple(host.name for host in self.fleet.hosts)
+
+
+PROMETHEUS_CACHE = Path("/var/cache/sd35-provision/prometheus-deb")
+
+
+def prometheus_binary() -> Path:
+    """Debian's ``prometheus`` binary, unpacked from its package into a cache (kept between runs).
+
+    Unpacked rather than installed: the package's scripts would start a Prometheus on :9090 for good.
+    """
+    binary = PROMETHEUS_CACHE / "root" / "usr" / "bin" / "prometheus"
+    if binary.exists():
+        return binary
+    PROMETHEUS_CACHE.mkdir(parents=True, exist_ok=True)
+    download = ["apt-get", "download", "-qq", "prometheus"]
+    if subprocess.run(download, cwd=PROMETHEUS_CACHE, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)  # a fresh machine's lists
+        subprocess.run(download, cwd=PROMETHEUS_CACHE, check=True, capture_output=True)
+    (package,) = PROMETHEUS_CACHE.glob("prometheus_*.deb")
+    staging = PROMETHEUS_CACHE / "root.partial"
+    subprocess.run(["rm", "-rf", str(staging)], check=True)
+    subprocess.run(["dpkg-deb", "-x", str(package), str(staging)], check=True)
+    staging.rename(PROMETHEUS_CACHE / "root")
+    package.unlink()
+    return binary

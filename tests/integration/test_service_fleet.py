@@ -117,6 +117,75 @@ def test_status_page_playground_and_edits_on_the_host(fleet, states, spec, tmp_p
     states.are(spec)  # reads and requests only
 
 
+def test_prometheus_scrapes_every_instance_from_the_targets_file(fleet, states, spec, tmp_path):
+    import subprocess
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sd35_provision.service.gpu_metrics import FAMILIES
+    from tests.integration.support import prometheus_binary
+    from tests.service.support import free_port
+
+    targets = tmp_path / "targets.json"
+    result = cli("prometheus", str(spec), "-o", str(targets), check_exit=0)
+    assert result.stdout == (
+        f"wrote {targets}: 1 target(s); /metrics wants the bearer key in {fleet.state_dir}/api-key "
+        "(authorization.credentials_file)\n"
+    )
+    labels = {"job": "sd35", "host": "node1", "instance": "node1:8600"}  # a CPU host in no group: no gpu, group
+    address = f"{fleet.host('node1').address}:8600"
+    assert json.loads(targets.read_text()) == [{"targets": [address], "labels": labels}]
+
+    # The target's /metrics is Prometheus's text format, with the key only; NVML is in the venv, but no driver.
+    assert httpx.get(f"http://{address}/metrics", timeout=10).status_code == 401
+    text = httpx.get(f"http://{address}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["sd35_model_ready"].samples[0].value == 1 and families["sd35_http_requests"].type == "counter"
+    assert not set(families) & {*FAMILIES, "sd35_gpu_nvml_up", "sd35_gpu_xid_errors"}
+    sh(fleet, "/opt/sd35/current/venv/bin/python -c 'import pynvml'")
+
+    # Debian's Prometheus, configured as the README says (a faster interval), scrapes it.
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: sd35\n"
+        f"    authorization: {{credentials_file: {fleet.state_dir}/api-key}}\n"
+        f"    file_sd_configs: [{{files: [{targets}]}}]\n"
+    )
+    server = subprocess.Popen(
+        [
+            str(prometheus_binary()),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    found: list = []
+    try:
+        deadline = time.monotonic() + 30
+        while not found and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.5)
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "sd35_model_ready"})
+                found = answer.json()["data"]["result"]
+            except httpx.TransportError:
+                continue
+        active = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets").json()["data"]["activeTargets"]
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+    assert [(target["health"], target["lastError"]) for target in active] == [("up", "")], errors[-2000:]
+    assert [(series["metric"], series["value"][1]) for series in found] == [
+        ({"__name__": "sd35_model_ready", **labels}, "1")
+    ]
+    states.are(spec)  # reads only
+
+
 @pytest.mark.parametrize(
     "damage, expect",
     [

@@ -169,6 +169,9 @@ class FakeNvml:
     def nvmlSystemGetDriverVersion(self):
         return self._answer("nvmlSystemGetDriverVersion", None, self.driver)
 
+    def nvmlDeviceGetCount(self):
+        return self._answer("nvmlDeviceGetCount", None, len(self.gpus))
+
     def nvmlDeviceGetHandleByIndex(self, index):
         if not 0 <= index < len(self.gpus):
             raise pynvml.NVMLError_InvalidArgument()

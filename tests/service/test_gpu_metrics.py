@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -255,3 +257,50 @@ def test_the_service_on_this_cpu_machine_has_no_gpu_metrics(tiny_model_dir):
     names = {family.name for family in text_string_to_metric_families(text)}
     assert "sd35_model_ready" in names and not any(name in names for name in FAMILIES)
     assert "sd35_gpu_nvml_up" not in names
+
+
+def load_nvml_check():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "nvml_check.py"
+    spec = importlib.util.spec_from_file_location("nvml_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_h200_check_script_passes_the_recorded_h200(monkeypatch, tmp_path, capsys):
+    """scripts/nvml_check.py as the lead runs it on the H200, here with pynvml answering from its recording."""
+    nvml_check = load_nvml_check()
+    monkeypatch.setitem(sys.modules, "pynvml", h200())
+    monkeypatch.setattr("sys.argv", ["nvml_check.py", "--json", str(tmp_path / "nvml.json")])
+    assert nvml_check.main() == 0, capsys.readouterr().err
+    document = json.loads((tmp_path / "nvml.json").read_text())
+    assert document["problems"] == [] and [gpu["name"] for gpu in document["gpus"]] == ["NVIDIA H200"] * 2
+    temperatures = next(m for m in document["metrics"] if m["name"] == "sd35_gpu_temperature_celsius")
+    assert (temperatures["type"], [s["labels"]["gpu"] for s in temperatures["samples"]]) == ("gauge", ["0", "1"])
+
+
+def test_the_h200_check_names_missing_and_mistyped_metrics():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    nvml_check = load_nvml_check()
+    fake = h200()
+    fake.gpus[1].temperature = None
+    fake.gpus[0].remapped_rows = None
+    registry = CollectorRegistry()
+    collector = GpuCollector(loader(fake), environ={"CUDA_VISIBLE_DEVICES": "0,1"})
+    collector.wait_started(5)
+    registry.register(collector)
+    families = list(text_string_to_metric_families(generate_latest(registry).decode()))
+    for family in families:
+        if family.name == "sd35_gpu_power_watts":
+            family.type = "counter"
+    assert nvml_check.check(families, 2, ["NVIDIA H200"] * 2) == [
+        "sd35_gpu_temperature_celsius: GPU 1 has 0 sample(s), expected 1",
+        "sd35_gpu_power_watts: type counter, expected gauge",
+        "sd35_gpu_remapped_rows: GPU 0 has 0 sample(s), expected 2",
+        "sd35_gpu_row_remap_pending: GPU 0 has 0 sample(s), expected 1",
+        "sd35_gpu_row_remap_failed: GPU 0 has 0 sample(s), expected 1",
+    ]

@@ -56,15 +56,15 @@ def test_each_instance_is_a_target_with_its_host_group_gpu_and_instance(spec):
     assert rendered == [
         {
             "targets": ["10.0.0.1:8600"],
-            "labels": {"job": "sd35", "host": "gpu-a1", "group": "h200,eu", "instance": "gpu-a1:8600", "gpu": "0"},
+            "labels": {"job": "sd35", "host": "gpu-a1", "instance": "gpu-a1:8600", "group": "h200,eu", "gpu": "0"},
         },
         {
             "targets": ["[fd00::2]:8600"],
-            "labels": {"job": "sd35", "host": "gpu-a2", "group": "h200", "instance": "gpu-a2:8600", "gpu": "0"},
+            "labels": {"job": "sd35", "host": "gpu-a2", "instance": "gpu-a2:8600", "group": "h200", "gpu": "0"},
         },
         {  # a CPU host has no gpu label
             "targets": ["edge1.example.net:8000"],
-            "labels": {"job": "sd35", "host": "edge1", "group": "cpu", "instance": "edge1:8000"},
+            "labels": {"job": "sd35", "host": "edge1", "instance": "edge1:8000", "group": "cpu"},
         },
     ]
 
