@@ -19,6 +19,7 @@ VENV_PACKAGES = {
     "starlette",
     "torchao",
     "accelerate",
+    "pynvml",  # nvidia-ml-py
 }
 
 
