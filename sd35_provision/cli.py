@@ -471,12 +471,12 @@ def facts(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 @json_option
 @runs_pyinfra
 def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
-    """Smoke-test each host's running service: one small image, checked (exit 1 if any host fails)."""
+    """Smoke-test each service instance of each host: one small image each, checked (exit 1 if any fails)."""
     from sd35_provision import workflow
-    from sd35_provision.report import render_failures, render_table
+    from sd35_provision.report import render_failures, render_smoke_table
 
     report = workflow.smoke(_load(spec), limit, _options(False))
-    click.echo(run_json(report) if as_json else render_table(report))
+    click.echo(run_json(report) if as_json else render_smoke_table(report))
     if not report.ok:
         if not as_json:
             click.echo(render_failures(report), err=True)
@@ -506,7 +506,8 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 )
 @runs_pyinfra
 def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, html: Path | None) -> None:
-    """One row per host: reachable, OS, GPU, driver, FP8, service, release, model, last smoke, drift.
+    """One row per host: reachable, OS, GPU, driver, FP8, service, release, model, last smoke, drift
+    (and one per service instance when a host runs several).
 
     One SSH connection per host, all hosts in parallel; changes nothing.
     """

@@ -34,13 +34,15 @@ from sd35_provision.cuda_compat import (
 )
 from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.facts.host import HostFacts
-from sd35_provision.facts.nvidia import NvidiaStatus, PciDevice
+from sd35_provision.facts.nvidia import MigDevice, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter
 from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.instances import Instance, InstanceSelectionError, select_instances
 from sd35_provision.locks import Lock, load_lock, load_lock_file
 from sd35_provision.modelstore import ModelSourceError, push_manifest
 from sd35_provision.service.unit import render_unit
 from sd35_provision.service_settings import (
+    render_instance_env,
     render_service_env,
     service_env_digest,
 )
@@ -57,6 +59,10 @@ class EnvironmentNotReady(PreflightError, OperationError):
     """
 
 
+class InstancesNotAvailable(PreflightError, OperationError):
+    """The host lacks a GPU or MIG device ``service.instances`` names (or has fewer than it asks for)."""
+
+
 class ModelNotReady(HostError, OperationError):
     """The model cannot be put on this host as the spec says (too little disk, unusable source)."""
 
@@ -68,29 +74,28 @@ class PlanFacts:
     pythons: tuple[PythonInterpreter, ...]
     nvidia: NvidiaStatus | None = None  # None: not read (CPU host, or a pinned torch flavour)
     nvidia_pci: tuple[PciDevice, ...] = ()
+    mig_devices: tuple[MigDevice, ...] = ()  # of GPUs in MIG mode (nvidia-smi -L); each can run an instance
     os_id: str = ""  # "ubuntu", "debian"
     os_version: str = ""  # "24.04"
     interpreter_environment: Mapping[str, str] | None = None  # PEP 508 markers; read only with a wheelhouse
 
     @classmethod
-    def from_host_facts(cls, facts: HostFacts, interpreter_environment: Mapping[str, str] | None = None) -> PlanFacts:
-        """The plan's share of what preflight gathered (no second read)."""
+    def from_host_facts(
+        cls,
+        facts: HostFacts,
+        interpreter_environment: Mapping[str, str] | None = None,
+        mig_devices: tuple[MigDevice, ...] = (),
+    ) -> PlanFacts:
+        """The plan's share of what preflight gathered (no second read), and the MIG devices (read for the plan)."""
         return cls(
             pythons=facts.pythons,
+            mig_devices=mig_devices,
             nvidia=facts.nvidia,
             nvidia_pci=facts.nvidia_pci,
             os_id=facts.os_id,
             os_version=facts.os_version,
             interpreter_environment=interpreter_environment,
         )
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One inference service process on the host (one for now; one per GPU later)."""
-
-    index: int
-    port: int
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,13 @@ class HostPlan:
     service_env: str = field(repr=False)
     service_env_digest: str
     unit: str = field(repr=False)
-    # SHA-256 per file the service reads, but the API key (the service layer adds its digest):
-    # what a service that runs this plan states in its running record.
+    # SHA-256 per file every instance reads, but the API key (the service layer adds its digest) and
+    # the instance's own settings file (``running_files_of``): what it states in its running record.
     running_files: Mapping[str, str] = field(repr=False)
     has_api_key: bool  # whether service.api_key_file is set; the key itself is never in the plan
+    # The service processes, in order (sd35_provision/instances.py): each one's number, port, device, unit.
     instances: tuple[Instance, ...]
+    instance_envs: Mapping[int, str] = field(repr=False)  # each instance's settings file, by its index
 
     @property
     def name(self) -> str:
@@ -134,6 +141,10 @@ class HostPlan:
     def release_target(self) -> str:
         """What ``current`` points at once this plan's release is switched in."""
         return layout.release_target(self.release_id)
+
+    def running_files_of(self, instance: Instance) -> dict[str, str]:
+        """What ``instance`` states it read when it runs this plan (the API key's digest aside)."""
+        return {**self.running_files, instance.env_file: sha256_text(self.instance_envs[instance.index])}
 
 
 def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
@@ -159,6 +170,7 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
     app = layout.app_dir(root, service_bundle()[1])
     env, digest = render_service_env(settings), service_env_digest(settings)
     unit = render_service_unit(settings)
+    instances = plan_instances(settings, facts)
     release = release_manifest(lock, {"venv": venv, "app": app, "model": model_dir}, settings.model.revision, digest)
     return HostPlan(
         settings=settings,
@@ -185,13 +197,22 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
             layout.SERVICE_ENV_FILE: sha256_text(env),
         },
         has_api_key=settings.service.api_key_file is not None,
-        instances=plan_instances(settings, facts),
+        instances=instances,
+        instance_envs={instance.index: render_instance_env(instance) for instance in instances},
     )
 
 
 def plan_instances(settings: HostSettings, facts: PlanFacts) -> tuple[Instance, ...]:
-    """The host's service instances: what the service layer runs and ``sd35-provision prometheus`` scrapes."""
-    return (Instance(index=0, port=settings.service.port),)
+    """The host's service instances: what the service layer runs and ``sd35-provision prometheus`` scrapes.
+
+    Raises ``InstancesNotAvailable`` (a preflight failure) naming the host, ``service.instances`` and what it has.
+    """
+    try:
+        return select_instances(
+            settings.service.instances, settings.service.port, settings.gpu.accelerator, facts.nvidia, facts.mig_devices
+        )
+    except InstanceSelectionError as error:
+        raise InstancesNotAvailable(settings.name, "preflight", str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -281,9 +302,10 @@ def sha256_text(text: str) -> str:
 
 
 def render_service_unit(settings: HostSettings) -> str:
-    """The systemd unit: the ``current`` release's venv and code, the service's settings file."""
+    """The template unit: the ``current`` release's venv and code, the shared and the instance's settings files."""
     current = layout.current_link(settings.python.install_root)
     return render_unit(
+        description="Stable Diffusion 3.5 inference service, instance %i",
         venv_dir=f"{current}/venv",
         working_dir=f"{current}/app",
         cache_dirs=[settings.cache.root],
@@ -291,7 +313,8 @@ def render_service_unit(settings: HostSettings) -> str:
         env_file=layout.ENV_FILE,
         user=settings.service.user,
         timeout_start_s=settings.service.start_timeout_s,
-        running_record=layout.RUNNING_RECORD,
+        running_record=layout.running_record("%i"),
         release_link=current,
         unit_path=layout.UNIT_PATH,
+        instance_env_file=layout.instance_env_file("%i"),
     )

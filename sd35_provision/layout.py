@@ -16,9 +16,14 @@ from sd35_provision.hostspec.settings import CacheSettings, ModelSettings
 
 CONFIG_DIR = "/etc/sd35"
 ENV_FILE = f"{CONFIG_DIR}/env"
-SERVICE_UNIT = "sd35-inference.service"
-UNIT_PATH = f"/etc/systemd/system/{SERVICE_UNIT}"
-SERVICE_ENV_FILE = f"{CONFIG_DIR}/service.env"  # the service's SD35_* settings
+# One systemd template unit, one instance per GPU (or MIG device): sd35-inference@<i>.service.
+SERVICE_TEMPLATE = "sd35-inference@.service"
+UNIT_PATH = f"/etc/systemd/system/{SERVICE_TEMPLATE}"
+INSTANCES_DIR = f"{CONFIG_DIR}/instances"  # <i>.env: one instance's port and device, read after service.env
+# The single unit hosts ran before instances: apply stops, disables and removes it.
+LEGACY_UNIT = "sd35-inference.service"
+LEGACY_UNIT_PATH = f"/etc/systemd/system/{LEGACY_UNIT}"
+SERVICE_ENV_FILE = f"{CONFIG_DIR}/service.env"  # the SD35_* settings every instance shares
 RELEASE_SERVICE_ENV = "service.env"  # the copy of them in each release directory, for rollbacks
 API_KEY_FILE = f"{CONFIG_DIR}/api-key"  # the service's bearer key, 0400, owned by the service user
 HF_TOKEN_FILE = f"{CONFIG_DIR}/hf-token"  # the hub token, 0600, owned by the service user
@@ -26,8 +31,22 @@ PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
 
 # -- /run -------------------------------------------------------------------------------
 
-RUNNING_RECORD = "/run/sd35/running.json"  # what the service runs, written by it at start (service/running.py)
+RUN_DIR = "/run/sd35"  # <i>/running.json: what instance <i> runs, written by it at start (service/running.py)
 RUN_LOCK = "/run/lock/sd35-provision.lock"  # held by a run for its whole length (sd35_provision/hostlock.py)
+
+
+def instance_unit(index: int | str) -> str:
+    """``sd35-inference@<index>.service`` (``%i`` gives the template's own spelling)."""
+    return SERVICE_TEMPLATE.replace("@", f"@{index}")
+
+
+def instance_env_file(index: int | str) -> str:
+    return f"{INSTANCES_DIR}/{index}.env"
+
+
+def running_record(index: int | str) -> str:
+    """Where instance ``index`` states what it runs; its directory is the unit's RuntimeDirectory (gone at stop)."""
+    return f"{RUN_DIR}/{index}/running.json"
 
 
 # -- the cache root (cache.root, on the SSD) --------------------------------------------
@@ -67,12 +86,17 @@ def smoke_dir(cache_root: str) -> str:
     return f"{cache_root}/smoke"
 
 
-def smoke_record(cache_root: str) -> str:
-    return f"{smoke_dir(cache_root)}/last.json"
+def smoke_record(cache_root: str, instance: int = 0) -> str:
+    """Instance 0's is ``last.json`` (as before instances), instance i's ``last-<i>.json``."""
+    return f"{smoke_dir(cache_root)}/last{_instance_suffix(instance)}.json"
 
 
-def smoke_image(cache_root: str) -> str:
-    return f"{smoke_dir(cache_root)}/last.png"
+def smoke_image(cache_root: str, instance: int = 0) -> str:
+    return f"{smoke_dir(cache_root)}/last{_instance_suffix(instance)}.png"
+
+
+def _instance_suffix(instance: int) -> str:
+    return f"-{instance}" if instance else ""
 
 
 # -- models (format of the manifests: sd35_provision/hostside/manifests.py) ----------------------

@@ -83,9 +83,36 @@ def render_table(report: RunReport) -> str:
         elif host.notes:
             detail = "; ".join(host.notes)
         if host.smoke and host.smoke.get("ok"):
-            detail = "; ".join(filter(None, [detail, f"smoke ok in {host.smoke['latency_s']:.1f}s"]))
+            count = len(host.smoke.get("instances") or ())
+            each = f" ({count} instances)" if count > 1 else ""
+            detail = "; ".join(filter(None, [detail, f"smoke ok in {host.smoke['latency_s']:.1f}s{each}"]))
         rows.append((host.name, *((host.wave or "-",) if staged else ()), host.status, str(len(host.changes)), detail))
     return render_rows(rows, right_aligned={len(rows[0]) - 2})  # CHANGES, a count
+
+
+def render_smoke_table(report: RunReport) -> str:
+    """``smoke``: one row per instance of each host (a host that failed before it got there: one row)."""
+    rows = [("HOST", "INSTANCE", "PORT", "DEVICE", "STATUS", "DETAIL")]
+    for host in report.hosts:
+        instances = (host.smoke or {}).get("instances") or []
+        if not instances:
+            first_line = (host.error or "").strip().splitlines()
+            detail = f"{host.step}: {first_line[-1] if first_line else ''}" if host.failed else ""
+            rows.append((host.name, "-", "-", "-", host.status, detail))
+        for each in instances:
+            latency = each.get("latency_s")
+            timing = f" in {latency:.1f}s" if isinstance(latency, (int, float)) else ""
+            rows.append(
+                (
+                    host.name,
+                    str(each["index"]),
+                    str(each["port"]),
+                    each.get("device") or "cpu",
+                    "ok" if each["ok"] else "failed",
+                    f"smoke ok{timing}" if each["ok"] else f"smoke test failed: {each.get('reason') or ''}",
+                )
+            )
+    return render_rows(rows, right_aligned={2})
 
 
 def render_plan(report: RunReport) -> str:

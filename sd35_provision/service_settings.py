@@ -13,6 +13,7 @@ from typing import Any
 
 from sd35_provision import layout
 from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.instances import Instance
 from sd35_provision.service import config
 
 SERVICE_ENV_FILE = layout.SERVICE_ENV_FILE
@@ -21,12 +22,14 @@ RELEASE_COPY = layout.RELEASE_SERVICE_ENV  # the copy in each release directory
 
 
 def service_environment(settings: HostSettings) -> dict[str, str]:
-    """The service's SD35_* settings, named and checked by sd35_provision/service/config.py; no secret in here."""
+    """The SD35_* settings every instance shares, named and checked by sd35_provision/service/config.py.
+
+    No secret in here, and nothing of one instance: its port is in its own file (``render_instance_env``).
+    """
     service, current = settings.service, layout.current_link(settings.python.install_root)
     values: list[tuple[config.Setting[Any], Any]] = [
         (config.MODEL_DIR, f"{current}/model"),
         (config.BIND, service.bind),
-        (config.PORT, service.port),
         (config.PRECISION, service.precision),
         (config.COMPILE, service.compile),
         (config.QUEUE_SIZE, service.queue_size),
@@ -49,3 +52,20 @@ def render_service_env(settings: HostSettings) -> str:
 
 def service_env_digest(settings: HostSettings) -> str:
     return hashlib.sha256(render_service_env(settings).encode()).hexdigest()[:16]
+
+
+def instance_environment(instance: Instance) -> dict[str, str]:
+    """One instance's own settings: its port and, on a GPU, the one device it may see (by UUID)."""
+    values = config.render_env([(config.PORT, instance.port)])
+    if instance.device is not None:
+        values["CUDA_VISIBLE_DEVICES"] = instance.device
+    return values
+
+
+def render_instance_env(instance: Instance) -> str:
+    lines = [
+        "# Managed by sd35-provision; edits are reverted on the next apply.",
+        f"# Instance {instance.index} ({instance.unit}) on {instance.gpu}; read after {SERVICE_ENV_FILE}.",
+    ]
+    lines += [f"{key}={value}" for key, value in instance_environment(instance).items()]
+    return "\n".join(lines) + "\n"

@@ -1,32 +1,55 @@
-"""The remote smoke test, and the rollback when a new release fails it.
+"""The remote smoke test, per service instance, and the rollback when a new release fails it.
 
 The check runs ON the host (``python -m sd35_provision.service.smoke`` from
-the current release): wait for /readyz, generate one small image, check it
-is a PNG of the asked size that is not blank. It keeps the image and the
-result in ``<cache root>/smoke/`` for ``status`` and for people to look at.
+the current release), once per instance the host has (its settings files in
+/etc/sd35/instances, read after the apply): wait for /readyz, generate one
+small image, check it is a PNG of the asked size that is not blank. It keeps
+each instance's image and result in ``<cache root>/smoke/`` (instance 0's as
+``last.png``/``last.json``) for ``status`` and for people to look at.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from pyinfra.api.host import Host
 
 from sd35_provision import layout
+from sd35_provision.facts.service import InstalledInstances, parse_installed_instances
 from sd35_provision.hostspec.settings import HostSettings
 
-UNIT_NAME = layout.SERVICE_UNIT
 API_KEY_PATH = layout.API_KEY_FILE
+RESTART_PATTERNS = shlex.quote(layout.SERVICE_TEMPLATE.replace("@", "@*"))
+
+
+@dataclass(frozen=True)
+class SmokeTarget:
+    """One instance to smoke-test: what the host's settings file for it says."""
+
+    index: int
+    port: int
+    device: str | None  # CUDA_VISIBLE_DEVICES: GPU-… / MIG-… (None: not pinned)
+    unit: str
 
 
 @dataclass
 class SmokeOutcome:
+    ok: bool  # every instance passed
+    reason: str  # the first failure ("instance 1 (port 8001): ..."), "" when all passed
+    latency_s: float | None = None  # the slowest instance's
+    image: str | None = None  # instance 0's PNG on the host
+    instances: list[dict[str, Any]] = field(default_factory=list)  # per instance: index, unit, port, device, ok...
+
+
+@dataclass
+class InstanceSmoke:
     ok: bool
     reason: str
     latency_s: float | None = None
-    image: str | None = None  # the PNG on the host
+    image: str | None = None
 
 
 def _as_root(host: Host) -> dict:
@@ -34,21 +57,22 @@ def _as_root(host: Host) -> dict:
     return {"_sudo": True} if host.data.get("_sudo", False) else {}
 
 
-def service_url(settings: HostSettings) -> str:
+def service_url(settings: HostSettings, port: int | None = None) -> str:
+    """Where the host itself reaches an instance (``port``; default instance 0's, ``service.port``)."""
     bind = settings.service.bind
     address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
     host_part = f"[{address}]" if ":" in address else address
-    return f"http://{host_part}:{settings.service.port}"
+    return f"http://{host_part}:{settings.service.port if port is None else port}"
 
 
-def smoke_command(settings: HostSettings) -> str:
+def smoke_command(settings: HostSettings, instance: int = 0, port: int | None = None) -> str:
     current, cache_root = layout.current_link(settings.python.install_root), settings.cache.root
     args = [
         f"{current}/venv/bin/python",
         "-m",
         "sd35_provision.service.smoke",
         "--url",
-        service_url(settings),
+        service_url(settings, port),
         "--size",
         settings.smoke.size,
         "--steps",
@@ -58,9 +82,9 @@ def smoke_command(settings: HostSettings) -> str:
         "--prompt",
         settings.smoke.prompt,
         "--save",
-        layout.smoke_image(cache_root),
+        layout.smoke_image(cache_root, instance),
         "--record",
-        layout.smoke_record(cache_root),
+        layout.smoke_record(cache_root, instance),
     ]
     if settings.service.api_key_file is not None:
         args += ["--api-key-file", API_KEY_PATH]  # a path: the key never reaches argv
@@ -69,9 +93,55 @@ def smoke_command(settings: HostSettings) -> str:
     )
 
 
+def smoke_targets(host: Host, settings: HostSettings) -> list[SmokeTarget]:
+    """The instances the host has now (read afresh: after an apply, pyinfra's facts are the ones from before).
+
+    A host still on the single unit of before instances has one, on ``service.port``.
+    """
+    command = InstalledInstances().command(layout.INSTANCES_DIR, layout.SERVICE_TEMPLATE, layout.LEGACY_UNIT)
+    _, output = host.run_shell_command(command, print_output=False, **_as_root(host))
+    installed = parse_installed_instances(output.stdout_lines)
+    targets = [
+        SmokeTarget(each.index, each.port, each.device, layout.instance_unit(each.index))
+        for each in installed.instances
+        if each.port is not None
+    ]
+    return targets or [SmokeTarget(0, settings.service.port, None, layout.LEGACY_UNIT)]
+
+
 def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
+    """Smoke-test every instance of the host, one after the other."""
+    results: list[dict[str, Any]] = []
+    for target in smoke_targets(host, settings):
+        result = _smoke_instance(host, settings, target)
+        results.append(
+            {"index": target.index, "unit": target.unit, "port": target.port, "device": target.device, **asdict(result)}
+        )
+    failed = [each for each in results if not each["ok"]]
+    latencies = [each["latency_s"] for each in results if isinstance(each["latency_s"], (int, float))]
+    reason = ""
+    if failed:
+        first = failed[0]
+        reason = (
+            first["reason"]
+            if len(results) == 1
+            else f"instance {first['index']} (port {first['port']}): {first['reason']}"
+        )
+    return SmokeOutcome(
+        ok=not failed,
+        reason=reason,
+        latency_s=max(latencies) if latencies else None,
+        image=results[0]["image"] if results else None,
+        instances=results,
+    )
+
+
+def _smoke_instance(host: Host, settings: HostSettings, target: SmokeTarget) -> InstanceSmoke:
     _, output = host.run_shell_command(
-        smoke_command(settings), print_output=False, _timeout=settings.smoke.timeout_s + 60, **_as_root(host)
+        smoke_command(settings, target.index, target.port),
+        print_output=False,
+        _timeout=settings.smoke.timeout_s + 60,
+        **_as_root(host),
     )
     for line in reversed(output.stdout_lines):
         try:
@@ -79,14 +149,14 @@ def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:
         except json.JSONDecodeError:
             continue
         if isinstance(result, dict) and "ok" in result:
-            return SmokeOutcome(
+            return InstanceSmoke(
                 ok=bool(result["ok"]),
                 reason=result.get("reason", ""),
                 latency_s=result.get("latency_s"),
-                image=layout.smoke_image(settings.cache.root) if result["ok"] else None,
+                image=layout.smoke_image(settings.cache.root, target.index) if result["ok"] else None,
             )
     detail = (output.stderr or output.stdout).strip().splitlines()
-    return SmokeOutcome(ok=False, reason=detail[-1] if detail else "the smoke test printed no result")
+    return InstanceSmoke(ok=False, reason=detail[-1] if detail else "the smoke test printed no result")
 
 
 def current_release(host: Host, settings: HostSettings, link: str = "current") -> str | None:
@@ -109,7 +179,8 @@ def roll_back(host: Host, settings: HostSettings) -> tuple[str | None, str]:
         [
             switch_script(settings.python.install_root, previous),
             _restore_settings_script(settings),
-            f"systemctl restart {UNIT_NAME} || systemctl status --no-pager --lines=10 {UNIT_NAME} >&2",
+            # Every instance the host runs (loaded units; a legacy single unit, if any, too).
+            f"systemctl restart {RESTART_PATTERNS} || systemctl status --no-pager --lines=10 {RESTART_PATTERNS} >&2",
         ]
     )
     ok, output = host.run_shell_command(command, print_output=False, **_as_root(host))

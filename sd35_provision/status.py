@@ -4,6 +4,11 @@ Per host: reachable, OS, GPU, driver, FP8, the service (systemd + /readyz),
 the current release and its model revision, the last smoke test, and drift
 (the dry run of every layer: would ``apply`` change anything?). Nothing on
 the hosts changes. What a host does not have yet shows as ``-``.
+
+Per service instance (``instances``): its unit, port, device, systemd state,
+/readyz and last smoke test; the host's SERVICE column sums them up (the first
+instance that is not active and ready, else instance 0). When a host runs more
+than one instance, the table is followed by one row per instance.
 """
 
 from __future__ import annotations
@@ -16,15 +21,38 @@ from typing import Any
 from pyinfra.api.host import Host
 
 from sd35_provision import layout
-from sd35_provision.facts.service import NO_SERVICE, ServiceState, ServiceStatus
+from sd35_provision.facts.nvidia import MigDevice, NvidiaMigDevices
+from sd35_provision.facts.service import (
+    NO_SERVICE,
+    InstalledInstances,
+    ServiceInstallation,
+    ServiceState,
+    ServiceStatus,
+)
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
+from sd35_provision.instances import host_devices
 from sd35_provision.inventory import select_hosts
 from sd35_provision.report import HostOutcome
 from sd35_provision.runner import FleetRun, RunOptions
-from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
+from sd35_provision.smoketest import API_KEY_PATH, SmokeTarget, service_url
 from sd35_provision.texttable import render_rows
 
 HEADER = ("HOST", "REACHABLE", "OS", "GPU", "DRIVER", "FP8", "SERVICE", "RELEASE", "MODEL REV", "LAST SMOKE", "DRIFT")
+INSTANCE_HEADER = ("HOST", "INSTANCE", "GPU", "PORT", "SERVICE", "LAST SMOKE")
+
+
+@dataclass
+class InstanceStatus:
+    """One service instance of a host, as status reads it."""
+
+    index: int
+    unit: str
+    port: int
+    device: str | None  # CUDA_VISIBLE_DEVICES (GPU-…/MIG-… UUID); None: not pinned
+    gpu: str  # "GPU 3", "GPU 0 MIG 3g.40gb #1", "cpu", or the UUID when the host no longer has it
+    active: str | None
+    ready: str | None
+    smoke: dict[str, Any] | None
 
 
 @dataclass
@@ -43,6 +71,7 @@ class HostStatus:
     smoke: dict[str, Any] | None = None
     drift: bool | None = None  # None: could not be worked out (see error)
     drift_operations: list[str] = field(default_factory=list)
+    instances: list[InstanceStatus] = field(default_factory=list)
     error: str | None = None  # "step: reason" when something could not be read
     status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
@@ -54,11 +83,7 @@ class HostStatus:
 
     @property
     def last_smoke(self) -> str:
-        if not self.smoke:
-            return "-"
-        latency = self.smoke.get("latency_s")
-        timing = f" {latency:.1f}s" if isinstance(latency, (int, float)) else ""
-        return ("ok" if self.smoke.get("ok") else "FAILED") + timing
+        return _smoke_text(self.smoke)
 
     def row(self) -> tuple[str, ...]:
         fp8 = "-" if self.fp8_capable is None else ("yes" if self.fp8_capable else "no")
@@ -80,11 +105,32 @@ class HostStatus:
             drift if self.reachable else "-",
         )
 
+    def instance_rows(self) -> list[tuple[str, ...]]:
+        return [
+            (
+                self.name,
+                str(each.index),
+                each.gpu,
+                str(each.port),
+                f"{each.active}/{each.ready}" if each.active and each.ready else each.active or "-",
+                _smoke_text(each.smoke),
+            )
+            for each in self.instances
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["status"]  # the JSON document puts it first, beside the name
         data["service"] = {"active": data.pop("service_active"), "ready": data.pop("service_ready")}
         return data
+
+
+def _smoke_text(smoke: dict[str, Any] | None) -> str:
+    if not smoke:
+        return "-"
+    latency = smoke.get("latency_s")
+    timing = f" {latency:.1f}s" if isinstance(latency, (int, float)) else ""
+    return ("ok" if smoke.get("ok") else "FAILED") + timing
 
 
 def fleet_status(
@@ -131,22 +177,58 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     _, os_name, gpu, driver, _, _, _, _ = facts_row(host.name, facts)
     row.os, row.gpu, row.driver = os_name, gpu, None if driver == "-" else driver
     row.fp8_capable = facts.fp8_capable if facts.gpus else None
-    service = _service_state(host, settings)
+    installed: ServiceInstallation = host.get_fact(
+        InstalledInstances,
+        instances_dir=layout.INSTANCES_DIR,
+        template=layout.SERVICE_TEMPLATE,
+        legacy_unit=layout.LEGACY_UNIT,
+    )
+    targets = [
+        SmokeTarget(each.index, each.port, each.device, layout.instance_unit(each.index))
+        for each in installed.instances
+        if each.port is not None
+    ]
+    migs: tuple[MigDevice, ...] = host.get_fact(NvidiaMigDevices) if facts.nvidia.working else ()
+    labels = {device.uuid: device.label for device in host_devices(facts.nvidia, migs)}
+    states: list[ServiceStatus] = []
+    # A host still on the single unit of before instances (or with none yet) is asked about that unit.
+    for target in targets or [SmokeTarget(0, settings.service.port, None, layout.LEGACY_UNIT)]:
+        state = _service_state(host, settings, target)
+        states.append(state)
+        if targets or installed.legacy_unit:
+            row.instances.append(
+                InstanceStatus(
+                    index=target.index,
+                    unit=target.unit,
+                    port=target.port,
+                    device=target.device,
+                    gpu=labels.get(target.device, target.device) if target.device else "cpu",
+                    active=state.active,
+                    ready=_ready(state),
+                    smoke=state.smoke,
+                )
+            )
+    unwell = [state for state in states if state.active != "active" or _ready(state) != "ready"]
+    service = (unwell or states)[0]
     row.service_active = service.active
+    row.service_ready = _ready(service)
+    row.release = states[0].release_id
+    row.model_revision = states[0].model_revision
+    row.smoke = states[0].smoke
+
+
+def _ready(state: ServiceStatus) -> str | None:
     # Only a running unit has a /readyz to ask (activating: still loading the model).
-    row.service_ready = service.ready if service.active in ("active", "activating", "reloading") else None
-    row.release = service.release_id
-    row.model_revision = service.model_revision
-    row.smoke = service.smoke
+    return state.ready if state.active in ("active", "activating", "reloading") else None
 
 
-def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
+def _service_state(host: Host, settings: HostSettings, target: SmokeTarget) -> ServiceStatus:
     state = host.get_fact(
         ServiceState,
-        unit=UNIT_NAME,
+        unit=target.unit,
         install_root=settings.python.install_root,
-        smoke_record=layout.smoke_record(settings.cache.root),
-        url=service_url(settings),
+        smoke_record=layout.smoke_record(settings.cache.root, target.index),
+        url=service_url(settings, target.port),
         api_key_file=API_KEY_PATH,
     )
     return state or NO_SERVICE
@@ -168,5 +250,9 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
 
 
 def render_status_table(rows: list[HostStatus]) -> str:
+    """One row per host; then, when a host runs more than one instance, one row per instance; then errors."""
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
-    return "\n".join([render_rows([HEADER, *(row.row() for row in rows)]), *errors])
+    tables = [render_rows([HEADER, *(row.row() for row in rows)])]
+    if any(len(row.instances) > 1 for row in rows):
+        tables.append("\n" + render_rows([INSTANCE_HEADER, *(line for row in rows for line in row.instance_rows())]))
+    return "\n".join([*tables, *errors])

@@ -47,6 +47,7 @@ from pyinfra.api.util import get_kwargs_str
 from pyinfra.context import ctx_host, ctx_state
 
 from sd35_provision.deploys.plan import plan_host
+from sd35_provision.facts.nvidia import NvidiaStatus
 from sd35_provision.facts.python import PythonInterpreter
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import HostSettings
@@ -59,10 +60,12 @@ class FactNotRecorded(LookupError):
 
 # Facts of the connection rather than of the host's state, answered unless a test records them.
 CONNECTION_FACTS: dict[str, Any] = {"TmpDir": "/tmp"}
-# What the plan reads that a layer's test may not care about: a Debian 12 host's Python, no GPU on PCI.
+# What the plan reads that a layer's test may not care about: a Debian 12 host's Python, no GPU.
 PLAN_DEFAULTS: dict[str, Any] = {
     "PythonVersions": [PythonInterpreter("python3", "/usr/bin/python3", "3.11.2")],
     "NvidiaPciDevices": [],
+    "NvidiaGpus": NvidiaStatus(state="absent"),  # what instances an NVIDIA host runs depends on them
+    "NvidiaMigDevices": (),
 }
 
 

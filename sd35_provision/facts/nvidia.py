@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pyinfra.api import FactBase
@@ -126,6 +127,46 @@ class NvidiaGpus(FactBase[NvidiaStatus]):
     @staticmethod
     def default() -> NvidiaStatus:
         return NvidiaStatus(state="absent")
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    """One MIG device (a slice of a GPU in MIG mode) as ``nvidia-smi -L`` lists it."""
+
+    gpu_uuid: str  # the GPU it is a slice of
+    index: int  # its number on that GPU ("Device  1")
+    profile: str  # "3g.40gb"
+    uuid: str  # "MIG-..."; CUDA_VISIBLE_DEVICES takes it
+
+
+# "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-...)", then one line per MIG device of that GPU,
+# "  MIG 3g.40gb     Device  0: (UUID: MIG-...)" (R470 and later). Only -L names the MIG devices.
+_LIST_GPU = re.compile(r"^GPU \d+: .*\(UUID: (GPU-[^)\s]+)\)\s*$")
+_LIST_MIG = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[^)\s]+)\)\s*$")
+
+
+class NvidiaMigDevices(FactBase[tuple[MigDevice, ...]]):
+    """The MIG devices of GPUs in MIG mode, from ``nvidia-smi -L``; none without MIG (or without nvidia-smi)."""
+
+    def command(self) -> str:
+        return "nvidia-smi -L 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> tuple[MigDevice, ...]:
+        devices: list[MigDevice] = []
+        gpu: str | None = None
+        for line in output:
+            listed = _LIST_GPU.match(line)
+            if listed:
+                gpu = listed.group(1)
+                continue
+            mig = _LIST_MIG.match(line)
+            if mig and gpu is not None:
+                devices.append(MigDevice(gpu, int(mig.group(2)), mig.group(1), mig.group(3)))
+        return tuple(devices)
+
+    @staticmethod
+    def default() -> tuple[MigDevice, ...]:
+        return ()
 
 
 @dataclass(frozen=True)

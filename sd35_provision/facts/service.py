@@ -147,3 +147,110 @@ def parse_running_state(output: list[str]) -> RunningState:
         main_pid=int(pid) if pid.isdigit() and int(pid) > 0 else None,
         record=record,
     )
+
+
+@dataclass(frozen=True)
+class InstalledInstance:
+    """A service instance the host has: its settings file, its unit's state, or both."""
+
+    index: int
+    port: int | None  # SD35_PORT of its settings file (None: no file)
+    device: str | None  # CUDA_VISIBLE_DEVICES of its settings file
+    active: str | None  # systemd's ActiveState (None: the unit is not loaded)
+    enabled: bool
+
+    @property
+    def running(self) -> bool:
+        return self.active in ("active", "activating", "reloading")
+
+
+@dataclass(frozen=True)
+class ServiceInstallation:
+    """The service units a host has: instances of the template, and the single unit of before instances."""
+
+    instances: tuple[InstalledInstance, ...] = ()
+    legacy_unit: bool = False  # /etc/systemd/system/sd35-inference.service is there (or loaded)
+    legacy_active: str | None = None  # its ActiveState (None: not loaded)
+
+    def instance(self, index: int) -> InstalledInstance | None:
+        return next((each for each in self.instances if each.index == index), None)
+
+
+class InstalledInstances(FactBase[ServiceInstallation]):
+    """Which instances a host has (settings files, loaded or enabled units) and the old single unit; changes nothing.
+
+    + instances_dir: where each instance's ``<i>.env`` is
+    + template: the template unit's name, ``sd35-inference@.service``
+    + legacy_unit: the single unit's name, ``sd35-inference.service``
+    """
+
+    @staticmethod
+    def default() -> ServiceInstallation:
+        return ServiceInstallation()
+
+    def command(self, instances_dir: str, template: str, legacy_unit: str) -> str:
+        d, pattern = shlex.quote(instances_dir), shlex.quote(template.replace("@", "@*"))
+        legacy, prefix = shlex.quote(legacy_unit), template.split("@", 1)[0] + "@"
+        return (
+            f'for f in {d}/*.env; do [ -f "$f" ] || continue; i=${{f##*/}}; '
+            "printf 'env %s %s %s\\n' \"${i%.env}\" "
+            '"$(sed -n \'s/^SD35_PORT=//p\' "$f" | tail -n 1)" '
+            '"$(sed -n \'s/^CUDA_VISIBLE_DEVICES=//p\' "$f" | tail -n 1)"; done; '
+            f"systemctl list-units --all --plain --no-legend {pattern} 2>/dev/null | "
+            'while read -r u load active rest; do echo "unit $u $active"; done; '
+            f'for w in /etc/systemd/system/*.wants/{prefix}*.service; do [ -e "$w" ] || [ -L "$w" ] && '
+            'echo "enabled ${w##*/}"; done; '
+            f"[ -e /etc/systemd/system/{legacy} ] && echo legacy-file; "
+            f"systemctl show --property=LoadState --property=ActiveState {legacy} 2>/dev/null "
+            "| sed 's/^/legacy /'; true"
+        )
+
+    def process(self, output: list[str]) -> ServiceInstallation:
+        return parse_installed_instances(output)
+
+
+def _instance_number(unit: str) -> int | None:
+    """3 for ``sd35-inference@3.service``; None for anything else."""
+    name = unit.rsplit("@", 1)[-1].removesuffix(".service")
+    return int(name) if "@" in unit and name.isdigit() else None
+
+
+def parse_installed_instances(output: list[str]) -> ServiceInstallation:
+    ports: dict[int, int | None] = {}
+    devices: dict[int, str | None] = {}
+    active: dict[int, str] = {}
+    enabled: set[int] = set()
+    legacy_file, legacy_shown = False, {}
+    for line in output:
+        kind, _, rest = line.strip().partition(" ")
+        parts = rest.split(" ")
+        if kind == "env" and parts[0].isdigit():
+            index = int(parts[0])
+            port = parts[1] if len(parts) > 1 else ""
+            ports[index] = int(port) if port.isdigit() else None
+            devices[index] = (parts[2] if len(parts) > 2 else "") or None
+        elif kind == "unit" and len(parts) == 2 and (number := _instance_number(parts[0])) is not None:
+            active[number] = parts[1]
+        elif kind == "enabled" and (number := _instance_number(rest)) is not None:
+            enabled.add(number)
+        elif kind == "legacy-file":
+            legacy_file = True
+        elif kind == "legacy" and "=" in rest:
+            key, _, value = rest.partition("=")
+            legacy_shown[key] = value
+    loaded = legacy_shown.get("LoadState", "not-found") not in ("not-found", "")
+    instances = tuple(
+        InstalledInstance(
+            index=index,
+            port=ports.get(index),
+            device=devices.get(index),
+            active=active.get(index),
+            enabled=index in enabled,
+        )
+        for index in sorted(set(ports) | set(active) | enabled)
+    )
+    return ServiceInstallation(
+        instances=instances,
+        legacy_unit=legacy_file or loaded,
+        legacy_active=legacy_shown.get("ActiveState") if loaded else None,
+    )

@@ -110,7 +110,7 @@ def load_spec(
 
     problems = semantic_problems(document)
     hosts = []
-    endpoints: dict[tuple[str, int], str] = {}
+    endpoints: dict[tuple[str, int], tuple[str, str]] = {}
     # A problem set in defaults or a group is the same for every host that inherits it: said once, at its line.
     setting_problems: dict[tuple[PathKey, str], list[str]] = {}
     for name in document.data["hosts"]:
@@ -178,6 +178,13 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
                 )
             ]
         return [(path, f"{error.instance!r} is not {expected}")]
+    if error.validator in ("anyOf", "oneOf"):
+        # A list item that fits no choice: say so at the item, not at the whole list.
+        deeper = [sub for sub in error.context or () if len(sub.absolute_path) > len(path)]
+        if deeper:
+            return _explain(max(deeper, key=lambda sub: len(sub.absolute_path)))
+        choices = error.schema.get("description", "").split(". ")[0]
+        return [(path, f"{error.instance!r} is not valid: {choices}" if choices else error.message)]
     if error.validator == "propertyNames":
         return [((*path, error.instance), "name may only use letters, digits, '.', '_' and '-'")]
     return [(path, error.message)]
@@ -219,15 +226,59 @@ def semantic_problems(document: SourceDocument) -> list[str]:
 
 
 def _endpoint_problems(
-    document: SourceDocument, name: str, merged: dict[str, Any], seen: dict[tuple[str, int], str]
+    document: SourceDocument, name: str, merged: dict[str, Any], seen: dict[tuple[str, int], tuple[str, str]]
 ) -> list[str]:
-    """Two hosts on one address:port, however the port is set and however the address is spelled."""
-    address, port = document.data["hosts"][name]["address"], merged["ssh"]["port"]
-    endpoint = rules.endpoint(address, port)
-    if endpoint in seen:
-        return [document.problem(("hosts", name, "address"), f"{address}:{port} is already host {seen[endpoint]!r}")]
-    seen[endpoint] = name
-    return []
+    """Two hosts on one address:port, however the port is set and however the address is spelled.
+
+    Every port a host answers on counts, each service instance's too (instance i on service.port + i;
+    ``auto`` counts one: how many it makes depends on the host's GPUs). Hosts that share an address
+    with their own SSH ports are distinct machines behind one address (port forwarding), so their
+    services collide only where certain: an instance on the host's own SSH port; an instance bound to
+    a reachable address on a port that is some host's SSH endpoint there; two instances bound to
+    that very address (one machine, one socket).
+    """
+    address, ssh_port = document.data["hosts"][name]["address"], merged["ssh"]["port"]
+    service = merged["service"]
+    problems: list[str] = []
+    endpoint = rules.endpoint(address, ssh_port)
+    if endpoint in seen and seen[endpoint][1] == "ssh":
+        problems.append(
+            document.problem(("hosts", name, "address"), f"{address}:{ssh_port} is already host {seen[endpoint][0]!r}")
+        )
+    elif endpoint in seen:  # another host's service instance listens there
+        problems.append(
+            document.problem(
+                ("hosts", name, "address"),
+                f"{address}:{ssh_port} (ssh.port) is already host {seen[endpoint][0]!r} (a service instance)",
+            )
+        )
+    else:
+        seen[endpoint] = (name, "ssh")
+    reachable = not is_loopback(service["bind"])
+    on_address = rules.endpoint(service["bind"], 0) == rules.endpoint(address, 0)
+    for i in range(rules.instance_count(service["instances"])):
+        port = service["port"] + i
+        what = f"service instance {i} (service.port + {i})" if i else "service instance 0 (service.port)"
+        if port == ssh_port:
+            problems.append(
+                document.problem(_origin(document, name, "service", "port"), f"{what} would listen on {port}, ssh.port")
+            )
+            continue
+        if not reachable:
+            continue
+        endpoint = rules.endpoint(address, port)
+        owner = seen.get(endpoint)
+        if owner is not None and (owner[1] == "ssh" or (on_address and owner[1] == "bound")):
+            its = "its ssh port" if owner[1] == "ssh" else "a service instance bound to that address"
+            problems.append(
+                document.problem(
+                    ("hosts", name, "address"),
+                    f"{address}:{port}, {what}, is already host {owner[0]!r} ({its})",
+                )
+            )
+        elif owner is None and on_address:
+            seen[endpoint] = (name, "bound")
+    return problems
 
 
 def is_valid_address(address: str) -> bool:
@@ -361,6 +412,9 @@ def _host_setting_problems(
             "the hub cache names the snapshot by it, so an abbreviated one cannot be used with source hf",
         )
 
+    for section, key, message in rules.instances_problems(service, merged["gpu"]["accelerator"]):
+        problem(section, key, message)
+
     smoke = merged["smoke"]
     width, height = (int(part) for part in smoke["size"].split("x"))
     if width % 16 or height % 16:
@@ -439,6 +493,8 @@ def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> 
             value = values[f.name]
             if f.name == "driver":
                 value = build(DriverSettings, value)
+            elif isinstance(value, list):
+                value = tuple(value)  # settings are frozen: service.instances' list
             kwargs[f.name] = value
         return cls(**kwargs)
 

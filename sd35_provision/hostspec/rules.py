@@ -209,6 +209,38 @@ def service_limit_problems(service: dict[str, Any], smoke: dict[str, Any]) -> li
     return problems
 
 
+def instance_count(setting: Any) -> int:
+    """How many instances ``service.instances`` makes at least: N, the list's length, 1 for ``auto``."""
+    if isinstance(setting, list | tuple):
+        return len(setting)
+    return setting if isinstance(setting, int) else 1
+
+
+def instances_problems(service: dict[str, Any], accelerator: str) -> list[Problem]:
+    """What the spec alone says is wrong with ``service.instances`` (the host's GPUs are checked at preflight)."""
+    setting, port = service["instances"], service["port"]
+    problems: list[Problem] = []
+    if isinstance(setting, list | tuple):
+        if accelerator == "cpu":
+            problems.append(("service", "instances", "lists GPUs, but gpu.accelerator is cpu; give a number instead"))
+        seen: set[int | str] = set()
+        for entry in setting:
+            if entry in seen:
+                what = f"GPU {entry}" if isinstance(entry, int) else entry
+                problems.append(("service", "instances", f"{what} is listed twice (one instance per device)"))
+            seen.add(entry)
+    last = port + instance_count(setting) - 1
+    if last > 65535:
+        problems.append(
+            (
+                "service",
+                "instances",
+                f"{instance_count(setting)} instances from service.port {port} need ports up to {last}, above 65535",
+            )
+        )
+    return problems
+
+
 def endpoint(address: str, port: int) -> tuple[str, int]:
     """One spelling per address: IPv6 compressed and lower case, IPv4-mapped IPv6 as IPv4, names lower case."""
     try:

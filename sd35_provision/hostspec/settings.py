@@ -99,6 +99,8 @@ class ServiceSettings:
     max_n: int = service_config.MAX_N.default
     start_timeout_s: int = 900
     playground: bool = service_config.PLAYGROUND.default
+    # "auto", a number, or GPU indexes / GPU-… / MIG-… UUIDs (sd35_provision/instances.py picks the devices)
+    instances: str | int | tuple[int | str, ...] = "auto"
 
 
 @dataclass(frozen=True)

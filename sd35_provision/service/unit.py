@@ -45,8 +45,9 @@ def render_unit(
     running_record: str | None = None,
     release_link: str | None = None,
     unit_path: str | None = None,
+    instance_env_file: str | None = None,
 ) -> str:
-    """The text of ``sd35-inference.service``.
+    """The text of the template unit ``sd35-inference@.service`` (``%i``: the instance's number).
 
     + venv_dir: the pinned virtual environment; runs ``<venv_dir>/bin/python -m sd35_provision.service``
     + working_dir: directory holding ``sd35_provision/service/``
@@ -56,10 +57,12 @@ def render_unit(
     + user, group: the unprivileged account it runs as (group defaults to user)
     + timeout_start_s: how long loading and warming up the model may take before systemd gives up
     + restart_sec: pause before a restart after a failure
-    + running_record: ``/run/<dir>/<file>``: where the service states what it runs (service/running.py);
-      ``<dir>`` becomes its RuntimeDirectory, so the record goes when the service stops
+    + running_record: ``/run/<dir>[/<dir>]/<file>``, e.g. ``/run/sd35/%i/running.json``: where the service
+      states what it runs (service/running.py); its directory becomes the RuntimeDirectory, so the
+      record goes when the service stops (and only this instance's)
     + release_link: the ``current`` link whose release the record names
     + unit_path: where this unit is installed; the record holds its digest with the environment files'
+    + instance_env_file: one instance's own settings (port, device), read last, e.g. ``/etc/sd35/instances/%i.env``
 
     Raises ValueError for values that would break or inject into the unit file.
     """
@@ -78,15 +81,20 @@ def render_unit(
     env_files = [_check_path("env_file", env_file)]
     if service_env_file is not None:
         env_files.append(_check_path("service_env_file", service_env_file))
+    if instance_env_file is not None:
+        env_files.append(_check_path("instance_env_file", instance_env_file))
     cache_root = caches[0]
     running: list[str] = []
     if running_record is not None:
         record = PurePosixPath(_check_path("running_record", running_record))
-        if len(record.parts) != 4 or record.parts[1] != "run":
-            raise ValueError(f"running_record: {running_record!r} is not /run/<directory>/<file>")
+        if len(record.parts) not in (4, 5) or record.parts[1] != "run":
+            raise ValueError(
+                f"running_record: {running_record!r} is not /run/<directory>/<file> (or /run/<dir>/<dir>/<file>)"
+            )
         reads = ([_check_path("unit_path", unit_path)] if unit_path else []) + env_files
         running = [
-            f"RuntimeDirectory={record.parts[2]}",
+            # Only the innermost directory is removed when this instance stops, not its siblings'.
+            f"RuntimeDirectory={'/'.join(record.parts[2:-1])}",
             "RuntimeDirectoryMode=0755",
             f"Environment=SD35_RUNNING_RECORD={record}",
             *([f"Environment=SD35_RELEASE_LINK={_check_path('release_link', release_link)}"] if release_link else []),

@@ -67,7 +67,8 @@ def test_a_cpu_host_gets_the_cpu_lock_and_every_path_from_the_layout():
     assert plan.release_manifest["links"] == {"venv": plan.venv_dir, "app": plan.app_dir, "model": plan.model_dir}
     assert plan.release_id == release_id(plan.release_manifest) and plan.release_target == f"releases/{plan.release_id}"
     assert plan.service_env_digest == hashlib.sha256(plan.service_env.encode()).hexdigest()[:16]
-    assert "SD35_PORT=8123" in plan.service_env and "SD35_MODEL_DIR=/opt/sd35/current/model" in plan.service_env
+    assert "SD35_MODEL_DIR=/opt/sd35/current/model" in plan.service_env
+    assert "SD35_PORT=8123" in plan.instance_envs[0]  # each instance's port is in its own file
     assert "ExecStart=/opt/sd35/current/venv/bin/python -m sd35_provision.service" in plan.unit
     assert plan.instances == (Instance(index=0, port=8123),)
     assert plan.has_api_key is False

@@ -13,15 +13,18 @@ from sd35_provision.hostspec import load_spec
 from sd35_provision.hostspec.loader import load_schema
 from sd35_provision.hostspec.settings import ServiceSettings
 from sd35_provision.service import config
+from sd35_provision.instances import select_instances
 from sd35_provision.service_settings import (
+    instance_environment,
     render_service_env,
     service_environment,
 )
 
 # service.* keys of the spec that never reach the service's environment: the unit's
-# user and start timeout, and the key file on the control machine (the service is
-# told the path of its host copy, layout.API_KEY_FILE).
-NOT_SERVICE_SETTINGS = {"user", "start_timeout_s", "api_key_file"}
+# user and start timeout, the key file on the control machine (the service is
+# told the path of its host copy, layout.API_KEY_FILE) and how many instances run.
+# service.instances picks the unit's instances; each one's port reaches it through its own settings file.
+NOT_SERVICE_SETTINGS = {"user", "start_timeout_s", "api_key_file", "instances"}
 
 SPEC = """\
 hosts:
@@ -103,7 +106,10 @@ def test_every_spec_value_reaches_the_service_as_written(tmp_path: Path) -> None
     model = tmp_path / "model"
     model.mkdir()
     (model / "model_index.json").write_text("{}")
-    loaded = config.load_config({**service_environment(host), "SD35_MODEL_DIR": str(model)})
+    # The shared settings file, then instance 0's own (its port), as the unit reads them.
+    (instance,) = select_instances(host.service.instances, host.service.port, host.gpu.accelerator, None)
+    environment = {**service_environment(host), **instance_environment(instance)}
+    loaded = config.load_config({**environment, "SD35_MODEL_DIR": str(model)})
     # ...is accepted by the service, and so is every other value the schema allows
     assert (loaded.bind, loaded.port, loaded.precision, loaded.compile, loaded.queue_size) == (
         "127.0.0.2",

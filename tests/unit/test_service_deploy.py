@@ -12,7 +12,6 @@ from sd35_provision.deploys.release import release_layer
 from sd35_provision.deploys.service import (
     API_KEY_PATH,
     SERVICE_ENV_FILE,
-    UNIT_NAME,
     UNIT_PATH,
     render_service_env,
     render_service_unit,
@@ -32,6 +31,8 @@ from sd35_provision.smoketest import smoke_command
 from tests.pyinfra_fakes import Output, existing_files, merge_facts, plan_for, run_deploy
 
 KEY = "k3y-that-must-never-show-0123456789"
+UNIT_NAME = layout.instance_unit(0)  # one instance on a CPU host
+INSTANCE_ENV = layout.instance_env_file(0)
 
 
 def settings(tmp_path=None, bind="127.0.0.1") -> HostSettings:
@@ -77,6 +78,7 @@ def facts(
     current: str | None,
     running: bool = True,
     stated: Output | None = None,
+    installed: Output | None = None,
 ):
     """The host as the release and service layers read it: the release is there; ``current`` points at ``current``.
 
@@ -89,6 +91,7 @@ def facts(
             UNIT_PATH: sha256(unit),
             SERVICE_ENV_FILE: sha256(env),
             layout.ENV_FILE: plan.running_files[layout.ENV_FILE],
+            INSTANCE_ENV: sha256(plan.instance_envs[0]),
         }
         if key is not None:
             files[API_KEY_PATH] = sha256(key)
@@ -111,15 +114,33 @@ def facts(
         },
         existing_files({UNIT_PATH: unit}),
         existing_files({SERVICE_ENV_FILE: env}, group="sd35", mode=640),
+        existing_files({INSTANCE_ENV: plan.instance_envs[0] if unit else None}, group="sd35", mode=640),
         existing_files({API_KEY_PATH: key}, user="sd35", group="sd35", mode=400),
         {
             "Directory": {"path=/srv/sd35/smoke": {"mode": 755, "user": "root", "group": "root"}},
             "Link": {"path=/opt/sd35/current": {"link_target": current} if current else None},
-            "RunningService": {f"record={layout.RUNNING_RECORD}, unit={UNIT_NAME}": stated},
+            "RunningService": {f"record={layout.running_record(0)}, unit={UNIT_NAME}": stated},
+            "InstalledInstances": {
+                INSTALLED_KEY: installed
+                if installed is not None
+                else Output(
+                    [f"env 0 {host.service.port}", f"unit {UNIT_NAME} active", f"enabled {UNIT_NAME}"] if unit else []
+                )
+            },
             "SystemdStatus": {systemd_key: {UNIT_NAME: running}},
             "SystemdEnabled": {systemd_key: {UNIT_NAME: True}},
         },
     )
+
+
+INSTALLED_KEY = (
+    f"instances_dir={layout.INSTANCES_DIR}, legacy_unit={layout.LEGACY_UNIT}, template={layout.SERVICE_TEMPLATE}"
+)
+
+
+def installed_output(*lines: str) -> Output:
+    """InstalledInstances' output: ``env 0 8123 -``, ``unit sd35-inference@0.service active``, ``legacy-file``..."""
+    return Output(list(lines))
 
 
 def target(host: HostSettings) -> str:
@@ -266,6 +287,7 @@ def test_a_service_running_old_settings_restarts_though_the_files_are_right(tmp_
         SERVICE_ENV_FILE: sha256(env + "SD35_QUEUE_SIZE=4\n"),
         layout.ENV_FILE: plan_for(host).running_files[layout.ENV_FILE],
         API_KEY_PATH: sha256(KEY + "\n"),
+        INSTANCE_ENV: sha256(plan_for(host).instance_envs[0]),
     }
     rid = plan_for(host).release_id
     run = run_deploy(LAYERS, facts(host, unit, env, KEY + "\n", target(host), stated=running_output(rid, old)), host)
@@ -285,6 +307,7 @@ def test_a_hand_edited_env_file_the_service_restarted_with_is_restored_and_resta
         SERVICE_ENV_FILE: sha256(env),
         layout.ENV_FILE: sha256("HF_HOME=/tmp/x\n"),
         API_KEY_PATH: sha256(KEY + "\n"),
+        INSTANCE_ENV: sha256(plan_for(host).instance_envs[0]),
     }
     run = run_deploy(
         LAYERS,
