@@ -183,7 +183,7 @@ def _explain(error: ValidationError) -> list[tuple[PathKey, str]]:
         deeper = [sub for sub in error.context or () if len(sub.absolute_path) > len(path)]
         if deeper:
             return _explain(max(deeper, key=lambda sub: len(sub.absolute_path)))
-        choices = error.schema.get("description", "").split(". ")[0]
+        choices = re.split(r"\.\s+(?=[A-Z])", error.schema.get("description", ""))[0]  # its first sentence
         return [(path, f"{error.instance!r} is not valid: {choices}" if choices else error.message)]
     if error.validator == "propertyNames":
         return [((*path, error.instance), "name may only use letters, digits, '.', '_' and '-'")]

@@ -27,7 +27,7 @@ from tests.integration.support import PROVISIONED, REPO, cli
 from tests.integration.test_provision_fleet import json_report
 
 pytestmark = pytest.mark.fleet
-UNIT = "sd35-inference.service"
+UNIT = "sd35-inference@0.service"  # the one instance of a CPU host
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from tests.integration.test_service_fleet import (  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.fleet
-RECORD = "/run/sd35/running.json"
+RECORD = "/run/sd35/0/running.json"  # instance 0's
 
 
 def spec_with(fleet, queue_size: int, name: str | None = None) -> Path:  # noqa: F811 - the fixture
@@ -119,7 +119,7 @@ def assert_runs(fleet, queue_size: int) -> dict:  # noqa: F811
     assert record["release"] == sh(fleet, "readlink /opt/sd35/current").removeprefix("releases/")
     paths = " ".join(sorted(record["files"]))
     on_host = dict(reversed(line.split(None, 1)) for line in sh(fleet, f"sha256sum {paths}").splitlines())
-    assert record["files"] == on_host and len(on_host) == 4  # unit, env, service.env, API key
+    assert record["files"] == on_host and len(on_host) == 5  # unit, env, service.env, the instance's env, API key
     environ = sh(fleet, f"tr '\\0' '\\n' < /proc/{record['pid']}/environ").splitlines()
     assert f"SD35_QUEUE_SIZE={queue_size}" in environ and "HAND_MADE=1" not in environ
     ready = httpx.get(f"{url(fleet)}/readyz", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).json()

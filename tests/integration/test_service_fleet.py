@@ -23,7 +23,8 @@ from tests.integration.support import cli
 
 pytestmark = pytest.mark.fleet
 API_KEY = "fleet-test-key-0123456789abcdef"
-UNIT = "sd35-inference.service"
+UNIT = "sd35-inference@0.service"  # the one instance of a CPU host
+UNIT_FILE = "/etc/systemd/system/sd35-inference@.service"
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_prometheus_scrapes_every_instance_from_the_targets_file(fleet, states, 
     "damage, expect",
     [
         (
-            f"sed -i 's/^ProtectHome=yes$/ProtectHome=no/' /etc/systemd/system/{UNIT} && systemctl daemon-reload",
+            f"sed -i 's/^ProtectHome=yes$/ProtectHome=no/' {UNIT_FILE} && systemctl daemon-reload",
             "-ProtectHome=no",
         ),
         (f"systemctl stop {UNIT}", f"{UNIT} enabled and running"),
@@ -276,3 +277,58 @@ def test_a_release_that_cannot_start_is_rolled_back(fleet, spec):
     assert sh(fleet, "readlink /opt/sd35/current") == serving
     assert sh(fleet, f"systemctl is-active {UNIT}") == "active"
     assert_smoke_ok(cli("smoke", str(good), check_exit=0))
+
+
+def test_two_instances_on_a_cpu_host_then_one(fleet, states, spec):
+    """``service.instances: 2``: a second pinned process on port + 1 (the first is not restarted); a
+    stopped instance is drift by name; back to one, the second is stopped, disabled and its files go."""
+    two = fleet.write_spec(
+        fleet.state_dir / "two-instances.yaml",
+        extra_defaults=cpu_fleet_defaults(
+            fleet, "tiny-sd3", service={"precision": "fp32", "port": 8600, "api_key_file": "api-key", "instances": 2}
+        ),
+    )
+    first_pid = sh(fleet, f"systemctl show -p MainPID --value {UNIT}")
+    applied = cli("apply", str(two), check_exit=0)
+    assert re.search(r"node1\s+changed\s+\d+\s+.*smoke ok in \d+\.\ds \(2 instances\)", applied.stdout), applied.stdout
+    assert sh(fleet, f"systemctl show -p MainPID --value {UNIT}") == first_pid  # its inputs did not change
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for index, port in ((0, 8600), (1, 8601)):
+        unit = f"sd35-inference@{index}.service"
+        assert sh(fleet, f"systemctl is-active {unit}; systemctl is-enabled {unit}").split() == ["active", "enabled"]
+        record = json.loads(sh(fleet, f"cat /run/sd35/{index}/running.json"))
+        assert record["pid"] == int(sh(fleet, f"systemctl show -p MainPID --value {unit}"))
+        environ = sh(fleet, f"tr '\\0' '\\n' < /proc/{record['pid']}/environ").splitlines()
+        assert f"SD35_PORT={port}" in environ and not any(v.startswith("CUDA_VISIBLE_DEVICES=") for v in environ)
+        assert f"/etc/sd35/instances/{index}.env" in record["files"]
+        ready = httpx.get(f"http://{fleet.host('node1').address}:{port}/readyz", headers=auth, timeout=10)
+        assert ready.status_code == 200 and ready.json()["running"]["pid"] == record["pid"]
+
+    [host] = json.loads(cli("status", str(two), "--json", check_exit=0).stdout)["hosts"]
+    assert [(i["index"], i["port"], i["gpu"], i["active"], i["ready"]) for i in host["instances"]] == [
+        (0, 8600, "cpu", "active", "ready"),
+        (1, 8601, "cpu", "active", "ready"),
+    ]
+    assert host["instances"][1]["smoke"]["ok"] is True and host["drift"] is False
+
+    sh(fleet, "systemctl stop sd35-inference@1.service")  # by hand
+    assert "sd35-inference@1.service enabled and running" in cli("drift", str(two), check_exit=2).stdout
+    sh(fleet, "systemctl start sd35-inference@1.service")
+
+    # Back to one instance: the second runs but is not in the spec any more.
+    second_pid = sh(fleet, "systemctl show -p MainPID --value sd35-inference@1.service")
+    drift = cli("drift", str(spec), check_exit=2).stdout
+    assert "Remove sd35-inference@1.service (not in the spec)" in drift
+    assert "sd35-inference@1.service runs but the spec has no instance 1" in drift
+    assert_smoke_ok(cli("apply", str(spec), check_exit=0))
+    gone = fleet.run(
+        "node1",
+        "systemctl is-active sd35-inference@1.service; systemctl is-enabled sd35-inference@1.service; "
+        f"ls /etc/sd35/instances /run/sd35; kill -0 {second_pid}",
+    )
+    assert gone.stdout.split() == ["inactive", "disabled", "/etc/sd35/instances:", "0.env", "/run/sd35:", "0"]
+    assert gone.exit_status != 0  # kill -0: no such process
+    assert sh(fleet, f"systemctl show -p MainPID --value {UNIT}") == first_pid
+    cli("drift", str(spec), check_exit=0)
+    states.are(spec)

@@ -12,8 +12,8 @@ import pytest
 from sd35_provision.hostspec import load_spec
 from sd35_provision.hostspec.loader import load_schema
 from sd35_provision.hostspec.settings import ServiceSettings
-from sd35_provision.service import config
 from sd35_provision.instances import select_instances
+from sd35_provision.service import config
 from sd35_provision.service_settings import (
     instance_environment,
     render_service_env,
