@@ -60,6 +60,15 @@ def scrape_address(address: str, port: int) -> str:
     return f"{address}:{port}"
 
 
+def gpu_label(instance: Instance) -> str:
+    """The GPU index an instance is pinned to ("GPU 3" -> "3", "GPU 0 MIG 3g.40gb #1" -> "0"), as the
+    service's own ``sd35_gpu_*`` series label it; an unpinned instance (a driver not working yet) runs on
+    whatever CUDA calls device 0 of its process, so its index stands in."""
+    if instance.device is None or not instance.gpu.startswith("GPU "):
+        return str(instance.index)
+    return instance.gpu.split()[1]
+
+
 def instance_targets(settings: HostSettings, instances: Sequence[Instance]) -> list[ScrapeTarget]:
     """The targets of one host's service instances."""
     targets = []
@@ -68,7 +77,7 @@ def instance_targets(settings: HostSettings, instances: Sequence[Instance]) -> l
         if settings.groups:  # Prometheus drops empty labels anyway
             labels["group"] = ",".join(settings.groups)
         if settings.gpu.accelerator == "nvidia":
-            labels["gpu"] = str(instance.index)  # instance N runs on GPU N (hostplan.plan_instances)
+            labels["gpu"] = gpu_label(instance)
         targets.append(
             ScrapeTarget(
                 scrape_address(settings.address, instance.port),

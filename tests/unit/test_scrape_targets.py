@@ -78,6 +78,15 @@ def test_every_instance_of_a_host_is_a_target(spec):
     ]
 
 
+def test_the_gpu_label_is_the_pinned_gpu_not_the_instance_number(spec):
+    host = load_spec(spec).host("gpu-a1")
+    pinned = [
+        Instance(index=0, port=8600, device="GPU-c", gpu="GPU 3"),
+        Instance(index=1, port=8601, device="MIG-a", gpu="GPU 5 MIG 3g.71gb #1"),
+    ]
+    assert [t.labels["gpu"] for t in instance_targets(host, pinned)] == ["3", "5"]
+
+
 @pytest.mark.parametrize(
     "address, expected",
     [("10.0.0.1", "10.0.0.1:80"), ("fd00::2", "[fd00::2]:80"), ("[fd00::2]", "[fd00::2]:80"), ("a.b", "a.b:80")],
