@@ -402,6 +402,7 @@ def _host_setting_problems(
     if "url" in model_settings:
         found += rules.git_url_problems(model_settings["url"])
     found += rules.service_limit_problems(service, smoke)
+    found += rules.device_problems(merged["gpu"], merged["python"], service)
     if check_local_files:
         files = {
             section: tuple(key for key in keys if key not in LOCAL_DIRECTORY_FIELDS.get(section, ()))
