@@ -173,7 +173,7 @@ def _roll_back_aborted(host: Host, settings: HostSettings) -> None:
 
 def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
     from sd35_provision.runner import current_run_outcome
-    from sd35_provision.smoketest import roll_back, run_smoke
+    from sd35_provision.smoketest import roll_back, run_smoke, service_cause
 
     outcome = current_run_outcome(host)
     if outcome.failed:
@@ -189,6 +189,9 @@ def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
     if result.ok:
         return
     reason = f"smoke test failed: {result.reason}"
+    cause = service_cause(host)  # read before a rollback restarts the service
+    if cause:
+        reason += f" (the service: {cause})"
     if _switched_release(host):
         restored, what = roll_back(host, settings)
         reason += f"; {what}"
