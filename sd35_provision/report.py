@@ -77,7 +77,7 @@ _CAUSES = (
     re.compile(r'^\s*Status: "(?P<cause>.*(fail|error|need|cannot|not ).*)"', re.I),
     re.compile(r"(?P<cause>model load failed: .+)"),
     re.compile(r"^(?P<cause>[\w.]*(Error|Exception): .+)"),
-    re.compile(r"^(?P<cause>.*\b(Could not resolve|Temporary failure resolving|Failed to fetch|Unable to connect)\b.*)"),
+    re.compile(r"^(?P<cause>.*\b(Could not resolve|Temporary failure resolving|Failed to fetch|Unable to connect).*)"),
     re.compile(r"^(?P<cause>(E|ERROR|error|fatal): .+)"),
 )
 # Lines a later stage adds to a host's error ("rollback: rolled back to X"): shown after the cause.
