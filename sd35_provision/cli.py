@@ -484,7 +484,8 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command(
-    epilog="Exit codes: 0 every host was reachable and checked; 1 some host was not (its row says why); "
+    epilog="Exit codes: 0 every host was reachable and checked; 1 some host was not (its row says why), "
+    "or its last smoke result is stale (of another release than it runs, or its service is not active); "
     "64 the command line is wrong. Drift does not change the exit code (use drift for that)."
 )
 @spec_argument
@@ -511,7 +512,7 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
     One SSH connection per host, all hosts in parallel; changes nothing.
     """
     from sd35_provision.jsonreport import status_json
-    from sd35_provision.status import fleet_status, render_status_table
+    from sd35_provision.status import fleet_status, render_status_table, status_ok
     from sd35_provision.statuspage import StatusPage
 
     page = StatusPage(html, spec) if html is not None else None  # a bad path fails before any host is asked
@@ -524,7 +525,7 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
     click.echo(status_json(rows) if as_json else render_status_table(rows))
     if page is not None:
         page.write(rows)
-    if any(not row.reachable or row.error for row in rows):
+    if not status_ok(rows):
         sys.exit(EXIT_FAILED)
 
 

@@ -40,9 +40,10 @@ class HostStatus:
     service_ready: str | None = None
     release: str | None = None
     model_revision: str | None = None
-    smoke: dict[str, Any] | None = None
+    smoke: dict[str, Any] | None = None  # the last smoke record: ok, latency_s, reason, release, at
     drift: bool | None = None  # None: could not be worked out (see error)
     drift_operations: list[str] = field(default_factory=list)
+    smoke_stale: str | None = None  # why the last smoke result says nothing of what runs now (None: it does)
     error: str | None = None  # "step: reason" when something could not be read
     status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
@@ -58,7 +59,8 @@ class HostStatus:
             return "-"
         latency = self.smoke.get("latency_s")
         timing = f" {latency:.1f}s" if isinstance(latency, (int, float)) else ""
-        return ("ok" if self.smoke.get("ok") else "FAILED") + timing
+        shown = ("ok" if self.smoke.get("ok") else "FAILED") + timing
+        return f"STALE ({shown})" if self.smoke_stale else shown
 
     def row(self) -> tuple[str, ...]:
         fp8 = "-" if self.fp8_capable is None else ("yes" if self.fp8_capable else "no")
@@ -85,6 +87,26 @@ class HostStatus:
         del data["status"]  # the JSON document puts it first, beside the name
         data["service"] = {"active": data.pop("service_active"), "ready": data.pop("service_ready")}
         return data
+
+
+def smoke_staleness(smoke: dict[str, Any] | None, release: str | None, active: str | None) -> str | None:
+    """Why the last smoke result is not one of the service running now (None: it is, or there is none).
+
+    A result counts for the release that answered it (the record's ``release``)
+    while the service is active: after an update without a smoke test, a
+    rollback, or with the service stopped it says nothing of what runs.
+    """
+    if not smoke:
+        return None
+    when = f" ({smoke['at']})" if smoke.get("at") else ""
+    tested = smoke.get("release")
+    if active != "active":
+        return f"the service is {active or 'not installed'}; the last smoke test{when} is of release {tested or '?'}"
+    if not tested:
+        return f"the last smoke test{when} names no release (taken before smoke results named one)"
+    if tested != release:
+        return f"the last smoke test{when} is of release {tested}; the host runs {release or 'none'}"
+    return None
 
 
 def fleet_status(
@@ -138,6 +160,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     row.release = service.release_id
     row.model_revision = service.model_revision
     row.smoke = service.smoke
+    row.smoke_stale = smoke_staleness(service.smoke, service.release_id, service.active)
 
 
 def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
@@ -169,4 +192,10 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
 
 def render_status_table(rows: list[HostStatus]) -> str:
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
-    return "\n".join([render_rows([HEADER, *(row.row() for row in rows)]), *errors])
+    stale = [f"{row.name}: stale smoke result: {row.smoke_stale}" for row in rows if row.smoke_stale]
+    return "\n".join([render_rows([HEADER, *(row.row() for row in rows)]), *errors, *stale])
+
+
+def status_ok(rows: list[HostStatus]) -> bool:
+    """Every host reachable and checked, with no stale smoke result (``status`` exits 1 otherwise)."""
+    return all(row.reachable and not row.error and not row.smoke_stale for row in rows)
