@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
+from collections.abc import Callable
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -36,10 +37,42 @@ class HostRecorder:
         self.diffs: dict[str, str] = {}
         self.notes: list[str] = []
         self.service_inputs: dict[str, list[OperationMeta]] = {}
+        # Notes on state an operation changes: (that operation's meta or hash, what to say once it has run).
+        self.planned: dict[str, tuple[OperationMeta | str, str | None]] = {}
 
-    def note(self, text: str) -> None:
-        if not host.state.is_executing and text not in self.notes:
-            self.notes.append(text)
+    def note(self, text: str, until: OperationMeta | None = None, done: str | None = None) -> None:
+        """Say ``text`` in the results (e.g. "reboot required").
+
+        A note about state that an operation changes ("model not fetched yet"),
+        made inside that operation or with ``until=`` its meta, is what was
+        planned: once that operation has changed the host without error, ``done``
+        says what was done in its place (no ``done``, or nothing was left to
+        change: the note goes).
+        """
+        if host.state.is_executing or text in self.notes:
+            return
+        self.notes.append(text)
+        fixed_by = until if until is not None else host.current_op_hash
+        if fixed_by is not None:
+            self.planned[text] = (fixed_by, done)
+
+    def notes_after(self, executed: bool, meta_of: Callable[[str], OperationMeta | None]) -> list[str]:
+        """The notes of a run: as planned, or (``executed``) with each planned one that was done replaced.
+
+        + meta_of: the host's operation meta by operation hash (None: the host has no such operation)
+        """
+        if not executed:
+            return list(self.notes)
+        shown: list[str] = []
+        for note in self.notes:
+            fixed_by, done = self.planned.get(note, (None, None))
+            meta = meta_of(fixed_by) if isinstance(fixed_by, str) else fixed_by
+            text: str | None = note
+            if meta is not None and meta.is_complete() and not meta.did_error():
+                text = done if meta.did_change() else None  # run, with nothing left to do: nothing to say
+            if text and text not in shown:
+                shown.append(text)
+        return shown
 
     def diff(self, text: str) -> None:
         """Show ``text`` as the current operation's diff in ``plan``/``drift`` (call inside an operation)."""

@@ -344,7 +344,10 @@ class FleetRun:
                 operations.append(
                     OperationOutcome(name=name, changed=changed, error=error, diff=recorder.diffs.get(op_hash))
                 )
-            outcome.notes = list(recorder.notes)
+            ops = self.state.ops[host]
+            outcome.notes = recorder.notes_after(
+                executed, lambda op_hash, ops=ops: ops[op_hash].operation_meta if op_hash in ops else None
+            )
             if operations or not outcome.failed:
                 outcome.operations = operations
             outcome.executed = executed

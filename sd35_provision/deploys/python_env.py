@@ -144,7 +144,7 @@ def venv_restored(
                 diff.append(f"+{name}=={expected[name]}")
     recorder.diff("\n".join(diff) + "\n")
     for problem in problems:
-        recorder.note(f"venv {lock.id}: {problem}")
+        recorder.note(f"venv {lock.id}: {problem}", done=f"venv {lock.id}: put back to its lock")
     yield _repair_script(venv, lock_path, pip_options, extras)
 
 

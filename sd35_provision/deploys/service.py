@@ -121,14 +121,15 @@ def service_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     )
     if differs or reasons:
         # Files this run changes say why; with none, what the process runs does.
-        recorder.note(f"service restarts ({', '.join(reasons)} changed)" if reasons else f"service restarts: {differs}")
-        server.shell(
+        planned = f"service restarts ({', '.join(reasons)} changed)" if reasons else f"service restarts: {differs}"
+        restarted = server.shell(
             name=f"Restart {UNIT_NAME}",
             # Type=notify: returns once the model is loaded and warmed up, or fails with the reason.
             commands=[restart],
             # A process that runs something else restarts in any case; else only if an input did change.
             _if=None if differs else any_changed(*(op for reason in reasons for op in inputs[reason])),
         )
+        recorder.note(planned, until=restarted, done=planned.replace("restarts", "restarted", 1))
     else:
         systemd.service(name=f"{UNIT_NAME} enabled and running", service=UNIT_NAME, running=True, enabled=True)
 
