@@ -160,6 +160,7 @@ def _options(
     return RunOptions(
         accept_new_host_keys=accept_new_host_keys,
         progress=None if quiet else _progress,
+        transfer_bars=not quiet and sys.stderr.isatty(),  # else plain lines, no control characters
         parallel=parallel,
         fail_percent=fail_percent,
         on_start=_runs.append,

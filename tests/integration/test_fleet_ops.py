@@ -75,7 +75,14 @@ def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, states,
             cwd=REPO,
         )
     progress: list[str] = []
-    reader = threading.Thread(target=lambda: progress.extend(apply.stderr), daemon=True)
+    arrived: list[float] = []  # when each line came: heartbeats come while a step runs, not after it
+
+    def read() -> None:
+        for line in apply.stderr:
+            arrived.append(time.monotonic())
+            progress.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         # node3 has its wheels; the venv build (the longest step) comes next: take the box away now.
@@ -105,8 +112,17 @@ def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, states,
     assert gone["step"].startswith("Python environment | ")  # the step it was in when it went away
     assert "SSH connection was lost" in gone["error"]
     assert any(line.startswith("node3: FAILED") for line in progress)
-    # Live progress, one line per host and change, not a wall of text.
-    assert all(re.match(r"^(node\d: (changed|FAILED)|ABORTED)", line) for line in progress), progress
+    # Live progress, one line per host and change, not a wall of text; a long step also says when it
+    # started, that it is still running, and how long it took.
+    assert all(
+        re.match(r"^(node\d: (changed|FAILED|started|still running|done): |ABORTED)", line) for line in progress
+    ), progress
+    build = "node1: started: Python environment | Build venv"
+    started = next(number for number, line in enumerate(progress) if line.startswith(build))
+    ended = next(number for number, line in enumerate(progress) if line.startswith(build.replace("started", "changed")))
+    assert re.search(r" \((\d+m)?\d+s\)$", progress[ended].strip()), progress[ended]
+    assert arrived[ended] - arrived[started] > 1, progress  # said while it ran
+    assert "\x1b" not in "".join(progress)  # not a terminal: plain lines
     states.are(spec, "node1", "node2")
     states.kept("node4")
 
