@@ -739,6 +739,51 @@ def wheelhouse(directory: Path, flavour: str, lock_file: Path | None, python_ver
     click.echo(f"{directory}: wheels of lock {lock.id} for Python {python_version}")
 
 
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@limit_option
+@click.option(
+    "--release",
+    "releases",
+    multiple=True,
+    metavar="CODENAME",
+    help="A host OS release to download for (bookworm, noble...); repeatable. Without it: each SPEC host's.",
+)
+@click.option("--arch", default="amd64", show_default=True, help="The dpkg architecture, with --release.")
+@click.option("--mirror", default=None, metavar="URL", help="Download from this mirror of the release's archive.")
+@runs_pyinfra
+def debs(
+    directory: Path, spec: Path | None, limit: tuple[str, ...], releases: tuple[str, ...], arch: str, mirror: str | None
+) -> None:
+    """Download the .deb files the layers install (git, git-lfs, python3-venv) with every dependency.
+
+    Into DIRECTORY/<release>-<arch>/, for each host's OS release read from SPEC (or each
+    --release), with the index of a flat apt repository: set system.apt_bundle: DIRECTORY
+    and hosts without a mirror install from it.
+    """
+    from sd35_provision import workflow
+    from sd35_provision.aptbundle import download_bundle
+    from sd35_provision.report import render_failures
+
+    if (spec is None) == (not releases):
+        raise click.UsageError("give SPEC (each host's release is read) or --release, not both")
+    if releases:
+        wanted = {(release, arch) for release in releases}
+    else:
+        assert spec is not None
+        found, report = workflow.apt_releases(_load(spec), limit, _options(False, quiet=True))
+        if not report.ok:
+            click.echo(render_failures(report), err=True)
+            sys.exit(EXIT_FAILED)
+        for name, (release, host_arch) in found.items():
+            click.echo(f"{name}: {release}-{host_arch}", err=True)
+        wanted = set(found.values())
+    for release, release_arch in sorted(wanted):
+        download_bundle(directory, release, release_arch, mirror=mirror, progress=_progress)
+    click.echo(f"{directory}: set system.apt_bundle: {directory} in the spec")
+
+
 @cli.command()
 @click.option("--hosts", default=2, show_default=True, type=click.IntRange(1, 20))
 @click.option(

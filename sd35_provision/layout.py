@@ -27,6 +27,7 @@ PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
 # -- /run -------------------------------------------------------------------------------
 
 RUNNING_RECORD = "/run/sd35/running.json"  # what the service runs, written by it at start (service/running.py)
+APT_BUNDLES = "/var/cache/sd35-apt-bundle"  # pushed apt bundles (system.apt_bundle), one directory per release
 RUN_LOCK = "/run/lock/sd35-provision.lock"  # held by a run for its whole length (sd35_provision/hostlock.py)
 
 
@@ -190,3 +191,8 @@ def current_link(install_root: str) -> str:
 
 def previous_link(install_root: str) -> str:
     return f"{install_root}/previous"
+
+
+def apt_bundle_dir(release: str, arch: str) -> str:
+    """Where the apt bundle of ``release``/``arch`` is pushed (sd35_provision/aptbundle.py)."""
+    return f"{APT_BUNDLES}/{release}-{arch}"

@@ -11,14 +11,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Iterable
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents, Sha256File
 from pyinfra.operations import apt, files
+
+from sd35_provision.facts.aptbundle import BundleHashes
+from sd35_provision.hostscripts import render_script
 
 SECRET_NOTICE = "(secret file: content not shown)"
 
@@ -139,7 +144,7 @@ def managed_file(
 
 
 @operation()
-def apt_packages_present(packages: list[str]):
+def apt_packages_present(packages: list[str], bundle: str | None = None):
     """
     Install Debian/Ubuntu packages that are missing.
 
@@ -148,10 +153,38 @@ def apt_packages_present(packages: list[str]):
     everything never reports a change (no drift from an ageing apt cache).
 
     + packages: package names
+    + bundle: install from this pushed apt bundle (``system.apt_bundle``), not the host's mirror
     """
-    installed = host.get_fact(DebPackages) or {}
-    missing = [name for name in packages if name not in installed]
+    missing = missing_packages(packages)
     if not missing:
+        return
+    if bundle is not None:
+        yield render_script("apt-bundle-install.sh", bundle=bundle, packages=missing)
         return
     yield from apt.update._inner()
     yield from apt.packages._inner(packages=missing)
+
+
+def missing_packages(packages: Iterable[str]) -> list[str]:
+    """Which of ``packages`` the host has not installed (call inside a deploy or operation)."""
+    installed = host.get_fact(DebPackages) or {}
+    return [name for name in packages if name not in installed]
+
+
+@operation()
+def apt_bundle_pushed(files: list[tuple[str, str]], directory: str):
+    """
+    Upload the apt bundle's files (.deb files and their index) that the host lacks or has with another hash.
+
+    + files: (local path, sha256) of each file
+    + directory: the bundle's directory on the host
+    """
+    present = host.get_fact(BundleHashes, directory=directory)
+    yield f"mkdir -p {shlex.quote(directory)}"
+    for local, digest in files:
+        name = local.rsplit("/", 1)[-1]
+        if present.get(name) != digest:
+            remote = f"{directory}/{name}"
+            # Upload beside, then rename: an interrupted push never leaves a short file under its name.
+            yield FileUploadCommand(local, f"{remote}.partial", remote_temp_filename=None)
+            yield f"mv -f {shlex.quote(remote + '.partial')} {shlex.quote(remote)}"

@@ -216,3 +216,26 @@ def gather_facts(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptio
     run.for_each_active_host("facts", collect)
     run.disconnect()
     return gathered, run.report("facts")
+
+
+def apt_releases(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None):
+    """Each host's OS release and architecture as apt names them: ``({host: (release, arch)}, RunReport)``."""
+    from pyinfra.facts.deb import DebArch
+    from pyinfra.facts.server import LinuxDistribution
+
+    run = FleetRun(select_hosts(spec, limit), options)
+    run.connect()
+    found: dict[str, tuple[str, str]] = {}
+
+    def read(host: Host, settings: HostSettings) -> None:
+        release = ((host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}).get("VERSION_CODENAME")
+        arch = (host.get_fact(DebArch) or "").strip()
+        if not release or not arch:
+            raise HostError(
+                host.name, "facts", "not a Debian or Ubuntu host (no release codename or dpkg architecture)"
+            )
+        found[host.name] = (release, arch)
+
+    run.for_each_active_host("facts", read)
+    run.disconnect()
+    return found, run.report("facts")
