@@ -149,6 +149,8 @@ def test_status_of_a_mixed_fleet(fleet, states):
     assert applied["service"] == {"active": "active", "ready": "ready"}
     assert applied["release"] == release and applied["model_revision"].startswith("push-")
     assert applied["smoke"]["ok"] is True and applied["smoke"]["latency_s"] > 0
+    # A smoke result names the release that answered it and when; it counts while that release runs.
+    assert applied["smoke"]["release"] == release and applied["smoke"]["at"] and applied["smoke_stale"] is None
     assert applied["drift"] is False and applied["error"] is None
 
     drifted = rows["node2"]
@@ -156,6 +158,9 @@ def test_status_of_a_mixed_fleet(fleet, states):
     # The same build as node1's; the settings part differs (each host binds its own address).
     assert drifted["release"].split("-")[0] == release.split("-")[0] and drifted["release"] != release
     assert drifted["drift"] is True and f"Service | {UNIT} enabled and running" in drifted["drift_operations"]
+    # Its last smoke test passed, but the service is stopped: stale (it once said "ok" with exit 0).
+    assert drifted["smoke"]["ok"] is True
+    assert drifted["smoke_stale"].startswith("the service is inactive; the last smoke test ("), drifted
 
     assert rows["node3"]["reachable"] is False and rows["node3"]["error"].startswith("connect: ")
 
@@ -171,10 +176,11 @@ def test_status_of_a_mixed_fleet(fleet, states):
         r"ok \d+\.\ds\s+no$",
         table[1],
     ), table[1]
-    assert re.match(r"node2\s+yes\s+.*inactive\s+.*\s+yes$", table[2]), table[2]
+    assert re.match(r"node2\s+yes\s+.*inactive\s+.*STALE \(ok \d+\.\ds\)\s+yes$", table[2]), table[2]
     assert re.match(r"node3\s+no(\s+-){9}$", table[3]), table[3]
     assert re.match(r"node4\s+yes\s+Debian 12\s+none(\s+-){6}\s+yes$", table[4]), table[4]
     assert table[5].startswith("node3: connect: ")
+    assert table[6] == f"node2: stale smoke result: {drifted['smoke_stale']}"
     # One connection per host, all in parallel: about as fast as one host's dry run, not four.
     assert took < 60, took
     states.kept("node1", "node4")

@@ -159,6 +159,7 @@ def test_a_host_without_a_mirror_installs_from_the_apt_bundle(fleet, states, apt
         assert changed == [
             "System | Push apt bundle bookworm-amd64",
             "System | Install git and git-lfs",
+            "System | Enable git-lfs for every user",  # its filter went with the package
             "Python environment | Install python3-venv",
         ], changed
         installed = fleet.run("node2", "dpkg-query -W -f '${Status}\\n' git git-lfs python3-venv").stdout
