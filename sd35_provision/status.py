@@ -19,7 +19,7 @@ from sd35_provision import layout
 from sd35_provision.facts.service import NO_SERVICE, ServiceState, ServiceStatus
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
-from sd35_provision.report import HostOutcome
+from sd35_provision.report import HostOutcome, failure_cause
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
 from sd35_provision.texttable import render_rows
@@ -183,8 +183,7 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
         row.error = f"connect: {outcome.error}"
         return
     if outcome.failed or outcome.aborted:
-        first = (outcome.error or "").strip().splitlines()
-        row.error = f"{outcome.step}: {first[-1] if first else ''}"
+        row.error = f"{outcome.step}: {failure_cause(outcome.error)}"
         return
     row.drift = bool(outcome.changes)
     row.drift_operations = [op.name for op in outcome.changes]
