@@ -160,6 +160,7 @@ def _options(
     return RunOptions(
         accept_new_host_keys=accept_new_host_keys,
         progress=None if quiet else _progress,
+        transfer_bars=not quiet and sys.stderr.isatty(),  # else plain lines, no control characters
         parallel=parallel,
         fail_percent=fail_percent,
         on_start=_runs.append,
@@ -484,7 +485,8 @@ def smoke(spec: Path, limit: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command(
-    epilog="Exit codes: 0 every host was reachable and checked; 1 some host was not (its row says why); "
+    epilog="Exit codes: 0 every host was reachable and checked; 1 some host was not (its row says why), "
+    "or its last smoke result is stale (of another release than it runs, or its service is not active); "
     "64 the command line is wrong. Drift does not change the exit code (use drift for that)."
 )
 @spec_argument
@@ -512,7 +514,7 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
     One SSH connection per host, all hosts in parallel; changes nothing.
     """
     from sd35_provision.jsonreport import status_json
-    from sd35_provision.status import fleet_status, render_status_table
+    from sd35_provision.status import fleet_status, render_status_table, status_ok
     from sd35_provision.statuspage import StatusPage
 
     page = StatusPage(html, spec) if html is not None else None  # a bad path fails before any host is asked
@@ -525,7 +527,7 @@ def status(spec: Path, limit: tuple[str, ...], parallel: int, as_json: bool, htm
     click.echo(status_json(rows) if as_json else render_status_table(rows))
     if page is not None:
         page.write(rows)
-    if any(not row.reachable or row.error for row in rows):
+    if not status_ok(rows):
         sys.exit(EXIT_FAILED)
 
 
@@ -736,6 +738,51 @@ def wheelhouse(directory: Path, flavour: str, lock_file: Path | None, python_ver
     lock = load_lock_file(lock_file) if lock_file else load_lock(flavour)
     fill_wheelhouse(directory, lock, python_version)
     click.echo(f"{directory}: wheels of lock {lock.id} for Python {python_version}")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@limit_option
+@click.option(
+    "--release",
+    "releases",
+    multiple=True,
+    metavar="CODENAME",
+    help="A host OS release to download for (bookworm, noble...); repeatable. Without it: each SPEC host's.",
+)
+@click.option("--arch", default="amd64", show_default=True, help="The dpkg architecture, with --release.")
+@click.option("--mirror", default=None, metavar="URL", help="Download from this mirror of the release's archive.")
+@runs_pyinfra
+def debs(
+    directory: Path, spec: Path | None, limit: tuple[str, ...], releases: tuple[str, ...], arch: str, mirror: str | None
+) -> None:
+    """Download the .deb files the layers install (git, git-lfs, python3-venv) with every dependency.
+
+    Into DIRECTORY/<release>-<arch>/, for each host's OS release read from SPEC (or each
+    --release), with the index of a flat apt repository: set system.apt_bundle: DIRECTORY
+    and hosts without a mirror install from it.
+    """
+    from sd35_provision import workflow
+    from sd35_provision.aptbundle import download_bundle
+    from sd35_provision.report import render_failures
+
+    if (spec is None) == (not releases):
+        raise click.UsageError("give SPEC (each host's release is read) or --release, not both")
+    if releases:
+        wanted = {(release, arch) for release in releases}
+    else:
+        assert spec is not None
+        found, report = workflow.apt_releases(_load(spec), limit, _options(False, quiet=True))
+        if not report.ok:
+            click.echo(render_failures(report), err=True)
+            sys.exit(EXIT_FAILED)
+        for name, (release, host_arch) in found.items():
+            click.echo(f"{name}: {release}-{host_arch}", err=True)
+        wanted = set(found.values())
+    for release, release_arch in sorted(wanted):
+        download_bundle(directory, release, release_arch, mirror=mirror, progress=_progress)
+    click.echo(f"{directory}: set system.apt_bundle: {directory} in the spec")
 
 
 @cli.command()

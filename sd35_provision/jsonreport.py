@@ -126,7 +126,8 @@ def status_document(rows: list[HostStatus]) -> dict[str, Any]:
         entry.update(data)
         hosts.append(entry)
     drifts = [row.drift for row in rows if row.drift is not None]
-    return envelope("status", hosts, ok=all(row.status == "ok" for row in rows), drift=any(drifts) if drifts else None)
+    ok = all(row.status == "ok" and not row.smoke_stale for row in rows)
+    return envelope("status", hosts, ok=ok, drift=any(drifts) if drifts else None)
 
 
 def run_json(report: RunReport) -> str:

@@ -32,6 +32,7 @@ PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
 # -- /run -------------------------------------------------------------------------------
 
 RUN_DIR = "/run/sd35"  # <i>/running.json: what instance <i> runs, written by it at start (service/running.py)
+APT_BUNDLES = "/var/cache/sd35-apt-bundle"  # pushed apt bundles (system.apt_bundle), one directory per release
 RUN_LOCK = "/run/lock/sd35-provision.lock"  # held by a run for its whole length (sd35_provision/hostlock.py)
 
 
@@ -214,3 +215,8 @@ def current_link(install_root: str) -> str:
 
 def previous_link(install_root: str) -> str:
     return f"{install_root}/previous"
+
+
+def apt_bundle_dir(release: str, arch: str) -> str:
+    """Where the apt bundle of ``release``/``arch`` is pushed (sd35_provision/aptbundle.py)."""
+    return f"{APT_BUNDLES}/{release}-{arch}"

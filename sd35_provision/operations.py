@@ -11,13 +11,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
+import shlex
+from collections.abc import Callable, Iterable
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents, Sha256File
 from pyinfra.operations import apt, files
+
+from sd35_provision.facts.aptbundle import BundleHashes
+from sd35_provision.hostscripts import render_script
 
 SECRET_NOTICE = "(secret file: content not shown)"
 
@@ -36,10 +42,42 @@ class HostRecorder:
         self.diffs: dict[str, str] = {}
         self.notes: list[str] = []
         self.service_inputs: dict[str, list[OperationMeta]] = {}
+        # Notes on state an operation changes: (that operation's meta or hash, what to say once it has run).
+        self.planned: dict[str, tuple[OperationMeta | str, str | None]] = {}
 
-    def note(self, text: str) -> None:
-        if not host.state.is_executing and text not in self.notes:
-            self.notes.append(text)
+    def note(self, text: str, until: OperationMeta | None = None, done: str | None = None) -> None:
+        """Say ``text`` in the results (e.g. "reboot required").
+
+        A note about state that an operation changes ("model not fetched yet"),
+        made inside that operation or with ``until=`` its meta, is what was
+        planned: once that operation has changed the host without error, ``done``
+        says what was done in its place (no ``done``, or nothing was left to
+        change: the note goes).
+        """
+        if host.state.is_executing or text in self.notes:
+            return
+        self.notes.append(text)
+        fixed_by = until if until is not None else host.current_op_hash
+        if fixed_by is not None:
+            self.planned[text] = (fixed_by, done)
+
+    def notes_after(self, executed: bool, meta_of: Callable[[str], OperationMeta | None]) -> list[str]:
+        """The notes of a run: as planned, or (``executed``) with each planned one that was done replaced.
+
+        + meta_of: the host's operation meta by operation hash (None: the host has no such operation)
+        """
+        if not executed:
+            return list(self.notes)
+        shown: list[str] = []
+        for note in self.notes:
+            fixed_by, done = self.planned.get(note, (None, None))
+            meta = meta_of(fixed_by) if isinstance(fixed_by, str) else fixed_by
+            text: str | None = note
+            if meta is not None and meta.is_complete() and not meta.did_error():
+                text = done if meta.did_change() else None  # run, with nothing left to do: nothing to say
+            if text and text not in shown:
+                shown.append(text)
+        return shown
 
     def diff(self, text: str) -> None:
         """Show ``text`` as the current operation's diff in ``plan``/``drift`` (call inside an operation)."""
@@ -106,7 +144,7 @@ def managed_file(
 
 
 @operation()
-def apt_packages_present(packages: list[str]):
+def apt_packages_present(packages: list[str], bundle: str | None = None):
     """
     Install Debian/Ubuntu packages that are missing.
 
@@ -115,10 +153,38 @@ def apt_packages_present(packages: list[str]):
     everything never reports a change (no drift from an ageing apt cache).
 
     + packages: package names
+    + bundle: install from this pushed apt bundle (``system.apt_bundle``), not the host's mirror
     """
-    installed = host.get_fact(DebPackages) or {}
-    missing = [name for name in packages if name not in installed]
+    missing = missing_packages(packages)
     if not missing:
+        return
+    if bundle is not None:
+        yield render_script("apt-bundle-install.sh", bundle=bundle, packages=missing)
         return
     yield from apt.update._inner()
     yield from apt.packages._inner(packages=missing)
+
+
+def missing_packages(packages: Iterable[str]) -> list[str]:
+    """Which of ``packages`` the host has not installed (call inside a deploy or operation)."""
+    installed = host.get_fact(DebPackages) or {}
+    return [name for name in packages if name not in installed]
+
+
+@operation()
+def apt_bundle_pushed(files: list[tuple[str, str]], directory: str):
+    """
+    Upload the apt bundle's files (.deb files and their index) that the host lacks or has with another hash.
+
+    + files: (local path, sha256) of each file
+    + directory: the bundle's directory on the host
+    """
+    present = host.get_fact(BundleHashes, directory=directory)
+    yield f"mkdir -p {shlex.quote(directory)}"
+    for local, digest in files:
+        name = local.rsplit("/", 1)[-1]
+        if present.get(name) != digest:
+            remote = f"{directory}/{name}"
+            # Upload beside, then rename: an interrupted push never leaves a short file under its name.
+            yield FileUploadCommand(local, f"{remote}.partial", remote_temp_filename=None)
+            yield f"mv -f {shlex.quote(remote + '.partial')} {shlex.quote(remote)}"

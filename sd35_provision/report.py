@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from sd35_provision.texttable import render_rows
@@ -68,14 +69,54 @@ class RunReport:
         return any(host.changes for host in self.hosts)
 
 
+# A journal line's prefix (``Nov 30 15:02:11 node1 python[812]: ``), dropped before reading the message.
+_JOURNAL_PREFIX = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ \S+?(\[\d+\])?: ")
+# What a line that says why looks like, most telling first: the service's own status line (systemd's
+# `Status: "..."`, set by the service with the cause), an exception, apt/git/pip errors, a mirror not reached.
+_CAUSES = (
+    re.compile(r'^\s*Status: "(?P<cause>.*(fail|error|need|cannot|not ).*)"', re.I),
+    re.compile(r"(?P<cause>model load failed: .+)"),
+    re.compile(r"^(?P<cause>[\w.]*(Error|Exception): .+)"),
+    re.compile(r"^(?P<cause>.*\b(Could not resolve|Temporary failure resolving|Failed to fetch|Unable to connect).*)"),
+    re.compile(r"^(?P<cause>(E|ERROR|error|fatal): .+)"),
+)
+# Lines a later stage adds to a host's error ("rollback: rolled back to X"): shown after the cause.
+_ADDED_STAGES = ("rollback: ",)
+
+
+def failure_cause(error: str | None, fallback: bool = True) -> str:
+    """The line of ``error`` that says why, for a one-line table cell.
+
+    A failed step's output ends with the least telling line (``systemctl status``'s
+    last journal line, apt's ``E: Unable to locate package`` after the real cause,
+    a traceback's frames); the cause is the service's status line, an exception
+    line, or apt's mirror line beside its ``E:`` line. Without one: the last line
+    (``fallback``) or nothing.
+    """
+    lines = [_JOURNAL_PREFIX.sub("", line).strip() for line in (error or "").strip().splitlines()]
+    lines = [line for line in lines if line]
+    added = [line for line in lines if line.startswith(_ADDED_STAGES)]
+    own = [line for line in lines if line not in added] or lines
+    found: list[str] = []
+    for pattern in _CAUSES:
+        matches = [match.group("cause") for line in own if (match := pattern.search(line))]
+        if matches and pattern is _CAUSES[3]:  # the mirror line (the one naming the URL) first, then the error
+            found.append(max(matches, key=len))
+            continue
+        if matches:
+            found.append(matches[-1])
+            break
+    cause = "; ".join(dict.fromkeys(found)) if found else (own[-1] if own and fallback else "")
+    return "; ".join([cause, *added]) if added else cause
+
+
 def render_table(report: RunReport) -> str:
     staged = report.waves is not None
     rows = [("HOST", *(("WAVE",) if staged else ()), "STATUS", "CHANGES", "DETAIL")]
     for host in report.hosts:
         detail = ""
         if host.failed:
-            first_line = (host.error or "").strip().splitlines()
-            detail = f"{host.step}: {first_line[-1] if first_line else ''}"
+            detail = f"{host.step}: {failure_cause(host.error)}"
         elif host.aborted:
             detail = f"aborted at {host.step}"
         elif host.skipped:

@@ -13,6 +13,7 @@ finished are reported as aborted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.inventory import build_inventory
 from sd35_provision.operations import HostRecorder
+from sd35_provision.progress import StepWatch, TransferBars, count_uploads
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class RunOptions:
     parallel: int = 0  # hosts at a time; 0: all of them
     fail_percent: int | None = None  # abort once more than this % of the run's hosts failed
     progress: ProgressSink | None = None
+    transfer_bars: bool = False  # draw a bar per file transfer (stderr is a terminal)
     on_start: Callable[[FleetRun], None] | None = None  # told of each run (the CLI says where hosts were on Ctrl-C)
     wait_lock: int = 0  # seconds to wait for a host's run lock that another run holds
 
@@ -58,25 +61,44 @@ class _FailPercentExceeded(PyinfraError):
 class _Recorder(BaseStateCallback):
     """Collects what pyinfra only logs: connect errors and live progress."""
 
-    def __init__(self, run: FleetRun, progress: ProgressSink | None):
+    def __init__(self, run: FleetRun, progress: ProgressSink | None, watch: StepWatch | None):
         self.connect_errors: dict[str, str] = {}
         self.progress = progress
         self.run = run
+        self.watch = watch
+
+    def host_before_connect(self, state: State, host: Host) -> None:
+        if self.watch:
+            self.watch.started(host.name, "connect")
+
+    def host_connect(self, state: State, host: Host) -> None:
+        if self.watch:
+            self.watch.ended(host.name)
 
     def host_connect_error(self, state: State, host: Host, error) -> None:  # noqa: D102
         self.connect_errors[host.name] = str(error) or error.__class__.__name__
+        if self.watch:
+            self.watch.ended(host.name)
+
+    def operation_host_start(self, state: State, host: Host, op_hash) -> None:
+        if self.watch:
+            self.watch.started(host.name, _op_name(state, op_hash, host))
 
     def operation_host_success(self, state: State, host: Host, op_hash, retry_count: int = 0) -> None:
         # Called before pyinfra marks the operation complete: use the prepared verdict.
+        took = self.watch.ended(host.name) if self.watch else ""
         meta = state.ops[host][op_hash].operation_meta
         if self.progress and meta.will_change:
-            self.progress(f"{host.name}: changed: {_op_name(state, op_hash, host)}")
+            self.progress(f"{host.name}: changed: {_op_name(state, op_hash, host)}{took}")
+        elif self.progress and took:  # a long step that found nothing to change: its end, as its start was shown
+            self.progress(f"{host.name}: done: {_op_name(state, op_hash, host)}{took}")
 
     def operation_host_error(
         self, state: State, host: Host, op_hash, retry_count: int = 0, max_retries: int = 0
     ) -> None:
+        took = self.watch.ended(host.name) if self.watch else ""
         if self.progress:
-            self.progress(f"{host.name}: FAILED: {_op_name(state, op_hash, host)}")
+            self.progress(f"{host.name}: FAILED: {_op_name(state, op_hash, host)}{took}")
 
     def operation_end(self, state: State, op_hash) -> None:
         # pyinfra has failed this operation's hosts by now: stop before the next operation.
@@ -113,7 +135,10 @@ class FleetRun:
         # pyinfra's FAIL_PERCENT counts only connected hosts; ours counts every host of the run.
         config = Config(PARALLEL=self.options.parallel or max(1, len(hosts)), FAIL_PERCENT=None)
         self.state = State(build_inventory(hosts, self.options.accept_new_host_keys), config)
-        self.recorder = _Recorder(self, self.options.progress)
+        progress = self.options.progress
+        bars = TransferBars() if progress and self.options.transfer_bars else None
+        self.watch = StepWatch(progress, bars=bars) if progress else None
+        self.recorder = _Recorder(self, progress, self.watch)
         self.state.add_callback_handler(self.recorder)
         self.outcomes: dict[str, HostOutcome] = {name: HostOutcome(name=name) for name in self.hosts}
         self.recorders: dict[str, HostRecorder] = {name: HostRecorder() for name in self.hosts}
@@ -135,9 +160,14 @@ class FleetRun:
         if refused:
             self.state.limit_hosts = [host for host in self.state.inventory if host.name not in refused]
         try:
-            self._tolerate_all_failed(connect_all, self.state)
+            with self._ticking():
+                self._tolerate_all_failed(connect_all, self.state)
         finally:
             self.state.limit_hosts = limit
+        if self.watch:
+            for host in self.state.inventory:
+                if host.connected:
+                    count_uploads(host.connector, host.name, self.watch)
         for line in watch.accepted() if watch and self.options.progress else ():
             self.options.progress(line)
         for host in self.state.inventory:
@@ -183,7 +213,8 @@ class FleetRun:
         def one(host: Host) -> None:
             with ctx_state.use(self.state), ctx_host.use(host):
                 try:
-                    action(host, self.hosts[host.name])
+                    with self._step(host, step):
+                        action(host, self.hosts[host.name])
                 except Exception as error:  # noqa: BLE001 - isolate hosts
                     logger.debug("%s: %s failed", host.name, step, exc_info=True)
                     # A host's first failure names the step that raised it (e.g. the plan's "Python environment").
@@ -211,7 +242,8 @@ class FleetRun:
             for layer in layers:
                 step = getattr(layer, "deploy_name", layer.__name__)
                 try:
-                    add_deploy(self.state, layer, plans[host.name], self.recorders[host.name], host=host)
+                    with self._step(host, f"reading what {step} would change"):
+                        add_deploy(self.state, layer, plans[host.name], self.recorders[host.name], host=host)
                 except Exception as error:  # noqa: BLE001 - isolate hosts
                     logger.debug("%s: preparing %s failed", host.name, step, exc_info=True)
                     self._fail(host, step, _describe(error))
@@ -224,7 +256,8 @@ class FleetRun:
         self.state.set_stage(StateStage.Execute)
         if self._stopped("execute"):
             return
-        self._tolerate_all_failed(run_ops, self.state)
+        with self._ticking():
+            self._tolerate_all_failed(run_ops, self.state)
         self._collect(executed=True)
         if self.aborted:
             for host in self.state.inventory.get_active_hosts():
@@ -260,12 +293,32 @@ class FleetRun:
 
     # -- helpers --------------------------------------------------------------
 
+    def _ticking(self):
+        """While a stage runs: the heartbeat of its long steps (nothing to tick without progress lines)."""
+        return self.watch.ticking() if self.watch else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _step(self, host: Host, step: str):
+        """A per-host step of ours (preflight, smoke test...): shown while it runs long, and its time at the end."""
+        if not self.watch:
+            yield
+            return
+        self.watch.started(host.name, step)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            took = self.watch.ended(host.name)
+            if took and not failed and self.options.progress:
+                self.options.progress(f"{host.name}: done: {step}{took}")
+
     def _in_pool(self, action: Callable[[Host], None], hosts: list[Host]) -> None:
         # Greenlets, as pyinfra runs hosts: each waits on its own SSH channel. pyinfra's
         # state context is global, not per greenlet: set it here, around all of them, or
         # the first greenlet to finish would unset it under the others.
         pool = gevent.pool.Pool(self.options.parallel or max(1, len(hosts)))
-        with ctx_state.use(self.state):
+        with ctx_state.use(self.state), self._ticking():
             for host in hosts:
                 pool.spawn(action, host)
             pool.join()
@@ -344,7 +397,10 @@ class FleetRun:
                 operations.append(
                     OperationOutcome(name=name, changed=changed, error=error, diff=recorder.diffs.get(op_hash))
                 )
-            outcome.notes = list(recorder.notes)
+            ops = self.state.ops[host]
+            outcome.notes = recorder.notes_after(
+                executed, lambda op_hash, ops=ops: ops[op_hash].operation_meta if op_hash in ops else None
+            )
             if operations or not outcome.failed:
                 outcome.operations = operations
             outcome.executed = executed

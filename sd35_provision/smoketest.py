@@ -159,6 +159,25 @@ def _smoke_instance(host: Host, settings: HostSettings, target: SmokeTarget) -> 
     return InstanceSmoke(ok=False, reason=detail[-1] if detail else "the smoke test printed no result")
 
 
+def service_cause(host: Host, unit: str) -> str | None:
+    """Why the service is not serving, from its own journal lines (None: nothing telling there).
+
+    A smoke test that finds no ready service only knows /readyz did not answer;
+    the service's log says why (``model load failed: fp8-dynamic needs a CUDA GPU``).
+    """
+    from sd35_provision.report import failure_cause
+
+    ok, output = host.run_shell_command(
+        # The last start's lines only (its invocation id): an older failure must not stand in for this one.
+        f"journalctl --lines 40 --no-pager --output cat "
+        f"_SYSTEMD_INVOCATION_ID=$(systemctl show --property InvocationID --value {unit}) 2>/dev/null; "
+        f"systemctl status --no-pager --lines 0 {unit} 2>/dev/null",
+        print_output=False,
+        **_as_root(host),
+    )
+    return failure_cause("\n".join(output.stdout_lines), fallback=False) or None
+
+
 def current_release(host: Host, settings: HostSettings, link: str = "current") -> str | None:
     """What the ``current`` (or ``previous``) link points at, e.g. ``releases/<id>``."""
     root = settings.python.install_root

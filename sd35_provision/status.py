@@ -32,7 +32,7 @@ from sd35_provision.facts.service import (
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.instances import host_devices
 from sd35_provision.inventory import select_hosts
-from sd35_provision.report import HostOutcome
+from sd35_provision.report import HostOutcome, failure_cause
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, SmokeTarget, service_url
 from sd35_provision.texttable import render_rows
@@ -68,10 +68,11 @@ class HostStatus:
     service_ready: str | None = None
     release: str | None = None
     model_revision: str | None = None
-    smoke: dict[str, Any] | None = None
+    smoke: dict[str, Any] | None = None  # the last smoke record: ok, latency_s, reason, release, at
     drift: bool | None = None  # None: could not be worked out (see error)
     drift_operations: list[str] = field(default_factory=list)
     instances: list[InstanceStatus] = field(default_factory=list)
+    smoke_stale: str | None = None  # why the last smoke result says nothing of what runs now (None: it does)
     error: str | None = None  # "step: reason" when something could not be read
     status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
@@ -83,7 +84,8 @@ class HostStatus:
 
     @property
     def last_smoke(self) -> str:
-        return _smoke_text(self.smoke)
+        shown = _smoke_text(self.smoke)
+        return f"STALE ({shown})" if self.smoke and self.smoke_stale else shown
 
     def row(self) -> tuple[str, ...]:
         fp8 = "-" if self.fp8_capable is None else ("yes" if self.fp8_capable else "no")
@@ -131,6 +133,26 @@ def _smoke_text(smoke: dict[str, Any] | None) -> str:
     latency = smoke.get("latency_s")
     timing = f" {latency:.1f}s" if isinstance(latency, (int, float)) else ""
     return ("ok" if smoke.get("ok") else "FAILED") + timing
+
+
+def smoke_staleness(smoke: dict[str, Any] | None, release: str | None, active: str | None) -> str | None:
+    """Why the last smoke result is not one of the service running now (None: it is, or there is none).
+
+    A result counts for the release that answered it (the record's ``release``)
+    while the service is active: after an update without a smoke test, a
+    rollback, or with the service stopped it says nothing of what runs.
+    """
+    if not smoke:
+        return None
+    when = f" ({smoke['at']})" if smoke.get("at") else ""
+    tested = smoke.get("release")
+    if active != "active":
+        return f"the service is {active or 'not installed'}; the last smoke test{when} is of release {tested or '?'}"
+    if not tested:
+        return f"the last smoke test{when} names no release (taken before smoke results named one)"
+    if tested != release:
+        return f"the last smoke test{when} is of release {tested}; the host runs {release or 'none'}"
+    return None
 
 
 def fleet_status(
@@ -215,6 +237,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     row.release = states[0].release_id
     row.model_revision = states[0].model_revision
     row.smoke = states[0].smoke
+    row.smoke_stale = smoke_staleness(states[0].smoke, states[0].release_id, states[0].active)
 
 
 def _ready(state: ServiceStatus) -> str | None:
@@ -242,8 +265,7 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
         row.error = f"connect: {outcome.error}"
         return
     if outcome.failed or outcome.aborted:
-        first = (outcome.error or "").strip().splitlines()
-        row.error = f"{outcome.step}: {first[-1] if first else ''}"
+        row.error = f"{outcome.step}: {failure_cause(outcome.error)}"
         return
     row.drift = bool(outcome.changes)
     row.drift_operations = [op.name for op in outcome.changes]
@@ -252,7 +274,13 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
 def render_status_table(rows: list[HostStatus]) -> str:
     """One row per host; then, when a host runs more than one instance, one row per instance; then errors."""
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
+    stale = [f"{row.name}: stale smoke result: {row.smoke_stale}" for row in rows if row.smoke_stale]
     tables = [render_rows([HEADER, *(row.row() for row in rows)])]
     if any(len(row.instances) > 1 for row in rows):
         tables.append("\n" + render_rows([INSTANCE_HEADER, *(line for row in rows for line in row.instance_rows())]))
-    return "\n".join([*tables, *errors])
+    return "\n".join([*tables, *errors, *stale])
+
+
+def status_ok(rows: list[HostStatus]) -> bool:
+    """Every host reachable and checked, with no stale smoke result (``status`` exits 1 otherwise)."""
+    return all(row.reachable and not row.error and not row.smoke_stale for row in rows)

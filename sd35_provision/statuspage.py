@@ -118,6 +118,8 @@ def render_status_page(rows: list[HostStatus], images: dict[str, bytes], title: 
             notes.append("would change: " + "; ".join(row.drift_operations))
         if row.smoke and not row.smoke.get("ok") and row.smoke.get("reason"):
             notes.append(f"smoke: {row.smoke['reason']}")
+        if row.smoke_stale:
+            notes.append(f"stale smoke result: {row.smoke_stale}")
         if row.error:
             notes.append(row.error)
         if notes:

@@ -173,7 +173,7 @@ def _roll_back_aborted(host: Host, settings: HostSettings) -> None:
 
 def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
     from sd35_provision.runner import current_run_outcome
-    from sd35_provision.smoketest import roll_back, run_smoke
+    from sd35_provision.smoketest import roll_back, run_smoke, service_cause
 
     outcome = current_run_outcome(host)
     if outcome.failed:
@@ -189,6 +189,10 @@ def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
     if result.ok:
         return
     reason = f"smoke test failed: {result.reason}"
+    failed_unit = next(each["unit"] for each in result.instances if not each["ok"])
+    cause = service_cause(host, failed_unit)  # read before a rollback restarts the service
+    if cause:
+        reason += f" (the service: {cause})"
     if _switched_release(host):
         restored, what = roll_back(host, settings)
         reason += f"; {what}"
@@ -213,3 +217,26 @@ def gather_facts(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptio
     run.for_each_active_host("facts", collect)
     run.disconnect()
     return gathered, run.report("facts")
+
+
+def apt_releases(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None):
+    """Each host's OS release and architecture as apt names them: ``({host: (release, arch)}, RunReport)``."""
+    from pyinfra.facts.deb import DebArch
+    from pyinfra.facts.server import LinuxDistribution
+
+    run = FleetRun(select_hosts(spec, limit), options)
+    run.connect()
+    found: dict[str, tuple[str, str]] = {}
+
+    def read(host: Host, settings: HostSettings) -> None:
+        release = ((host.get_fact(LinuxDistribution) or {}).get("release_meta") or {}).get("VERSION_CODENAME")
+        arch = (host.get_fact(DebArch) or "").strip()
+        if not release or not arch:
+            raise HostError(
+                host.name, "facts", "not a Debian or Ubuntu host (no release codename or dpkg architecture)"
+            )
+        found[host.name] = (release, arch)
+
+    run.for_each_active_host("facts", read)
+    run.disconnect()
+    return found, run.report("facts")

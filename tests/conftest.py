@@ -108,6 +108,16 @@ def cpu_wheelhouse() -> Path:
 
 
 @pytest.fixture(scope="session")
+def apt_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``sd35-provision debs`` for the fleet's Debian 12: downloaded once per session (about 50 MB)."""
+    from sd35_provision.aptbundle import download_bundle
+
+    directory = tmp_path_factory.mktemp("apt-bundle")
+    download_bundle(directory, "bookworm", "amd64")
+    return directory
+
+
+@pytest.fixture(scope="session")
 def fleet_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random SD3 pipeline, pushed to fleet hosts as `model: {source: push}`."""
     from sd35_provision.tinymodel import generate_tiny_pipeline

@@ -89,6 +89,23 @@ class DeployRun:
     notes: list[str] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)
     facts_read: list[str] = field(default_factory=list)
+    recorder: HostRecorder | None = None
+    metas: dict[str, Any] = field(default_factory=dict)  # operation name -> its OperationMeta
+
+    def notes_after(self, succeeded: Sequence[str] = (), failed: Sequence[str] = ()) -> list[str]:
+        """The notes once executed: operations whose name contains one of ``succeeded`` ran their commands,
+        those of ``failed`` failed, the rest did not run (an earlier one failed)."""
+        from pyinfra.connectors.util import CommandOutput
+
+        for name, meta in self.metas.items():
+            commands = next(op.commands for op in self.operations if op.name == name)
+            if any(part in name for part in succeeded):
+                meta.set_complete(True, commands, CommandOutput([]))
+            elif any(part in name for part in failed):
+                meta.set_complete(False, commands, CommandOutput([]))
+        by_hash = {meta._hash: meta for meta in self.metas.values()}
+        assert self.recorder is not None
+        return self.recorder.notes_after(True, by_hash.get)
 
     @property
     def changes(self) -> list[RecordedOperation]:
@@ -195,6 +212,7 @@ def run_deploy(
         for each in deploys:
             add_deploy(state, each, *layer_args, host=host, **kwargs)
         operations = []
+        metas = {}
         with ctx_state.use(state), ctx_host.use(host):  # operations generate their commands in context
             for op_hash in state.get_op_order():
                 op_data = state.ops[host].get(op_hash)
@@ -203,12 +221,15 @@ def run_deploy(
                 name = sorted(state.get_op_meta(op_hash).names)[0]
                 commands = [_command_json(command) for command in op_data.command_generator()]
                 operations.append(RecordedOperation(name=name, commands=commands))
+                metas[name] = op_data.operation_meta
 
     return DeployRun(
         operations=operations,
         notes=list(recorder.notes),
         diffs=list(recorder.diffs.values()),
         facts_read=recorded.read,
+        recorder=recorder,
+        metas=metas,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -432,6 +433,11 @@ def test_cli_up_with_a_read_only_bind_then_down_leaves_nothing(tmp_path: Path, f
     finally:
         result = runner.invoke(testfleet_cli.testfleet, ["down", "--state-dir", str(state_dir)])
     assert result.exit_code == 0, result.output
+    # It says what it is doing, per host, while it takes time (it once took minutes without a word).
+    said = result.stderr.splitlines()
+    assert said[0] == f"node1: powering off (nspawn pid {host.pid})", said
+    assert re.fullmatch(r"node1: off \(\d+\.\ds\)", said[1]), said
+    assert f"deleting the hosts' disks in {state_dir / 'hosts'}" in said
     assert mounts_under(state_dir) == []
     assert not [
         pid

@@ -33,6 +33,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.command import FileUploadCommand
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
 from sd35_provision import layout, modelstore
@@ -92,7 +93,6 @@ def model_layer(plan: HostPlan, recorder: HostRecorder) -> None:
         )
 
     check = model_check(plan)
-    _note(check, recorder)
     if model.source == "push":
         fetched = _push(plan, check, recorder)
     elif model.source == "git":
@@ -114,6 +114,7 @@ def model_layer(plan: HostPlan, recorder: HostRecorder) -> None:
             fresh=not (check.manifest and check.exists),
             recorder=recorder,
         )
+    _note(check, recorder, fetched)
     recorder.feeds_service("model", fetched)
 
 
@@ -348,13 +349,15 @@ def describe_changes(check: ModelCheck, directory: str, source: str, fetching: l
     return "\n".join(lines) + "\n"
 
 
-def _note(check: ModelCheck, recorder: HostRecorder) -> None:
+def _note(check: ModelCheck, recorder: HostRecorder, fetched: OperationMeta) -> None:
+    """What is wrong with the model before this run; once ``fetched`` has run: that it was fetched and verified."""
+    done = "model fetched and verified"
     if not check.exists:
-        recorder.note("model not fetched yet")
+        recorder.note("model not fetched yet", until=fetched, done=done)
         return
     problems = check.problems()
     if not check.manifest:
         problems.insert(0, "no manifest")
     if problems:
         shown = problems[:3] + ([f"{len(problems) - 3} more"] if len(problems) > 3 else [])
-        recorder.note("model: " + "; ".join(shown))
+        recorder.note("model: " + "; ".join(shown), until=fetched, done=done)

@@ -26,13 +26,15 @@ from pyinfra.api.command import FileUploadCommand
 from pyinfra.operations import files, server
 
 from sd35_provision import layout
+from sd35_provision.aptbundle import PYTHON_PACKAGES
+from sd35_provision.deploys.apt import install_packages
 from sd35_provision.facts.venv import COMPLETE_STAMP, Venv, WheelHashes
 from sd35_provision.hostplan import PYTHON_STEP as STEP
 from sd35_provision.hostplan import EnvironmentNotReady, HostPlan
 from sd35_provision.hostscripts import render_script
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.locks import Lock, compare_installed, unlocked_packages
-from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
+from sd35_provision.operations import HostRecorder, managed_file
 
 __all__ = ["STEP", "EnvironmentNotReady", "python_environment"]
 
@@ -45,7 +47,7 @@ def python_environment(plan: HostPlan, recorder: HostRecorder) -> None:
     settings, lock = plan.settings, plan.lock
     root = settings.python.install_root
 
-    apt_packages_present(name="Install python3-venv", packages=["python3-venv"])
+    install_packages(plan, "Install python3-venv", PYTHON_PACKAGES, STEP)  # the system layer pushed the bundle
     files.directory(name="Environment root", path=root, user="root", group="root", mode="755")
     for directory in (layout.venvs_dir(root), layout.locks_dir(root)):
         files.directory(name=f"Directory {directory}", path=directory, user="root", group="root", mode="755")
@@ -144,7 +146,7 @@ def venv_restored(
                 diff.append(f"+{name}=={expected[name]}")
     recorder.diff("\n".join(diff) + "\n")
     for problem in problems:
-        recorder.note(f"venv {lock.id}: {problem}")
+        recorder.note(f"venv {lock.id}: {problem}", done=f"venv {lock.id}: put back to its lock")
     yield _repair_script(venv, lock_path, pip_options, extras)
 
 

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -155,9 +156,8 @@ def service_layer(plan: HostPlan, recorder: HostRecorder) -> None:
             )
     if not restarting:
         return
-    _note_restarts(plan.instances, restarting, reasons, own_changed, differs, recorder)
     units = " ".join(instance.unit for instance in restarting)
-    server.shell(
+    restarted = server.shell(
         name=f"Restart {', '.join(instance.unit for instance in restarting)}",
         # Type=notify: returns once every model is loaded and warmed up, or fails with the reason.
         commands=[
@@ -169,6 +169,7 @@ def service_layer(plan: HostPlan, recorder: HostRecorder) -> None:
         if any(differs[instance.index] for instance in restarting)
         else any_changed(*shared_ops, *(own_settings[index] for index in sorted(own_changed))),
     )
+    _note_restarts(plan.instances, restarting, reasons, own_changed, differs, recorder, restarted)
 
 
 def _note_restarts(
@@ -178,20 +179,28 @@ def _note_restarts(
     own_changed: set[int],
     differs: dict[int, str | None],
     recorder: HostRecorder,
+    restart: OperationMeta,
 ) -> None:
-    """Why: the files this run changes; with none, what the process runs. Per instance when not all restart."""
+    """Why: the files this run changes; with none, what the process runs. Per instance when not all restart.
+
+    Said as planned until the restart ran, then as done ("restarted").
+    """
+    planned: list[str]
     if reasons:
         changed = [*reasons[:2], *([INSTANCE_SETTINGS] if own_changed else []), *reasons[2:]]
-        recorder.note(f"service restarts ({', '.join(changed)} changed)")
-        return
-    for instance in restarting:
-        who = "service" if len(instances) == 1 else instance.unit
-        why = differs[instance.index]
-        recorder.note(
-            f"{who} restarts ({INSTANCE_SETTINGS} changed)"
-            if instance.index in own_changed
-            else f"{who} restarts: {why}"
-        )
+        planned = [f"service restarts ({', '.join(changed)} changed)"]
+    else:
+        planned = []
+        for instance in restarting:
+            who = "service" if len(instances) == 1 else instance.unit
+            why = differs[instance.index]
+            planned.append(
+                f"{who} restarts ({INSTANCE_SETTINGS} changed)"
+                if instance.index in own_changed
+                else f"{who} restarts: {why}"
+            )
+    for text in planned:
+        recorder.note(text, until=restart, done=text.replace("restarts", "restarted", 1))
 
 
 def _remove_what_is_not_planned(plan: HostPlan, installed: ServiceInstallation, recorder: HostRecorder) -> None:

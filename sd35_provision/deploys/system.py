@@ -7,9 +7,11 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
 from sd35_provision import layout
+from sd35_provision.aptbundle import SYSTEM_PACKAGES
+from sd35_provision.deploys.apt import install_packages
 from sd35_provision.facts.gitlfs import GitLfsSystemInstalled
 from sd35_provision.hostplan import HostPlan
-from sd35_provision.operations import HostRecorder, apt_packages_present, managed_file
+from sd35_provision.operations import HostRecorder, managed_file
 
 
 @deploy("System")
@@ -17,7 +19,7 @@ def system_layer(plan: HostPlan, recorder: HostRecorder) -> None:
     settings = plan.settings
     service_user = settings.service.user
 
-    apt_packages_present(name="Install git and git-lfs", packages=["git", "git-lfs"])
+    install_packages(plan, "Install git and git-lfs", SYSTEM_PACKAGES, "System", push=True)
 
     # `git lfs install --system` writes the lfs filter into /etc/gitconfig; without
     # it every clone on the host silently gives pointer files instead of weights.

@@ -37,6 +37,7 @@ from sd35_provision.hostspec.settings import (
     ServiceSettings,
     SmokeSettings,
     SshSettings,
+    SystemSettings,
 )
 from sd35_provision.hostspec.yamlsource import (
     PathKey,
@@ -55,6 +56,7 @@ LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "python": ("wheelhouse", "lock_file"),
     "model": ("token_file", "path"),
     "service": ("api_key_file",),
+    "system": ("apt_bundle",),
 }
 
 _FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -62,7 +64,11 @@ _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 # Settings that name local directories; the other LOCAL_PATH_FIELDS name files.
-LOCAL_DIRECTORY_FIELDS: dict[str, tuple[str, ...]] = {"python": ("wheelhouse",), "model": ("path",)}
+LOCAL_DIRECTORY_FIELDS: dict[str, tuple[str, ...]] = {
+    "python": ("wheelhouse",),
+    "model": ("path",),
+    "system": ("apt_bundle",),
+}
 
 # A value's real type: YAML's 8000.0 is not an integer (JSON Schema would take it,
 # and the host would get SD35_PORT=8000.0), and .inf or .nan is no number of GB.
@@ -456,6 +462,7 @@ def _host_setting_problems(
     if "url" in model_settings:
         found += rules.git_url_problems(model_settings["url"])
     found += rules.service_limit_problems(service, smoke)
+    found += rules.device_problems(merged["gpu"], merged["python"], service)
     if check_local_files:
         files = {
             section: tuple(key for key in keys if key not in LOCAL_DIRECTORY_FIELDS.get(section, ()))
@@ -510,6 +517,7 @@ def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> 
         model=build(ModelSettings, merged["model"]),
         service=build(ServiceSettings, merged["service"]),
         smoke=build(SmokeSettings, merged["smoke"]),
+        system=build(SystemSettings, merged["system"]),
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sd35_provision.service.config import MIN_API_KEY_CHARS, Limits, ServiceConfig
+from sd35_provision.service.policy import CUDA_ONLY_PRECISIONS
 
 Problem = tuple[str, str, str]  # (section, key, message)
 
@@ -238,6 +239,24 @@ def instances_problems(service: dict[str, Any], accelerator: str) -> list[Proble
                 f"{instance_count(setting)} instances from service.port {port} need ports up to {last}, above 65535",
             )
         )
+    return problems
+
+
+def device_problems(gpu: dict[str, Any], python: dict[str, Any], service: dict[str, Any]) -> list[Problem]:
+    """Settings no device of the host can run: the service would fail to start and be rolled back on every host."""
+    problems: list[Problem] = []
+    no_cuda = (
+        "gpu.accelerator is cpu"
+        if gpu["accelerator"] == "cpu"
+        else "python.torch_flavour cpu installs torch without CUDA"
+        if python["torch_flavour"] == "cpu"
+        else None
+    )
+    precision = service["precision"]
+    if no_cuda and precision in CUDA_ONLY_PRECISIONS:
+        problems.append(("service", "precision", f"{precision} needs a CUDA GPU, and {no_cuda}"))
+    if gpu["accelerator"] == "cpu" and gpu.get("require_fp8"):
+        problems.append(("gpu", "require_fp8", "FP8 needs an NVIDIA GPU, and gpu.accelerator is cpu"))
     return problems
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sd35_provision.service import config as service_config
 
-SECTIONS = ("ssh", "gpu", "cache", "python", "model", "service", "smoke")
+SECTIONS = ("ssh", "gpu", "cache", "python", "model", "service", "smoke", "system")
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,11 @@ class SmokeSettings:
 
 
 @dataclass(frozen=True)
+class SystemSettings:
+    apt_bundle: Path | None = None  # `sd35-provision debs` directory: apt installs from it, not a mirror
+
+
+@dataclass(frozen=True)
 class HostSettings:
     """Everything one host should look like, after defaults < groups < host."""
 
@@ -134,6 +139,7 @@ class HostSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     smoke: SmokeSettings = field(default_factory=SmokeSettings)
+    system: SystemSettings = field(default_factory=SystemSettings)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,9 @@ def main() -> int:
     def on_fatal(exc: BaseException) -> None:
         nonlocal exit_code
         exit_code = EXIT_BAD_CONFIG if isinstance(exc, StartupError) else EXIT_LOAD_FAILED
-        sd_notify("STATUS=model load failed")
+        # The cause, on one line, where `systemctl status` (and the provisioner's table) shows it.
+        cause = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+        sd_notify(f"STATUS=model load failed: {cause}")
         if server is not None:
             server.should_exit = True
 

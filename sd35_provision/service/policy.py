@@ -32,6 +32,8 @@ COMPILE_SCOPES = ("blocks", "model")
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 BF16_MIN_CAPABILITY = (8, 0)  # below Ampere bf16 is emulated
 FP8_MIN_TORCH = (2, 3)
+# Precisions that only a CUDA device runs (_pick_mode refuses them elsewhere); the spec refuses them up front.
+CUDA_ONLY_PRECISIONS = ("fp8", "fp8-dynamic", "fp8-storage")
 
 # GPU memory that the weights must leave free (the 'fits' rule of auto's precision).
 VRAM_HEADROOM_BYTES = 4 << 30

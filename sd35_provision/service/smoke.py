@@ -42,6 +42,7 @@ class SmokeResult:
     width: int | None
     height: int | None
     reason: str
+    release: str | None = None  # the release the answering service runs (its /readyz ``running``)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def _error_message(payload: bytes) -> str:
         return payload[:200].decode("utf-8", "replace")
 
 
-def wait_ready(base_url: str, key: str | None, deadline: float) -> None:
+def wait_ready(base_url: str, key: str | None, deadline: float) -> str | None:
+    """Wait for /readyz to answer 200; the release the service says it runs (None: it does not say)."""
     last = "no answer"
     while True:
         remaining = deadline - time.monotonic()
@@ -182,13 +184,21 @@ def wait_ready(base_url: str, key: str | None, deadline: float) -> None:
         try:
             status, payload = _request(f"{base_url}/readyz", key, None, min(10.0, remaining))
             if status == 200:
-                return
+                return _running_release(payload)
             if status == 401:
                 raise SmokeFailure("/readyz: 401, the API key was refused")
             last = f"/readyz answered {status}: {payload[:120].decode('utf-8', 'replace')}"
         except (urllib.error.URLError, OSError) as exc:
             last = f"/readyz: {getattr(exc, 'reason', exc)}"
         time.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def _running_release(payload: bytes) -> str | None:
+    try:
+        release = json.loads(payload).get("running", {}).get("release")
+    except (ValueError, AttributeError):
+        return None
+    return release if isinstance(release, str) else None
 
 
 def run_smoke(
@@ -208,8 +218,9 @@ def run_smoke(
     base_url = base_url.rstrip("/")
     deadline = time.monotonic() + timeout_s
     latency = None
+    release = None
     try:
-        wait_ready(base_url, key, deadline)
+        release = wait_ready(base_url, key, deadline)
         body = {
             "prompt": prompt,
             "n": 1,
@@ -237,8 +248,8 @@ def run_smoke(
             save.parent.mkdir(parents=True, exist_ok=True)
             save.write_bytes(image)
     except SmokeFailure as exc:
-        return SmokeResult(False, latency, width, height, str(exc))
-    return SmokeResult(True, latency, width, height, "ok")
+        return SmokeResult(False, latency, width, height, str(exc), release)
+    return SmokeResult(True, latency, width, height, "ok", release)
 
 
 def read_key(path: Path) -> str:

@@ -74,8 +74,9 @@ def up(count: int, state_dir: Path, binds: tuple[str, ...], first_address: str, 
 @state_dir_option
 def down(state_dir: Path) -> None:
     """Stop every host and delete their disks (the client key and logs stay)."""
-    testfleet_api.down(state_dir)
-    click.echo(f"down: no test host left in {state_dir}")
+    started = time.monotonic()
+    testfleet_api.down(state_dir, progress=lambda line: click.echo(line, err=True))
+    click.echo(f"down: no test host left in {state_dir} ({time.monotonic() - started:.1f}s)")
 
 
 @testfleet.command()

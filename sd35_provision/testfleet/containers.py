@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sd35_provision.testfleet.errors import TestFleetError
@@ -189,13 +190,24 @@ def nspawn_processes_under(hosts_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def stop(hosts: list[FleetHost], timeout: float = 20) -> None:
-    """Power the containers off together and wait until none of their processes is left."""
+def stop(hosts: list[FleetHost], timeout: float = 20, progress: Callable[[str], None] | None = None) -> None:
+    """Power the containers off together and wait until none of their processes is left.
+
+    ``progress`` is told of each host as it is asked to power off and once it is gone (with the time it took).
+    """
+    say = progress or (lambda line: None)
     running = [host for host in hosts if is_running(host)]
-    stopping = [(host.name, pid, _request_stop(pid)) for host in running if (pid := host.pid) is not None]
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    stopping = []
+    for host in running:
+        if host.pid is not None:
+            say(f"{host.name}: powering off (nspawn pid {host.pid})")
+            stopping.append((host.name, host.pid, _request_stop(host.pid)))
+    deadline = started + timeout
     for name, pid, namespace in stopping:
-        _finish_stop(name, pid, namespace, deadline)
+        killed = _finish_stop(name, pid, namespace, deadline)
+        how = f"did not power off within {timeout:.0f}s: killed" if killed else "off"
+        say(f"{name}: {how} ({time.monotonic() - started:.1f}s)")
     for host in hosts:
         if host.pid is not None:
             reap(host.pid)
@@ -203,9 +215,9 @@ def stop(hosts: list[FleetHost], timeout: float = 20) -> None:
         remove_runtime_files(host.root, host.machine)
 
 
-def stop_process(pid: int, name: str, timeout: float = 20) -> None:
-    """Stop one nspawn process found running (see ``nspawn_processes_under``)."""
-    _finish_stop(name, pid, _request_stop(pid), time.monotonic() + timeout)
+def stop_process(pid: int, name: str, timeout: float = 20) -> bool:
+    """Stop one nspawn process found running (see ``nspawn_processes_under``); whether it had to be killed."""
+    return _finish_stop(name, pid, _request_stop(pid), time.monotonic() + timeout)
 
 
 def _request_stop(pid: int) -> str | None:
@@ -214,9 +226,10 @@ def _request_stop(pid: int) -> str | None:
     return namespace
 
 
-def _finish_stop(name: str, pid: int, namespace: str | None, deadline: float) -> None:
+def _finish_stop(name: str, pid: int, namespace: str | None, deadline: float) -> bool:
+    """Wait for the container to power off; kill it at ``deadline``. Whether it had to be killed."""
     if _wait_exit(pid, deadline - time.monotonic()):
-        return
+        return False
     # A hung shutdown: kill nspawn and everything in the container's PID namespace.
     members = [p for p in descendants(pid) if namespace and _namespace(p) == namespace]
     for target in [pid, *members]:
@@ -231,6 +244,7 @@ def _finish_stop(name: str, pid: int, namespace: str | None, deadline: float) ->
         time.sleep(0.1)
     if not gone or any(is_alive(p) for p in members):
         raise TestFleetError(f"{name}: container (nspawn pid {pid}) survived SIGKILL; check `ps -ef` and kill it")
+    return True
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:

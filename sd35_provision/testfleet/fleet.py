@@ -258,25 +258,33 @@ def up(
     return fleet
 
 
-def down(state_dir: Path | None = None) -> None:
+def down(state_dir: Path | None = None, progress: Callable[[str], None] | None = None) -> None:
     """Stop every host of ``state_dir`` and delete their disks; idempotent.
 
     Leaves no container process, no mount under the state dir and no nspawn
     runtime file behind. The client key pair and the logs are kept.
+    ``progress`` is told what is being done, per host, as it goes (it takes minutes on a busy machine).
     """
+    say = progress or (lambda line: None)
     fleet = Fleet.load(state_dir)
     state_dir = fleet.state_dir
-    containers.stop(fleet.hosts)
+    containers.stop(fleet.hosts, progress=progress)
     # Containers whose record was lost (an interrupted `up`, a deleted state.json).
     for pid, root in containers.nspawn_processes_under(fleet.hosts_dir):
-        containers.stop_process(pid, root.parent.name)
+        say(f"{root.parent.name}: powering off (nspawn pid {pid}, not in the fleet's record)")
+        killed = containers.stop_process(pid, root.parent.name)
+        say(f"{root.parent.name}: {'killed' if killed else 'off'}")
         containers.remove_runtime_files(root)
+    started = time.monotonic()
+    say(f"unmounting the hosts' file systems under {state_dir}")
     unmount_all(state_dir)
     left = mounts_under(state_dir)
     if left:
         raise TestFleetError(f"mounts left under {state_dir}: {', '.join(left)}; unmount them and run down again")
     if fleet.hosts_dir.exists():
+        say(f"deleting the hosts' disks in {fleet.hosts_dir}")
         shutil.rmtree(fleet.hosts_dir)
+    say(f"unmounted and deleted ({time.monotonic() - started:.1f}s)")
     for stale in (fleet.state_path, fleet.known_hosts_path, fleet.spec_path):
         stale.unlink(missing_ok=True)
 

@@ -75,7 +75,14 @@ def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, states,
             cwd=REPO,
         )
     progress: list[str] = []
-    reader = threading.Thread(target=lambda: progress.extend(apply.stderr), daemon=True)
+    arrived: list[float] = []  # when each line came: heartbeats come while a step runs, not after it
+
+    def read() -> None:
+        for line in apply.stderr:
+            arrived.append(time.monotonic())
+            progress.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         # node3 has its wheels; the venv build (the longest step) comes next: take the box away now.
@@ -105,8 +112,17 @@ def test_a_host_stopped_mid_run_fails_alone_and_the_others_finish(fleet, states,
     assert gone["step"].startswith("Python environment | ")  # the step it was in when it went away
     assert "SSH connection was lost" in gone["error"]
     assert any(line.startswith("node3: FAILED") for line in progress)
-    # Live progress, one line per host and change, not a wall of text.
-    assert all(re.match(r"^(node\d: (changed|FAILED)|ABORTED)", line) for line in progress), progress
+    # Live progress, one line per host and change, not a wall of text; a long step also says when it
+    # started, that it is still running, and how long it took.
+    assert all(
+        re.match(r"^(node\d: (changed|FAILED|started|still running|done): |ABORTED)", line) for line in progress
+    ), progress
+    build = "node1: started: Python environment | Build venv"
+    started = next(number for number, line in enumerate(progress) if line.startswith(build))
+    ended = next(number for number, line in enumerate(progress) if line.startswith(build.replace("started", "changed")))
+    assert re.search(r" \((\d+m)?\d+s\)$", progress[ended].strip()), progress[ended]
+    assert arrived[ended] - arrived[started] > 1, progress  # said while it ran
+    assert "\x1b" not in "".join(progress)  # not a terminal: plain lines
     states.are(spec, "node1", "node2")
     states.kept("node4")
 
@@ -133,6 +149,8 @@ def test_status_of_a_mixed_fleet(fleet, states):
     assert applied["service"] == {"active": "active", "ready": "ready"}
     assert applied["release"] == release and applied["model_revision"].startswith("push-")
     assert applied["smoke"]["ok"] is True and applied["smoke"]["latency_s"] > 0
+    # A smoke result names the release that answered it and when; it counts while that release runs.
+    assert applied["smoke"]["release"] == release and applied["smoke"]["at"] and applied["smoke_stale"] is None
     assert applied["drift"] is False and applied["error"] is None
 
     drifted = rows["node2"]
@@ -140,6 +158,9 @@ def test_status_of_a_mixed_fleet(fleet, states):
     # The same build as node1's; the settings part differs (each host binds its own address).
     assert drifted["release"].split("-")[0] == release.split("-")[0] and drifted["release"] != release
     assert drifted["drift"] is True and f"Service | {UNIT} enabled and running" in drifted["drift_operations"]
+    # Its last smoke test passed, but the service is stopped: stale (it once said "ok" with exit 0).
+    assert drifted["smoke"]["ok"] is True
+    assert drifted["smoke_stale"].startswith("the service is inactive; the last smoke test ("), drifted
 
     assert rows["node3"]["reachable"] is False and rows["node3"]["error"].startswith("connect: ")
 
@@ -155,10 +176,11 @@ def test_status_of_a_mixed_fleet(fleet, states):
         r"ok \d+\.\ds\s+no$",
         table[1],
     ), table[1]
-    assert re.match(r"node2\s+yes\s+.*inactive\s+.*\s+yes$", table[2]), table[2]
+    assert re.match(r"node2\s+yes\s+.*inactive\s+.*STALE \(ok \d+\.\ds\)\s+yes$", table[2]), table[2]
     assert re.match(r"node3\s+no(\s+-){9}$", table[3]), table[3]
     assert re.match(r"node4\s+yes\s+Debian 12\s+none(\s+-){6}\s+yes$", table[4]), table[4]
     assert table[5].startswith("node3: connect: ")
+    assert table[6] == f"node2: stale smoke result: {drifted['smoke_stale']}"
     # One connection per host, all in parallel: about as fast as one host's dry run, not four.
     assert took < 60, took
     states.kept("node1", "node4")

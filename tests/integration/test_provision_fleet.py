@@ -94,6 +94,8 @@ def test_apply_then_reapply_is_a_no_op(fleet, states):
     spec = write_spec(fleet)
     first = cli("apply", str(spec), check_exit=0)
     assert "node1  changed" in first.stdout and "node2  changed" in first.stdout
+    # The result says what was done, not the notes made before the change.
+    assert "not fetched yet" not in first.stdout and "model fetched and verified" in first.stdout, first.stdout
     for host in ("node1", "node2"):
         lfs_filter = fleet.run(host, "git config --system --get filter.lfs.process").stdout.strip()
         assert lfs_filter == "git-lfs filter-process"
@@ -129,6 +131,44 @@ def test_drift_is_reported_and_apply_restores(fleet, states):
     assert "HF_HOME=/tmp" not in fleet.run("node1", "cat /etc/sd35/env").stdout
     cli("drift", str(spec), check_exit=0)
     states.are(spec)
+
+
+AIR_GAPPED = (
+    # The mirror points nowhere; what apt had cached or listed is gone, and so are the layers' packages.
+    "cp -a /etc/apt /root/apt.saved && rm -f /etc/apt/sources.list.d/* && "
+    "echo 'deb http://deb.debian.invalid/debian bookworm main' > /etc/apt/sources.list && "
+    "apt-get clean && rm -rf /var/lib/apt/lists/* && "
+    "DEBIAN_FRONTEND=noninteractive apt-get remove --yes --quiet git-lfs git python3-venv"
+)
+
+
+def test_a_host_without_a_mirror_installs_from_the_apt_bundle(fleet, states, apt_bundle):
+    spec = write_spec(fleet)
+    states.converged(spec, "node2")
+    assert fleet.run("node2", AIR_GAPPED).exit_status == 0
+    try:
+        # Without the bundle: the table names why (the mirror line), not only apt's last line.
+        table = cli("apply", str(spec), "-l", "node2", check_exit=1).stdout
+        row = next(line for line in table.splitlines() if line.startswith("node2"))
+        assert "failed" in row and "System | Install git and git-lfs: " in row, row
+        assert "deb.debian.invalid" in row and "E: Unable to locate package git" in row, row
+
+        bundled = write_spec(fleet, "apt-bundle.yaml", system={"apt_bundle": str(apt_bundle)})
+        applied = json_report(cli("apply", str(bundled), "-l", "node2", "--json", check_exit=0))["hosts"][0]
+        changed = [op["name"] for op in applied["operations"] if op["changed"]]
+        assert changed == [
+            "System | Push apt bundle bookworm-amd64",
+            "System | Install git and git-lfs",
+            "System | Enable git-lfs for every user",  # its filter went with the package
+            "Python environment | Install python3-venv",
+        ], changed
+        installed = fleet.run("node2", "dpkg-query -W -f '${Status}\\n' git git-lfs python3-venv").stdout
+        assert installed.split("\n")[:3] == ["install ok installed"] * 3, installed
+        assert fleet.run("node2", "git lfs version").exit_status == 0
+        cli("drift", str(bundled), "-l", "node2", check_exit=0)  # and nothing left to do
+    finally:
+        fleet.run("node2", "rm -rf /etc/apt && mv /root/apt.saved /etc/apt")
+    states.are(spec, "node2")  # the bundle changes nothing else: the same state as the spec's
 
 
 def test_unreachable_host_is_reported_by_name_and_others_finish(fleet, states):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import threading
 import zlib
@@ -119,7 +120,7 @@ def test_header_reader() -> None:
 class FakeService:
     """A stdlib HTTP server answering like the service, with a chosen image (or status)."""
 
-    def __init__(self, image: bytes | None, status: int = 200, ready: bool = True):
+    def __init__(self, image: bytes | None, status: int = 200, ready: bool = True, running: dict | None = None):
         self.requests: list[dict] = []
         self.auth_headers: list[str | None] = []
         outer = self
@@ -138,7 +139,8 @@ class FakeService:
 
             def do_GET(self) -> None:
                 outer.auth_headers.append(self.headers.get("Authorization"))
-                self._send(200 if ready else 503, {"status": "ready" if ready else "loading"})
+                stated = {"running": running} if running is not None else {}
+                self._send(200 if ready else 503, {"status": "ready" if ready else "loading", **stated})
 
             def do_POST(self) -> None:
                 outer.auth_headers.append(self.headers.get("Authorization"))
@@ -189,7 +191,7 @@ def test_smoke_fails_with_reason(image: bytes | None, status: int, reason: str, 
     result = json.loads(line)
     assert code == 1 and result["ok"] is False
     assert reason in result["reason"]
-    assert set(result) == {"ok", "latency_s", "width", "height", "reason"}
+    assert set(result) == {"ok", "latency_s", "width", "height", "reason", "release"}
 
 
 def test_smoke_times_out_when_never_ready() -> None:
@@ -215,3 +217,16 @@ def test_smoke_reads_key_from_file_not_argv(good_service: FakeService, tmp_path,
 def test_smoke_missing_key_file(capsys) -> None:
     assert smoke.main(["--url", "http://127.0.0.1:9", "--api-key-file", "/nonexistent/key"]) == 1
     assert "cannot read the API key" in json.loads(capsys.readouterr().out)["reason"]
+
+
+def test_the_record_names_the_release_that_answered_and_when(tmp_path, capsys) -> None:
+    # status compares it with the release the host runs now: a result of another release is stale.
+    record = tmp_path / "last.json"
+    running = {"release": "3f2a9c0d1e2b-5a6b", "pid": 812}
+    with FakeService(noise_png(64, 64), running=running) as service:
+        assert smoke.main(["--url", service.url, "--timeout", "10", "--record", str(record)]) == 0
+    written = json.loads(record.read_text())
+    assert written["ok"] is True and written["release"] == "3f2a9c0d1e2b-5a6b"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", written["at"])
+    with FakeService(noise_png(64, 64)) as service:  # a service that does not say what it runs
+        assert smoke.run_smoke(service.url, None, 64, 64, 2, 10).release is None

@@ -155,6 +155,10 @@ def test_push_to_a_fresh_host_sends_every_file_then_checks_them(push_dir):
     assert any(op.name == "Model | Model manifest" and op.changed for op in result.operations)
     assert "model not fetched yet" in result.notes
     assert any("not fetched yet" in diff for diff in result.diffs)
+    # After the run: what was done, not what was planned; a push that did not run leaves the plan's note.
+    done = result.notes_after(succeeded=["Model |"])
+    assert "model not fetched yet" not in done and "model fetched and verified" in done
+    assert "model not fetched yet" in run(host, ABSENT).notes_after(failed=["Push model files"])
 
 
 def test_push_sends_only_the_broken_file_and_names_it(push_dir):

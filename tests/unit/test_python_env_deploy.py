@@ -107,6 +107,8 @@ def test_hand_changed_packages_are_diffed_and_restored():
         "+pillow==13.0.0\n-requests-mock==1.12.1\n-torch==2.5.0\n+torch==2.13.0+cpu\n"
     ]
     assert f"venv {lock.id}: torch is 2.5.0, the lock pins 2.13.0+cpu" in result.notes
+    # The apply's result: the venv was put back (the notes made before the change go).
+    assert result.notes_after(succeeded=["Restore the locked packages"]) == [f"venv {lock.id}: put back to its lock"]
 
 
 @pytest.fixture(scope="module")

@@ -180,6 +180,8 @@ def test_a_new_release_or_unit_restarts_and_says_why(tmp_path):
     [restart] = run.commands("Restart")
     assert "systemctl daemon-reload" in restart and f"systemctl restart {UNIT_NAME}" in restart
     assert run.notes == ["service restarts (unit, release changed)"]
+    assert run.notes_after() == ["service restarts (unit, release changed)"]  # the run stopped before it
+    assert run.notes_after(succeeded=["Service |"]) == ["service restarted (unit, release changed)"]
     assert any("-ProtectHome=yes" not in diff and "+ProtectHome=yes" in diff for diff in run.diffs)
 
 

@@ -353,3 +353,35 @@ def test_every_spec_command_prints_the_deprecation_lines_on_stderr(tmp_path):
         f"{path}:6: gpu.driver.flavor is deprecated: use gpu.driver.flavour",
         f"{path}:10: python.venv_root is deprecated: use python.install_root",
     ]
+
+
+def test_a_precision_no_device_of_the_host_runs_is_refused_at_its_line(tmp_path):
+    # Accepted before, the service then failed to start on every host ("fp8-dynamic needs a CUDA GPU") and rolled back.
+    text = """\
+    defaults:
+      model: {source: git, url: file:///srv/tiny.git, revision: 0123456789abcdef0123456789abcdef01234567}
+      gpu: {accelerator: cpu}
+    hosts:
+      a:
+        address: 10.0.0.1
+        service: {precision: fp8-dynamic}
+      b:
+        address: 10.0.0.2
+        gpu: {accelerator: nvidia}
+        python: {torch_flavour: cpu}
+        service: {precision: fp8}
+      c:
+        address: 10.0.0.3
+        gpu: {require_fp8: true}
+      d:
+        address: 10.0.0.4
+        service: {precision: fp32}
+    """
+    assert problems_of(tmp_path, text, check_local_files=False) == [
+        f"{tmp_path}/fleet.yaml:7: hosts.a.service.precision: fp8-dynamic needs a CUDA GPU, and gpu.accelerator is cpu "
+        "(host a)",
+        f"{tmp_path}/fleet.yaml:12: hosts.b.service.precision: fp8 needs a CUDA GPU, and python.torch_flavour cpu "
+        "installs torch without CUDA (host b)",
+        f"{tmp_path}/fleet.yaml:15: hosts.c.gpu.require_fp8: FP8 needs an NVIDIA GPU, and gpu.accelerator is cpu "
+        "(host c)",
+    ]

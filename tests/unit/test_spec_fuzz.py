@@ -22,6 +22,7 @@ SETTING_NAMES = {
     "model": ["source", "repo", "revision", "endpoint", "token_file", "url", "path"],
     "service": ["user", "bind", "port", "api_key_file", "precision", "queue_size", "max_side", "max_steps"],
     "smoke": ["enabled", "size", "steps", "prompt", "timeout_s"],
+    "system": ["apt_bundle"],
 }
 scalars = st.one_of(
     st.none(),
@@ -58,6 +59,8 @@ FITTING = {
     ("smoke", "steps"): [1, 28, 100],
     ("smoke", "prompt"): ["a cat", "a" * 4001, "tab\there", "bell\x07"],
     ("smoke", "enabled"): [True, False],
+    ("service", "precision"): ["auto", "fp8-dynamic", "fp8"],
+    ("system", "apt_bundle"): ["debs", ".", "missing", "token"],
 }
 # Values a careless operator writes: right type, wrong range or form, and near misses.
 plausible = st.one_of(

@@ -9,7 +9,8 @@ import subprocess
 from sd35_provision.facts.service import NO_SERVICE, ServiceState, parse_service_state
 from sd35_provision.jsonreport import status_json
 from sd35_provision.report import HostOutcome, OperationOutcome
-from sd35_provision.status import HostStatus, _add_outcome, render_status_table
+from sd35_provision.status import HostStatus, _add_outcome, render_status_table, smoke_staleness, status_ok
+from tests.unit.test_jsonreport import check
 
 APPLIED = {
     "active": "active",
@@ -21,7 +22,15 @@ APPLIED = {
         "model_revision": "ceddf0a7fdf2064ea28e2213e3b84e4afa170a0f",
         "links": {"model": "/srv/sd35/models/hub/snapshots/ceddf0a7"},
     },
-    "smoke": {"ok": True, "latency_s": 0.84, "width": 64, "height": 64, "reason": "", "at": "2026-11-25T05:00:00Z"},
+    "smoke": {
+        "ok": True,
+        "latency_s": 0.84,
+        "width": 64,
+        "height": 64,
+        "reason": "",
+        "release": "0a1b2c3d4e5f",
+        "at": "2026-11-25T05:00:00Z",
+    },
 }
 
 
@@ -143,3 +152,39 @@ def test_rows_of_a_mixed_fleet():
 def test_a_failed_smoke_shows_as_failed():
     row = HostStatus("gpu-1", "10.0.0.1", True, smoke={"ok": False, "latency_s": None, "reason": "blank image"})
     assert row.last_smoke == "FAILED"
+
+
+def row_of(probe: dict) -> HostStatus:
+    """A status row as status reads it from the probe's line (sd35_provision/status.py: _read_host)."""
+    state = parse_service_state([json.dumps(probe)])
+    row = HostStatus("gpu-1", "10.0.0.1", True, service_active=state.active, release=state.release_id)
+    row.smoke, row.smoke_stale = state.smoke, smoke_staleness(state.smoke, state.release_id, state.active)
+    _add_outcome(row, HostOutcome("gpu-1"))
+    return row
+
+
+def test_a_smoke_result_counts_only_for_the_running_release_of_an_active_service():
+    current = row_of(APPLIED)
+    assert current.smoke_stale is None and current.last_smoke == "ok 0.8s" and status_ok([current])
+
+    # The case of the issue: the service stopped, its last smoke ok: that said "ok 3.5s" and exit 0.
+    stopped = row_of({**APPLIED, "active": "inactive", "ready_status": None})
+    assert stopped.last_smoke == "STALE (ok 0.8s)" and not status_ok([current, stopped])
+    assert stopped.smoke_stale == (
+        "the service is inactive; the last smoke test (2026-11-25T05:00:00Z) is of release 0a1b2c3d4e5f"
+    )
+    # An update applied without a smoke test, or a rollback: the result is of another release.
+    updated = row_of({**APPLIED, "release": "releases/9e8d7c6b5a4f"})
+    assert updated.smoke_stale == (
+        "the last smoke test (2026-11-25T05:00:00Z) is of release 0a1b2c3d4e5f; the host runs 9e8d7c6b5a4f"
+    )
+    unnamed = row_of({**APPLIED, "smoke": {"ok": True, "latency_s": 3.5}})  # written before results named one
+    assert unnamed.smoke_stale == "the last smoke test names no release (taken before smoke results named one)"
+    assert row_of({**APPLIED, "smoke": None}).smoke_stale is None and status_ok([row_of({**APPLIED, "smoke": None})])
+
+    table = render_status_table([current, stopped]).splitlines()
+    assert table[-1] == f"gpu-1: stale smoke result: {stopped.smoke_stale}"
+    document = check(status_json([current, stopped]))
+    assert document["ok"] is False
+    assert [host["smoke_stale"] for host in document["hosts"]] == [None, stopped.smoke_stale]
+    assert document["hosts"][0]["smoke"]["release"] == "0a1b2c3d4e5f"
