@@ -439,6 +439,8 @@ def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> 
             value = values[f.name]
             if f.name == "driver":
                 value = build(DriverSettings, value)
+            elif f.name == "gpu_memory_gib":
+                value = float(value)  # YAML reads 22 as an int
             kwargs[f.name] = value
         return cls(**kwargs)
 

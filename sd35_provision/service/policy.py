@@ -338,6 +338,99 @@ PUBLISHED_WEIGHTS = {
 GPU_LOCK_SOFTWARE = Software(float8=True, torchao=True, torch_version="from the cu128/cu130 lock")
 
 
+@dataclass(frozen=True)
+class ServicePlan:
+    """What the service will pick on a host's GPU, worked out on the control machine from its facts.
+
+    ``precision`` is empty when the requested precision cannot run there
+    (``reason`` says why); ``memory`` is "resident" or "lean";
+    ``expected_peak_bytes`` is the process's GPU memory at its peak (the
+    policy's estimate, which the H200 bench measured 6-7% above the real one).
+    """
+
+    gpu: str
+    gpu_memory_bytes: int | None  # what the service plans for: the card, or service.gpu_memory_gib
+    precision: str
+    compile: bool
+    memory: str
+    t5: str  # how T5-XXL's weights are stored: "bf16", "8-bit", "fp8" (lean)
+    expected_peak_bytes: int | None
+    reason: str
+
+    def line(self) -> str:
+        """One line for ``plan``'s per-host output."""
+        if not self.precision:
+            return f"service: {self.reason}"
+        peak = (
+            f", expected peak {gib(self.expected_peak_bytes)} of {gib(self.gpu_memory_bytes)}"
+            if self.expected_peak_bytes is not None and self.gpu_memory_bytes is not None
+            else ""
+        )
+        return (
+            f"service: {self.precision}{' + compile' if self.compile else ''}, memory {self.memory}{peak} "
+            f"({self.reason})"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        peak = self.expected_peak_bytes
+        return {
+            "gpu": self.gpu,
+            "gpu_memory_gib": None if self.gpu_memory_bytes is None else round(self.gpu_memory_bytes / 2**30, 2),
+            "precision": self.precision or None,
+            "compile": self.compile,
+            "memory": self.memory or None,
+            "t5": self.t5 or None,
+            "expected_peak_gib": None if peak is None else round(peak / 2**30, 2),
+            "reason": self.reason,
+        }
+
+
+def plan_service(
+    requested: str,
+    compile: str,
+    device: DeviceInfo,
+    repo: str | None,
+    max_batch: int,
+    software: Software = GPU_LOCK_SOFTWARE,
+    gpu_memory_gib: float | None = None,
+) -> ServicePlan:
+    """The precision and memory plan the service will pick on ``device``.
+
+    ``repo`` names the model (its published weight sizes, when known);
+    ``max_batch`` is the most images one pipeline call draws (max_n or the
+    batching limit); ``gpu_memory_gib`` caps the memory planned for, as
+    ``service.gpu_memory_gib`` caps the service.
+    """
+    if gpu_memory_gib and device.total_memory_bytes is not None:
+        device = DeviceInfo(
+            device.kind,
+            device.name,
+            device.compute_capability,
+            min(device.total_memory_bytes, int(gpu_memory_gib * 2**30)),
+        )
+    name = (repo or "").rstrip("/").rsplit("/", 1)[-1].lower()
+    transformer, encoders = PUBLISHED_WEIGHTS.get(name, (None, None))
+    total_bf16 = None if transformer is None or encoders is None else transformer + encoders
+    try:
+        precision = choose_precision(requested, device, software, compile, total_bf16)
+    except ValueError as exc:
+        return ServicePlan(
+            device.name, device.total_memory_bytes, "", False, "", "", None, f"precision {requested} cannot run: {exc}"
+        )
+    memory = choose_memory_plan(precision.mode, device, transformer, encoders, max_batch)
+    t5 = "fp8" if memory.text_encoders_fp8 else "8-bit" if memory.t5_8bit else precision.compute_dtype
+    return ServicePlan(
+        gpu=device.name,
+        gpu_memory_bytes=device.total_memory_bytes,
+        precision=precision.mode,
+        compile=precision.compile,
+        memory=memory.name,
+        t5=t5,
+        expected_peak_bytes=memory.expected_peak_bytes,
+        reason=memory.reason.split(":", 1)[1].strip() if ":" in memory.reason else memory.reason,
+    )
+
+
 def host_plan(
     requested: str,
     compile: str,
@@ -346,20 +439,5 @@ def host_plan(
     max_batch: int,
     software: Software = GPU_LOCK_SOFTWARE,
 ) -> str:
-    """One line for the control side: the precision and memory plan the service will pick on ``device``.
-
-    ``repo`` names the model (its published weight sizes, when known);
-    ``max_batch`` is the most images one pipeline call draws (max_n or the batching limit).
-    """
-    name = (repo or "").rstrip("/").rsplit("/", 1)[-1].lower()
-    transformer, encoders = PUBLISHED_WEIGHTS.get(name, (None, None))
-    total_bf16 = None if transformer is None else transformer + encoders
-    try:
-        precision = choose_precision(requested, device, software, compile, total_bf16)
-    except ValueError as exc:
-        return f"service: precision {requested} cannot run: {exc}"
-    memory = choose_memory_plan(precision.mode, device, transformer, encoders, max_batch)
-    return (
-        f"service: {precision.mode}{' + compile' if precision.compile else ''}, "
-        f"memory {memory.reason.split(':', 1)[0]} ({memory.reason.split(':', 1)[1].strip()})"
-    )
+    """``plan_service(...).line()``: one line for the control side."""
+    return plan_service(requested, compile, device, repo, max_batch, software).line()
