@@ -327,6 +327,7 @@ class PipelineEngine:
 
     def __init__(self, pipe: Any, device: DeviceInfo, choice: PrecisionChoice):
         self.pipe = pipe
+        self.editor: Any = None  # the ImageEditor the warm-up made (edits.py), reused by every edit
         self.device = device
         self.choice = choice
         self.limits = model_limits(pipe)
@@ -388,6 +389,12 @@ def engine_loader(config: ServiceConfig) -> EngineLoader:
             limits = engine.limits
             sizes = list(config.warmup_sizes or [(limits.default_width, limits.default_height)])
             warmup_s = warm_up(pipe, sizes, config.warmup_steps, config.default_guidance, largest)
+            # Edits (/v1/images/edits) share the transformer and its compiled graphs; their
+            # own first use (VAE encoder, mask handling) happens here, not in a request.
+            from .edits import ImageEditor, warm_up_edits
+
+            engine.editor = ImageEditor(pipe)
+            warmup_s += warm_up_edits(engine.editor, sizes, config.warmup_steps, config.default_guidance)
             release_cached_memory()
             log.info("warm-up done in %.1f s%s", warmup_s, _gpu_memory_note(device))
         description = {
