@@ -48,8 +48,6 @@ class Mode:
     lean: bool = False
     reuse: bool = False  # the previous mode's transformer, as it is (same precision, already compiled)
     attention: str | None = None  # an SDPA backend forced for the whole mode; None: PyTorch's choice
-    # The 8-bit Triton attention kernel (service/attention.py KINDS) in place of SDPA; None: SDPA.
-    attention_kernel: str | None = None
 
 
 # In the order they run. The four modes and the lean plan by default;
@@ -61,8 +59,6 @@ MODES = (
     Mode("bf16-compile", "BF16 + compile", "bf16", True),
     Mode("fp8-storage", "FP8 storage (layerwise cast)", "fp8-storage", False),
     Mode("fp8-dynamic-eager", "FP8 dynamic, no compile", "fp8-dynamic", False),
-    Mode("fp8-dynamic-int8attn", "FP8 dynamic + compile, INT8 Q·K attention", "fp8-dynamic", True, attention_kernel="int8"),
-    Mode("fp8-dynamic-fp8attn", "FP8 dynamic + compile, FP8 attention", "fp8-dynamic", True, attention_kernel="fp8-fp8pv"),
     Mode("fp8-dynamic", "FP8 dynamic + compile", "fp8-dynamic", True),
     Mode("fp8-dynamic-lean", "FP8 dynamic + compile, lean memory", "fp8-dynamic", True, lean=True, reuse=True),
 )
@@ -425,7 +421,7 @@ def transformer_forward(transformer, inputs: dict[str, torch.Tensor]) -> torch.T
 # after the _scaled_mm they feed); cuBLAS names its FP8 GEMMs "nvjet_sm90_qq*".
 KERNEL_KINDS = (
     ("triton (fused)", ("triton",)),
-    ("attention", ("flash", "fmha", "attention", "sdpa", "_attn_fwd")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("fp8 matmul", ("_qq", "e4m3", "fp8", "f8f8", "qgmma")),
     ("matmul", ("gemm", "xmma", "nvjet", "cutlass", "cublas", "ampere_", "sm90_")),
     ("copy/cast", ("copy", "cast", "convert")),
@@ -616,10 +612,6 @@ def run_benchmark(
                     else build_pipeline(spec, device, dtype).transformer
                 )
                 pipe.transformer = transformer
-                if mode.attention_kernel:
-                    from sd35_provision.service.attention import use_quantized_attention
-
-                    use_quantized_attention(transformer, mode.attention_kernel)
                 choice = prec.PrecisionChoice(mode.precision, dtype, mode.compile, "benchmark", compile_scope)
                 prec.apply_precision(pipe, choice)
             if mode.lean and not lean_applied:
