@@ -40,6 +40,7 @@ from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.instances import Instance, InstanceSelectionError, select_instances
 from sd35_provision.locks import Lock, load_lock, load_lock_file
 from sd35_provision.modelstore import ModelSourceError, push_manifest
+from sd35_provision.service.policy import ServicePlan, gpu_device, plan_service
 from sd35_provision.service.unit import render_unit
 from sd35_provision.service_settings import (
     render_instance_env,
@@ -127,6 +128,9 @@ class HostPlan:
     # The service processes, in order (sd35_provision/instances.py): each one's number, port, device, unit.
     instances: tuple[Instance, ...]
     instance_envs: Mapping[int, str] = field(repr=False)  # each instance's settings file, by its index
+    # The precision and memory plan the service will pick on the host's GPU (from its facts);
+    # None where no GPU facts were read (a CPU host, a pinned torch flavour).
+    service_plan: ServicePlan | None = None
 
     @property
     def name(self) -> str:
@@ -199,6 +203,23 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
         has_api_key=settings.service.api_key_file is not None,
         instances=instances,
         instance_envs={instance.index: render_instance_env(instance) for instance in instances},
+        service_plan=service_plan(settings, facts),
+    )
+
+
+def service_plan(settings: HostSettings, facts: PlanFacts) -> ServicePlan | None:
+    """What the service will run on the host's first GPU (every instance's on a host of one GPU model)."""
+    if facts.nvidia is None or not facts.nvidia.working:
+        return None
+    gpu = facts.nvidia.gpus[0]
+    service = settings.service
+    return plan_service(
+        service.precision,
+        service.compile,
+        gpu_device(gpu.name, gpu.compute_capability, gpu.memory_mib),
+        settings.model.repo,
+        max(service.max_n, service.max_batch),
+        gpu_memory_gib=service.gpu_memory_gib or None,
     )
 
 

@@ -31,6 +31,8 @@ class HostOutcome:
     executed: bool = False
     notes: list[str] = field(default_factory=list)
     smoke: dict | None = None  # {ok, reason, latency_s, image} of the smoke test after apply
+    # What the service will run on the host's GPU: policy.ServicePlan.to_json(), with its "line"
+    service_plan: dict | None = None
 
     @property
     def changes(self) -> list[OperationOutcome]:
@@ -163,10 +165,12 @@ def render_plan(report: RunReport) -> str:
         if host.failed or host.aborted:
             blocks.append(f"== {host.name}: {host.status} at {host.step}\n{host.error}")
             continue
+        plan_line = [f"  {host.service_plan['line']}"] if host.service_plan else []
         if not host.changes:
-            blocks.append(f"== {host.name}: no changes")
+            blocks.append("\n".join([f"== {host.name}: no changes", *plan_line]))
             continue
         lines = [f"== {host.name}: {len(host.changes)} operation(s) {'changed' if host.executed else 'would change'}"]
+        lines += plan_line
         lines += [f"  ~ {op.name}" for op in host.changes]
         lines += [f"  note: {note}" for note in host.notes]
         for op in host.changes:

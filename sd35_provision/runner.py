@@ -239,6 +239,9 @@ class FleetRun:
         layers = list(layers)
 
         def one(host: Host) -> None:
+            service_plan = plans[host.name].service_plan if host.name in plans else None
+            if service_plan is not None:
+                self.outcomes[host.name].service_plan = {**service_plan.to_json(), "line": service_plan.line()}
             for layer in layers:
                 step = getattr(layer, "deploy_name", layer.__name__)
                 try:

@@ -41,6 +41,8 @@ def service_environment(settings: HostSettings) -> dict[str, str]:
     if service.api_key_file is not None:
         values.append((config.API_KEY_FILE, API_KEY_PATH))
     values.append((config.PLAYGROUND, service.playground))
+    values.append((config.MAX_BATCH, service.max_batch))
+    values.append((config.GPU_MEMORY_GIB, service.gpu_memory_gib))
     return config.render_env(values)
 
 

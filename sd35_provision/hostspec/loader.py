@@ -502,6 +502,8 @@ def _build_host(document: SourceDocument, name: str, merged: dict[str, Any]) -> 
                 value = build(DriverSettings, value)
             elif isinstance(value, list):
                 value = tuple(value)  # settings are frozen: service.instances' list
+            elif f.name == "gpu_memory_gib":
+                value = float(value)  # YAML reads 22 as an int
             kwargs[f.name] = value
         return cls(**kwargs)
 

@@ -99,6 +99,8 @@ class ServiceSettings:
     max_n: int = service_config.MAX_N.default
     start_timeout_s: int = 900
     playground: bool = service_config.PLAYGROUND.default
+    max_batch: int = service_config.MAX_BATCH.default
+    gpu_memory_gib: float = service_config.GPU_MEMORY_GIB.default  # 0: the whole GPU
     # "auto", a number, or GPU indexes / GPU-… / MIG-… UUIDs (sd35_provision/instances.py picks the devices)
     instances: str | int | tuple[int | str, ...] = "auto"
 

@@ -27,7 +27,6 @@ from .api import (
     LoadedEngine,
     RequestError,
     decode_json_body,
-    error_body,
     model_not_found,
     parse_generation_request,
 )
@@ -36,6 +35,7 @@ from .edits import EDITS_PATH, add_edits_route
 from .gpu_metrics import GpuCollector
 from .metrics import ServiceMetrics, process_started_at
 from .playground import PAGE_PATHS, add_playground
+from .responses import NOT_READY_RETRY_AFTER_S, error_response, gpu_busy_response, not_ready_response
 from .worker import GPUWorker, QueueFull
 
 log = logging.getLogger("sd35.service")
@@ -47,7 +47,6 @@ KNOWN_ROUTES = frozenset(
     {GENERATIONS_PATH, EDITS_PATH, MODELS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"}
 )
 UNAUTHENTICATED_PATHS = frozenset({"/healthz"}) | PAGE_PATHS  # the playground page holds no secret
-NOT_READY_RETRY_AFTER_S = 10
 
 
 class ServiceState:
@@ -68,8 +67,7 @@ class ServiceState:
             self.phase = "ready"
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse(error_body(message, kind, **extra), status_code=status, headers=headers)
+_error = error_response
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -269,13 +267,7 @@ def create_app(
 
         loaded_engine = state.loaded
         if loaded_engine is None:
-            metrics.errors.labels("not_ready").inc()
-            return _error(
-                503,
-                f"the model is not ready ({state.phase}); retry later",
-                "server_error",
-                headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)},
-            )
+            return not_ready_response(state.phase, metrics)
         engine = loaded_engine.engine
         job = parse_generation_request(
             data, config.limits, engine.limits, config.default_steps, config.default_guidance, config.model_names
@@ -306,17 +298,8 @@ def create_app(
                 images = await asyncio.to_thread(encode, drawn)
             else:
                 images, elapsed = await worker.run(draw)
-        except QueueFull as exc:
-            metrics.errors.labels("queue_full").inc()
-            return _error(
-                429,
-                f"the service is busy ({config.queue_size} requests waiting); retry after {exc.retry_after_s} s",
-                "rate_limit_error",
-                headers={"Retry-After": str(exc.retry_after_s)},
-            )
-        except CapacityError as exc:
-            metrics.errors.labels("capacity").inc()
-            return _error(503, str(exc), "server_error", headers={"Retry-After": str(worker.retry_after_s())})
+        except (QueueFull, CapacityError) as exc:
+            return gpu_busy_response(exc, config.queue_size, worker, metrics)
         except Exception:
             metrics.errors.labels("internal").inc()
             log.exception(

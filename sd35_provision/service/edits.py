@@ -34,8 +34,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .api import CapacityError, GenerationJob, ModelLimits, RequestError, error_body, parse_generation_request
+from .api import CapacityError, GenerationJob, ModelLimits, RequestError, parse_generation_request
 from .config import Limits, ServiceConfig
+from .responses import error_response, gpu_busy_response, not_ready_response
 from .worker import QueueFull
 
 log = logging.getLogger("sd35.service")
@@ -316,13 +317,49 @@ class ImageEditor:
 
 
 def editor_for(engine: Any) -> Any:
-    """What runs an edit for ``engine``: its own ``edit`` (test engines), else img2img on its pipeline."""
+    """What runs an edit for ``engine``: its own ``edit`` (test engines), the editor its warm-up made and
+    drew with (``engine.editor``), else img2img on its pipeline."""
     if callable(getattr(engine, "edit", None)):
         return engine
+    if getattr(engine, "editor", None) is not None:
+        return engine.editor
     pipe = getattr(engine, "pipe", None)
     if pipe is None:
         return None
     return ImageEditor(pipe)
+
+
+def warm_up_edits(editor: ImageEditor, sizes: list[tuple[int, int]], steps: int, guidance_scale: float) -> float:
+    """One img2img and one inpainting edit per warm-up size, so the first edit request pays no first-use cost.
+
+    The transformer's shapes are the generations' (their warm-up compiled every
+    batch); what only edits use is the VAE encoder, the mask handling and the
+    two pipelines' own calls: this runs each once. Returns seconds spent.
+    """
+    from PIL import Image
+
+    begin = time.monotonic()
+    for width, height in sizes:
+        image = Image.new("RGB", (width, height), (128, 128, 128))
+        mask = Image.new("L", (width, height), 0)
+        mask.paste(255, (0, 0, width // 2, height))
+        for kind, with_mask in (("img2img", None), ("inpaint", mask)):
+            job = GenerationJob(
+                prompt="warm-up: a lighthouse",
+                negative_prompt=None,
+                n=1,
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                seed=0,
+            )
+            started = time.monotonic()
+            editor.edit(EditJob(generation=job, image=image, strength=1.0, mask=with_mask))
+            log.info(
+                "warm-up edit (%s) %dx%d, %d steps: %.1f s", kind, width, height, steps, time.monotonic() - started
+            )
+    return time.monotonic() - begin
 
 
 def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
@@ -330,9 +367,6 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
     state, worker, metrics = app.state.service, app.state.worker, app.state.metrics
     editors: dict[int, Any] = {}  # by id(engine): built once, on the GPU thread, on the first edit
     app.state.image_editors = editors
-
-    def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(error_body(message, kind), status_code=status, headers=headers)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -380,13 +414,7 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
         body = await read_body(request)
         loaded = state.loaded
         if loaded is None:
-            metrics.errors.labels("not_ready").inc()
-            return _error(
-                503,
-                f"the model is not ready ({state.phase}); retry later",
-                "server_error",
-                headers={"Retry-After": "10"},
-            )
+            return not_ready_response(state.phase, metrics)
         engine = loaded.engine
 
         def parse() -> EditJob:
@@ -411,23 +439,14 @@ def add_edits_route(app: FastAPI, config: ServiceConfig) -> None:
         g = job.generation
         try:
             images, elapsed = await worker.run(draw)
-        except QueueFull as exc:
-            metrics.errors.labels("queue_full").inc()
-            return _error(
-                429,
-                f"the service is busy ({config.queue_size} requests waiting); retry after {exc.retry_after_s} s",
-                "rate_limit_error",
-                headers={"Retry-After": str(exc.retry_after_s)},
-            )
-        except CapacityError as exc:
-            metrics.errors.labels("capacity").inc()
-            return _error(503, str(exc), "server_error", headers={"Retry-After": str(worker.retry_after_s())})
+        except (QueueFull, CapacityError) as exc:
+            return gpu_busy_response(exc, config.queue_size, worker, metrics)
         except RequestError:
             raise
         except Exception:
             metrics.errors.labels("internal").inc()
             log.exception("edit failed (%dx%d, n=%d, %d steps)", g.width, g.height, g.n, g.num_inference_steps)
-            return _error(500, "image edit failed; the service logged the details", "server_error")
+            return error_response(500, "image edit failed; the service logged the details", "server_error")
 
         metrics.generation.observe(elapsed)
         metrics.images.inc(len(images))

@@ -16,6 +16,7 @@ from typing import Any
 from .api import CapacityError, EngineLoader, GenerationJob, LoadedEngine, ModelLimits
 from .config import ServiceConfig
 from .precision import (
+    T5_WEIGHTS,
     DeviceInfo,
     MemoryPlan,
     PrecisionChoice,
@@ -26,6 +27,7 @@ from .precision import (
     detect_device,
     release_cached_memory,
     store_fp8_scaled,
+    store_t5_8bit,
     tile_vae,
 )
 
@@ -161,6 +163,8 @@ def load_pipeline(
             convert_transformer(module, choice)
         elif name in TEXT_ENCODERS and plan.text_encoders_fp8:
             store_fp8_scaled(module)
+        elif name == "text_encoder_3" and plan.t5_8bit:
+            store_t5_8bit(module)
         elif name == "vae" and plan.vae_tiling:
             tile_vae(module)
         release_cached_memory()
@@ -323,6 +327,7 @@ class PipelineEngine:
 
     def __init__(self, pipe: Any, device: DeviceInfo, choice: PrecisionChoice):
         self.pipe = pipe
+        self.editor: Any = None  # the ImageEditor the warm-up made (edits.py), reused by every edit
         self.device = device
         self.choice = choice
         self.limits = model_limits(pipe)
@@ -384,6 +389,12 @@ def engine_loader(config: ServiceConfig) -> EngineLoader:
             limits = engine.limits
             sizes = list(config.warmup_sizes or [(limits.default_width, limits.default_height)])
             warmup_s = warm_up(pipe, sizes, config.warmup_steps, config.default_guidance, largest)
+            # Edits (/v1/images/edits) share the transformer and its compiled graphs; their
+            # own first use (VAE encoder, mask handling) happens here, not in a request.
+            from .edits import ImageEditor, warm_up_edits
+
+            engine.editor = ImageEditor(pipe)
+            warmup_s += warm_up_edits(engine.editor, sizes, config.warmup_steps, config.default_guidance)
             release_cached_memory()
             log.info("warm-up done in %.1f s%s", warmup_s, _gpu_memory_note(device))
         description = {
@@ -395,7 +406,12 @@ def engine_loader(config: ServiceConfig) -> EngineLoader:
             "load_s": f"{load_s:.1f}",
             "warmup_s": f"{warmup_s:.1f}",
             "max_batch": str(config.max_batch),
-            "memory_plan": "lean" if plan.text_encoders_fp8 else "resident",
+            "memory_plan": plan.name,
+            "t5": "fp8"
+            if plan.text_encoders_fp8
+            else T5_WEIGHTS
+            if plan.t5_8bit
+            else str(choice.compute_dtype).removeprefix("torch."),
         }
         if limit is not None:
             description["gpu_memory_limit"] = f"{limit / 2**30:.2f} GiB"

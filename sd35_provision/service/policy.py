@@ -55,6 +55,11 @@ SAFETY_FRACTION = 0.05
 TRANSFORMER_SCALE = {"fp8-dynamic": 0.5, "fp8-storage": 0.5, "fp32": 2.0}
 # FP8 (per-row scales) text encoders: about half their bf16 size.
 TEXT_ENCODER_FP8_SCALE = 0.5
+# T5-XXL's share of the three text encoders' weights (SD3.5: 9.52 of 11.16 GB).
+T5_SHARE = 0.85
+# The precision modes that store the transformer in FP8: they store T5-XXL in 8 bits too,
+# so the process (not only the transformer) shrinks with them (docs/benchmarks.md).
+FP8_MODES = ("fp8-dynamic", "fp8-storage")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,12 @@ class MemoryPlan:
     text_encoders_fp8: bool  # CLIP-L, CLIP-G and T5-XXL linears stored in FP8 (per-row scales)
     vae_tiling: bool  # decode in 512-pixel tiles
     reason: str
+    t5_8bit: bool = False  # T5-XXL's linears alone in 8 bits (an FP8 mode's resident plan; precision.T5_WEIGHTS)
+    expected_peak_bytes: int | None = None  # the process's GPU memory at its peak (memory_need less the margin)
+
+    @property
+    def name(self) -> str:
+        return "lean" if self.text_encoders_fp8 else "resident"
 
 
 def gib(n: int | float) -> str:
@@ -263,9 +274,14 @@ def choose_memory_plan(
       batching limit): activations grow with it
 
     Resident needs the weights, the activations of ``max_batch`` images, the
-    CUDA context and a margin to fit (``memory_need``). Lean stores the text encoders in FP8 (T5-XXL from
-    9.5 to 4.8 GB; they run once per image, so the upcast costs little) and
-    decodes in tiles (a quarter of the activations).
+    CUDA context and a margin to fit (``memory_need``); in an FP8 mode it
+    stores T5-XXL in 8 bits (``t5_8bit``: 9.5 to 4.8 GB, INT8 weight-only;
+    measured on the H200 it took the service's peak from 0.76x to 0.62x of
+    bf16's). Lean stores the text encoders in FP8 (they run once per image, so
+    the upcast costs little) and decodes in tiles (a quarter of the
+    activations). ``expected_peak_bytes`` is what the process should reach
+    (``memory_need`` less the card's margin; the H200 bench measured 6-7%
+    under it).
     """
     if device.kind != "cuda" or transformer_bytes is None or text_encoder_bytes is None:
         return MemoryPlan(False, False, "resident: sizes or GPU unknown")
@@ -274,14 +290,19 @@ def choose_memory_plan(
         return MemoryPlan(False, False, "resident: GPU memory unknown")
     transformer = int(transformer_bytes * TRANSFORMER_SCALE.get(mode, 1.0))
     batch = max(1, max_batch)
-    resident = transformer + text_encoder_bytes
+    t5_8bit = mode in FP8_MODES
+    t5_saved = int(text_encoder_bytes * T5_SHARE * (1 - TEXT_ENCODER_FP8_SCALE)) if t5_8bit else 0
+    encoders = text_encoder_bytes - t5_saved
+    resident = transformer + encoders
     need = memory_need(resident, batch, tiled=False, total=total)
     if fits(resident, total) and need <= total:
         return MemoryPlan(
             False,
             False,
-            f"resident: {gib(resident)} of weights and {batch} image(s) per call "
-            f"({gib(need)} with activations and margin) fit {gib(total)}",
+            f"resident: {gib(resident)} of weights{' (T5-XXL in 8 bits)' if t5_8bit else ''} and {batch} image(s) "
+            f"per call ({gib(need)} with activations and margin) fit {gib(total)}",
+            t5_8bit=t5_8bit,
+            expected_peak_bytes=need - int(total * SAFETY_FRACTION),
         )
     lean = transformer + int(text_encoder_bytes * TEXT_ENCODER_FP8_SCALE)
     lean_need = memory_need(lean, batch, tiled=True, total=total)
@@ -292,6 +313,7 @@ def choose_memory_plan(
         f"lean: {gib(need)} for resident weights and {batch} image(s) per call do not "
         f"fit {gib(total)}; text encoders in FP8, tiled VAE decode ({gib(lean_need)}, "
         f"{verdict})",
+        expected_peak_bytes=lean_need - int(total * SAFETY_FRACTION),
     )
 
 
@@ -318,6 +340,99 @@ PUBLISHED_WEIGHTS = {
 GPU_LOCK_SOFTWARE = Software(float8=True, torchao=True, torch_version="from the cu128/cu130 lock")
 
 
+@dataclass(frozen=True)
+class ServicePlan:
+    """What the service will pick on a host's GPU, worked out on the control machine from its facts.
+
+    ``precision`` is empty when the requested precision cannot run there
+    (``reason`` says why); ``memory`` is "resident" or "lean";
+    ``expected_peak_bytes`` is the process's GPU memory at its peak (the
+    policy's estimate, which the H200 bench measured 6-7% above the real one).
+    """
+
+    gpu: str
+    gpu_memory_bytes: int | None  # what the service plans for: the card, or service.gpu_memory_gib
+    precision: str
+    compile: bool
+    memory: str
+    t5: str  # how T5-XXL's weights are stored: "bf16", "8-bit", "fp8" (lean)
+    expected_peak_bytes: int | None
+    reason: str
+
+    def line(self) -> str:
+        """One line for ``plan``'s per-host output."""
+        if not self.precision:
+            return f"service: {self.reason}"
+        peak = (
+            f", expected peak {gib(self.expected_peak_bytes)} of {gib(self.gpu_memory_bytes)}"
+            if self.expected_peak_bytes is not None and self.gpu_memory_bytes is not None
+            else ""
+        )
+        return (
+            f"service: {self.precision}{' + compile' if self.compile else ''}, memory {self.memory}{peak} "
+            f"({self.reason})"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        peak = self.expected_peak_bytes
+        return {
+            "gpu": self.gpu,
+            "gpu_memory_gib": None if self.gpu_memory_bytes is None else round(self.gpu_memory_bytes / 2**30, 2),
+            "precision": self.precision or None,
+            "compile": self.compile,
+            "memory": self.memory or None,
+            "t5": self.t5 or None,
+            "expected_peak_gib": None if peak is None else round(peak / 2**30, 2),
+            "reason": self.reason,
+        }
+
+
+def plan_service(
+    requested: str,
+    compile: str,
+    device: DeviceInfo,
+    repo: str | None,
+    max_batch: int,
+    software: Software = GPU_LOCK_SOFTWARE,
+    gpu_memory_gib: float | None = None,
+) -> ServicePlan:
+    """The precision and memory plan the service will pick on ``device``.
+
+    ``repo`` names the model (its published weight sizes, when known);
+    ``max_batch`` is the most images one pipeline call draws (max_n or the
+    batching limit); ``gpu_memory_gib`` caps the memory planned for, as
+    ``service.gpu_memory_gib`` caps the service.
+    """
+    if gpu_memory_gib and device.total_memory_bytes is not None:
+        device = DeviceInfo(
+            device.kind,
+            device.name,
+            device.compute_capability,
+            min(device.total_memory_bytes, int(gpu_memory_gib * 2**30)),
+        )
+    name = (repo or "").rstrip("/").rsplit("/", 1)[-1].lower()
+    transformer, encoders = PUBLISHED_WEIGHTS.get(name, (None, None))
+    total_bf16 = None if transformer is None or encoders is None else transformer + encoders
+    try:
+        precision = choose_precision(requested, device, software, compile, total_bf16)
+    except ValueError as exc:
+        return ServicePlan(
+            device.name, device.total_memory_bytes, "", False, "", "", None, f"precision {requested} cannot run: {exc}"
+        )
+    memory = choose_memory_plan(precision.mode, device, transformer, encoders, max_batch)
+    t5 = "fp8" if memory.text_encoders_fp8 else "8-bit" if memory.t5_8bit else precision.compute_dtype
+    return ServicePlan(
+        gpu=device.name,
+        gpu_memory_bytes=device.total_memory_bytes,
+        precision=precision.mode,
+        compile=precision.compile,
+        memory=memory.name,
+        t5=t5,
+        expected_peak_bytes=memory.expected_peak_bytes,
+        reason=memory.reason.split(":", 1)[1].strip() if ":" in memory.reason else memory.reason,
+    )
+
+
 def host_plan(
     requested: str,
     compile: str,
@@ -326,20 +441,5 @@ def host_plan(
     max_batch: int,
     software: Software = GPU_LOCK_SOFTWARE,
 ) -> str:
-    """One line for the control side: the precision and memory plan the service will pick on ``device``.
-
-    ``repo`` names the model (its published weight sizes, when known);
-    ``max_batch`` is the most images one pipeline call draws (max_n or the batching limit).
-    """
-    name = (repo or "").rstrip("/").rsplit("/", 1)[-1].lower()
-    transformer, encoders = PUBLISHED_WEIGHTS.get(name, (None, None))
-    total_bf16 = None if transformer is None else transformer + encoders
-    try:
-        precision = choose_precision(requested, device, software, compile, total_bf16)
-    except ValueError as exc:
-        return f"service: precision {requested} cannot run: {exc}"
-    memory = choose_memory_plan(precision.mode, device, transformer, encoders, max_batch)
-    return (
-        f"service: {precision.mode}{' + compile' if precision.compile else ''}, "
-        f"memory {memory.reason.split(':', 1)[0]} ({memory.reason.split(':', 1)[1].strip()})"
-    )
+    """``plan_service(...).line()``: one line for the control side."""
+    return plan_service(requested, compile, device, repo, max_batch, software).line()

@@ -284,3 +284,35 @@ def test_components_load_one_by_one_transformer_first(tiny_model_dir: Path, monk
     assert converted == ["SD3Transformer2DModel after transformer, before the next"]
     assert pipe.vae.use_slicing  # a batch decodes one image at a time
     assert pipe.transformer.dtype == torch.float32 and pipe.text_encoder_3.dtype == torch.float32
+
+
+def test_an_fp8_resident_plan_stores_t5_alone_in_8_bits_right_after_it_is_read(
+    tiny_model_dir: Path, monkeypatch
+) -> None:
+    """T5-XXL was FP8's rest over BF16's process peak (docs/benchmarks.md): it goes to 8 bits before the next
+    component is read; CLIP-L/G and the VAE keep the compute dtype, and a lean plan uses its own FP8 for all three."""
+    import torch
+
+    from sd35_provision.service import pipeline
+    from sd35_provision.service.precision import DeviceInfo, MemoryPlan, PrecisionChoice
+
+    order: list[str] = []
+    stored: list[tuple[str, str]] = []
+    real_load = pipeline._load_component
+
+    def load(model_dir, name, dtype, device):
+        order.append(name)
+        return real_load(model_dir, name, dtype, device)
+
+    monkeypatch.setattr(pipeline, "_load_component", load)
+    monkeypatch.setattr(pipeline, "store_t5_8bit", lambda module: stored.append(("8-bit", order[-1])))
+    monkeypatch.setattr(pipeline, "store_fp8_scaled", lambda module: stored.append(("fp8", order[-1])))
+    choice = PrecisionChoice("fp32", torch.float32, False, "test")
+    cpu = DeviceInfo("cpu", "cpu", None, None)
+    pipeline.load_pipeline(tiny_model_dir, choice, cpu, plan=MemoryPlan(False, False, "resident: test", t5_8bit=True))
+    assert stored == [("8-bit", "text_encoder_3")]
+    stored.clear()
+    pipeline.load_pipeline(tiny_model_dir, choice, cpu, plan=MemoryPlan(False, False, "resident: test"))
+    assert stored == []
+    pipeline.load_pipeline(tiny_model_dir, choice, cpu, plan=MemoryPlan(True, False, "lean: test", t5_8bit=False))
+    assert stored == [("fp8", "text_encoder_3"), ("fp8", "text_encoder_2"), ("fp8", "text_encoder")]

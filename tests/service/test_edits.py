@@ -290,3 +290,101 @@ def test_an_engine_that_cannot_edit_says_so(tiny_model_dir: Path) -> None:
         response = edit(fake, noise_png(64, 64), size="64x64")
         assert response.status_code == 501 and "cannot edit images" in response.json()["error"]["message"]
         assert fake.post("/v1/images/generations", json={"prompt": "x", "size": "64x64"}).status_code == 200
+
+
+def test_edits_are_warmed_up_at_start_and_the_first_edit_reuses_that_editor(client: TestClient, caplog) -> None:
+    """The start-up draws one img2img and one inpainting edit (their first use: VAE encoder, mask
+    handling), and the editor it drew with is the one every edit request runs on."""
+    app = client.app
+    engine = app.state.service.loaded.engine  # type: ignore[attr-defined]
+    assert engine.editor is not None
+    assert float(app.state.service.loaded.description["warmup_s"]) > 0  # type: ignore[attr-defined]
+    response = edit(client, noise_png(64, 64), size="64x64")
+    assert response.status_code == 200, response.text
+    assert app.state.image_editors[id(engine)] is engine.editor  # type: ignore[attr-defined]
+
+
+def test_warm_up_edits_runs_each_edit_kind_per_size() -> None:
+    from sd35_provision.service.edits import warm_up_edits
+
+    seen: list[tuple[str, tuple[int, int], int, float]] = []
+
+    class Recorder:
+        def edit(self, job) -> list[bytes]:
+            g = job.generation
+            seen.append(
+                ("inpaint" if job.mask is not None else "img2img", job.image.size, g.num_inference_steps, job.strength)
+            )
+            assert (g.width, g.height) == job.image.size
+            if job.mask is not None:
+                assert job.mask.size == job.image.size and job.mask.getextrema() == (0, 255)
+            return []
+
+    assert warm_up_edits(Recorder(), [(64, 64), (128, 96)], 2, 3.5) >= 0  # type: ignore[arg-type]
+    assert seen == [
+        ("img2img", (64, 64), 2, 1.0),
+        ("inpaint", (64, 64), 2, 1.0),
+        ("img2img", (128, 96), 2, 1.0),
+        ("inpaint", (128, 96), 2, 1.0),
+    ]
+
+
+def test_a_full_queue_answers_edits_with_429_and_retry_after(tiny_model_dir: Path) -> None:
+    """The same answer as generations' (service/responses.py): 429, Retry-After, counted as queue_full."""
+    import threading
+    import time
+
+    from .support import FakeEngine
+
+    class EditingEngine(FakeEngine):
+        def edit(self, job) -> list[bytes]:
+            return self.generate(job.generation)
+
+    gate = threading.Event()
+    engine = EditingEngine(gate=gate)
+    app = create_app(make_config(tiny_model_dir, SD35_QUEUE_SIZE="1"), load_engine=engine.loader())
+    results: dict[str, int] = {}
+    with TestClient(app) as fake:
+        wait_ready(fake)
+
+        def post(name: str) -> None:
+            results[name] = edit(fake, noise_png(64, 64), size="64x64").status_code
+
+        running = threading.Thread(target=post, args=("running",))
+        running.start()
+        assert engine.started.wait(10)
+        waiting = threading.Thread(target=post, args=("waiting",))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while app.state.worker.waiting < 1:
+            assert time.monotonic() < deadline, "second edit never queued"
+            time.sleep(0.01)
+        rejected = edit(fake, noise_png(64, 64), size="64x64")
+        assert rejected.status_code == 429
+        assert int(rejected.headers["Retry-After"]) >= 1
+        assert rejected.json()["error"]["type"] == "rate_limit_error"
+        assert "busy (1 requests waiting)" in rejected.json()["error"]["message"]
+        gate.set()
+        running.join(10)
+        waiting.join(10)
+        assert results == {"running": 200, "waiting": 200}
+        assert 'sd35_errors_total{kind="queue_full"} 1.0' in fake.get("/metrics").text
+
+
+def test_an_edit_the_gpu_has_no_memory_for_is_503_like_a_generation(tiny_model_dir: Path) -> None:
+    from .support import FakeEngine
+
+    class EditingEngine(FakeEngine):
+        def edit(self, job) -> list[bytes]:
+            return self.generate(job.generation)
+
+    engine = EditingEngine(out_of_memory_on_prompt="huge")
+    with TestClient(create_app(make_config(tiny_model_dir), load_engine=engine.loader())) as fake:
+        wait_ready(fake)
+        edited = edit(fake, noise_png(64, 64), size="64x64", prompt="huge")
+        generated = fake.post("/v1/images/generations", json={"prompt": "huge", "size": "64x64"})
+        for response in (edited, generated):
+            assert response.status_code == 503 and "Retry-After" in response.headers
+            assert response.json()["error"]["type"] == "server_error"
+            assert "out of GPU memory" in response.json()["error"]["message"]
+        assert 'sd35_errors_total{kind="capacity"} 2.0' in fake.get("/metrics").text

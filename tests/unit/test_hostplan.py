@@ -164,3 +164,55 @@ def test_a_wheelhouse_without_the_interpreters_environment_is_a_bug_not_a_guess(
     settings = host(python=PythonSettings(wheelhouse=Path(tmp_path)))
     with pytest.raises(ValueError, match="needs the interpreter's environment"):
         build_host_plan(settings, PlanFacts(pythons=(PY311,)))
+
+
+def test_the_plan_says_what_the_service_will_run_on_the_hosts_gpu():
+    """From the GPU facts and the spec: precision, memory plan and expected peak (plan prints it per host)."""
+    large = ModelSettings(source="hf", repo="stabilityai/stable-diffusion-3.5-large", revision=REV)
+    h200 = build_host_plan(host(model=large), PlanFacts(pythons=(PY311,), nvidia=gpus("two_h200_recorded")))
+    plan = h200.service_plan
+    assert plan is not None
+    assert (plan.gpu, plan.precision, plan.compile, plan.memory, plan.t5) == (
+        "NVIDIA H200",
+        "fp8-dynamic",
+        True,
+        "resident",
+        "8-bit",
+    )
+    assert plan.expected_peak_bytes is not None and 18 << 30 < plan.expected_peak_bytes < 21 << 30
+    assert plan.line().startswith(
+        "service: fp8-dynamic + compile, memory resident, expected peak 19.6 GiB of 140.4 GiB"
+    )
+    # bf16 on the same card: no 8-bit T5, a higher peak
+    bf16 = build_host_plan(
+        host(model=large, service=ServiceSettings(precision="bf16")),
+        PlanFacts(pythons=(PY311,), nvidia=gpus("two_h200_recorded")),
+    ).service_plan
+    assert bf16 is not None and (bf16.precision, bf16.t5) == ("bf16", "bfloat16")
+    assert bf16.expected_peak_bytes is not None and bf16.expected_peak_bytes > plan.expected_peak_bytes
+    # the cap of service.gpu_memory_gib is what the plan is made for: a 16 GB cap gets the lean plan
+    capped = build_host_plan(
+        host(model=large, service=ServiceSettings(gpu_memory_gib=15.0)),
+        PlanFacts(pythons=(PY311,), nvidia=gpus("two_h200_recorded")),
+    ).service_plan
+    assert capped is not None and (capped.memory, capped.gpu_memory_bytes) == ("lean", 15 << 30)
+    # an L4 with max_batch 8: the activations of eight images count
+    l4_8 = build_host_plan(
+        host(model=large, service=ServiceSettings(max_batch=8)), PlanFacts(pythons=(PY311,), nvidia=gpus("l4_ada"))
+    ).service_plan
+    assert l4_8 is not None and "8 image(s) per call" in l4_8.reason
+
+
+def test_no_gpu_facts_no_service_plan():
+    assert build_host_plan(host(), PlanFacts(pythons=(PY311,))).service_plan is None
+    assert build_host_plan(host(), PlanFacts(pythons=(PY311,), nvidia=gpus("absent"))).service_plan is None
+
+
+def test_a_precision_the_gpu_cannot_run_is_said_in_the_plan():
+    a100 = build_host_plan(
+        host(service=ServiceSettings(precision="fp8-dynamic")),
+        PlanFacts(pythons=(PY311,), nvidia=gpus("two_a100_driver_535")),
+    ).service_plan
+    assert a100 is not None and a100.precision == ""
+    assert a100.line().startswith("service: precision fp8-dynamic cannot run: fp8-dynamic needs compute capability")
+    assert a100.to_json()["precision"] is None

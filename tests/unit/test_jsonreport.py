@@ -161,3 +161,31 @@ def test_the_schema_refuses_what_is_not_the_contract():
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, load_schema(), cls=jsonschema.Draft202012Validator)
+
+
+def test_plan_shows_each_hosts_service_plan_in_text_and_json():
+    from sd35_provision.report import render_plan
+    from sd35_provision.service.policy import gpu_device, plan_service
+
+    service = plan_service(
+        "auto", "auto", gpu_device("NVIDIA L4", (8, 9), 23034), "stabilityai/stable-diffusion-3.5-large", 4
+    )
+    entry = {**service.to_json(), "line": service.line()}
+    report = RunReport(
+        mode="plan",
+        hosts=[
+            HostOutcome("gpu-1", operations=[OperationOutcome("Service | Unit", True)], service_plan=entry),
+            HostOutcome("gpu-2", service_plan=entry),
+            HostOutcome("cpu-1"),
+        ],
+    )
+    text = render_plan(report)
+    blocks = text.split("\n\n")
+    assert blocks[0].splitlines()[:2] == ["== gpu-1: 1 operation(s) would change", "  " + service.line()]
+    assert blocks[1].splitlines() == ["== gpu-2: no changes", "  " + service.line()]
+    assert blocks[2] == "== cpu-1: no changes"
+    data = check(run_json(report))
+    plan = data["hosts"][0]["service_plan"]
+    assert (plan["precision"], plan["memory"], plan["t5"]) == ("fp8-dynamic", "resident", "8-bit")
+    assert plan["gpu_memory_gib"] == 22.49 and 15 < plan["expected_peak_gib"] < 22.49
+    assert data["hosts"][2]["service_plan"] is None

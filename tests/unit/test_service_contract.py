@@ -138,3 +138,40 @@ def test_the_renderer_refuses_what_the_service_would_refuse() -> None:
         "SD35_PORT": "8000",
         "SD35_DEFAULT_GUIDANCE": "3.5",
     }
+
+
+def test_max_batch_and_gpu_memory_reach_the_service(tmp_path: Path) -> None:
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(SPEC + "    service:\n      max_batch: 8\n      gpu_memory_gib: 22\n")
+    host = load_spec(spec).hosts[0]
+    assert (host.service.max_batch, host.service.gpu_memory_gib) == (8, 22.0)
+    env = service_environment(host)
+    assert (env["SD35_MAX_BATCH"], env["SD35_GPU_MEMORY_GIB"]) == ("8", "22.0")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    loaded = config.load_config({**env, "SD35_MODEL_DIR": str(model)})
+    assert (loaded.max_batch, loaded.gpu_memory_gib) == (8, 22.0)
+    # 0, the default, is the whole GPU
+    default = config.load_config({**service_environment(load_spec_text(tmp_path, SPEC)), "SD35_MODEL_DIR": str(model)})
+    assert (default.max_batch, default.gpu_memory_gib) == (4, None)
+
+
+@pytest.mark.parametrize(
+    "service,field",
+    [("max_batch: 0", "max_batch"), ("max_batch: 65", "max_batch"), ("gpu_memory_gib: -1", "gpu_memory_gib")],
+)
+def test_out_of_range_batch_and_memory_are_refused_naming_the_field(tmp_path: Path, service: str, field: str) -> None:
+    from sd35_provision.errors import SpecError
+
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(SPEC + f"    service:\n      {service}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert field in str(caught.value) and "fleet.yaml:" in str(caught.value)
+
+
+def load_spec_text(tmp_path: Path, text: str):
+    spec = tmp_path / "plain.yaml"
+    spec.write_text(text)
+    return load_spec(spec).hosts[0]
