@@ -49,6 +49,7 @@ def host(
     storage: str = "nvme_partition",
     gpus: str = "eight_h100_sxm",
     pci: str = "h100_bound_to_nvidia",
+    driver: str = "single_gpu_ok",
 ) -> HostFacts:
     root = f"path={spec.cache.root}"
     recorded = {
@@ -59,6 +60,7 @@ def host(
         "StorageKind": {root: fact_case("StorageKind", storage)},
         "NvidiaGpus": fact_case("NvidiaGpus", gpus),
         "NvidiaPciDevices": fact_case("NvidiaPciDevices", pci),
+        "NvidiaDriverState": fact_case("NvidiaDriverState", driver),
     }
     return gather_host_facts(RecordedHost(recorded), spec)
 
