@@ -36,7 +36,7 @@ from sd35_provision.cuda_compat import (
     min_driver_for,
     pick_flavour,
 )
-from sd35_provision.facts.driver import DKMS_MOK, FABRIC_MANAGER, MISMATCH
+from sd35_provision.facts.driver import DKMS_MOK, FABRIC_MANAGER, MISMATCH, DriverState
 from sd35_provision.facts.host import HostFacts
 from sd35_provision.facts.nvidia import FP8_MIN_CAPABILITY
 from sd35_provision.hostspec.settings import HostSettings
@@ -149,7 +149,7 @@ def _no_gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
     on_pci = facts.pci_without_driver
     passthrough = [device for device in on_pci if device.driver and device.driver.startswith("vfio")]
     if driver.mode == "install" and facts.nvidia_pci and not passthrough:
-        problem = _install_problem(settings, facts) or _secure_boot_problem(facts)
+        problem = _install_problem(settings, facts) or secure_boot_problem(facts.os_id, facts.driver)
         return [problem] if problem else []  # the driver step installs the driver, or reboots into it
     detail = facts.nvidia.problem
     if on_pci:
@@ -164,9 +164,9 @@ def _no_gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
     return [f"no working NVIDIA GPU ({detail}); set gpu.accelerator: cpu for a CPU-only host"]
 
 
-def _secure_boot_problem(facts: HostFacts) -> str | None:
+def secure_boot_problem(os_id: str, driver: DriverState) -> str | None:
     """Debian builds the module with DKMS; with Secure Boot on it loads only once DKMS's key is enrolled."""
-    if facts.os_id != "debian" or facts.driver.secure_boot != "enabled" or facts.driver.mok_enrolled:
+    if os_id != "debian" or driver.secure_boot != "enabled" or driver.mok_enrolled:
         return None
     return (
         "Secure Boot is on and Debian's DKMS-built nvidia module would not load: enrol DKMS's signing key first: "

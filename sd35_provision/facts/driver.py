@@ -131,21 +131,21 @@ class NvidiaDriverState(FactBase[DriverState]):
     def command(self) -> str:
         return (
             "m=$(sed -n 's/.*Kernel Module[^0-9]*\\([0-9][0-9.]*\\).*/\\1/p' /proc/driver/nvidia/version "
-            "2>/dev/null | head -n 1); [ -n \"$m\" ] || m=$(cat /sys/module/nvidia/version 2>/dev/null); "
+            '2>/dev/null | head -n 1); [ -n "$m" ] || m=$(cat /sys/module/nvidia/version 2>/dev/null); '
             'echo "loaded=$m"; '
             "mi=$(command -v modinfo || echo /sbin/modinfo); "
             'echo "installed=$($mi -F version nvidia 2>/dev/null | head -n 1)"; '
             "lib=$(ls /usr/lib/*-linux-gnu/libnvidia-ml.so.*.* /usr/lib64/libnvidia-ml.so.*.* 2>/dev/null "
             '| head -n 1); echo "library=${lib##*.so.}"; '
             "if command -v nvidia-smi >/dev/null 2>&1; then "
-            'if e=$(nvidia-smi -L 2>&1); then nvidia-smi -q 2>/dev/null | awk \'/^ *Fabric *$/ {f=1; next} '
+            "if e=$(nvidia-smi -L 2>&1); then nvidia-smi -q 2>/dev/null | awk '/^ *Fabric *$/ {f=1; next} "
             'f && /^ *State/ {sub(/^[^:]*: */, ""); print "fabric=" $0; f=0}\'; '
             'else echo "nvml=$(printf \'%s\\n\' "$e" | head -n 1)"; fi; fi; '
             "if command -v mokutil >/dev/null 2>&1; then "
             'echo "sb=$(mokutil --sb-state 2>&1 | head -n 1)"; '
             f'[ -f {DKMS_MOK} ] && echo "mok=$(mokutil --test-key {DKMS_MOK} 2>&1 | head -n 1)"; '
             f"elif [ -e {_SECUREBOOT_EFIVAR} ]; then "
-            f'echo "sb=efivar $(od -An -tu1 {_SECUREBOOT_EFIVAR} | awk \'{{print $NF}}\')"; '
+            f"echo \"sb=efivar $(od -An -tu1 {_SECUREBOOT_EFIVAR} | awk '{{print $NF}}')\"; "
             'elif [ ! -d /sys/firmware/efi ]; then echo "sb=no EFI"; else echo "sb="; fi; '
             "n=0; for d in /sys/bus/pci/devices/*; do "
             '[ "$(cat "$d/vendor" 2>/dev/null)" = 0x10de ] && [ "$(cat "$d/class" 2>/dev/null)" = 0x068000 ] '

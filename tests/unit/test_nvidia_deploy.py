@@ -12,12 +12,14 @@ import pytest
 
 from sd35_provision.deploys.nvidia import (
     DriverNotReady,
+    render_upgrade_blacklist,
     debian_headers_package,
     enable_components_deb822,
     enable_components_one_line,
     nvidia_driver,
 )
 from sd35_provision.errors import PreflightError
+from sd35_provision.layout import DRIVER_UPGRADE_BLACKLIST
 from sd35_provision.hostspec.settings import DriverSettings, GpuSettings, HostSettings, PythonSettings
 from tests.pyinfra_fakes import DeployRun, Output, existing_files, fact_case, merge_facts, run_deploy
 
@@ -77,6 +79,9 @@ def deploy(
     gpus: str = "absent",
     module: str = "none",
     packages: tuple[tuple[str, str], ...] = BASE_PACKAGES,
+    driver: str = "cpu_host_here",
+    holds: str = "none",
+    blacklist: str | None = None,
     **extra,
 ) -> DeployRun:
     facts = merge_facts(
@@ -85,26 +90,75 @@ def deploy(
             "KernelVersion": KERNELS[os],
             "NvidiaGpus": fact_case("NvidiaGpus", gpus),
             "NvidiaKernelModule": fact_case("NvidiaKernelModule", module),
+            "NvidiaDriverState": fact_case("NvidiaDriverState", driver),
+            "AptHolds": fact_case("AptHolds", holds),
             "DebPackages": dpkg_l(*packages),
         },
+        existing_files({DRIVER_UPGRADE_BLACKLIST: blacklist}),
         extra,
     )
     return run_deploy(nvidia_driver, facts, settings)
 
 
+HOLD_ONCE_INSTALLED = "dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}}\\n' {} 2>/dev/null | awk '$1 ~ /^.i/ {{print $2}}' | xargs -r apt-mark hold"
+KEEP_OUT = "NVIDIA driver | Keep the NVIDIA driver out of unattended-upgrades"
+
+
 @pytest.mark.parametrize(
-    "os, driver_flavour, expected",
+    "os, driver_flavour, expected, held",
     [
-        ("ubuntu-22.04", "default", ["nvidia-driver-570", "linux-headers-5.15.0-126-generic"]),
-        ("ubuntu-22.04", "server", ["nvidia-driver-570-server", "linux-headers-5.15.0-126-generic"]),
-        ("ubuntu-24.04", "open", ["nvidia-driver-570-open", "linux-headers-6.8.0-49-generic"]),
-        ("ubuntu-24.04", "server-open", ["nvidia-driver-570-server-open", "linux-headers-6.8.0-49-generic"]),
+        (
+            "ubuntu-22.04",
+            "default",
+            ["nvidia-driver-570", "linux-headers-5.15.0-126-generic"],
+            ["nvidia-driver-570", "libnvidia-compute-570", "nvidia-utils-570", "nvidia-dkms-570"],
+        ),
+        (
+            "ubuntu-22.04",
+            "server",
+            ["nvidia-driver-570-server", "linux-headers-5.15.0-126-generic"],
+            [
+                "nvidia-driver-570-server",
+                "libnvidia-compute-570-server",
+                "nvidia-utils-570-server",
+                "nvidia-dkms-570-server",
+            ],
+        ),
+        (
+            "ubuntu-24.04",
+            "open",
+            ["nvidia-driver-570-open", "linux-headers-6.8.0-49-generic"],
+            ["nvidia-driver-570-open", "libnvidia-compute-570", "nvidia-utils-570", "nvidia-dkms-570-open"],
+        ),
+        (
+            "ubuntu-24.04",
+            "server-open",
+            ["nvidia-driver-570-server-open", "linux-headers-6.8.0-49-generic"],
+            [
+                "nvidia-driver-570-server-open",
+                "libnvidia-compute-570-server",
+                "nvidia-utils-570-server",
+                "nvidia-dkms-570-server-open",
+            ],
+        ),
     ],
 )
-def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, driver_flavour, expected):
+def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, driver_flavour, expected, held):
     run = deploy(spec(driver_flavour=driver_flavour), os=os)
-    assert [op.name for op in run.changes] == [f"NVIDIA driver | Install {' '.join(expected)}"]
-    assert run.commands() == ["apt-get update", f"{APT_INSTALL} {' '.join(expected)}"]
+    assert [op.name for op in run.changes] == [
+        f"NVIDIA driver | Install {' '.join(expected)}",
+        f"NVIDIA driver | Hold {' '.join(held)}",
+        KEEP_OUT,
+    ]
+    assert run.commands("Install") == ["apt-get update", f"{APT_INSTALL} {' '.join(expected)}"]
+    # Held once installed: which of them the metapackage pulls in is known when it ran.
+    assert run.commands("Hold") == [HOLD_ONCE_INSTALLED.format(" ".join(held))]
+    upload, _, _ = run.commands("unattended-upgrades")
+    assert upload[2] == DRIVER_UPGRADE_BLACKLIST
+    assert "Unattended-Upgrade::Package-Blacklist {\n" in upload[1]
+    assert [line.strip() for line in upload[1].splitlines() if line.startswith("    ")] == [
+        f'"^{name}$";' for name in held
+    ]
     assert run.notes == [
         "reboot required: NVIDIA driver newly installed; no nvidia module loaded now; the new "
         "driver works only after a reboot (gpu.driver.allow_reboot is false)"
@@ -121,6 +175,9 @@ def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
     )
     assert [op.name for op in run.changes] == [
         "NVIDIA driver | Install nvidia-driver-570-server-open linux-headers-6.8.0-49-generic",
+        "NVIDIA driver | Hold nvidia-driver-570-server-open libnvidia-compute-570-server nvidia-utils-570-server "
+        "nvidia-dkms-570-server-open",
+        KEEP_OUT,
         "NVIDIA driver | Reboot to load the NVIDIA driver",
         "NVIDIA driver | Check the NVIDIA driver after the reboot",
     ]
@@ -142,6 +199,8 @@ def test_debian_12_enables_contrib_non_free_and_installs_debians_driver():
     assert [op.name for op in run.changes] == [
         "NVIDIA driver | Enable contrib non-free non-free-firmware in /etc/apt/sources.list.d/debian.sources",
         "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64",
+        "NVIDIA driver | Hold nvidia-driver nvidia-kernel-dkms nvidia-driver-libs libcuda1 libnvidia-ml1",
+        KEEP_OUT,
     ]
     upload, chown, chmod = run.commands("Enable contrib")
     assert upload[0] == "upload" and upload[2] == "/etc/apt/sources.list.d/debian.sources"
@@ -173,7 +232,9 @@ def test_debian_12_with_a_one_line_sources_list_already_enabled():
         **existing_files({"/etc/apt/sources.list.d/debian.sources": None, "/etc/apt/sources.list": enabled}),
     )
     assert [op.name for op in run.changes] == [
-        "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64"
+        "NVIDIA driver | Install nvidia-driver firmware-misc-nonfree linux-headers-amd64",
+        "NVIDIA driver | Hold nvidia-driver nvidia-kernel-dkms nvidia-driver-libs libcuda1 libnvidia-ml1",
+        KEEP_OUT,
     ]
 
 
@@ -195,22 +256,161 @@ def test_debian_12_driver_is_too_old_for_the_torch_builds_we_ship():
     )
 
 
+UBUNTU_570 = BASE_PACKAGES + (
+    ("nvidia-driver-570", "570.133.20-0ubuntu0.22.04.1"),
+    ("libnvidia-compute-570", "570.133.20-0ubuntu0.22.04.1"),
+    ("nvidia-utils-570", "570.133.20-0ubuntu0.22.04.1"),
+    ("nvidia-dkms-570", "570.133.20-0ubuntu0.22.04.1"),
+)
+UBUNTU_570_HELD = ["nvidia-driver-570", "libnvidia-compute-570", "nvidia-utils-570", "nvidia-dkms-570"]
+
+
+def units(**running: bool) -> dict:
+    """systemd.service's facts for units (name without .service: running and enabled alike)."""
+    facts: dict = {"SystemdStatus": {}, "SystemdEnabled": {}}
+    for name, state in running.items():
+        unit = f"{name.replace('_', '-')}.service"
+        key = f"machine=None, services=['{unit}'], user_mode=False, user_name=None"
+        facts["SystemdStatus"][key] = {unit: state}
+        facts["SystemdEnabled"][key] = {unit: state}
+    return facts
+
+
+def blacklist_of(packages: list[str]) -> str:
+    return render_upgrade_blacklist(packages)
+
+
 def test_nothing_to_do_when_the_driver_works():
-    run = deploy(spec(), os="ubuntu-22.04", gpus="eight_h100_sxm", module="loaded_is_installed")
+    run = deploy(
+        spec(),
+        os="ubuntu-22.04",
+        gpus="eight_h100_sxm",
+        module="loaded_is_installed",
+        driver="single_gpu_ok",
+        packages=UBUNTU_570,
+        holds="ubuntu_driver_570_held",
+        blacklist=blacklist_of(UBUNTU_570_HELD + ["linux-modules-nvidia-570-generic"]),
+        **units(nvidia_persistenced=True),
+    )
     assert run.changes == [] and run.notes == []
-    assert run.facts_read == ["sd35_provision.facts.nvidia.NvidiaGpus"]
-
-
-def test_a_working_driver_of_another_branch_is_kept_and_said():
-    run = deploy(spec(), os="ubuntu-24.04", gpus="h100_recorded", module="h100_container_recorded")
-    assert run.changes == []
-    assert run.notes == [
-        "NVIDIA driver 580.159.04 works for torch; gpu.driver.branch 570 not applied "
-        "(a working driver is never replaced)"
+    assert [op.name for op in run.operations] == [
+        "NVIDIA driver | nvidia-persistenced enabled and running",
+        "NVIDIA driver | Hold nvidia-driver-570 libnvidia-compute-570 nvidia-utils-570 nvidia-dkms-570 "
+        "linux-modules-nvidia-570-generic",
+        KEEP_OUT,
     ]
 
 
-def test_installed_but_not_rebooted_yields_nothing_and_says_reboot_required():
+def test_an_unheld_driver_package_is_drift_and_gets_held():
+    """Someone ran apt-mark unhold (or an old install never held it): plan/drift name it, apply holds it."""
+    run = deploy(
+        spec(mode="verify"),
+        os="ubuntu-24.04",
+        gpus="eight_h100_sxm",
+        driver="single_gpu_ok",
+        packages=UBUNTU_570,
+        holds="none",
+        blacklist=blacklist_of(UBUNTU_570_HELD + ["linux-modules-nvidia-570-generic"]),
+        **units(nvidia_persistenced=True),
+    )
+    [hold] = run.changes
+    assert hold.commands == [f"apt-mark hold {' '.join(UBUNTU_570_HELD)}"]  # installed ones only
+
+
+def test_debian_12_holds_its_driver_and_writes_the_blacklist():
+    debian = (
+        ("nvidia-driver", "535.216.01-1~deb12u1"),
+        ("nvidia-kernel-dkms", "535.216.01-1~deb12u1"),
+        ("libcuda1", "535.216.01-1~deb12u1"),
+        ("libnvidia-ml1", "535.216.01-1~deb12u1"),
+    )
+    run = deploy(
+        spec(mode="verify", flavour="cu121"),
+        os="debian-12",
+        gpus="two_a100_driver_535",
+        driver="single_gpu_ok",
+        packages=BASE_PACKAGES + debian,
+        holds="multiarch_names",  # nvidia-driver and libcuda1:amd64 held
+        **units(nvidia_persistenced=True),
+    )
+    assert [op.name for op in run.changes] == [
+        "NVIDIA driver | Hold nvidia-driver nvidia-kernel-dkms nvidia-driver-libs libcuda1 libnvidia-ml1",
+        KEEP_OUT,
+    ]
+    assert run.commands("Hold") == ["apt-mark hold nvidia-kernel-dkms libnvidia-ml1"]
+    assert "+++ /etc/apt/apt.conf.d/51sd35-nvidia-driver (wanted)" in run.diffs[0]
+    assert '+    "^nvidia-kernel-dkms$";' in run.diffs[0]
+
+
+def test_persistence_daemon_is_enabled_and_started():
+    run = deploy(
+        spec(mode="verify"),
+        os="ubuntu-22.04",
+        gpus="eight_h100_sxm",
+        driver="persistenced_disabled",
+        **units(nvidia_persistenced=False),
+    )
+    assert run.commands("nvidia-persistenced") == [
+        "systemctl start nvidia-persistenced.service",
+        "systemctl enable nvidia-persistenced.service",
+    ]
+
+
+def test_debian_installs_the_persistence_daemon_ubuntu_says_it_is_missing():
+    debian = deploy(
+        spec(flavour="cu121"), os="debian-12", gpus="two_a100_driver_535", **units(nvidia_persistenced=False)
+    )
+    assert debian.commands("Install nvidia-persistenced") == ["apt-get update", f"{APT_INSTALL} nvidia-persistenced"]
+    ubuntu = deploy(spec(mode="verify"), os="ubuntu-22.04", gpus="eight_h100_sxm")
+    assert ubuntu.notes == [
+        "nvidia-persistenced is not installed: each CUDA process start re-initialises the driver"
+    ]
+
+
+def test_a_working_driver_of_another_branch_is_kept_and_said():
+    run = deploy(
+        spec(), os="ubuntu-24.04", gpus="h100_recorded", module="h100_container_recorded", driver="h100_container"
+    )
+    assert run.changes == []  # not from Ubuntu's packages: nothing of ours to hold either
+    assert run.notes == [
+        "NVIDIA driver 580.159.04 works for torch; gpu.driver.branch 570 not applied "
+        "(a working driver that is not Ubuntu's package of a branch is never replaced)",
+        "nvidia-persistenced is not installed: each CUDA process start re-initialises the driver",
+    ]
+
+
+def test_a_branch_change_unholds_upgrades_holds_and_needs_a_reboot():
+    run = deploy(
+        spec(branch="580"),
+        os="ubuntu-22.04",
+        gpus="eight_h100_sxm",
+        module="loaded_is_installed",
+        driver="single_gpu_ok",
+        packages=UBUNTU_570,
+        holds="ubuntu_driver_570_held",
+        blacklist=blacklist_of(UBUNTU_570_HELD + ["linux-modules-nvidia-570-generic"]),
+    )
+    held_580 = ["nvidia-driver-580", "libnvidia-compute-580", "nvidia-utils-580", "nvidia-dkms-580"]
+    assert [op.name for op in run.changes] == [
+        "NVIDIA driver | Unhold the NVIDIA driver 570 packages",
+        "NVIDIA driver | Upgrade the NVIDIA driver 570 -> 580: install nvidia-driver-580 "
+        "linux-headers-5.15.0-126-generic",
+        f"NVIDIA driver | Hold {' '.join(held_580)}",
+        KEEP_OUT,
+    ]
+    assert run.commands("Unhold") == [f"apt-mark unhold {' '.join(UBUNTU_570_HELD)}"]
+    assert run.commands("Upgrade") == [
+        "apt-get update",
+        f"{APT_INSTALL} nvidia-driver-580 linux-headers-5.15.0-126-generic",
+    ]
+    assert run.commands("Hold") == [HOLD_ONCE_INSTALLED.format(" ".join(held_580))]
+    assert run.notes == [
+        "reboot required: NVIDIA driver branch 570 -> 580 (570.133.20 loaded now); the new driver works only "
+        "after a reboot (gpu.driver.allow_reboot is false)"
+    ]
+
+
+def test_installed_but_not_rebooted_holds_and_says_reboot_required():
     installed = BASE_PACKAGES + (
         ("nvidia-driver-570-server", "570.133.20-0ubuntu0.22.04.1"),
         ("linux-headers-5.15.0-126-generic", "5.15.0-126.136"),
@@ -222,7 +422,13 @@ def test_installed_but_not_rebooted_yields_nothing_and_says_reboot_required():
         module="upgraded_not_rebooted",
         packages=installed,
     )
-    assert run.changes == []
+    # Installed by hand (or by a run before holds): the driver is held, nothing else changes.
+    assert [op.name for op in run.changes] == [
+        "NVIDIA driver | Hold nvidia-driver-570-server libnvidia-compute-570-server nvidia-utils-570-server "
+        "nvidia-dkms-570-server",
+        KEEP_OUT,
+    ]
+    assert run.commands("Hold") == ["apt-mark hold nvidia-driver-570-server"]
     assert run.notes == [
         "reboot required: nvidia module 570.133.20 installed, 550.127.05 loaded; the new driver "
         "works only after a reboot (gpu.driver.allow_reboot is false)"
@@ -234,7 +440,7 @@ def test_installed_but_not_rebooted_yields_nothing_and_says_reboot_required():
         module="upgraded_not_rebooted",
         packages=installed,
     )
-    assert [op.name for op in rebooting.changes] == [
+    assert [op.name for op in rebooting.changes][2:] == [
         "NVIDIA driver | Reboot to load the NVIDIA driver",
         "NVIDIA driver | Check the NVIDIA driver after the reboot",
     ]
@@ -257,7 +463,10 @@ def test_too_old_driver_is_replaced_by_the_pinned_branch():
         module="driver_535_running",
         packages=BASE_PACKAGES + (("nvidia-driver-535", "535.183.01-0ubuntu0.22.04.1"),),
     )
-    assert run.commands() == ["apt-get update", f"{APT_INSTALL} nvidia-driver-570 linux-headers-5.15.0-126-generic"]
+    assert run.commands("Install") == [
+        "apt-get update",
+        f"{APT_INSTALL} nvidia-driver-570 linux-headers-5.15.0-126-generic",
+    ]
     assert run.notes == [
         "reboot required: NVIDIA driver newly installed; module 535.183.01 loaded now; the new "
         "driver works only after a reboot (gpu.driver.allow_reboot is false)"
