@@ -6,21 +6,23 @@ comes from the fact cases in tests/facts/ (nvidia-smi, kernel module).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sd35_provision.deploys.nvidia import (
+    UBUNTU_SUFFIX,
     DriverNotReady,
-    render_upgrade_blacklist,
     debian_headers_package,
     enable_components_deb822,
     enable_components_one_line,
     nvidia_driver,
+    render_upgrade_blacklist,
 )
 from sd35_provision.errors import PreflightError
-from sd35_provision.layout import DRIVER_UPGRADE_BLACKLIST
 from sd35_provision.hostspec.settings import DriverSettings, GpuSettings, HostSettings, PythonSettings
+from sd35_provision.layout import DRIVER_UPGRADE_BLACKLIST
 from tests.pyinfra_fakes import DeployRun, Output, existing_files, fact_case, merge_facts, run_deploy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -100,7 +102,10 @@ def deploy(
     return run_deploy(nvidia_driver, facts, settings)
 
 
-HOLD_ONCE_INSTALLED = "dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}}\\n' {} 2>/dev/null | awk '$1 ~ /^.i/ {{print $2}}' | xargs -r apt-mark hold"
+HOLD_ONCE_INSTALLED = (
+    "dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}}\\n' {} 2>/dev/null "
+    "| awk '$1 ~ /^.i/ {{print $2}}' | xargs -r apt-mark hold"
+)
 KEEP_OUT = "NVIDIA driver | Keep the NVIDIA driver out of unattended-upgrades"
 
 
@@ -362,9 +367,7 @@ def test_debian_installs_the_persistence_daemon_ubuntu_says_it_is_missing():
     )
     assert debian.commands("Install nvidia-persistenced") == ["apt-get update", f"{APT_INSTALL} nvidia-persistenced"]
     ubuntu = deploy(spec(mode="verify"), os="ubuntu-22.04", gpus="eight_h100_sxm")
-    assert ubuntu.notes == [
-        "nvidia-persistenced is not installed: each CUDA process start re-initialises the driver"
-    ]
+    assert ubuntu.notes == ["nvidia-persistenced is not installed: each CUDA process start re-initialises the driver"]
 
 
 def test_a_working_driver_of_another_branch_is_kept_and_said():
@@ -571,3 +574,135 @@ def test_deb822_sources_skip_disabled_and_foreign_stanzas():
 )
 def test_debian_headers_follow_the_running_kernels_flavour(kernel, package):
     assert debian_headers_package(kernel) == package
+
+
+@pytest.mark.parametrize(
+    "os, kernel, flavour, modules",
+    [
+        ("ubuntu-22.04", "5.15.0-126-generic", "default", "linux-modules-nvidia-570-generic"),
+        ("ubuntu-22.04", "6.8.0-49-generic", "server", "linux-modules-nvidia-570-server-generic-hwe-22.04"),
+        ("ubuntu-24.04", "6.8.0-1019-aws", "open", "linux-modules-nvidia-570-open-aws"),
+        ("ubuntu-24.04", "6.8.0-1017-azure", "server-open", "linux-modules-nvidia-570-server-open-azure"),
+    ],
+)
+def test_ubuntu_with_secure_boot_installs_the_signed_prebuilt_modules(os, kernel, flavour, modules, monkeypatch):
+    monkeypatch.setitem(KERNELS, os, kernel)
+    run = deploy(spec(driver_flavour=flavour), os=os, driver="secure_boot_no_driver")
+    meta = f"nvidia-driver-570{UBUNTU_SUFFIX[flavour]}"
+    assert run.commands("Install") == ["apt-get update", f"{APT_INSTALL} {modules} {meta}"]  # no DKMS, no headers
+    [hold] = run.commands("Hold")
+    assert hold.split("' ")[1].split(" 2>")[0].split() == [
+        meta,
+        f"libnvidia-compute-570{'-server' if 'server' in flavour else ''}",
+        f"nvidia-utils-570{'-server' if 'server' in flavour else ''}",
+        modules,
+    ]
+
+
+def test_debian_with_secure_boot_refuses_a_module_that_would_not_load():
+    with pytest.raises(DriverNotReady) as raised:
+        deploy(spec(flavour="cu121"), os="debian-12", driver="secure_boot_mok_not_enrolled")
+    assert "mokutil --import /var/lib/dkms/mok.pub" in raised.value.message
+    assert "Enroll MOK" in raised.value.message and "reboot" in raised.value.message
+    # once DKMS's key is enrolled, DKMS signs the module and it loads: the install goes ahead
+    sources = (FIXTURES / "debian-12" / "debian.sources").read_text()
+    run = deploy(
+        spec(flavour="cu121"),
+        os="debian-12",
+        driver="secure_boot_mok_enrolled",
+        **existing_files({"/etc/apt/sources.list.d/debian.sources": sources, "/etc/apt/sources.list": None}),
+    )
+    assert (
+        run.commands("Install nvidia-driver")[-1]
+        == f"{APT_INSTALL} nvidia-driver firmware-misc-nonfree linux-headers-amd64"
+    )
+
+
+def test_nvswitch_box_gets_fabric_manager_of_the_drivers_version_enabled_and_running():
+    run = deploy(
+        spec(),
+        os="ubuntu-22.04",
+        gpus="eight_h100_sxm",
+        module="loaded_is_installed",
+        driver="hgx_h100_fabric_manager_missing",
+        packages=UBUNTU_570,
+        holds="ubuntu_driver_570_held",
+        **units(nvidia_persistenced=True, nvidia_fabricmanager=False),
+    )
+    assert [op.name for op in run.changes] == [
+        "NVIDIA driver | Install nvidia-fabricmanager-570 570.133.20 (NVSwitch box: Fabric Manager of the "
+        "driver's version)",
+        "NVIDIA driver | Fabric Manager (nvidia-fabricmanager) enabled and running",
+        f"NVIDIA driver | Hold {' '.join(UBUNTU_570_HELD)} linux-modules-nvidia-570-generic nvidia-fabricmanager-570",
+        KEEP_OUT,
+    ]
+    assert run.commands("Install nvidia-fabricmanager") == [
+        "apt-get update",
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades --allow-change-held-packages "
+        "'nvidia-fabricmanager-570=570.133.20-*'",
+    ]
+    assert run.commands("Hold") == [
+        HOLD_ONCE_INSTALLED.format("linux-modules-nvidia-570-generic nvidia-fabricmanager-570")
+    ]
+    assert run.commands("Fabric Manager (") == [
+        "systemctl start nvidia-fabricmanager.service",
+        "systemctl enable nvidia-fabricmanager.service",
+    ]
+    # of another version (the driver was upgraded, Fabric Manager not): replaced by the driver's
+    other = deploy(
+        spec(),
+        os="ubuntu-22.04",
+        gpus="eight_h100_sxm",
+        driver="hgx_h100_fabric_manager_running",
+        packages=UBUNTU_570 + (("nvidia-fabricmanager-570", "570.124.06-1"),),
+        holds="ubuntu_driver_570_held",
+        **units(nvidia_persistenced=True, nvidia_fabricmanager=True),
+    )
+    assert "'nvidia-fabricmanager-570=570.133.20-*'" in other.commands("Install nvidia-fabricmanager")[-1]
+    # of the driver's version and running: nothing
+    fine = deploy(
+        spec(),
+        os="ubuntu-22.04",
+        gpus="eight_h100_sxm",
+        driver="hgx_h100_fabric_manager_running",
+        packages=UBUNTU_570 + (("nvidia-fabricmanager-570", "570.133.20-1"),),
+        holds="ubuntu_driver_570_held",
+        **units(nvidia_persistenced=True, nvidia_fabricmanager=True),
+    )
+    assert [op.name for op in fine.changes if "Fabric" in op.name or "fabricmanager" in op.name] == [
+        f"NVIDIA driver | Hold {' '.join(UBUNTU_570_HELD)} linux-modules-nvidia-570-generic nvidia-fabricmanager-570"
+    ]
+    assert fine.commands("Hold") == ["apt-mark hold nvidia-fabricmanager-570"]
+
+
+def test_nvswitch_box_without_fabric_manager_in_verify_mode_fails_with_error_802():
+    with pytest.raises(DriverNotReady, match="error 802 'system not yet initialized'"):
+        deploy(
+            spec(mode="verify"),
+            os="ubuntu-22.04",
+            gpus="eight_h100_sxm",
+            driver="hgx_h100_fabric_manager_missing",
+            packages=UBUNTU_570,
+            **units(nvidia_persistenced=True),
+        )
+
+
+def test_a_cpu_host_holds_only_the_driver_packages_its_spec_names():
+    settings = spec(accelerator="cpu")
+    settings = replace(
+        settings, gpu=replace(settings.gpu, driver=replace(settings.gpu.driver, packages=("nvidia-driver",)))
+    )
+    run = deploy(settings, os="debian-12", packages=BASE_PACKAGES + (("nvidia-driver", "1.0"),))
+    assert [op.name for op in run.changes] == ["NVIDIA driver | Hold nvidia-driver", KEEP_OUT]
+    assert run.commands("Hold") == ["apt-mark hold nvidia-driver"]
+    assert "sd35_provision.facts.nvidia.NvidiaGpus" not in run.facts_read  # no GPU is looked for
+    held = deploy(
+        settings,
+        os="debian-12",
+        packages=BASE_PACKAGES + (("nvidia-driver", "1.0"),),
+        holds="multiarch_names",
+        blacklist=blacklist_of(["nvidia-driver"]),
+    )
+    assert held.changes == []
+    off = replace(settings, gpu=replace(settings.gpu, driver=replace(settings.gpu.driver, hold=False)))
+    assert deploy(off, os="debian-12").operations == []
