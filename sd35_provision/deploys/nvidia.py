@@ -245,18 +245,19 @@ def _running_driver_packages(os_id: str, installed: dict, kernel: str, os_versio
 
 def _fabric_manager(
     os_id: str, branch: str, version: str | None, state: DriverState, installed: dict, install: bool
-) -> list[str]:
+) -> tuple[list[str], bool]:
     """On an NVSwitch box: Fabric Manager of exactly the driver's version (install mode), enabled and running.
 
-    Returns the packages to hold with the driver. The version is pinned by the
+    Returns the packages to hold with the driver, and whether this run installs one. The version is pinned by the
     driver's own version (``pkg=570.133.20-*``): Ubuntu's archive and NVIDIA's
     repository number their Debian revisions differently.
     """
     if not state.nvswitch_box:
-        return []
+        return [], False
     package = fabric_manager_package(branch)
     have = [upstream_version(v) for v in installed.get(package, ())]
-    if install and os_id == "ubuntu" and version and version not in have:
+    installing = bool(install and os_id == "ubuntu" and version and version not in have)
+    if installing:
         pinned = f"{package}={version}-*"
         server.shell(
             name=f"Install {package} {version} (NVSwitch box: Fabric Manager of the driver's version)",
@@ -282,7 +283,7 @@ def _fabric_manager(
         running=True,
         enabled=True,
     )
-    return [package]
+    return [package], installing
 
 
 def _persistence(os_id: str, state: DriverState, install: bool, recorder: HostRecorder) -> None:
@@ -302,16 +303,17 @@ def _persistence(os_id: str, state: DriverState, install: bool, recorder: HostRe
 
 def _around_working_driver(
     settings: HostSettings, status: NvidiaStatus, os_id: str, os_version: str, kernel: str, recorder: HostRecorder
-) -> list[str]:
-    """Fabric Manager and persistence for a working driver; returns the packages of the driver to hold."""
+) -> tuple[list[str], bool]:
+    """Fabric Manager and persistence for a working driver: the driver's packages to hold, and whether
+    this run installs one of them."""
     driver = settings.gpu.driver
     install = driver.mode == "install"
     state = host.get_fact(NvidiaDriverState)
     installed = host.get_fact(DebPackages) or {}
     branch = str(version_tuple(status.driver_version or "0")[0])
-    fm = _fabric_manager(os_id, branch, status.driver_version, state, installed, install)
+    fm, installing = _fabric_manager(os_id, branch, status.driver_version, state, installed, install)
     _persistence(os_id, state, install, recorder)
-    return _running_driver_packages(os_id, installed, kernel, os_version) + fm
+    return _running_driver_packages(os_id, installed, kernel, os_version) + fm, installing
 
 
 def _os(distro: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -343,9 +345,9 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
         distro = host.get_fact(LinuxDistribution) or LinuxDistribution.default()
         os_id, os_version, _ = _os(distro)
         kernel = (host.get_fact(KernelVersion) or "").strip()
-        held = _around_working_driver(settings, status, os_id, os_version, kernel, recorder)
+        held, installing = _around_working_driver(settings, status, os_id, os_version, kernel, recorder)
         if driver.hold and (held or driver.packages):
-            _hold(held + list(driver.packages), recorder)
+            _hold(held + list(driver.packages), recorder, installing)
         return
 
     distro = host.get_fact(LinuxDistribution) or LinuxDistribution.default()
@@ -363,9 +365,9 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
                 f"NVIDIA driver {status.driver_version} works for torch; gpu.driver.branch {driver.branch} "
                 "not applied (a working driver that is not Ubuntu's package of a branch is never replaced)"
             )
-        held = _around_working_driver(settings, status, os_id, os_version, kernel, recorder)
+        held, installing = _around_working_driver(settings, status, os_id, os_version, kernel, recorder)
         if driver.hold and (held or driver.packages):
-            _hold(held + list(driver.packages), recorder)
+            _hold(held + list(driver.packages), recorder, installing)
         return
 
     cannot = driver_install_problem(
