@@ -229,7 +229,7 @@ def _hold(packages: list[str], recorder: HostRecorder, installing: bool = False)
 def _running_driver_packages(os_id: str, installed: dict, kernel: str, os_version: str) -> list[str]:
     """The packages of the driver installed now (Ubuntu's metapackage found, or Debian's)."""
     if os_id == "debian":
-        return list(debian_packages(kernel).hold)
+        return list(debian_packages(kernel).hold) if "nvidia-driver" in installed else []
     current = installed_ubuntu_driver(installed)
     if current is None:
         return []  # not from Ubuntu's packages (a .run file, a container's host): nothing of ours to hold
@@ -248,9 +248,9 @@ def _fabric_manager(
 ) -> tuple[list[str], bool]:
     """On an NVSwitch box: Fabric Manager of exactly the driver's version (install mode), enabled and running.
 
-    Returns the packages to hold with the driver, and whether this run installs one. The version is pinned by the
-    driver's own version (``pkg=570.133.20-*``): Ubuntu's archive and NVIDIA's
-    repository number their Debian revisions differently.
+    Returns the packages to hold with the driver, and whether this run installs
+    one. The version is pinned by the driver's own version (``pkg=570.133.20-*``):
+    Ubuntu's archive and NVIDIA's repository number their Debian revisions differently.
     """
     if not state.nvswitch_box:
         return [], False
