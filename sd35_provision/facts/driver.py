@@ -25,6 +25,10 @@ FABRIC_WAITING = ("Not Started", "In Progress")
 PERSISTENCED = "nvidia-persistenced"
 FABRIC_MANAGER = "nvidia-fabricmanager"
 DKMS_MOK = "/var/lib/dkms/mok.pub"  # the key Debian's dkms signs modules with
+# The version in /proc/driver/nvidia/version's first line, proprietary ("NVIDIA UNIX x86_64 Kernel Module  550.127.05
+# Tue Oct ...") and open ("NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ..."): the dotted
+# number before two spaces (not the 86 of x86_64, nor a time).
+LOADED_MODULE_SED = r"s/^NVRM version:.* \([0-9][0-9]*\.[0-9][0-9.]*\)  .*/\1/p"
 _SECUREBOOT_EFIVAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
@@ -130,7 +134,7 @@ class NvidiaDriverState(FactBase[DriverState]):
 
     def command(self) -> str:
         return (
-            "m=$(sed -n 's/.*Kernel Module[^0-9]*\\([0-9][0-9.]*\\).*/\\1/p' /proc/driver/nvidia/version "
+            f"m=$(sed -n '{LOADED_MODULE_SED}' /proc/driver/nvidia/version "
             '2>/dev/null | head -n 1); [ -n "$m" ] || m=$(cat /sys/module/nvidia/version 2>/dev/null); '
             'echo "loaded=$m"; '
             "mi=$(command -v modinfo || echo /sbin/modinfo); "

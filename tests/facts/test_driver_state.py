@@ -66,3 +66,16 @@ def test_nvidia_smi_failing_is_the_nvml_error(tmp_path):
         f"NVIDIA driver/library version mismatch: nvidia module {state.loaded_module or 'none'} loaded, library "
         f"{state.library_version or 'another version'} installed"
     )
+
+
+def test_loaded_module_version_from_both_kinds_of_proc_driver_nvidia_version(tmp_path):
+    from sd35_provision.facts.driver import LOADED_MODULE_SED
+
+    recorded = (H200 / "driver-facts.txt").read_text().splitlines()
+    open_module = next(line for line in recorded if line.startswith("NVRM version:"))  # the H200's, recorded
+    proprietary = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.127.05  Tue Oct  8 03:22:07 UTC 2024"
+    for line, version in ((open_module, "580.159.04"), (proprietary, "550.127.05")):
+        proc = tmp_path / "version"
+        proc.write_text(line + "\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+        result = subprocess.run(["sed", "-n", LOADED_MODULE_SED, str(proc)], capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == version
