@@ -28,6 +28,8 @@ RELEASE_SERVICE_ENV = "service.env"  # the copy of them in each release director
 API_KEY_FILE = f"{CONFIG_DIR}/api-key"  # the service's bearer key, 0400, owned by the service user
 HF_TOKEN_FILE = f"{CONFIG_DIR}/hf-token"  # the hub token, 0600, owned by the service user
 PROFILE_SNIPPET = "/etc/profile.d/sd35.sh"
+# unattended-upgrades' blacklist of the held NVIDIA driver packages (apt reads every file in apt.conf.d)
+DRIVER_UPGRADE_BLACKLIST = "/etc/apt/apt.conf.d/51sd35-nvidia-driver"
 
 # -- /run -------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from pyinfra.facts.files import FileContents, Sha256File
 from pyinfra.operations import apt, files
 
 from sd35_provision.facts.aptbundle import BundleHashes
+from sd35_provision.facts.driver import AptHolds
 from sd35_provision.hostscripts import render_script
 
 SECRET_NOTICE = "(secret file: content not shown)"
@@ -188,3 +189,47 @@ def apt_bundle_pushed(files: list[tuple[str, str]], directory: str):
             # Upload beside, then rename: an interrupted push never leaves a short file under its name.
             yield FileUploadCommand(local, f"{remote}.partial", remote_temp_filename=None)
             yield f"mv -f {shlex.quote(remote + '.partial')} {shlex.quote(remote)}"
+
+
+@operation()
+def apt_held(packages: list[str], installing: bool = False):
+    """
+    Put driver packages on hold (``apt-mark hold``): apt leaves them at their version.
+
+    Held are those installed that are not held yet (``drift`` names them). With
+    ``installing`` the packages are being installed by an earlier operation of
+    this run: the command holds those installed by then (which of them a
+    metapackage pulls in is known only when it ran).
+
+    + packages: package names
+    + installing: an earlier operation of this run installs them
+    """
+    holds: list[str] = host.get_fact(AptHolds)
+    held = set(holds or [])
+    if installing:
+        todo = [name for name in packages if name not in held]
+        if todo:
+            names = " ".join(shlex.quote(name) for name in todo)
+            yield (
+                f"dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}}\\n' {names} 2>/dev/null "
+                "| awk '$1 ~ /^.i/ {print $2}' | xargs -r apt-mark hold"
+            )
+        return
+    installed = host.get_fact(DebPackages) or {}
+    todo = [name for name in packages if name in installed and name not in held]
+    if todo:
+        yield f"apt-mark hold {' '.join(shlex.quote(name) for name in todo)}"
+
+
+@operation()
+def apt_unheld(packages: list[str]):
+    """
+    Take packages off hold (``apt-mark unhold``), e.g. before apt replaces a driver branch with another.
+
+    + packages: package names
+    """
+    holds: list[str] = host.get_fact(AptHolds)
+    held = set(holds or [])
+    todo = [name for name in packages if name in held]
+    if todo:
+        yield f"apt-mark unhold {' '.join(shlex.quote(name) for name in todo)}"

@@ -14,6 +14,16 @@ Decisions:
   driver too old, is not a failure when the pinned branch fixes it: the driver
   step installs it. FP8 is checked once nvidia-smi can name the GPUs.
 - gpu.accelerator: cpu skips every GPU check.
+- A driver that only a reboot makes work (NVML's "Driver/library version
+  mismatch" after an upgrade, or a new module installed but not loaded) is
+  "reboot required", with what to do, unless the run reboots it: the driver
+  step with gpu.driver.mode: install (it reboots with gpu.driver.allow_reboot,
+  else says so), or ``rebooting`` (the caller reboots such hosts first).
+- An NVSwitch box (HGX/DGX) needs Fabric Manager running, or CUDA fails with
+  error 802 while nvidia-smi looks fine; gpu.driver.mode: install puts it there
+  on Ubuntu, anything else fails here with the command that does.
+- Debian with Secure Boot on loads only modules signed by an enrolled key:
+  installing the driver there waits for DKMS's key to be enrolled (MOK).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from sd35_provision.cuda_compat import (
     min_driver_for,
     pick_flavour,
 )
+from sd35_provision.facts.driver import DKMS_MOK, FABRIC_MANAGER, MISMATCH, DriverState
 from sd35_provision.facts.host import HostFacts
 from sd35_provision.facts.nvidia import FP8_MIN_CAPABILITY
 from sd35_provision.hostspec.settings import HostSettings
@@ -34,12 +45,31 @@ GB = 1e9
 SUPPORTED_OS = {"debian": "Debian", "ubuntu": "Ubuntu"}
 
 
-def check_preflight(settings: HostSettings, facts: HostFacts) -> list[str]:
-    """One line per reason the host cannot take the spec; empty when it can."""
+def check_preflight(settings: HostSettings, facts: HostFacts, *, rebooting: bool = False) -> list[str]:
+    """One line per reason the host cannot take the spec; empty when it can.
+
+    ``rebooting``: the caller reboots hosts whose driver needs it before applying, so that is no failure.
+    """
     failures = _os(facts) + _python(settings, facts) + _disk(settings, facts)
     if settings.gpu.accelerator == "nvidia":
-        failures += _gpu(settings, facts)
+        reboot = reboot_reason(facts)
+        if reboot and not rebooting and settings.gpu.driver.mode != "install" and not facts.gpus:
+            failures.append(
+                f"reboot required: {reboot} ({facts.nvidia.problem}); reboot the host "
+                "(sd35-provision apply --reboot), or set gpu.driver.mode: install with gpu.driver.allow_reboot: true"
+            )
+        elif not (reboot and rebooting):
+            failures += _gpu(settings, facts)
     return failures
+
+
+def reboot_reason(facts: HostFacts) -> str | None:
+    """Why the NVIDIA driver works only after a reboot; None when a reboot would not help."""
+    if facts.driver.reboot_reason:
+        return facts.driver.reboot_reason
+    if facts.nvidia.state == "failed" and MISMATCH in (facts.nvidia.error or ""):
+        return "NVIDIA driver/library version mismatch"
+    return None
 
 
 def _os(facts: HostFacts) -> list[str]:
@@ -99,6 +129,7 @@ def _gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
             f"NVIDIA driver {version} is too old for torch {flavour} (CUDA {cuda_for(flavour)} "
             f"needs {min_driver_for(flavour)}+; python.torch_flavour); {_upgrade_hint(settings, facts)}"
         )
+    failures += _fabric_manager(settings, facts)
     if settings.gpu.require_fp8:
         without: dict[tuple[str, str], list[str]] = {}
         for gpu in facts.gpus:
@@ -118,7 +149,7 @@ def _no_gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
     on_pci = facts.pci_without_driver
     passthrough = [device for device in on_pci if device.driver and device.driver.startswith("vfio")]
     if driver.mode == "install" and facts.nvidia_pci and not passthrough:
-        problem = _install_problem(settings, facts)
+        problem = _install_problem(settings, facts) or secure_boot_problem(facts.os_id, facts.driver)
         return [problem] if problem else []  # the driver step installs the driver, or reboots into it
     detail = facts.nvidia.problem
     if on_pci:
@@ -131,6 +162,40 @@ def _no_gpu(settings: HostSettings, facts: HostFacts) -> list[str]:
     elif facts.nvidia.state == "absent":
         detail += " and no NVIDIA GPU is on PCI"
     return [f"no working NVIDIA GPU ({detail}); set gpu.accelerator: cpu for a CPU-only host"]
+
+
+def secure_boot_problem(os_id: str, driver: DriverState) -> str | None:
+    """Debian builds the module with DKMS; with Secure Boot on it loads only once DKMS's key is enrolled."""
+    if os_id != "debian" or driver.secure_boot != "enabled" or driver.mok_enrolled:
+        return None
+    return (
+        "Secure Boot is on and Debian's DKMS-built nvidia module would not load: enrol DKMS's signing key first: "
+        f"apt-get install dkms && dkms generate_mok (if {DKMS_MOK} is missing), mokutil --import {DKMS_MOK} "
+        "(choose a one-time password), reboot, choose 'Enroll MOK' in the blue MOK manager at the console and "
+        "enter that password; then apply again (or turn Secure Boot off in the firmware)"
+    )
+
+
+def _fabric_manager(settings: HostSettings, facts: HostFacts) -> list[str]:
+    """An NVSwitch box without Fabric Manager: nvidia-smi works, CUDA does not (error 802)."""
+    state = facts.driver
+    if not state.nvswitch_box or state.fabric_manager.present:
+        return []  # a stopped one is started by the driver step
+    if settings.gpu.driver.mode == "install" and facts.os_id == "ubuntu":
+        return []  # the driver step installs it
+    branch = (facts.driver_version or settings.gpu.driver.branch).split(".")[0]
+    version = facts.driver_version or "<driver version>"
+    how = (
+        "Debian packages no Fabric Manager: install NVIDIA's CUDA repository's "
+        if facts.os_id == "debian"
+        else "set gpu.driver.mode: install, or install "
+    )
+    return [
+        f"NVSwitch box ({state.nvswitches} NVSwitches) without {FABRIC_MANAGER}: CUDA fails with error 802 "
+        f"'system not yet initialized' although nvidia-smi lists the GPUs; {how}nvidia-fabricmanager-{branch} of "
+        f"the driver's version (apt-get install nvidia-fabricmanager-{branch}={version}-*) and run "
+        f"systemctl enable --now {FABRIC_MANAGER}"
+    ]
 
 
 def _install_problem(settings: HostSettings, facts: HostFacts) -> str | None:

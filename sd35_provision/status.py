@@ -73,6 +73,7 @@ class HostStatus:
     drift_operations: list[str] = field(default_factory=list)
     instances: list[InstanceStatus] = field(default_factory=list)
     smoke_stale: str | None = None  # why the last smoke result says nothing of what runs now (None: it does)
+    reboot_required: str | None = None  # why the NVIDIA driver works only after a reboot (facts' DriverState)
     error: str | None = None  # "step: reason" when something could not be read
     status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
@@ -98,7 +99,7 @@ class HostStatus:
             "yes" if self.reachable else "no",
             self.os or "-",
             self.gpu or "-",
-            self.driver or "-",
+            "reboot required" if self.reboot_required else (self.driver or "-"),
             fp8 if self.reachable else "-",
             self.service,
             self.release or "-",
@@ -199,6 +200,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     _, os_name, gpu, driver, _, _, _, _ = facts_row(host.name, facts)
     row.os, row.gpu, row.driver = os_name, gpu, None if driver == "-" else driver
     row.fp8_capable = facts.fp8_capable if facts.gpus else None
+    row.reboot_required = facts.driver.reboot_reason
     installed: ServiceInstallation = host.get_fact(
         InstalledInstances,
         instances_dir=layout.INSTANCES_DIR,
@@ -275,6 +277,7 @@ def render_status_table(rows: list[HostStatus]) -> str:
     """One row per host; then, when a host runs more than one instance, one row per instance; then errors."""
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
     stale = [f"{row.name}: stale smoke result: {row.smoke_stale}" for row in rows if row.smoke_stale]
+    errors += [f"{row.name}: reboot required: {row.reboot_required}" for row in rows if row.reboot_required]
     tables = [render_rows([HEADER, *(row.row() for row in rows)])]
     if any(len(row.instances) > 1 for row in rows):
         tables.append("\n" + render_rows([INSTANCE_HEADER, *(line for row in rows for line in row.instance_rows())]))

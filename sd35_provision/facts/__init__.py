@@ -9,6 +9,7 @@ the ``facts`` command.
 from __future__ import annotations
 
 from sd35_provision.facts.disk import DiskInfo, FreeSpace, FreeSpaceInfo, StorageInfo, StorageKind
+from sd35_provision.facts.driver import AptHolds, DriverState, NvidiaDriverState
 from sd35_provision.facts.host import HostFacts, gather_host_facts
 from sd35_provision.facts.nvidia import (
     FP8_MIN_CAPABILITY,
@@ -27,13 +28,16 @@ from sd35_provision.facts.releases import ReleaseStoreContents
 from sd35_provision.facts.service import RunningService
 
 __all__ = [
+    "AptHolds",
     "FP8_MIN_CAPABILITY",
     "DiskInfo",
+    "DriverState",
     "FreeSpace",
     "FreeSpaceInfo",
     "GpuInfo",
     "HostFacts",
     "MigDevice",
+    "NvidiaDriverState",
     "NvidiaGpus",
     "NvidiaKernelModule",
     "NvidiaMigDevices",

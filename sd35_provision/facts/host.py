@@ -9,6 +9,7 @@ from pyinfra.facts.server import KernelVersion, LinuxDistribution
 
 from sd35_provision.cuda_compat import version_tuple
 from sd35_provision.facts.disk import FreeSpace, FreeSpaceInfo, StorageInfo, StorageKind
+from sd35_provision.facts.driver import NO_DRIVER, DriverState, NvidiaDriverState
 from sd35_provision.facts.nvidia import GpuInfo, NvidiaGpus, NvidiaPciDevices, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter, PythonVersions
 from sd35_provision.hostspec.settings import HostSettings
@@ -26,6 +27,7 @@ class HostFacts:
     cache_storage: StorageInfo
     nvidia: NvidiaStatus
     nvidia_pci: tuple[PciDevice, ...] = ()
+    driver: DriverState = NO_DRIVER  # read on NVIDIA hosts only (gpu.accelerator: nvidia)
 
     @property
     def python_versions(self) -> dict[str, str]:
@@ -69,6 +71,7 @@ class HostFacts:
             driver_version=self.driver_version,
             cuda_version=self.cuda_version,
             fp8_capable=self.fp8_capable,
+            reboot_required=self.driver.reboot_reason,  # why a reboot is needed, or null
         )
         for gpu, raw in zip(self.nvidia.gpus, data["nvidia"]["gpus"], strict=False):
             raw["fp8_capable"] = gpu.fp8_capable
@@ -88,6 +91,7 @@ def gather_host_facts(host: Host, settings: HostSettings) -> HostFacts:
     cache_storage = host.get_fact(StorageKind, path=root)
     nvidia = host.get_fact(NvidiaGpus)
     nvidia_pci: list[PciDevice] = host.get_fact(NvidiaPciDevices)
+    driver = host.get_fact(NvidiaDriverState) if settings.gpu.accelerator == "nvidia" else NO_DRIVER
     return HostFacts(
         os_id=(release.get("ID") or "").lower(),
         os_name=distro.get("name") or release.get("NAME") or "unknown",
@@ -99,4 +103,5 @@ def gather_host_facts(host: Host, settings: HostSettings) -> HostFacts:
         cache_storage=cache_storage,
         nvidia=nvidia,
         nvidia_pci=tuple(nvidia_pci),
+        driver=driver,
     )

@@ -36,6 +36,8 @@ class DriverSettings:
     flavour: str = "default"  # default | server | open | server-open
     allow_reboot: bool = False
     reboot_timeout_s: int = 600
+    hold: bool = True  # apt-mark hold the driver packages, blacklist them for unattended-upgrades
+    packages: tuple[str, ...] = ()  # driver packages installed some other way, held as well
 
 
 @dataclass(frozen=True)

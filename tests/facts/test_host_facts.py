@@ -21,6 +21,7 @@ def gather(
     storage: str = "h100_container_root_recorded",
     gpus: str = "h100_recorded",
     pci: str = "h100_recorded",
+    driver: str = "h100_container",
 ) -> tuple[RecordedHost, HostFacts]:
     host = RecordedHost(
         {
@@ -31,6 +32,7 @@ def gather(
             "StorageKind": {f"path={root}": fact_case("StorageKind", storage)},
             "NvidiaGpus": fact_case("NvidiaGpus", gpus),
             "NvidiaPciDevices": fact_case("NvidiaPciDevices", pci),
+            "NvidiaDriverState": fact_case("NvidiaDriverState", driver),
         }
     )
     settings = HostSettings(name="gpu-a1", address="10.0.0.1", cache=CacheSettings(root=root))
@@ -47,6 +49,7 @@ def test_gather_reads_each_fact_once_for_the_cache_root():
         "sd35_provision.facts.disk.StorageKind(path=/var/lib/sd35)",
         "sd35_provision.facts.nvidia.NvidiaGpus",
         "sd35_provision.facts.nvidia.NvidiaPciDevices",
+        "sd35_provision.facts.driver.NvidiaDriverState",
     ]
 
 

@@ -330,3 +330,37 @@ def test_deploys_run_with_plain_pyinfra(fleet, states):
     output = result.stdout + result.stderr
     assert "System | Cache environment file" in output
     assert exists(fleet, "node1", "/etc/sd35/env") and exists(fleet, "node2", "/etc/sd35/env")
+
+
+def test_driver_packages_are_held_and_an_unheld_one_is_drift(fleet, states, tmp_path):
+    """A fleet host has no GPU (gpu.accelerator: cpu, so the driver layer looks for none); its spec names the
+    driver package it has (gpu.driver.packages), a real .deb built here, so hold and drift run for real."""
+    from tests.fakedeb import build_fake_package, install_command
+
+    base = write_spec(fleet)
+    states.converged(base, "node2")
+    hold_spec = write_spec(
+        fleet, "driver-hold.yaml", host_overrides={"node2": {"gpu": {"driver": {"packages": ["nvidia-driver"]}}}}
+    )
+    deb = build_fake_package(tmp_path, "nvidia-driver", "535.216.01-1~sd35test")
+    installed = fleet.run("node2", install_command(deb))
+    assert installed.exit_status == 0, installed.stderr
+    assert fleet.run("node2", "apt-mark showhold").stdout.split() == []
+
+    cli("apply", str(hold_spec), "--limit", "node2", check_exit=0)
+    assert fleet.run("node2", "apt-mark showhold").stdout.split() == ["nvidia-driver"]
+    blacklist = fleet.run("node2", "cat /etc/apt/apt.conf.d/51sd35-nvidia-driver").stdout
+    assert 'Unattended-Upgrade::Package-Blacklist {\n    "^nvidia-driver$";\n};' in blacklist
+    # apt itself reads the file: unattended-upgrades sees the entry
+    config = fleet.run("node2", "apt-config dump").stdout.splitlines()
+    assert 'Unattended-Upgrade::Package-Blacklist:: "^nvidia-driver$";' in config
+
+    assert fleet.run("node2", "apt-mark unhold nvidia-driver").exit_status == 0
+    report = json_report(cli("drift", str(hold_spec), "--limit", "node2", "--json", check_exit=2))
+    [host] = report["hosts"]
+    assert [change["operation"] for change in host["changes"]] == ["NVIDIA driver | Hold nvidia-driver"]
+
+    again = json_report(cli("apply", str(hold_spec), "--limit", "node2", "--json", check_exit=0))
+    assert [change["operation"] for change in again["hosts"][0]["changes"]] == ["NVIDIA driver | Hold nvidia-driver"]
+    assert fleet.run("node2", "apt-mark showhold").stdout.split() == ["nvidia-driver"]
+    states.are(hold_spec, "node2")

@@ -49,6 +49,7 @@ def host(
     storage: str = "nvme_partition",
     gpus: str = "eight_h100_sxm",
     pci: str = "h100_bound_to_nvidia",
+    driver: str = "single_gpu_ok",
 ) -> HostFacts:
     root = f"path={spec.cache.root}"
     recorded = {
@@ -59,6 +60,7 @@ def host(
         "StorageKind": {root: fact_case("StorageKind", storage)},
         "NvidiaGpus": fact_case("NvidiaGpus", gpus),
         "NvidiaPciDevices": fact_case("NvidiaPciDevices", pci),
+        "NvidiaDriverState": fact_case("NvidiaDriverState", driver),
     }
     return gather_host_facts(RecordedHost(recorded), spec)
 
@@ -257,3 +259,60 @@ def test_facts_are_plain_values():
     assert facts.os_id == "ubuntu" and facts.os_version == "24.04" and facts.os_codename == "noble"
     assert facts.driver_version == "570.133.20" and facts.cuda_version == "12.8" and facts.fp8_capable
     assert replace(facts, nvidia_pci=()).pci_without_driver == ()
+
+
+def test_library_newer_than_the_loaded_module_is_reboot_required_with_what_to_do():
+    spec = settings()
+    facts = host(spec, gpus="driver_library_mismatch", driver="upgraded_not_rebooted")
+    assert facts.driver.reboot_required
+    [failure] = check_preflight(spec, facts)
+    assert failure.startswith(
+        "reboot required: NVIDIA driver/library version mismatch: nvidia module 550.127.05 loaded, "
+        "library 570.133.20 installed (nvidia-smi failed: Failed to initialize NVML: Driver/library version mismatch"
+    )
+    assert failure.endswith(
+        "reboot the host (sd35-provision apply --reboot), or set gpu.driver.mode: install with "
+        "gpu.driver.allow_reboot: true"
+    )
+    assert "gpu.accelerator: cpu" not in failure  # the GPU is fine: only the reboot is missing
+    assert check_preflight(spec, facts, rebooting=True) == []  # the caller reboots it first
+
+
+def test_nvswitch_box_without_fabric_manager_names_cuda_error_802_and_the_fix():
+    spec = settings()
+    [failure] = check_preflight(spec, host(spec, driver="hgx_h100_fabric_manager_missing"))
+    assert failure == (
+        "NVSwitch box (4 NVSwitches) without nvidia-fabricmanager: CUDA fails with error 802 'system not yet "
+        "initialized' although nvidia-smi lists the GPUs; set gpu.driver.mode: install, or install "
+        "nvidia-fabricmanager-570 of the driver's version (apt-get install nvidia-fabricmanager-570=570.133.20-*) "
+        "and run systemctl enable --now nvidia-fabricmanager"
+    )
+    install = settings(mode="install")
+    assert check_preflight(install, host(install, driver="hgx_h100_fabric_manager_missing")) == []
+    debian = host(install, os="debian-12", driver="hgx_h100_fabric_manager_missing")
+    [failure] = check_preflight(install, debian)
+    assert "Debian packages no Fabric Manager: install NVIDIA's CUDA repository's nvidia-fabricmanager-570" in failure
+    # installed but stopped: the driver step starts it
+    assert check_preflight(spec, host(spec, driver="hgx_h100_fabric_manager_stopped")) == []
+    assert check_preflight(spec, host(spec, driver="hgx_h100_fabric_manager_running")) == []
+
+
+def test_debian_with_secure_boot_needs_the_mok_enrolled_before_installing():
+    spec = settings(mode="install", flavour="cu121")
+    facts = host(
+        spec,
+        os="debian-12",
+        gpus="absent",
+        pci="l40s_unbound_and_4090_on_nouveau",
+        driver="secure_boot_mok_not_enrolled",
+    )
+    [failure] = check_preflight(spec, facts)
+    assert failure.startswith("Secure Boot is on and Debian's DKMS-built nvidia module would not load")
+    assert "mokutil --import /var/lib/dkms/mok.pub" in failure and "'Enroll MOK'" in failure
+    enrolled = host(
+        spec, os="debian-12", gpus="absent", pci="l40s_unbound_and_4090_on_nouveau", driver="secure_boot_mok_enrolled"
+    )
+    assert check_preflight(spec, enrolled) == []
+    # Ubuntu installs Canonical's signed modules instead: Secure Boot is no obstacle there
+    ubuntu = host(spec, gpus="absent", pci="l40s_unbound_and_4090_on_nouveau", driver="secure_boot_no_driver")
+    assert check_preflight(settings(mode="install"), ubuntu) == []

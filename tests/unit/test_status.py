@@ -188,3 +188,18 @@ def test_a_smoke_result_counts_only_for_the_running_release_of_an_active_service
     assert document["ok"] is False
     assert [host["smoke_stale"] for host in document["hosts"]] == [None, stopped.smoke_stale]
     assert document["hosts"][0]["smoke"]["release"] == "0a1b2c3d4e5f"
+
+
+def test_a_host_whose_driver_needs_a_reboot_says_so_in_the_table_and_json():
+    import jsonschema
+
+    from sd35_provision.jsonreport import load_schema
+
+    reason = "NVIDIA driver/library version mismatch: nvidia module 550.127.05 loaded, library 570.133.20 installed"
+    row = HostStatus("gpu-1", "10.0.0.1", True, "Ubuntu 22.04", "none", None, None, reboot_required=reason)
+    _add_outcome(row, HostOutcome("gpu-1"))
+    assert row.row()[4] == "reboot required"
+    assert render_status_table([row]).splitlines()[-1] == f"gpu-1: reboot required: {reason}"
+    document = json.loads(status_json([row]))
+    jsonschema.validate(document, load_schema(), cls=jsonschema.Draft202012Validator)
+    assert document["hosts"][0]["reboot_required"] == reason
