@@ -1,9 +1,10 @@
 """``status``: one row per host, from one SSH connection per host, all hosts in parallel.
 
 Per host: reachable, OS, GPU, driver, FP8, the service (systemd + /readyz),
-the current release and its model revision, the last smoke test, and drift
-(the dry run of every layer: would ``apply`` change anything?). Nothing on
-the hosts changes. What a host does not have yet shows as ``-``.
+the current release and its model revision, the last smoke test, drift
+(the dry run of every layer: would ``apply`` change anything?) and whether
+the host needs a reboot (a line under the table). Nothing on the hosts
+changes. What a host does not have yet shows as ``-``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 from pyinfra.api.host import Host
 
 from sd35_provision import layout
+from sd35_provision.facts.reboot import RebootState, reboot_needed
 from sd35_provision.facts.service import NO_SERVICE, ServiceState, ServiceStatus
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
+from sd35_provision.reboots import required_note
 from sd35_provision.report import HostOutcome
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
@@ -43,6 +46,7 @@ class HostStatus:
     smoke: dict[str, Any] | None = None
     drift: bool | None = None  # None: could not be worked out (see error)
     drift_operations: list[str] = field(default_factory=list)
+    reboot_required: str | None = None  # why the host needs a reboot (facts.reboot.reboot_needed); None: it does not
     error: str | None = None  # "step: reason" when something could not be read
     status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
@@ -138,6 +142,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     row.release = service.release_id
     row.model_revision = service.model_revision
     row.smoke = service.smoke
+    row.reboot_required = reboot_needed(host.get_fact(RebootState))
 
 
 def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:
@@ -169,4 +174,5 @@ def _add_outcome(row: HostStatus, outcome: HostOutcome) -> None:
 
 def render_status_table(rows: list[HostStatus]) -> str:
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
-    return "\n".join([render_rows([HEADER, *(row.row() for row in rows)]), *errors])
+    reboots = [f"{row.name}: {required_note(row.reboot_required)}" for row in rows if row.reboot_required]
+    return "\n".join([render_rows([HEADER, *(row.row() for row in rows)]), *errors, *reboots])
