@@ -40,9 +40,11 @@ STEPS = ("drain", "reboot", "wait for SSH", "driver check", "service", "smoke te
 POLL_INTERVAL_S = 2.0
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # new on every boot
 SERVICE_UNITS = (layout.SERVICE_UNIT,)  # one instance per host for now (HostPlan.instances)
-# Detached, so the SSH command returns before the host goes down: a transient timer, or
-# shutdown's scheduled reboot where systemd-run is missing.
-REBOOT_COMMAND = "systemd-run --quiet --on-active=1 systemctl reboot || shutdown -r +0"
+# Detached, so the SSH command returns before the host goes down: a transient timer (its accuracy
+# set, or systemd may fire it up to a minute late), or shutdown's scheduled reboot without systemd-run.
+REBOOT_COMMAND = (
+    "systemd-run --quiet --on-active=1 --timer-property=AccuracySec=100ms systemctl reboot || shutdown -r +0"
+)
 
 # The gateway seam: ``drain(hosts)`` takes hosts out of rotation for the ``with`` block and
 # puts them back when it ends (an exception tells it the host did not come back right).
