@@ -143,3 +143,13 @@ def test_rows_of_a_mixed_fleet():
 def test_a_failed_smoke_shows_as_failed():
     row = HostStatus("gpu-1", "10.0.0.1", True, smoke={"ok": False, "latency_s": None, "reason": "blank image"})
     assert row.last_smoke == "FAILED"
+
+
+def test_a_host_that_needs_a_reboot_says_why_under_the_table_and_in_json():
+    waiting = HostStatus("gpu-1", "10.0.0.1", True, reboot_required="/var/run/reboot-required exists")
+    fine = HostStatus("gpu-2", "10.0.0.2", True)
+    table = render_status_table([waiting, fine]).splitlines()
+    assert table[-1] == "gpu-1: reboot required: run apply --reboot (/var/run/reboot-required exists)"
+    assert len(table) == 4  # header, two rows, the one line: nothing about gpu-2
+    data = json.loads(status_json([waiting, fine]))["hosts"]
+    assert [row["reboot_required"] for row in data] == ["/var/run/reboot-required exists", None]
