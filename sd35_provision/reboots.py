@@ -32,6 +32,7 @@ from pyinfra.connectors.util import clear_askpass_cache
 from sd35_provision import layout
 from sd35_provision.errors import HostError
 from sd35_provision.facts.nvidia import NvidiaGpus
+from sd35_provision.facts.reboot import RebootState, reboot_needed
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.smoketest import SmokeOutcome, _as_root, run_smoke
 
@@ -67,6 +68,15 @@ class RebootOptions:
 
     def timeout_for(self, settings: HostSettings) -> int:
         return self.timeout_s if self.timeout_s is not None else settings.gpu.driver.reboot_timeout_s
+
+
+def reboot_reason(host: Host) -> str | None:
+    """Why ``host`` needs a reboot now (None: it does not): the one place plan, apply and status ask.
+
+    The driver layer's own "Driver/library version mismatch" fact joins here as
+    ``reboot_needed``'s ``driver_mismatch``.
+    """
+    return reboot_needed(host.get_fact(RebootState))
 
 
 def required_note(reason: str) -> str:
@@ -105,10 +115,14 @@ class RebootableHost(Protocol):
         """Run the smoke test; why it failed, or None."""
 
 
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # looked up when called: gevent's under the CLI's monkey patching, so other hosts go on
+
+
 @dataclass
 class Clock:
     now: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep  # gevent's, under the CLI's monkey patching
+    sleep: Callable[[float], None] = _sleep
 
 
 def reboot_host(

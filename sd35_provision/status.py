@@ -17,11 +17,10 @@ from typing import Any
 from pyinfra.api.host import Host
 
 from sd35_provision import layout
-from sd35_provision.facts.reboot import RebootState, reboot_needed
 from sd35_provision.facts.service import NO_SERVICE, ServiceState, ServiceStatus
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
-from sd35_provision.reboots import required_note
+from sd35_provision.reboots import reboot_reason, required_note
 from sd35_provision.report import HostOutcome
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, UNIT_NAME, service_url
@@ -142,7 +141,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     row.release = service.release_id
     row.model_revision = service.model_revision
     row.smoke = service.smoke
-    row.reboot_required = reboot_needed(host.get_fact(RebootState))
+    row.reboot_required = reboot_reason(host)
 
 
 def _service_state(host: Host, settings: HostSettings) -> ServiceStatus:

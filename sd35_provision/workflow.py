@@ -10,7 +10,7 @@ from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
-from sd35_provision.reboots import RebootOptions, SshHost, reboot_host, required_note
+from sd35_provision.reboots import RebootOptions, SshHost, reboot_host, reboot_reason, required_note
 from sd35_provision.report import HostOutcome, RunReport
 from sd35_provision.rollout import Rollout, plan_waves, stop_reason
 from sd35_provision.runner import FleetRun, ProgressSink, RunOptions
@@ -39,20 +39,13 @@ def _preflight_and_plan(plans: dict[str, HostPlan], run: FleetRun, reboot_notes:
             raise PreflightError(host.name, "preflight", "\n".join(failures))
         plans[host.name] = plan_host(host, settings, facts)
         if reboot_notes:
-            reason = _reboot_reason(host)
+            reason = reboot_reason(host)
             if reason and settings.gpu.driver.allow_reboot:
                 run.recorders[host.name].note(f"reboot after apply (gpu.driver.allow_reboot): {reason}")
             elif reason:
                 run.recorders[host.name].note(required_note(reason))
 
     return one
-
-
-def _reboot_reason(host: Host) -> str | None:
-    """Why ``host`` needs a reboot now (None: it does not); the one reading of ``reboot_needed``'s facts."""
-    from sd35_provision.facts.reboot import RebootState, reboot_needed
-
-    return reboot_needed(host.get_fact(RebootState))
 
 
 def _prepared_run(hosts: list[HostSettings], options: RunOptions | None, lock: str | None = None) -> FleetRun:
@@ -119,7 +112,7 @@ def _reboot_if_needed(reboots: RebootOptions, progress: ProgressSink | None):
     from sd35_provision.runner import current_run_outcome
 
     def one(host: Host, settings: HostSettings) -> None:
-        reason = _reboot_reason(host)
+        reason = reboot_reason(host)
         if reason is None:
             return
         outcome = current_run_outcome(host)
