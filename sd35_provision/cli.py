@@ -375,6 +375,21 @@ def plan(
     help="A host whose run lock another run holds: wait up to S seconds for it; "
     "then (or at once with 0) the host fails, naming the holder, and nothing changes on it.",
 )
+@click.option(
+    "--reboot",
+    is_flag=True,
+    help="Reboot the hosts that need it (/var/run/reboot-required, an NVIDIA driver that only a reboot "
+    "loads) after their apply, a wave at a time: drain, reboot, wait for SSH, driver, service and smoke "
+    "test, undrain. Without it (and without gpu.driver.allow_reboot) such a host is only reported.",
+)
+@click.option(
+    "--reboot-timeout",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="S",
+    help="How long a rebooted host may take to come back with its service (default: gpu.driver.reboot_timeout_s, "
+    "600); a host that takes longer fails and stops the rollout.",
+)
 @click.option("--check", is_flag=True, help="Change nothing: the same as `plan` (Ansible's check mode).")
 @diff_option
 @json_option
@@ -388,6 +403,8 @@ def apply(
     canary: int | None,
     batch,
     wait_lock: int,
+    reboot: bool,
+    reboot_timeout: int | None,
     check: bool,
     diff: bool,
     as_json: bool,
@@ -399,6 +416,7 @@ def apply(
         _plan(spec, limit, accept_new_host_keys, parallel, fail_percent, as_json)
         return
     from sd35_provision import workflow
+    from sd35_provision.reboots import RebootOptions
     from sd35_provision.report import render_failures, render_plan, render_table
     from sd35_provision.rollout import Rollout
 
@@ -407,6 +425,7 @@ def apply(
         limit,
         _options(accept_new_host_keys, parallel=parallel, fail_percent=fail_percent, wait_lock=wait_lock),
         rollout=Rollout(batch=batch, canary=canary or 0),
+        reboots=RebootOptions(allowed=reboot, timeout_s=reboot_timeout),
     )
     if as_json:
         click.echo(run_json(report))

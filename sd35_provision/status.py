@@ -1,9 +1,10 @@
 """``status``: one row per host, from one SSH connection per host, all hosts in parallel.
 
 Per host: reachable, OS, GPU, driver, FP8, the service (systemd + /readyz),
-the current release and its model revision, the last smoke test, and drift
-(the dry run of every layer: would ``apply`` change anything?). Nothing on
-the hosts changes. What a host does not have yet shows as ``-``.
+the current release and its model revision, the last smoke test, drift
+(the dry run of every layer: would ``apply`` change anything?) and whether
+the host needs a reboot (a line under the table). Nothing on the hosts
+changes. What a host does not have yet shows as ``-``.
 
 Per service instance (``instances``): its unit, port, device, systemd state,
 /readyz and last smoke test; the host's SERVICE column sums them up (the first
@@ -32,6 +33,7 @@ from sd35_provision.facts.service import (
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.instances import host_devices
 from sd35_provision.inventory import select_hosts
+from sd35_provision.reboots import reboot_reason, required_note
 from sd35_provision.report import HostOutcome, failure_cause
 from sd35_provision.runner import FleetRun, RunOptions
 from sd35_provision.smoketest import API_KEY_PATH, SmokeTarget, service_url
@@ -73,7 +75,7 @@ class HostStatus:
     drift_operations: list[str] = field(default_factory=list)
     instances: list[InstanceStatus] = field(default_factory=list)
     smoke_stale: str | None = None  # why the last smoke result says nothing of what runs now (None: it does)
-    reboot_required: str | None = None  # why the NVIDIA driver works only after a reboot (facts' DriverState)
+    reboot_required: str | None = None  # why the host needs a reboot (facts.reboot.reboot_needed); None: it does not
     error: str | None = None  # "step: reason" when something could not be read
     status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
@@ -200,7 +202,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     _, os_name, gpu, driver, _, _, _, _ = facts_row(host.name, facts)
     row.os, row.gpu, row.driver = os_name, gpu, None if driver == "-" else driver
     row.fp8_capable = facts.fp8_capable if facts.gpus else None
-    row.reboot_required = facts.driver.reboot_reason
+    row.reboot_required = reboot_reason(host, facts.driver.reboot_reason)
     installed: ServiceInstallation = host.get_fact(
         InstalledInstances,
         instances_dir=layout.INSTANCES_DIR,
@@ -277,11 +279,11 @@ def render_status_table(rows: list[HostStatus]) -> str:
     """One row per host; then, when a host runs more than one instance, one row per instance; then errors."""
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
     stale = [f"{row.name}: stale smoke result: {row.smoke_stale}" for row in rows if row.smoke_stale]
-    errors += [f"{row.name}: reboot required: {row.reboot_required}" for row in rows if row.reboot_required]
+    reboots = [f"{row.name}: {required_note(row.reboot_required)}" for row in rows if row.reboot_required]
     tables = [render_rows([HEADER, *(row.row() for row in rows)])]
     if any(len(row.instances) > 1 for row in rows):
         tables.append("\n" + render_rows([INSTANCE_HEADER, *(line for row in rows for line in row.instance_rows())]))
-    return "\n".join([*tables, *errors, *stale])
+    return "\n".join([*tables, *errors, *reboots, *stale])
 
 
 def status_ok(rows: list[HostStatus]) -> bool:

@@ -23,6 +23,7 @@ from sd35_provision import layout
 from sd35_provision.errors import Sd35Error
 from sd35_provision.facts.smoke_image import SmokeImage
 from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.reboots import required_note
 from sd35_provision.status import HEADER, HostStatus
 
 STYLE = """
@@ -122,6 +123,8 @@ def render_status_page(rows: list[HostStatus], images: dict[str, bytes], title: 
             notes.append(f"stale smoke result: {row.smoke_stale}")
         if row.error:
             notes.append(row.error)
+        if row.reboot_required:
+            notes.append(required_note(row.reboot_required))
         if notes:
             detail = "<br>".join(e(note) for note in notes)
             body.append(f'<tr class="detail"><td colspan="{len(HEADER) + 1}">{detail}</td></tr>')

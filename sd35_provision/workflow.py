@@ -10,9 +10,10 @@ from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
+from sd35_provision.reboots import RebootOptions, SshHost, reboot_host, reboot_reason, required_note
 from sd35_provision.report import HostOutcome, RunReport
 from sd35_provision.rollout import Rollout, plan_waves, stop_reason
-from sd35_provision.runner import FleetRun, RunOptions
+from sd35_provision.runner import FleetRun, ProgressSink, RunOptions
 
 
 def _layers():
@@ -22,36 +23,56 @@ def _layers():
     return LAYERS
 
 
-def _preflight_and_plan(plans: dict[str, HostPlan]):
-    """Per host: preflight on the gathered facts, then the host's plan from the same facts (read once)."""
+def _preflight_and_plan(
+    plans: dict[str, HostPlan], run: FleetRun, reboot_notes: bool, reboots: RebootOptions | None = None
+):
+    """Per host: preflight on the gathered facts, then the host's plan from the same facts (read once).
+
+    With ``reboot_notes`` (plan, drift) a host that needs a reboot gets a note saying so. With
+    ``reboots`` (apply) a host it may reboot passes preflight though its driver waits for a reboot.
+    """
     from sd35_provision.deploys.plan import plan_host
     from sd35_provision.facts import gather_host_facts
     from sd35_provision.preflight import check_preflight
 
     def one(host: Host, settings: HostSettings) -> None:
         facts = gather_host_facts(host, settings)
-        failures = check_preflight(settings, facts)
+        failures = check_preflight(settings, facts, rebooting=reboots is not None and reboots.allowed_for(settings))
         if failures:
             raise PreflightError(host.name, "preflight", "\n".join(failures))
         plans[host.name] = plan_host(host, settings, facts)
+        if reboot_notes:
+            reason = reboot_reason(host, facts.driver.reboot_reason)
+            if reason and settings.gpu.driver.allow_reboot:
+                run.recorders[host.name].note(f"reboot after apply (gpu.driver.allow_reboot): {reason}")
+            elif reason:
+                run.recorders[host.name].note(required_note(reason))
 
     return one
 
 
-def _prepared_run(hosts: list[HostSettings], options: RunOptions | None, lock: str | None = None) -> FleetRun:
-    """Connected (holding each host's run lock for ``lock``, e.g. "apply"), preflighted and prepared."""
+def _prepared_run(
+    hosts: list[HostSettings],
+    options: RunOptions | None,
+    lock: str | None = None,
+    reboots: RebootOptions | None = None,
+) -> FleetRun:
+    """Connected (holding each host's run lock for ``lock``, e.g. "apply"), preflighted and prepared.
+
+    Without a lock (plan, drift) the hosts that need a reboot get a note; apply looks after its changes.
+    """
     run = FleetRun(hosts, options)
     run.connect()
     if lock:
         run.take_locks(lock)
-    prepare_changes(run)
+    prepare_changes(run, reboot_notes=lock is None, reboots=reboots)
     return run
 
 
-def prepare_changes(run: FleetRun) -> None:
+def prepare_changes(run: FleetRun, reboot_notes: bool = False, reboots: RebootOptions | None = None) -> None:
     """On a connected run: preflight, each host's plan, then every layer's commands worked out (the dry run)."""
     plans: dict[str, HostPlan] = {}
-    run.for_each_active_host("preflight", _preflight_and_plan(plans))
+    run.for_each_active_host("preflight", _preflight_and_plan(plans, run, reboot_notes, reboots))
     run.prepare(_layers(), plans)
 
 
@@ -68,26 +89,63 @@ def apply(
     options: RunOptions | None = None,
     smoke: bool = True,
     rollout: Rollout | None = None,
+    reboots: RebootOptions | None = None,
 ) -> RunReport:
     """Bring hosts to the spec, then smoke-test each; a new release that fails is rolled back.
 
     With a staged ``rollout`` (canary, batches) the hosts are applied wave by
     wave, and a wave that fails stops the rollout (see ``sd35_provision/rollout.py``).
+    Then the hosts of the wave that need a reboot are rebooted when ``reboots``
+    (or their spec) allows it, else reported (see ``sd35_provision/reboots.py``).
     """
+    reboots = reboots or RebootOptions()
     if rollout is not None and rollout.staged:
-        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout)
-    return _apply_hosts(select_hosts(spec, limit), options, smoke)
+        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout, reboots)
+    return _apply_hosts(select_hosts(spec, limit), options, smoke, reboots)
 
 
-def _apply_hosts(hosts: list[HostSettings], options: RunOptions | None, smoke: bool) -> RunReport:
-    run = _prepared_run(hosts, options, lock="apply")
+def _apply_hosts(
+    hosts: list[HostSettings], options: RunOptions | None, smoke: bool, reboots: RebootOptions
+) -> RunReport:
+    run = _prepared_run(hosts, options, lock="apply", reboots=reboots)
     run.execute()
     run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
+    run.for_each_active_host("reboot", _reboot_if_needed(reboots, run.options.progress))
     run.disconnect()
     return run.report("apply")
 
 
-def _rolling_apply(hosts: list[HostSettings], options: RunOptions, smoke: bool, rollout: Rollout) -> RunReport:
+def _reboot_if_needed(reboots: RebootOptions, progress: ProgressSink | None):
+    """After a host's apply: reboot it when it needs it and may (``reboots``), else say it needs one."""
+    from sd35_provision.runner import current_run_outcome
+
+    def one(host: Host, settings: HostSettings) -> None:
+        reason = reboot_reason(host)
+        if reason is None:
+            return
+        outcome = current_run_outcome(host)
+        if not reboots.allowed_for(settings):
+            outcome.notes.append(required_note(reason))
+            return
+        target = SshHost(host, settings)
+        note = reboot_host(
+            target,
+            reason,
+            timeout_s=reboots.timeout_for(settings),
+            gpu=settings.gpu.accelerator == "nvidia",
+            drain=reboots.drain,
+            say=progress,
+        )
+        if target.smoke is not None:
+            outcome.smoke = asdict(target.smoke)
+        outcome.notes.append(note)
+
+    return one
+
+
+def _rolling_apply(
+    hosts: list[HostSettings], options: RunOptions, smoke: bool, rollout: Rollout, reboots: RebootOptions
+) -> RunReport:
     by_name = {host.name: host for host in hosts}
     waves = plan_waves(list(by_name), rollout)
     say = options.progress or (lambda message: None)
@@ -104,7 +162,7 @@ def _rolling_apply(hosts: list[HostSettings], options: RunOptions, smoke: bool, 
         unchecked = [name for name in wave.hosts if smoke and not by_name[name].smoke.enabled]
         if unchecked:
             say(f"   {', '.join(unchecked)}: smoke test disabled in the spec; only the apply gates this wave")
-        report = _apply_hosts([by_name[name] for name in wave.hosts], options, smoke)
+        report = _apply_hosts([by_name[name] for name in wave.hosts], options, smoke, reboots)
         failed = [host.name for host in report.hosts if host.failed or host.aborted]
         for host in report.hosts:
             host.wave = wave.label

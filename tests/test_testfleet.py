@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import paramiko
@@ -13,6 +17,7 @@ from click.testing import CliRunner
 
 from sd35_provision import sshlogin
 from sd35_provision.errors import Sd35Error
+from sd35_provision.reboots import REBOOT_COMMAND
 from sd35_provision.testfleet import Fleet, FleetHost, TestFleetError, containers, keys, render_spec, rootfs, up
 from sd35_provision.testfleet import commands as testfleet_cli
 from sd35_provision.testfleet.layout import machine_name, parse_binds, plan_hosts
@@ -182,9 +187,44 @@ def test_nspawn_command_shares_the_network_and_binds_read_only(tmp_path: Path) -
     assert "--bind-ro=/srv/mirror:/mnt/mirror" in command
     assert not [arg for arg in command if arg.startswith(("--network", "--private-network", "--port"))]
     assert containers.nspawn_directory(command) == host.root
+    # Booted under the supervisor that restarts it on reboot: found by its disk all the same.
+    supervised = containers.container_command(host, [])
+    assert supervised[1] == str(containers.SUPERVISOR) and supervised[2:] == containers.nspawn_command(host, [])
+    assert containers.nspawn_directory(supervised) == host.root
     nspawn = ["/usr/bin/systemd-nspawn", "-D", "/x/hosts/node1", "-b"]
     assert containers.nspawn_directory(nspawn) == Path("/x/hosts/node1")
     assert containers.nspawn_directory(["sshd", "-D"]) is None
+
+
+def test_supervisor_starts_the_container_again_after_a_reboot_and_returns_any_other_status(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    # Exits 133 (nspawn: "the container rebooted") twice, then 7.
+    container = f'n=$(cat {runs} 2>/dev/null || echo 0); echo $((n+1)) > {runs}; [ "$n" -lt 2 ] && exit 133; exit 7'
+    result = subprocess.run(
+        [sys.executable, str(containers.SUPERVISOR), "sh", "-c", container],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 7
+    assert runs.read_text() == "3\n"
+    assert result.stdout.count("the container rebooted: starting it again") == 2
+
+
+def test_supervisor_passes_a_stop_on_and_does_not_restart(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    # A container that answers SIGTERM as a rebooting one would (133): a stop still ends it.
+    container = f'trap "exit 133" TERM; echo x >> {started}; while :; do sleep 0.1; done'
+    supervisor = subprocess.Popen(
+        [sys.executable, str(containers.SUPERVISOR), "sh", "-c", container], stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 20
+    while not started.exists():
+        assert time.monotonic() < deadline and supervisor.poll() is None
+        time.sleep(0.05)
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=20) == 133
+    assert started.read_text() == "x\n"  # started once, never again
 
 
 RECORDED_SOURCES = """\
@@ -378,6 +418,44 @@ def test_stopped_host_comes_back_with_its_disk(test_fleet: Fleet) -> None:
     assert Fleet.load(test_fleet.state_dir).host("node2").pid == test_fleet.host("node2").pid != old_pid
 
 
+def wait_for_new_boot(fleet: Fleet, name: str, old_boot_id: str, wait_s: float = 120) -> str:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            boot_id = fleet.run(name, "cat /proc/sys/kernel/random/boot_id", timeout=10).stdout.strip()
+            if boot_id and boot_id != old_boot_id:
+                return boot_id
+        except (OSError, paramiko.SSHException):
+            pass  # going down, or not up yet
+        assert time.monotonic() < deadline, f"{name} did not come back within {wait_s}s"
+        time.sleep(0.5)
+
+
+def reboot_for_real(fleet: Fleet, name: str) -> None:
+    """Reboot the host as apply --reboot does (``systemctl reboot``, detached); returns once it is back."""
+    old = fleet.run(name, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    assert fleet.run(name, REBOOT_COMMAND).exit_status == 0
+    wait_for_new_boot(fleet, name, old)
+    assert fleet.run(name, "systemctl is-system-running --wait").stdout.strip() in ("running", "degraded")
+
+
+@pytest.mark.fleet
+def test_a_host_reboots_for_real_and_comes_back_on_its_disk_and_address(test_fleet: Fleet) -> None:
+    test_fleet.run("node2", "echo kept > /root/survives-reboot; touch /var/run/reboot-required")
+    supervisor = test_fleet.host("node2").pid
+    nspawn_before = containers.nspawn_processes_under(test_fleet.hosts_dir)
+    reboot_for_real(test_fleet, "node2")
+    # The same disk (the file), hostname and host key (test_fleet.run verifies it); /run was a fresh tmpfs.
+    assert test_fleet.run(
+        "node2", "cat /root/survives-reboot; hostname; test -e /var/run/reboot-required || echo gone"
+    ).stdout == ("kept\nnode2\ngone\n")
+    # The supervisor stayed (the recorded pid), its nspawn is a new process; node1 was not touched.
+    assert test_fleet.host("node2").pid == supervisor and test_fleet.is_running("node2")
+    assert containers.nspawn_processes_under(test_fleet.hosts_dir) == nspawn_before  # supervisors, one per host
+    rows = {row.name: row for row in test_fleet.status()}
+    assert all(row.running and row.ssh_ok for row in rows.values())
+
+
 @pytest.mark.fleet
 def test_reset_host_keeps_its_identity_and_nothing_else(test_fleet: Fleet) -> None:
     identity = "cat /etc/machine-id /etc/hostname; stat -c '%n %a %U' /root /root/.ssh /root/.ssh/authorized_keys"
@@ -430,6 +508,7 @@ def test_cli_up_with_a_read_only_bind_then_down_leaves_nothing(tmp_path: Path, f
         assert fleet.run("node1", "cat /srv/mirror/weights.bin").stdout == "w"
         assert fleet.run("node1", "touch /srv/mirror/new").exit_status != 0
         assert mounts_under(state_dir)  # the host's disk
+        reboot_for_real(fleet, "node1")  # down must find the container nspawn started again, too
     finally:
         result = runner.invoke(testfleet_cli.testfleet, ["down", "--state-dir", str(state_dir)])
     assert result.exit_code == 0, result.output

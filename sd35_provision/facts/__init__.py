@@ -24,6 +24,7 @@ from sd35_provision.facts.nvidia import (
     PciDevice,
 )
 from sd35_provision.facts.python import PythonInterpreter, PythonVersions
+from sd35_provision.facts.reboot import RebootSignals, RebootState, reboot_needed
 from sd35_provision.facts.releases import ReleaseStoreContents
 from sd35_provision.facts.service import RunningService
 
@@ -47,9 +48,12 @@ __all__ = [
     "PciDevice",
     "PythonInterpreter",
     "PythonVersions",
+    "RebootSignals",
+    "RebootState",
     "ReleaseStoreContents",
     "RunningService",
     "StorageInfo",
     "StorageKind",
     "gather_host_facts",
+    "reboot_needed",
 ]

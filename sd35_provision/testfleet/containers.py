@@ -4,6 +4,9 @@ This machine has no systemd of its own (no machinectl), so a container is
 managed through its nspawn process: started detached in its own session,
 stopped with SIGTERM (nspawn turns it into a clean poweroff of the container)
 and, if that hangs, SIGKILL of everything in the container's PID namespace.
+nspawn runs under ``supervise.py``, which starts it again when the container
+reboots (nspawn exits with 133 then), so a host can be rebooted for real and
+comes back on the same disk and address; the recorded pid is the supervisor's.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +23,18 @@ from pathlib import Path
 from sd35_provision.testfleet.errors import TestFleetError
 from sd35_provision.testfleet.keys import generate_key
 from sd35_provision.testfleet.state import FleetHost
-from sd35_provision.testfleet.system import command_line, descendants, is_alive, process_state, reap, run_tool
+from sd35_provision.testfleet.system import (
+    command_line,
+    descendants,
+    is_alive,
+    parent_pids,
+    process_state,
+    reap,
+    run_tool,
+)
 
 NSPAWN = "systemd-nspawn"
+SUPERVISOR = Path(__file__).with_name("supervise.py")
 NSPAWN_RUNTIME = Path("/run/systemd/nspawn")
 KILL_WAIT_S = 30.0
 SSHD_DROP_IN = "etc/ssh/sshd_config.d/00-testfleet.conf"
@@ -140,6 +153,11 @@ def nspawn_command(host: FleetHost, binds: list[str]) -> list[str]:
     ]
 
 
+def container_command(host: FleetHost, binds: list[str]) -> list[str]:
+    """nspawn under the supervisor that starts it again when the container reboots."""
+    return [sys.executable, str(SUPERVISOR), *nspawn_command(host, binds)]
+
+
 def boot(host: FleetHost, binds: list[str], log: Path) -> None:
     """Start the container detached (own session, own log) so it outlives this process."""
     mount_disk(host)
@@ -148,7 +166,7 @@ def boot(host: FleetHost, binds: list[str], log: Path) -> None:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} boot {host.name} on {host.address}\n".encode())
         out.flush()
         process = subprocess.Popen(
-            nspawn_command(host, binds),
+            container_command(host, binds),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -159,12 +177,14 @@ def boot(host: FleetHost, binds: list[str], log: Path) -> None:
 
 
 def is_running(host: FleetHost) -> bool:
-    """Whether ``host.pid`` is still this host's nspawn (not a dead pid reused by another program)."""
+    """Whether ``host.pid`` is still this host's container (not a dead pid reused by another program)."""
     return host.pid is not None and _is_nspawn_of(host.pid, host.root)
 
 
 def nspawn_directory(argv: list[str]) -> Path | None:
-    """The container disk of an nspawn command line (``--directory=D``, ``-D D``), else None."""
+    """The container disk of an nspawn command line (``--directory=D``, ``-D D``), supervised or not, else None."""
+    if len(argv) > 2 and Path(argv[1]).name == SUPERVISOR.name:
+        argv = argv[2:]
     if not argv or Path(argv[0]).name != NSPAWN:
         return None
     for index, arg in enumerate(argv):
@@ -180,14 +200,18 @@ def _is_nspawn_of(pid: int, root: Path) -> bool:
 
 
 def nspawn_processes_under(hosts_dir: Path) -> list[tuple[int, Path]]:
-    """(pid, disk) of every running nspawn whose disk lies in ``hosts_dir``, recorded or not."""
-    found = []
+    """(pid, disk) of every running container whose disk lies in ``hosts_dir``, recorded or not.
+
+    A supervised nspawn is found as its supervisor only: stopping that stops both.
+    """
+    found: dict[int, Path] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             root = nspawn_directory(command_line(int(entry.name)))
             if root is not None and hosts_dir in root.parents and is_alive(int(entry.name)):
-                found.append((int(entry.name), root))
-    return found
+                found[int(entry.name)] = root
+    parents = parent_pids()
+    return [(pid, root) for pid, root in found.items() if parents.get(pid) not in found]
 
 
 def stop(hosts: list[FleetHost], timeout: float = 20, progress: Callable[[str], None] | None = None) -> None:
@@ -230,8 +254,12 @@ def _finish_stop(name: str, pid: int, namespace: str | None, deadline: float) ->
     """Wait for the container to power off; kill it at ``deadline``. Whether it had to be killed."""
     if _wait_exit(pid, deadline - time.monotonic()):
         return False
-    # A hung shutdown: kill nspawn and everything in the container's PID namespace.
-    members = [p for p in descendants(pid) if namespace and _namespace(p) == namespace]
+    # A hung shutdown: kill nspawn (and its supervisor) and everything in the container's PID namespace.
+    members = [
+        p
+        for p in descendants(pid)
+        if (namespace and _namespace(p) == namespace) or nspawn_directory(command_line(p)) is not None
+    ]
     for target in [pid, *members]:
         try:
             os.kill(target, signal.SIGKILL)

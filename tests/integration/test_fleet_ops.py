@@ -2,7 +2,7 @@
 others finish; ``status`` on a mixed fleet (applied, drifted, stopped, fresh); onboarding freshly booted
 boxes end to end (host key, deploy account, spec edit with comments kept, facts, apply) and again as a no-op;
 a canary whose new release fails its smoke test, rolled back, stopping the rollout with the other hosts
-untouched; a rollout in batches.
+untouched; a rollout in batches; a host that needs a reboot, reported, then rebooted alone (for real) and back.
 
 One 4-host fleet for the module (node4 is never applied: the "fresh" host), plus a 2-host fleet of boxes
 that are not in any spec for onboarding. Applies install the venv from the cached CPU wheelhouse.
@@ -398,3 +398,45 @@ def test_a_rollout_in_batches_updates_every_host_batch_by_batch(fleet, states):
     assert re.search(r"^node1\s+unchanged\s+0", assert_unchanged.stdout, re.M), assert_unchanged.stdout
     states.are(update, "node1", "node2")
     states.kept("node4")
+
+
+def boot_id(fleet, name: str) -> str:
+    return sh(fleet, name, "cat /proc/sys/kernel/random/boot_id")
+
+
+def test_a_host_that_needs_a_reboot_is_reported_then_rebooted_alone(fleet, states):
+    # The spec the batch rollout above leaves on node1 and node2 (nothing to apply when run after it).
+    spec = write_spec(fleet, "queue-update.yaml", queue_size=5)
+    states.converged(spec, "node1", "node2")
+    limits = ("--limit", "node1", "--limit", "node2")
+    sh(fleet, "node1", "touch /var/run/reboot-required")  # what an update that needs a reboot leaves
+    boots = {name: boot_id(fleet, name) for name in ("node1", "node2")}
+
+    rows = {row["name"]: row for row in json_report(cli("status", str(spec), *limits, "--json", check_exit=0))["hosts"]}
+    assert rows["node1"]["reboot_required"] == "/var/run/reboot-required exists"
+    assert rows["node2"]["reboot_required"] is None
+
+    # Without --reboot: said, never done.
+    said = cli("apply", str(spec), "--limit", "node1", check_exit=0)
+    assert re.search(
+        r"^node1\s+unchanged\s+0\s+reboot required: run apply --reboot \(/var/run/reboot-required exists\)",
+        said.stdout,
+        re.M,
+    ), said.stdout
+    assert boot_id(fleet, "node1") == boots["node1"]
+
+    # With --reboot: only node1 reboots, and comes back serving.
+    result = cli("apply", str(spec), *limits, "--reboot", "--json", check_exit=0)
+    hosts = {host["name"]: host for host in json_report(result)["hosts"]}
+    rebooted = hosts["node1"]
+    assert rebooted["status"] == "unchanged" and rebooted["smoke"]["ok"] is True, rebooted
+    assert re.fullmatch(
+        r"rebooted \(/var/run/reboot-required exists\); back and smoke-tested after \d+s", rebooted["notes"][-1]
+    ), rebooted["notes"]
+    assert hosts["node2"]["status"] == "unchanged" and not [n for n in hosts["node2"]["notes"] if "reboot" in n]
+    assert boot_id(fleet, "node1") != boots["node1"] and boot_id(fleet, "node2") == boots["node2"]
+    assert sh(fleet, "node1", "test -e /var/run/reboot-required || echo gone") == "gone"
+    assert sh(fleet, "node1", f"systemctl is-active {UNIT}") == "active"
+    assert "node1: rebooting: /var/run/reboot-required exists" in result.stderr.splitlines()
+    states.are(spec, "node1", "node2")
+    states.kept("node3", "node4")

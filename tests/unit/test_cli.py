@@ -257,7 +257,7 @@ def test_apply_diff_shows_what_changed_before_the_table(runner, spec, monkeypatc
     from sd35_provision import workflow
     from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 
-    def apply(fleet, limit, options, rollout):
+    def apply(fleet, limit, options, rollout, reboots):
         ops = [
             OperationOutcome("System | Cache environment file", True, diff="-HF_HOME=/tmp\n+HF_HOME=/srv\n"),
             OperationOutcome("System | Service user", False),
@@ -272,6 +272,25 @@ def test_apply_diff_shows_what_changed_before_the_table(runner, spec, monkeypatc
     assert result.output.index("\nHOST ") > diff_at
     plain = runner.invoke(cli, ["apply", str(spec)])
     assert "+HF_HOME=/srv" not in plain.output and "node1  changed" in plain.output
+
+
+def test_apply_reboots_only_when_asked_within_the_timeout_given(runner, spec, monkeypatch, no_gevent_patching):
+    from sd35_provision import workflow
+    from sd35_provision.reboots import RebootOptions
+    from sd35_provision.report import HostOutcome, RunReport
+
+    asked: list[RebootOptions] = []
+
+    def apply(fleet, limit, options, rollout, reboots):
+        asked.append(reboots)
+        return RunReport(mode="apply", hosts=[HostOutcome("node1", executed=True)])
+
+    monkeypatch.setattr(workflow, "apply", apply)
+    assert runner.invoke(cli, ["apply", str(spec)]).exit_code == 0
+    assert runner.invoke(cli, ["apply", str(spec), "--reboot", "--reboot-timeout", "90"]).exit_code == 0
+    assert [(options.allowed, options.timeout_s) for options in asked] == [(False, None), (True, 90)]
+    refused = runner.invoke(cli, ["apply", str(spec), "--reboot", "--reboot-timeout", "0"])
+    assert refused.exit_code == 64 and "--reboot-timeout" in refused.output
 
 
 def test_where_each_host_was_when_interrupted():

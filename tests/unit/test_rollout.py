@@ -16,6 +16,7 @@ import pytest
 from sd35_provision import workflow
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.jsonreport import run_json
+from sd35_provision.reboots import RebootOptions
 from sd35_provision.report import HostOutcome, RunReport, render_table
 from sd35_provision.rollout import BatchSize, Rollout, parse_batch, plan_waves
 from sd35_provision.runner import RunOptions
@@ -68,26 +69,39 @@ class Recorder:
 
     def __init__(self, failing: set[str], smoke_reason: str = "image is blank: every pixel is (128, 128, 128)"):
         self.failing, self.smoke_reason = failing, smoke_reason
+        self.step = "smoke test"
         self.waves: list[list[str]] = []
+        self.reboots: list[RebootOptions] = []
 
-    def __call__(self, hosts, options, smoke):
+    def __call__(self, hosts, options, smoke, reboots):
         self.waves.append([host.name for host in hosts])
+        self.reboots.append(reboots)
         outcomes = []
         for host in hosts:
             outcome = HostOutcome(name=host.name, executed=True)
             if host.name in self.failing:
-                outcome.failed, outcome.step = True, "smoke test"
+                outcome.failed, outcome.step = True, self.step
                 outcome.error = f"smoke test failed: {self.smoke_reason}; rolled back to 0123abcd"
             outcomes.append(outcome)
         return RunReport(mode="apply", hosts=outcomes)
 
 
-def rolling(monkeypatch, failing: set[str], rollout: Rollout, fail_percent: int | None = None):
+def rolling(
+    monkeypatch,
+    failing: set[str],
+    rollout: Rollout,
+    fail_percent: int | None = None,
+    reboots: RebootOptions | None = None,
+    step: str = "smoke test",
+):
     recorder = Recorder(failing)
+    recorder.step = step
     monkeypatch.setattr(workflow, "_apply_hosts", recorder)
     lines: list[str] = []
     spec = FleetSpec(path=None, hosts=[HostSettings(name=name, address="127.0.0.1") for name in NAMES], groups={})
-    report = workflow.apply(spec, (), RunOptions(progress=lines.append, fail_percent=fail_percent), rollout=rollout)
+    report = workflow.apply(
+        spec, (), RunOptions(progress=lines.append, fail_percent=fail_percent), rollout=rollout, reboots=reboots
+    )
     return recorder, report, lines
 
 
@@ -150,3 +164,20 @@ def test_bad_rollout_options_are_refused_before_anything_runs(tmp_path, args, me
     result = run_cli("apply", str(tmp_path / "never-read.yaml"), *args)
     assert result.returncode == 64, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_host_whose_reboot_failed_stops_the_rollout_after_its_batch(monkeypatch):
+    # Each wave reboots its own hosts (inside its apply) with the options given; a host that did not
+    # come back fails its wave like any failed host, and later waves are never touched.
+    reboots = RebootOptions(allowed=True, timeout_s=90)
+    recorder, report, lines = rolling(
+        monkeypatch, {"n2"}, Rollout(batch=BatchSize(2, False)), reboots=reboots, step="reboot: wait for SSH"
+    )
+    assert recorder.waves == [["n1", "n2"]] and recorder.reboots == [reboots]
+    assert report.aborted == "batch 1/4 failed (n2); the rollout stopped before the next batch"
+    assert [host.status for host in report.hosts] == ["unchanged", "failed"] + ["not started"] * 5
+    assert report.hosts[1].step == "reboot: wait for SSH"
+    assert "ABORTED: batch 1/4 failed (n2); the rollout stopped before the next batch" in lines
+    # Without --reboot each wave still gets the (not allowing) options: hosts that need one are only reported.
+    recorder, _, _ = rolling(monkeypatch, set(), Rollout(batch=BatchSize(4, False)))
+    assert recorder.reboots == [RebootOptions(), RebootOptions()]

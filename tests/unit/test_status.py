@@ -199,7 +199,17 @@ def test_a_host_whose_driver_needs_a_reboot_says_so_in_the_table_and_json():
     row = HostStatus("gpu-1", "10.0.0.1", True, "Ubuntu 22.04", "none", None, None, reboot_required=reason)
     _add_outcome(row, HostOutcome("gpu-1"))
     assert row.row()[4] == "reboot required"
-    assert render_status_table([row]).splitlines()[-1] == f"gpu-1: reboot required: {reason}"
+    assert render_status_table([row]).splitlines()[-1] == f"gpu-1: reboot required: run apply --reboot ({reason})"
     document = json.loads(status_json([row]))
     jsonschema.validate(document, load_schema(), cls=jsonschema.Draft202012Validator)
     assert document["hosts"][0]["reboot_required"] == reason
+
+
+def test_a_host_that_needs_a_reboot_says_why_under_the_table_and_in_json():
+    waiting = HostStatus("gpu-1", "10.0.0.1", True, reboot_required="/var/run/reboot-required exists")
+    fine = HostStatus("gpu-2", "10.0.0.2", True)
+    table = render_status_table([waiting, fine]).splitlines()
+    assert table[-1] == "gpu-1: reboot required: run apply --reboot (/var/run/reboot-required exists)"
+    assert len(table) == 4  # header, two rows, the one line: nothing about gpu-2
+    data = json.loads(status_json([waiting, fine]))["hosts"]
+    assert [row["reboot_required"] for row in data] == ["/var/run/reboot-required exists", None]

@@ -1,0 +1,286 @@
+"""Reboots as an operation, without a host: when a host needs one, the order of the steps, the bounds, the messages.
+
+``reboot_host`` talks to a fake ``RebootableHost`` that records every call into one log shared with the
+fake gateway drain and a fake clock, so the order of drain, reboot, wait, checks and undrain is asserted
+as it happened. The same steps over real SSH, on a container host that really reboots, are in
+tests/integration/test_fleet_ops.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from sd35_provision.errors import HostError
+from sd35_provision.facts.reboot import RebootSignals, RebootState, reboot_needed
+from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.reboots import (
+    Clock,
+    RebootFailed,
+    RebootOptions,
+    reboot_host,
+    required_note,
+    wait_active_command,
+)
+
+OLD, NEW = "11111111-old", "22222222-new"
+
+
+@dataclass
+class FakeClock:
+    t: float = 0.0
+
+    def clock(self) -> Clock:
+        return Clock(now=lambda: self.t, sleep=self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass
+class FakeHost:
+    """A host whose boot ids after the reboot are scripted: None is "no SSH answer"."""
+
+    log: list[str]
+    clock: FakeClock
+    after_reboot: list[str | None] = field(default_factory=lambda: [None, None, NEW])
+    driver: str | None = None
+    service: str | None = None
+    smoke: str | None = None
+    name: str = "gpu-a1"
+    rebooted: bool = False
+
+    def boot_id(self) -> str | None:
+        self.clock.t += 1  # every attempt takes a while
+        if not self.rebooted:
+            return OLD
+        answer = self.after_reboot.pop(0) if len(self.after_reboot) > 1 else self.after_reboot[0]
+        self.log.append(f"boot id {answer}")
+        return answer
+
+    def request_reboot(self) -> None:
+        self.log.append("reboot")
+        self.rebooted = True
+
+    def disconnect(self) -> None:
+        self.log.append("disconnect")
+
+    def driver_problem(self) -> str | None:
+        self.log.append("driver check")
+        return self.driver
+
+    def service_problem(self, timeout_s: float) -> str | None:
+        self.log.append(f"service within {timeout_s:.0f}s")
+        return self.service
+
+    def smoke_problem(self) -> str | None:
+        self.log.append("smoke test")
+        return self.smoke
+
+
+def recording_drain(log: list[str]):
+    @contextmanager
+    def drain(hosts: Sequence[str]) -> Iterator[None]:
+        log.append(f"drain {','.join(hosts)}")
+        try:
+            yield
+        except BaseException as error:
+            log.append(f"still drained: {error}")
+            raise
+        log.append(f"undrain {','.join(hosts)}")
+
+    return drain
+
+
+def reboot(host: FakeHost, timeout_s: float = 600, gpu: bool = True, drain=None) -> str:
+    return reboot_host(
+        host,
+        "/var/run/reboot-required exists",
+        timeout_s=timeout_s,
+        gpu=gpu,
+        drain=drain or recording_drain(host.log),
+        clock=host.clock.clock(),
+    )
+
+
+def test_a_gpu_host_is_drained_rebooted_checked_and_undrained_in_that_order() -> None:
+    log: list[str] = []
+    host = FakeHost(log, FakeClock())
+    note = reboot(host)
+    assert log == [
+        "drain gpu-a1",
+        "reboot",
+        "disconnect",
+        "boot id None",  # going down
+        "boot id None",
+        f"boot id {NEW}",
+        "driver check",
+        f"service within {600 - 7:.0f}s",  # what is left of the bound (7 s gone), not a new one
+        "smoke test",
+        "undrain gpu-a1",
+    ]
+    assert note == "rebooted (/var/run/reboot-required exists); back and smoke-tested after 7s"
+
+
+def test_a_cpu_host_skips_the_driver_check() -> None:
+    log: list[str] = []
+    reboot(FakeHost(log, FakeClock(), after_reboot=[NEW]), gpu=False)
+    assert "driver check" not in log and log[-2:] == ["smoke test", "undrain gpu-a1"]
+
+
+def test_a_host_that_keeps_its_boot_id_was_not_rebooted_and_times_out() -> None:
+    log: list[str] = []
+    host = FakeHost(log, FakeClock(), after_reboot=[OLD])
+    with pytest.raises(RebootFailed) as failed:
+        reboot(host, timeout_s=30)
+    assert str(failed.value) == (
+        "gpu-a1: reboot: wait for SSH: not back within 30s: it still runs the boot it had (the reboot did not happen)"
+    )
+    assert failed.value.step == "reboot: wait for SSH" and isinstance(failed.value, HostError)
+    assert host.clock.t <= 30 + 3  # bounded: one poll past the deadline at most
+    # Nothing after the wait ran, and the gateway was told it failed: the host stays out of rotation.
+    assert not {"driver check", "smoke test", "undrain gpu-a1"} & set(log)
+    assert log[-1].startswith("still drained: gpu-a1: reboot: wait for SSH")
+
+
+def test_a_host_that_never_answers_again_times_out_naming_it() -> None:
+    host = FakeHost([], FakeClock(), after_reboot=[None])
+    with pytest.raises(RebootFailed, match=r"^gpu-a1: reboot: wait for SSH: not back within 120s: no SSH answer$"):
+        reboot(host, timeout_s=120)
+
+
+@pytest.mark.parametrize(
+    "broken, step, message",
+    [
+        (
+            {"driver": "nvidia-smi failed: Failed to initialize NVML: Driver/library version mismatch"},
+            "driver check",
+            "the NVIDIA driver does not work after the reboot: nvidia-smi failed: Failed to initialize NVML: "
+            "Driver/library version mismatch",
+        ),
+        (
+            {"service": "sd35-inference.service is failed 590s after the reboot"},
+            "service",
+            "sd35-inference.service is failed 590s after the reboot",
+        ),
+        ({"smoke": "image is blank"}, "smoke test", "smoke test failed after the reboot: image is blank"),
+    ],
+)
+def test_a_failed_check_after_the_reboot_names_host_and_step(broken: dict, step: str, message: str) -> None:
+    log: list[str] = []
+    host = replace(FakeHost(log, FakeClock()), **broken)
+    with pytest.raises(RebootFailed) as failed:
+        reboot(host)
+    assert str(failed.value) == f"gpu-a1: reboot: {step}: {message}"
+    assert "\n" not in str(failed.value)
+    assert "undrain gpu-a1" not in log
+
+
+def test_a_gateway_that_cannot_drain_stops_before_the_reboot() -> None:
+    log: list[str] = []
+
+    @contextmanager
+    def refusing(hosts: Sequence[str]) -> Iterator[None]:
+        raise ConnectionRefusedError("gateway 10.0.0.5:9999 refused the drain")
+        yield
+
+    with pytest.raises(RebootFailed, match=r"^gpu-a1: reboot: drain: gateway 10.0.0.5:9999 refused the drain$"):
+        reboot(FakeHost(log, FakeClock()), drain=refusing)
+    assert "reboot" not in log
+
+
+def test_an_unreadable_boot_id_stops_before_anything() -> None:
+    log: list[str] = []
+    host = FakeHost(log, FakeClock())
+    host.boot_id = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(RebootFailed, match="could not read the boot id before rebooting"):
+        reboot(host)
+    assert log == []
+
+
+def test_without_a_gateway_the_drain_is_a_no_op() -> None:
+    log: list[str] = []
+    note = reboot_host(FakeHost(log, FakeClock()), "why", timeout_s=60, gpu=False, clock=FakeClock().clock())
+    assert log[0] == "reboot" and note.startswith("rebooted (why)")
+
+
+def test_who_may_reboot_and_how_long_they_get() -> None:
+    settings = HostSettings(name="a", address="127.0.0.1")
+    allowed = replace(settings, gpu=replace(settings.gpu, driver=replace(settings.gpu.driver, allow_reboot=True)))
+    assert not RebootOptions().allowed_for(settings)
+    assert RebootOptions(allowed=True).allowed_for(settings)
+    assert RebootOptions().allowed_for(allowed)  # gpu.driver.allow_reboot, per host
+    assert RebootOptions().timeout_for(settings) == 600
+    assert RebootOptions(timeout_s=90).timeout_for(settings) == 90
+    assert required_note("/var/run/reboot-required exists") == (
+        "reboot required: run apply --reboot (/var/run/reboot-required exists)"
+    )
+
+
+# -- the decision: reboot_needed over the facts ---------------------------------------------------
+
+
+def signals(**values) -> RebootSignals:
+    return RebootSignals(boot_id=NEW, required_file=False, **values)
+
+
+def test_nothing_to_reboot_for() -> None:
+    assert reboot_needed(signals()) is None
+    assert (
+        reboot_needed(signals(module_loaded="570.133.20", module_installed="570.133.20", library="570.133.20")) is None
+    )
+
+
+def test_debians_reboot_required_file_with_its_packages() -> None:
+    assert reboot_needed(replace(signals(), required_file=True)) == "/var/run/reboot-required exists"
+    assert reboot_needed(replace(signals(), required_file=True, required_by=("linux-image-6.1.0-28-amd64",))) == (
+        "/var/run/reboot-required exists (for linux-image-6.1.0-28-amd64)"
+    )
+
+
+def test_a_driver_upgraded_under_its_loaded_module() -> None:
+    assert reboot_needed(signals(module_loaded="550.127.05", module_installed="570.133.20", library="570.133.20")) == (
+        "NVIDIA kernel module 550.127.05 is loaded, its library is 570.133.20"
+    )
+    # A new driver whose module nothing loaded yet (just installed).
+    assert reboot_needed(signals(module_installed="570.133.20")) == (
+        "NVIDIA kernel module 570.133.20 is installed, none is loaded"
+    )
+
+
+def test_every_reason_at_once_and_the_driver_layers_fact() -> None:
+    mismatch = "nvidia-smi: Driver/library version mismatch"
+    both = replace(signals(module_loaded="550.127.05", library="570.133.20"), required_file=True)
+    assert reboot_needed(both, driver_mismatch=mismatch) == (
+        "/var/run/reboot-required exists; NVIDIA kernel module 550.127.05 is loaded, its library is 570.133.20; "
+        f"{mismatch}"
+    )
+    assert reboot_needed(signals(), driver_mismatch=mismatch) == mismatch
+
+
+# -- the host-side commands, run here ---------------------------------------------------------------
+
+
+def test_the_fact_reads_this_machines_boot_id() -> None:
+    fact = RebootState()
+    result = subprocess.run(["sh", "-c", fact.command()], capture_output=True, text=True, check=True)
+    value = fact.process(result.stdout.splitlines())
+    with open("/proc/sys/kernel/random/boot_id") as boot_id:
+        assert value.boot_id == boot_id.read().strip()
+
+
+def test_waiting_for_a_unit_gives_up_at_its_bound_with_its_state() -> None:
+    # A systemctl that says what a failed unit says (this machine has no systemd).
+    systemctl = 'systemctl() { [ "$2" = --quiet ] && return 3; echo failed; return 3; }; '
+    result = subprocess.run(
+        ["sh", "-c", systemctl + wait_active_command("sd35-inference.service", 1)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "sd35-inference.service is failed 1s after the reboot"
