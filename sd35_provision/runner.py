@@ -32,6 +32,7 @@ from sd35_provision.errors import HostError
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.inventory import build_inventory
+from sd35_provision.onepass import OnePassState
 from sd35_provision.operations import HostRecorder
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 
@@ -112,7 +113,7 @@ class FleetRun:
         self.options = options or RunOptions()
         # pyinfra's FAIL_PERCENT counts only connected hosts; ours counts every host of the run.
         config = Config(PARALLEL=self.options.parallel or max(1, len(hosts)), FAIL_PERCENT=None)
-        self.state = State(build_inventory(hosts, self.options.accept_new_host_keys), config)
+        self.state = OnePassState(build_inventory(hosts, self.options.accept_new_host_keys), config)
         self.recorder = _Recorder(self, self.options.progress)
         self.state.add_callback_handler(self.recorder)
         self.outcomes: dict[str, HostOutcome] = {name: HostOutcome(name=name) for name in self.hosts}
