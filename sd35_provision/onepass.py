@@ -1,4 +1,4 @@
-"""Each operation evaluated once per run: its commands worked out while preparing, replayed when executing.
+"""One pass over each host: every operation evaluated once, every fact read once, many facts per round trip.
 
 pyinfra 3 runs an operation's generator twice: up to its first command while
 preparing (to know whether it will change something), then again from the
@@ -8,28 +8,48 @@ nothing changes a host while preparing, so the commands worked out then are
 the commands to run: ``OnePassState`` runs each generator to its end once,
 while preparing, and executing replays what it yielded. ``_if`` conditions
 (the service's restart on ``any_changed``) are still decided when executing,
-from what the operations before it did.
+from what the operations before it did. Operations added while executing
+(none of our layers does) run as pyinfra runs them.
 
-Operations added while executing (none of our layers does) run as pyinfra runs them.
+For the same reason a fact read before executing starts is read once and
+kept (``FactCachingHost``): layers that look at the same path ask the host
+once. ``read_facts`` reads many facts in one SSH command (each fact's own
+command and parser, as pyinfra would run them one by one) and keeps the
+results, so the operations that ask for them afterwards find them here.
+Once executing starts nothing is kept: the run changes the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from inspect import getcallargs
+from typing import Any
 
-from pyinfra.api import State
-from pyinfra.api.command import PyinfraCommand
+from pyinfra.api import FactBase, State
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.command import PyinfraCommand, StringCommand
 from pyinfra.api.host import Host
 from pyinfra.api.state import StateOperationHostData, StateStage
 
+from sd35_provision.errors import HostError
+
+# pyinfra's own marker for "the fact's command is not installed" (pyinfra/api/facts.py).
+MISSING_COMMAND = "##PYINFRA_NOCMD##"
+
 
 class OnePassState(State):
-    """A pyinfra State whose operations' commands are worked out once, while preparing."""
+    """A pyinfra State whose operations' commands are worked out once, and whose facts are read once, while
+    preparing."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # pyinfra's own look at the first command goes: the whole generator runs below instead.
         self.check_for_changes = False
+        self.fact_cache: dict[str, dict[tuple, Any]] = {}
+        for host in self.inventory:
+            host.__class__ = FactCachingHost  # the inventory makes plain Hosts; ours only add the cache
 
     def set_op_data_for_host(self, host: Host, op_hash: str, op_data: StateOperationHostData) -> None:
         if self.current_stage == StateStage.Prepare and not self.is_executing:
@@ -57,3 +77,139 @@ def _replay(
         yield from commands
 
     return replay
+
+
+# -- facts ----------------------------------------------------------------------------
+
+
+def fact_key(fact: type[FactBase], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> tuple | None:
+    """What identifies one read of ``fact`` (its class and command arguments); None: not to be kept."""
+    kwargs = dict(kwargs or {})
+    if any(name.startswith("_") for name in kwargs):
+        return None  # run as another user, with other settings: pyinfra's own path
+    command = fact().command
+    if callable(command):
+        try:
+            kwargs = getcallargs(command, *args, **kwargs)
+        except TypeError:
+            return None  # pyinfra will say what is wrong
+        kwargs.pop("self", None)
+    elif args:
+        return None
+    return (fact.__module__, fact.__qualname__, repr(sorted(kwargs.items())))
+
+
+def _cache(host: Host) -> dict[tuple, Any] | None:
+    state = getattr(host, "state", None)  # a host of recorded facts (tests) has none
+    caches = getattr(state, "fact_cache", None)
+    if state is None or caches is None or state.is_executing or state.current_stage >= StateStage.Execute:
+        return None
+    return caches.setdefault(host.name, {})
+
+
+class FactCachingHost(Host):
+    """A pyinfra Host that keeps what its facts said until executing starts."""
+
+    def get_fact(self, name_or_cls, *args, **kwargs):
+        cache = _cache(self)
+        key = fact_key(name_or_cls, args, kwargs) if cache is not None else None
+        if cache is None or key is None:
+            return super().get_fact(name_or_cls, *args, **kwargs)
+        if key not in cache:
+            cache[key] = super().get_fact(name_or_cls, *args, **kwargs)
+        return cache[key]
+
+
+@dataclass(frozen=True)
+class FactRead:
+    """One fact a step needs: read ahead of it, with the others, in one round trip."""
+
+    step: str  # who needs it, for messages: "System", "Python environment", "preflight"
+    fact: type[FactBase]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        arguments = ", ".join(f"{name}={value}" for name, value in self.kwargs.items())
+        return f"{self.fact.__name__}({arguments})" if arguments else self.fact.__name__
+
+
+def read_facts(host: Host, reads: Sequence[FactRead]) -> int:
+    """Read every fact of ``reads`` not known yet in one SSH command and keep them; returns how many.
+
+    Each fact runs its own command in a subshell, its output followed by a
+    marker line with its exit status, and is parsed by its own ``process``.
+    A fact whose command fails is not kept: the operation that needs it reads
+    it again, on its own, and pyinfra reports the failure as usual. A batch
+    that cannot run, or a fact that cannot be parsed, fails the host naming
+    the step and the fact (and so its path).
+    """
+    cache = _cache(host)
+    if cache is None:
+        return 0
+    pending: dict[tuple, FactRead] = {}
+    for read in reads:
+        key = fact_key(read.fact, (), read.kwargs)
+        if key is not None and key not in cache and key not in pending:
+            pending[key] = read
+    if not pending:
+        return 0
+    marker = f"#sd35-fact-{secrets.token_hex(6)}"
+    script, facts = [], []
+    for index, read in enumerate(pending.values()):
+        fact = read.fact()  # one instance for command and process: some keep their arguments on it
+        facts.append(fact)
+        script.append(f"( {_fact_command(fact, read.kwargs)}\n) </dev/null\nprintf '{marker} {index} %d\\n' $?")
+    connector_arguments = {
+        key: value
+        for key, value in pop_global_arguments(host.state, host, {})[0].items()
+        if key in CONNECTOR_ARGUMENT_KEYS
+    }
+    steps = ", ".join(sorted({read.step for read in pending.values()}))
+    try:
+        ok, output = host.run_shell_command(StringCommand("\n".join(script)), print_output=False, **connector_arguments)
+    except Exception as error:  # noqa: BLE001 - the connection's own error, named
+        raise HostError(host.name, steps, f"reading {len(pending)} facts at once failed: {error}") from error
+    results = _split(output.stdout_lines, marker)
+    for index, (key, read) in enumerate(pending.items()):
+        lines, status = results.get(index, (None, None))
+        if lines is None:
+            first = next(iter(output.stderr_lines), "no output")
+            raise HostError(
+                host.name, read.step, f"reading {read.describe()} failed: the batch stopped before it ({first})"
+            )
+        if status != 0:
+            continue  # read again on its own when needed: pyinfra's error handling
+        if lines == [MISSING_COMMAND] or not lines:
+            cache[key] = read.fact.default()
+            continue
+        try:
+            cache[key] = facts[index].process(lines)
+        except Exception as error:  # noqa: BLE001 - any parser's error, named
+            raise HostError(host.name, read.step, f"reading {read.describe()} failed: {error}") from error
+    return len(pending)
+
+
+def _fact_command(fact: FactBase, kwargs: Mapping[str, Any]) -> str:
+    command = fact.command(**kwargs) if callable(fact.command) else fact.command
+    required = fact.requires_command(**kwargs) if callable(fact.requires_command) else fact.requires_command
+    text = command.get_raw_value() if isinstance(command, StringCommand) else str(command)
+    if required:  # as pyinfra runs it: a missing program is the fact's default, not an error
+        return f"if command -v {required} >/dev/null 2>&1; then ( {text}\n); else echo '{MISSING_COMMAND}'; fi"
+    return text
+
+
+def _split(lines: Sequence[str], marker: str) -> dict[int, tuple[list[str], int]]:
+    """``{index: (output lines, exit status)}`` from the batch's stdout."""
+    results: dict[int, tuple[list[str], int]] = {}
+    current: list[str] = []
+    for line in lines:
+        before, found, after = line.partition(marker)
+        if not found:
+            current.append(line)
+            continue
+        if before:  # output that did not end with a newline
+            current.append(before)
+        index, _, status = after.strip().partition(" ")
+        results[int(index)] = (current, int(status))
+        current = []
+    return results

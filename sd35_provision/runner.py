@@ -14,7 +14,7 @@ finished are reported as aborted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import gevent.pool
@@ -32,7 +32,7 @@ from sd35_provision.errors import HostError
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.inventory import build_inventory
-from sd35_provision.onepass import OnePassState
+from sd35_provision.onepass import FactRead, OnePassState, read_facts
 from sd35_provision.operations import HostRecorder
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 
@@ -193,10 +193,16 @@ class FleetRun:
 
         self._in_pool(one, hosts)
 
-    def prepare(self, layers: Iterable[Layer], plans: Mapping[str, HostPlan]) -> None:
+    def prepare(
+        self,
+        layers: Iterable[Layer],
+        plans: Mapping[str, HostPlan],
+        reads: Callable[[HostPlan], Sequence[FactRead]] | None = None,
+    ) -> None:
         """Work out every operation's commands from current facts (the dry run).
 
         Each layer gets the host's plan and recorder (its diffs and notes).
+        ``reads``: the facts the layers will read, read first in one round trip (sd35_provision/onepass.py).
 
         Hosts are prepared in parallel greenlets, each through all layers in
         order: reading facts is mostly waiting on SSH. In pyinfra's API mode an
@@ -209,6 +215,12 @@ class FleetRun:
         layers = list(layers)
 
         def one(host: Host) -> None:
+            if reads is not None:
+                try:
+                    read_facts(host, reads(plans[host.name]))
+                except HostError as error:
+                    self._fail(host, error.step, error.message)
+                    return
             for layer in layers:
                 step = getattr(layer, "deploy_name", layer.__name__)
                 try:

@@ -50,9 +50,11 @@ def _prepared_run(hosts: list[HostSettings], options: RunOptions | None, lock: s
 
 def prepare_changes(run: FleetRun) -> None:
     """On a connected run: preflight, each host's plan, then every layer's commands worked out (the dry run)."""
+    from sd35_provision.deploys.reads import layer_reads
+
     plans: dict[str, HostPlan] = {}
     run.for_each_active_host("preflight", _preflight_and_plan(plans))
-    run.prepare(_layers(), plans)
+    run.prepare(_layers(), plans, layer_reads)
 
 
 def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:
