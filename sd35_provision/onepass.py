@@ -1,15 +1,15 @@
-"""One pass over each host: every operation evaluated once, every fact read once, many facts per round trip.
+"""One pass over each host: no operation evaluated again for nothing, every fact read once, many per round trip.
 
 pyinfra 3 runs an operation's generator twice: up to its first command while
 preparing (to know whether it will change something), then again from the
 start when executing, reading every fact a second time (one SSH round trip
 each). Our runs prepare every host completely before executing anything, and
-nothing changes a host while preparing, so the commands worked out then are
-the commands to run: ``OnePassState`` runs each generator to its end once,
-while preparing, and executing replays what it yielded. ``_if`` conditions
-(the service's restart on ``any_changed``) are still decided when executing,
-from what the operations before it did. Operations added while executing
-(none of our layers does) run as pyinfra runs them.
+nothing changes a host while preparing: an operation that found nothing to do
+then has nothing to do when executing either, so ``OnePassState`` does not run
+it again. One that will change something runs again when executing, as pyinfra
+runs it, on the host as the operations before it left it (its commands can
+depend on them: a directory an earlier operation made is not made again with
+other owners).
 
 For the same reason a fact read before executing starts is read once and
 kept (``FactCachingHost``): layers that look at the same path ask the host
@@ -22,7 +22,7 @@ Once executing starts nothing is kept: the run changes the host.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from inspect import getcallargs
 from typing import Any
@@ -40,43 +40,23 @@ MISSING_COMMAND = "##PYINFRA_NOCMD##"
 
 
 class OnePassState(State):
-    """A pyinfra State whose operations' commands are worked out once, and whose facts are read once, while
+    """A pyinfra State that does not evaluate again what found nothing to do, and reads facts once while
     preparing."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # pyinfra's own look at the first command goes: the whole generator runs below instead.
-        self.check_for_changes = False
         self.fact_cache: dict[str, dict[tuple, Any]] = {}
         for host in self.inventory:
             host.__class__ = FactCachingHost  # the inventory makes plain Hosts; ours only add the cache
 
     def set_op_data_for_host(self, host: Host, op_hash: str, op_data: StateOperationHostData) -> None:
-        if self.current_stage == StateStage.Prepare and not self.is_executing:
-            commands = list(op_data.command_generator())
-            op_data.operation_meta._maybe_is_change = bool(commands)
-            if commands:  # pyinfra counted it as no change, not having looked
-                meta = self.get_meta_for_host(host)
-                meta.ops_change += 1
-                meta.ops_no_change -= 1
-            op_data.command_generator = _replay(self, op_data, commands)
+        if self.current_stage == StateStage.Prepare and op_data.operation_meta._maybe_is_change is False:
+            op_data.command_generator = _nothing_to_do
         super().set_op_data_for_host(host, op_hash, op_data)
 
 
-def _replay(
-    state: State, op_data: StateOperationHostData, commands: list[PyinfraCommand]
-) -> Callable[[], Iterator[PyinfraCommand]]:
-    def replay() -> Iterator[PyinfraCommand]:
-        # As pyinfra's own generator: an ``_if`` that says no skips the operation when executing.
-        if state.is_executing:
-            conditions = op_data.global_arguments.get("_if")
-            if isinstance(conditions, list) and not all(condition() for condition in conditions):
-                return
-            if callable(conditions) and not conditions():
-                return
-        yield from commands
-
-    return replay
+def _nothing_to_do() -> Iterator[PyinfraCommand]:
+    yield from ()
 
 
 # -- facts ----------------------------------------------------------------------------

@@ -276,3 +276,38 @@ def test_a_release_that_cannot_start_is_rolled_back(fleet, spec):
     assert sh(fleet, "readlink /opt/sd35/current") == serving
     assert sh(fleet, f"systemctl is-active {UNIT}") == "active"
     assert_smoke_ok(cli("smoke", str(good), check_exit=0))
+
+
+def test_a_converged_host_is_checked_and_reapplied_in_few_ssh_round_trips(fleet, states, spec, monkeypatch):
+    """Each fact is read once and a layer's facts in one command (sd35_provision/onepass.py): on a WAN every
+    SSH command costs a round trip. Counted where every command goes, paramiko's channel (the run lock and
+    SFTP included); a count, not a time, so it is the same on a loaded machine."""
+    import paramiko
+
+    from sd35_provision import workflow
+    from sd35_provision.hostspec import load_spec
+
+    commands: list[str] = []
+    exec_command, invoke_subsystem = paramiko.Channel.exec_command, paramiko.Channel.invoke_subsystem
+
+    def counted_exec(channel, command):
+        commands.append(command if isinstance(command, str) else command.decode())
+        return exec_command(channel, command)
+
+    def counted_subsystem(channel, subsystem):
+        commands.append(f"subsystem {subsystem}")
+        return invoke_subsystem(channel, subsystem)
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", counted_exec)
+    monkeypatch.setattr(paramiko.Channel, "invoke_subsystem", counted_subsystem)
+    loaded = load_spec(spec)
+
+    drift = workflow.plan(loaded)
+    assert not drift.drifted and drift.ok, drift.hosts
+    assert 1 <= len(commands) <= 12, "\n".join(command[:100] for command in commands)
+
+    commands.clear()
+    again = workflow.apply(loaded)
+    assert again.ok and not again.drifted and again.hosts[0].smoke["ok"], again.hosts
+    assert 1 <= len(commands) <= 20, "\n".join(command[:100] for command in commands)
+    states.kept()
