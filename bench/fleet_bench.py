@@ -60,7 +60,6 @@ def converged_spec(fleet: Fleet) -> Path:
             "cache": {"root": "/srv/sd35", "min_free_gb": 1},
             "python": {"torch_flavour": "cpu", "wheelhouse": str(wheels)},
             "model": {"source": "push", "path": model.name},
-            "service": {"precision": "fp32"},
             "smoke": {"size": "64x64", "steps": 2},
         },
     )
@@ -262,17 +261,28 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def bench_fleet(count: int, runs: int, latency_ms: int, ansible_venv: Path | None, state_root: Path) -> list[dict]:
-    state_dir = state_root / f"fleet{count}"
-    first = free_block(count)
-    fleet = up(count, state_dir, first_address=first)
+def bench_fleet(
+    count: int,
+    runs: int,
+    latency_ms: int,
+    ansible_venv: Path | None,
+    ansible_runs: int,
+    state_root: Path,
+    reuse: Path | None = None,
+) -> list[dict]:
+    """The rows of one fleet size; ``reuse``: a fleet already booted there and converged (no fresh apply)."""
+    state_dir = reuse or state_root / f"fleet{count}"
+    fleet = Fleet.load(reuse) if reuse else up(count, state_dir, first_address=free_block(count))
+    count = len(fleet.hosts)
+    first = fleet.hosts[0].address
     rows: list[dict] = []
     try:
         log_ssh_requests(fleet)
         spec = converged_spec(fleet)
-        wall, trips, rc = timed(fleet, [*CLI, "apply", str(spec)])
-        rows.append(row(count, "fresh apply", "", [wall], [trips], rc))
-        ansible = Ansible(fleet, spec, ansible_venv) if ansible_venv else None
+        if not reuse:
+            wall, trips, rc = timed(fleet, [*CLI, "apply", str(spec)])
+            rows.append(row(count, "fresh apply", "", [wall], [trips], rc))
+        ansible = Ansible(fleet, spec, ansible_venv) if ansible_venv and ansible_runs else None
 
         def measure(label: str, delay: str) -> None:
             for command in COMMANDS if not delay else ("drift", "apply"):
@@ -287,8 +297,8 @@ def bench_fleet(count: int, runs: int, latency_ms: int, ansible_venv: Path | Non
                         ours[-1][2],
                     )
                 )
-            if ansible is not None:
-                theirs = [timed(fleet, ansible.argv(), ansible.env) for _ in range(runs)]
+            if ansible is not None and not delay:  # minutes a run on this machine: without latency only
+                theirs = [timed(fleet, ansible.argv(), ansible.env) for _ in range(ansible_runs)]
                 rows.append(
                     row(
                         count,
@@ -305,7 +315,8 @@ def bench_fleet(count: int, runs: int, latency_ms: int, ansible_venv: Path | Non
             with latency(first, latency_ms):
                 measure("", f"+{latency_ms} ms")
     finally:
-        down(state_dir)
+        if not reuse:
+            down(state_dir)
     return rows
 
 
@@ -365,14 +376,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency-ms", type=int, default=50, help="0: no run with added latency")
     parser.add_argument("--ansible-venv", type=Path, help="a venv with ansible-core (none: no Ansible rows)")
+    parser.add_argument("--ansible-runs", type=int, default=1, help="runs of the playbook (default 1: minutes each)")
+    parser.add_argument("--reuse", type=Path, help="bench this converged test fleet's state dir as it is (no boot)")
     parser.add_argument("--state-dir", type=Path, default=Path("/var/tmp/sd35-fleet-bench"))
     parser.add_argument("--write", type=Path, help="put the table into this markdown file (docs/benchmarks.md)")
     parser.add_argument("--command-line", default=None, help="the command to print in the table")
     args = parser.parse_args()
     load_before = os.getloadavg()
     rows: list[dict] = []
-    for count in (int(n) for n in args.hosts.split(",")):
-        rows += bench_fleet(count, args.runs, args.latency_ms, args.ansible_venv, args.state_dir)
+    counts = [0] if args.reuse else [int(n) for n in args.hosts.split(",")]
+    for count in counts:
+        rows += bench_fleet(
+            count, args.runs, args.latency_ms, args.ansible_venv, args.ansible_runs, args.state_dir, args.reuse
+        )
     text = table(rows, args.command_line or " ".join(sys.argv), load_before, os.getloadavg())
     print(text)
     if args.write:
