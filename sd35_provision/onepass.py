@@ -22,6 +22,7 @@ Once executing starts nothing is kept: the run changes the host.
 from __future__ import annotations
 
 import secrets
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from inspect import getcallargs
@@ -37,6 +38,8 @@ from sd35_provision.errors import HostError
 
 # pyinfra's own marker for "the fact's command is not installed" (pyinfra/api/facts.py).
 MISSING_COMMAND = "##PYINFRA_NOCMD##"
+# One SSH command is one argument of the host's shell (``sh -c TEXT``): Linux takes at most 128 KiB in one.
+BATCH_LIMIT = 96 * 1024
 
 
 class OnePassState(State):
@@ -121,7 +124,8 @@ def read_facts(host: Host, reads: Sequence[FactRead]) -> int:
     A fact whose command fails is not kept: the operation that needs it reads
     it again, on its own, and pyinfra reports the failure as usual. A batch
     that cannot run, or a fact that cannot be parsed, fails the host naming
-    the step and the fact (and so its path).
+    the step and the fact (and so its path). A batch whose text would pass
+    ``BATCH_LIMIT`` is sent in several commands.
     """
     cache = _cache(host)
     if cache is None:
@@ -131,26 +135,38 @@ def read_facts(host: Host, reads: Sequence[FactRead]) -> int:
         key = fact_key(read.fact, (), read.kwargs)
         if key is not None and key not in cache and key not in pending:
             pending[key] = read
-    if not pending:
-        return 0
     marker = f"#sd35-fact-{secrets.token_hex(6)}"
-    script, facts = [], []
-    for index, read in enumerate(pending.values()):
+    batch: list[tuple[tuple, FactRead, FactBase, str]] = []
+    size = 0
+    for key, read in pending.items():
         fact = read.fact()  # one instance for command and process: some keep their arguments on it
-        facts.append(fact)
-        script.append(f"( {_fact_command(fact, read.kwargs)}\n) </dev/null\nprintf '{marker} {index} %d\\n' $?")
+        part = f"( {_fact_command(fact, read.kwargs)}\n) </dev/null\nprintf '{marker} {len(batch)} %d\\n' $?"
+        quoted = len(shlex.quote(part))
+        if batch and size + quoted > BATCH_LIMIT:
+            _read_batch(host, cache, batch, marker)
+            batch, size = [], 0
+            part = f"( {_fact_command(fact, read.kwargs)}\n) </dev/null\nprintf '{marker} 0 %d\\n' $?"
+        batch.append((key, read, fact, part))
+        size += quoted
+    if batch:
+        _read_batch(host, cache, batch, marker)
+    return len(pending)
+
+
+def _read_batch(host: Host, cache: dict[tuple, Any], batch: list[tuple[tuple, FactRead, FactBase, str]], marker: str):
     connector_arguments = {
         key: value
         for key, value in pop_global_arguments(host.state, host, {})[0].items()
         if key in CONNECTOR_ARGUMENT_KEYS
     }
-    steps = ", ".join(sorted({read.step for read in pending.values()}))
+    script = StringCommand("\n".join(part for _, _, _, part in batch))
     try:
-        ok, output = host.run_shell_command(StringCommand("\n".join(script)), print_output=False, **connector_arguments)
+        _, output = host.run_shell_command(script, print_output=False, **connector_arguments)
     except Exception as error:  # noqa: BLE001 - the connection's own error, named
-        raise HostError(host.name, steps, f"reading {len(pending)} facts at once failed: {error}") from error
+        steps = ", ".join(sorted({read.step for _, read, _, _ in batch}))
+        raise HostError(host.name, steps, f"reading {len(batch)} facts at once failed: {error}") from error
     results = _split(output.stdout_lines, marker)
-    for index, (key, read) in enumerate(pending.items()):
+    for index, (key, read, fact, _) in enumerate(batch):
         lines, status = results.get(index, (None, None))
         if lines is None:
             first = next(iter(output.stderr_lines), "no output")
@@ -163,10 +179,9 @@ def read_facts(host: Host, reads: Sequence[FactRead]) -> int:
             cache[key] = read.fact.default()
             continue
         try:
-            cache[key] = facts[index].process(lines)
+            cache[key] = fact.process(lines)
         except Exception as error:  # noqa: BLE001 - any parser's error, named
             raise HostError(host.name, read.step, f"reading {read.describe()} failed: {error}") from error
-    return len(pending)
 
 
 def _fact_command(fact: FactBase, kwargs: Mapping[str, Any]) -> str:

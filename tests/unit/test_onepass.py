@@ -101,3 +101,16 @@ def test_fact_keys_fill_in_defaults_and_leave_other_users_to_pyinfra() -> None:
     assert fact_key(Directory, ("/a",)) == fact_key(Directory, (), {"path": "/a"})
     assert fact_key(Directory, (), {"path": "/a"}) != fact_key(Directory, (), {"path": "/b"})
     assert fact_key(Directory, (), {"path": "/a", "_sudo_user": "sd35"}) is None
+
+
+def test_a_batch_too_long_for_one_argument_is_sent_in_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sd35_provision.onepass as onepass
+
+    monkeypatch.setattr(onepass, "BATCH_LIMIT", 1)
+    state = _state()
+    host = state.inventory.get_host("node1")
+    sent = _answer(host, ["Linux", "MARK 0 0"])
+    reads = [FactRead("System", Os), FactRead("System", Directory, {"path": "/etc"})]
+    assert read_facts(host, reads) == 2
+    assert len(sent) == 2 and all(" 1 %d" not in text for text in sent)
+    assert state.fact_cache["node1"][fact_key(Os)] == "Linux"
