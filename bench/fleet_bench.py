@@ -39,6 +39,7 @@ from sd35_provision.wheelhouse import cached_wheelhouse  # noqa: E402
 CLI = [sys.executable, "-m", "sd35_provision.cli"]
 COMMANDS = ("validate", "plan", "drift", "status", "apply")
 START, END = "<!-- fleet-bench:start -->", "<!-- fleet-bench:end -->"
+NOTES: list[str] = []  # what the table could not show, and why
 SSH_REQUEST = re.compile(r"server_input_channel_req: channel \d+ request (exec|subsystem)")
 
 
@@ -204,30 +205,31 @@ class Ansible:
 
 @contextmanager
 def latency(first_address: str, ms: int):
-    """``ms`` more per round trip for packets to or from the fleet's /24 (half each way), only those."""
+    """``ms`` more per round trip for packets to or from the fleet's /24 (half each way), only those.
+
+    Yields why not when this kernel has no prio or netem qdisc (None when the delay is on)."""
     block = first_address.rsplit(".", 1)[0] + ".0/24"
     tc = ["tc", "qdisc"]
-    subprocess.run(
-        [
-            *tc,
-            "add",
-            "dev",
-            "lo",
-            "root",
-            "handle",
-            "1:",
-            "prio",
-            "bands",
-            "4",
-            "priomap",
-            *"1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1".split(),
-        ],
-        check=True,
+    priomap = "1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1".split()
+    added = subprocess.run(
+        [*tc, "add", "dev", "lo", "root", "handle", "1:", "prio", "bands", "4", "priomap", *priomap],
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if added.returncode != 0:
+        yield f"tc qdisc add dev lo root prio: {added.stderr.strip()}"
+        return
     try:
-        subprocess.run(
-            [*tc, "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem", "delay", f"{ms / 2:g}ms"], check=True
+        netem = subprocess.run(
+            [*tc, "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem", "delay", f"{ms / 2:g}ms"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if netem.returncode != 0:
+            yield f"tc qdisc add ... netem: {netem.stderr.strip()}"
+            return
         for direction in ("dst", "src"):
             subprocess.run(
                 [
@@ -252,9 +254,9 @@ def latency(first_address: str, ms: int):
                 ],
                 check=True,
             )
-        yield
+        yield None
     finally:
-        subprocess.run([*tc, "del", "dev", "lo", "root"], check=False)
+        subprocess.run([*tc, "del", "dev", "lo", "root"], check=False, capture_output=True)
 
 
 def median(values: list[float]) -> float:
@@ -312,8 +314,12 @@ def bench_fleet(
 
         measure("", "")
         if latency_ms:
-            with latency(first, latency_ms):
-                measure("", f"+{latency_ms} ms")
+            with latency(first, latency_ms) as why_not:
+                if why_not is None:
+                    measure("", f"+{latency_ms} ms")
+                else:
+                    print(f"no run with added latency: {why_not}", file=sys.stderr)
+                    NOTES.append(f"No rows with added latency: {why_not}.")
     finally:
         if not reuse:
             down(state_dir)
@@ -356,7 +362,7 @@ def table(rows: list[dict], command: str, load_before: tuple, load_after: tuple)
             f"| {r['hosts']} | {r['what']} | {r['delay']} | {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
             f" | {r['trips']} | {r['runs']} | {r['rc']} |"
         )
-    return "\n".join([*lines, END]) + "\n"
+    return "\n".join([*lines, *(f"\n{note}" for note in NOTES), END]) + "\n"
 
 
 def write_table(path: Path, text: str) -> None:
