@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import gevent.pool
@@ -33,6 +33,7 @@ from sd35_provision.errors import HostError
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.inventory import build_inventory
+from sd35_provision.onepass import FactRead, OnePassState, read_facts
 from sd35_provision.operations import HostRecorder
 from sd35_provision.progress import StepWatch, TransferBars, count_uploads
 from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
@@ -134,7 +135,7 @@ class FleetRun:
         self.options = options or RunOptions()
         # pyinfra's FAIL_PERCENT counts only connected hosts; ours counts every host of the run.
         config = Config(PARALLEL=self.options.parallel or max(1, len(hosts)), FAIL_PERCENT=None)
-        self.state = State(build_inventory(hosts, self.options.accept_new_host_keys), config)
+        self.state = OnePassState(build_inventory(hosts, self.options.accept_new_host_keys), config)
         progress = self.options.progress
         bars = TransferBars() if progress and self.options.transfer_bars else None
         self.watch = StepWatch(progress, bars=bars) if progress else None
@@ -223,10 +224,16 @@ class FleetRun:
 
         self._in_pool(one, hosts)
 
-    def prepare(self, layers: Iterable[Layer], plans: Mapping[str, HostPlan]) -> None:
+    def prepare(
+        self,
+        layers: Iterable[Layer],
+        plans: Mapping[str, HostPlan],
+        reads: Callable[[HostPlan], Sequence[FactRead]] | None = None,
+    ) -> None:
         """Work out every operation's commands from current facts (the dry run).
 
         Each layer gets the host's plan and recorder (its diffs and notes).
+        ``reads``: the facts the layers will read, read first in one round trip (sd35_provision/onepass.py).
 
         Hosts are prepared in parallel greenlets, each through all layers in
         order: reading facts is mostly waiting on SSH. In pyinfra's API mode an
@@ -242,6 +249,12 @@ class FleetRun:
             service_plan = plans[host.name].service_plan if host.name in plans else None
             if service_plan is not None:
                 self.outcomes[host.name].service_plan = {**service_plan.to_json(), "line": service_plan.line()}
+            if reads is not None:
+                try:
+                    read_facts(host, reads(plans[host.name]))
+                except HostError as error:
+                    self._fail(host, error.step, error.message)
+                    return
             for layer in layers:
                 step = getattr(layer, "deploy_name", layer.__name__)
                 try:

@@ -71,9 +71,11 @@ def _prepared_run(
 
 def prepare_changes(run: FleetRun, reboot_notes: bool = False, reboots: RebootOptions | None = None) -> None:
     """On a connected run: preflight, each host's plan, then every layer's commands worked out (the dry run)."""
+    from sd35_provision.deploys.reads import layer_reads
+
     plans: dict[str, HostPlan] = {}
     run.for_each_active_host("preflight", _preflight_and_plan(plans, run, reboot_notes, reboots))
-    run.prepare(_layers(), plans)
+    run.prepare(_layers(), plans, layer_reads)
 
 
 def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:

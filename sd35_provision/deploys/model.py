@@ -50,23 +50,20 @@ HF_TOKEN_PATH = layout.HF_TOKEN_FILE
 
 
 def model_check(plan: HostPlan) -> ModelCheck:
-    """The ModelFiles fact for this host's model, as the layer reads it (pyinfra caches the read)."""
-    user = plan.settings.service.user
+    """The ModelFiles fact for this host's model, as the layer reads it (read once per run)."""
+    return host.get_fact(ModelFiles, **model_check_arguments(plan))
+
+
+def model_check_arguments(plan: HostPlan) -> dict:
+    """The ModelFiles fact's arguments for this host's model."""
+    arguments = {
+        "directory": plan.model_dir,
+        "manifest_path": plan.model_manifest_path,
+        "user": plan.settings.service.user,
+    }
     if plan.model_manifest_text is not None:  # push: the manifest is computed here, not read there
-        return host.get_fact(
-            ModelFiles,
-            directory=plan.model_dir,
-            manifest_path=plan.model_manifest_path,
-            user=user,
-            manifest=plan.model_manifest_text,
-        )
-    return host.get_fact(
-        ModelFiles,
-        directory=plan.model_dir,
-        manifest_path=plan.model_manifest_path,
-        user=user,
-        git=plan.settings.model.source == "git",
-    )
+        return {**arguments, "manifest": plan.model_manifest_text}
+    return {**arguments, "git": plan.settings.model.source == "git"}
 
 
 @deploy(STEP)

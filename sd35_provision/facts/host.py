@@ -12,7 +12,9 @@ from sd35_provision.facts.disk import FreeSpace, FreeSpaceInfo, StorageInfo, Sto
 from sd35_provision.facts.driver import NO_DRIVER, DriverState, NvidiaDriverState
 from sd35_provision.facts.nvidia import GpuInfo, NvidiaGpus, NvidiaPciDevices, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter, PythonVersions
+from sd35_provision.facts.reboot import RebootState
 from sd35_provision.hostspec.settings import HostSettings
+from sd35_provision.onepass import FactRead, read_facts
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,28 @@ class HostFacts:
         return data
 
 
+PREFLIGHT_STEP = "preflight"
+
+
+def preflight_reads(settings: HostSettings) -> list[FactRead]:
+    """The facts ``gather_host_facts`` reads, to read them in one round trip first (sd35_provision/onepass.py)."""
+    root = settings.cache.root
+    return [
+        FactRead(PREFLIGHT_STEP, LinuxDistribution),
+        FactRead(PREFLIGHT_STEP, KernelVersion),
+        FactRead(PREFLIGHT_STEP, PythonVersions),
+        FactRead(PREFLIGHT_STEP, FreeSpace, {"path": root}),
+        FactRead(PREFLIGHT_STEP, StorageKind, {"path": root}),
+        FactRead(PREFLIGHT_STEP, NvidiaGpus),
+        FactRead(PREFLIGHT_STEP, NvidiaPciDevices),
+        FactRead(PREFLIGHT_STEP, RebootState),  # plan, drift and status say when a host needs a reboot
+        *([FactRead(PREFLIGHT_STEP, NvidiaDriverState)] if settings.gpu.accelerator == "nvidia" else []),
+    ]
+
+
 def gather_host_facts(host: Host, settings: HostSettings) -> HostFacts:
     """Read every fact preflight needs from ``host`` (pyinfra facts; changes nothing)."""
+    read_facts(host, preflight_reads(settings))
     distro = host.get_fact(LinuxDistribution) or LinuxDistribution.default()
     release = distro.get("release_meta") or {}
     root = settings.cache.root

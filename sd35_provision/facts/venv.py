@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
+from functools import cache
 
 from pyinfra.api import FactBase
 
@@ -78,22 +79,27 @@ class InterpreterEnvironment(FactBase[dict[str, str]]):
 
 
 class WheelHashes(FactBase[dict[str, str]]):
-    """``{file name: sha256}`` of the wheels in ``directory`` (empty if there is none)."""
+    """``{file name: sha256}`` of the wheels in ``directory`` (empty if there is none).
+
+    Hashed on the host through a stat-keyed cache (sd35_provision/hostside/wheel_hashes.py):
+    a no-op run reads no wheel again.
+    """
 
     def command(self, directory: str) -> str:
-        quoted = shlex.quote(directory)
-        return (
-            f"if [ -d {quoted} ]; then cd {quoted} && find . -maxdepth 1 -name '*.whl' -exec sha256sum {{}} +; fi; true"
-        )
+        return f"python3 -c {shlex.quote(wheel_hashes_program())} {shlex.quote(directory)}"
 
     def process(self, output: list[str]) -> dict[str, str]:
-        hashes = {}
-        for line in output:
-            digest, _, name = line.strip().partition("  ")
-            if digest and name:
-                hashes[name.removeprefix("./")] = digest
-        return hashes
+        try:
+            hashes = json.loads("\n".join(output))
+        except json.JSONDecodeError:
+            return {}
+        return {str(name): str(digest) for name, digest in hashes.items()} if isinstance(hashes, dict) else {}
 
     @staticmethod
     def default() -> dict[str, str]:
         return {}
+
+
+@cache
+def wheel_hashes_program() -> str:
+    return hostside.program("wheel_hashes.py", "manifests.py")

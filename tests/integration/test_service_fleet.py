@@ -331,3 +331,38 @@ def test_two_instances_on_a_cpu_host_then_one(fleet, states, spec):
     assert sh(fleet, f"systemctl show -p MainPID --value {UNIT}") == first_pid
     cli("drift", str(spec), check_exit=0)
     states.are(spec)
+
+
+def test_a_converged_host_is_checked_and_reapplied_in_few_ssh_round_trips(fleet, states, spec, monkeypatch):
+    """Each fact is read once and a layer's facts in one command (sd35_provision/onepass.py): on a WAN every
+    SSH command costs a round trip. Counted where every command goes, paramiko's channel (the run lock and
+    SFTP included); a count, not a time, so it is the same on a loaded machine."""
+    import paramiko
+
+    from sd35_provision import workflow
+    from sd35_provision.hostspec import load_spec
+
+    commands: list[str] = []
+    exec_command, invoke_subsystem = paramiko.Channel.exec_command, paramiko.Channel.invoke_subsystem
+
+    def counted_exec(channel, command):
+        commands.append(command if isinstance(command, str) else command.decode())
+        return exec_command(channel, command)
+
+    def counted_subsystem(channel, subsystem):
+        commands.append(f"subsystem {subsystem}")
+        return invoke_subsystem(channel, subsystem)
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", counted_exec)
+    monkeypatch.setattr(paramiko.Channel, "invoke_subsystem", counted_subsystem)
+    loaded = load_spec(spec)
+
+    drift = workflow.plan(loaded)
+    assert not drift.drifted and drift.ok, drift.hosts
+    assert 1 <= len(commands) <= 12, "\n".join(command[:100] for command in commands)
+
+    commands.clear()
+    again = workflow.apply(loaded)
+    assert again.ok and not again.drifted and again.hosts[0].smoke["ok"], again.hosts
+    assert 1 <= len(commands) <= 20, "\n".join(command[:100] for command in commands)
+    states.kept()
