@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import gevent.pool
 from pyinfra.api import Config, State
@@ -30,7 +31,6 @@ from pyinfra.context import ctx_host, ctx_state
 
 from sd35_provision import sshcheck
 from sd35_provision.errors import HostError
-from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.inventory import build_inventory
 from sd35_provision.operations import HostRecorder
@@ -39,7 +39,7 @@ from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 
 logger = logging.getLogger(__name__)
 
-Layer = Callable[[HostPlan, HostRecorder], None]
+Layer = Callable[[Any, HostRecorder], None]  # takes a HostPlan (a gateway layer: a GatewayPlan)
 ProgressSink = Callable[[str], None]
 
 
@@ -223,10 +223,11 @@ class FleetRun:
 
         self._in_pool(one, hosts)
 
-    def prepare(self, layers: Iterable[Layer], plans: Mapping[str, HostPlan]) -> None:
+    def prepare(self, layers: Iterable[Layer] | Mapping[str, Iterable[Layer]], plans: Mapping[str, Any]) -> None:
         """Work out every operation's commands from current facts (the dry run).
 
-        Each layer gets the host's plan and recorder (its diffs and notes).
+        Each layer gets the host's plan and recorder (its diffs and notes);
+        ``layers`` is one list for every host, or a list per host name.
 
         Hosts are prepared in parallel greenlets, each through all layers in
         order: reading facts is mostly waiting on SSH. In pyinfra's API mode an
@@ -236,10 +237,11 @@ class FleetRun:
         self.state.set_stage(StateStage.Prepare)
         if self._stopped("prepare"):
             return
-        layers = list(layers)
+        per_host = {name: list(some) for name, some in layers.items()} if isinstance(layers, Mapping) else None
+        shared = list(layers) if per_host is None else []
 
         def one(host: Host) -> None:
-            for layer in layers:
+            for layer in per_host[host.name] if per_host is not None else shared:
                 step = getattr(layer, "deploy_name", layer.__name__)
                 try:
                     with self._step(host, f"reading what {step} would change"):

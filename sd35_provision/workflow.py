@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 from pyinfra.api.host import Host
 
@@ -15,20 +16,27 @@ from sd35_provision.rollout import Rollout, plan_waves, stop_reason
 from sd35_provision.runner import FleetRun, RunOptions
 
 
-def _layers():
+def _layers(run: FleetRun) -> dict[str, list]:
+    """Each host's layers: the serving stack, or only the gateway on a gateway host."""
     # Imported late: deploys import pyinfra's operation machinery.
+    from sd35_provision.deploys.gateway import gateway_layer
     from sd35_provision.deploys.layers import LAYERS
 
-    return LAYERS
+    return {name: [gateway_layer] if settings.runs_gateway else LAYERS for name, settings in run.hosts.items()}
 
 
 def _preflight_and_plan(plans: dict[str, HostPlan]):
-    """Per host: preflight on the gathered facts, then the host's plan from the same facts (read once)."""
+    """Per host: preflight on the gathered facts, then the host's plan from the same facts (read once).
+
+    A gateway host has neither: its plan needs the plans of the hosts behind it (``_gateway_plans``).
+    """
     from sd35_provision.deploys.plan import plan_host
     from sd35_provision.facts import gather_host_facts
     from sd35_provision.preflight import check_preflight
 
     def one(host: Host, settings: HostSettings) -> None:
+        if settings.runs_gateway:
+            return
         facts = gather_host_facts(host, settings)
         failures = check_preflight(settings, facts)
         if failures:
@@ -52,7 +60,54 @@ def prepare_changes(run: FleetRun) -> None:
     """On a connected run: preflight, each host's plan, then every layer's commands worked out (the dry run)."""
     plans: dict[str, HostPlan] = {}
     run.for_each_active_host("preflight", _preflight_and_plan(plans))
-    run.prepare(_layers(), plans)
+    all_plans: dict[str, Any] = dict(plans)
+    gateways = [run.hosts[host.name] for host in run.state.inventory.get_active_hosts()]
+    gateways = [settings for settings in gateways if settings.gateway is not None]
+    if gateways:
+        run.for_each_active_host("gateway plan", _gateway_plans(plans, all_plans, gateways, run.options))
+    run.prepare(_layers(run), all_plans)
+
+
+def _gateway_plans(plans: dict[str, HostPlan], into: dict[str, Any], gateways: list[HostSettings], options: RunOptions):
+    """Per gateway host: its plan, from the plans of the hosts behind it.
+
+    Those not in this run (``--limit``, a rollout's other waves) are read first,
+    without their lock: only their facts, for their instances.
+    """
+    from sd35_provision.gatewayplan import build_gateway_plan
+
+    missing = {serving.name: serving for gateway in gateways for serving in gateway.gateway.serving}  # type: ignore[union-attr]
+    unknown: HostError | None = None
+    try:
+        plans = {**_read_plans([host for name, host in missing.items() if name not in plans], options), **plans}
+    except HostError as error:
+        unknown = error
+
+    def one(host: Host, settings: HostSettings) -> None:
+        if settings.gateway is None:
+            return
+        if unknown is not None:
+            raise HostError(host.name, unknown.step, unknown.message)
+        into[host.name] = build_gateway_plan(settings, plans)
+
+    return one
+
+
+def _read_plans(hosts: list[HostSettings], options: RunOptions) -> dict[str, HostPlan]:
+    """The plans of ``hosts``, read over their own connections (changes nothing); a HostError if one fails."""
+    read: dict[str, HostPlan] = {}
+    if not hosts:
+        return read
+    quiet = RunOptions(accept_new_host_keys=options.accept_new_host_keys, parallel=options.parallel)
+    run = FleetRun(hosts, quiet)
+    run.connect()
+    run.for_each_active_host("preflight", _preflight_and_plan(read))
+    run.disconnect()
+    failed = [outcome for outcome in run.outcomes.values() if outcome.failed]
+    if failed:
+        reasons = "; ".join(f"{outcome.name}: {(outcome.error or '').splitlines()[0]}" for outcome in failed)
+        raise HostError("gateway", "gateway plan", f"the instances of hosts behind the gateway are unknown ({reasons})")
+    return read
 
 
 def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:
@@ -74,20 +129,46 @@ def apply(
     With a staged ``rollout`` (canary, batches) the hosts are applied wave by
     wave, and a wave that fails stops the rollout (see ``sd35_provision/rollout.py``).
     """
+    gateways = spec.gateway_hosts
     if rollout is not None and rollout.staged:
-        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout)
-    return _apply_hosts(select_hosts(spec, limit), options, smoke)
+        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout, gateways)
+    return _apply_hosts(select_hosts(spec, limit), options, smoke, gateways)
 
 
-def _apply_hosts(hosts: list[HostSettings], options: RunOptions | None, smoke: bool) -> RunReport:
+def _apply_hosts(
+    hosts: list[HostSettings],
+    options: RunOptions | None,
+    smoke: bool,
+    gateways: tuple[HostSettings, ...] = (),
+) -> RunReport:
+    """Apply ``hosts``; those behind ``gateways`` that change are drained there meanwhile (drain.py)."""
+    from sd35_provision.drain import drained
+
     run = _prepared_run(hosts, options, lock="apply")
-    run.execute()
-    run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
+    changing = [
+        name
+        for name, outcome in run.outcomes.items()
+        if not run.hosts[name].runs_gateway and not outcome.failed and outcome.changes
+    ]
+    with drained(gateways, changing, run.options.progress) as drain:
+        run.execute()
+        run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
+        for name in changing:
+            if run.outcomes[name].failed or run.outcomes[name].aborted:
+                drain.keep(name)
+    for name in drain.kept:
+        run.outcomes[name].notes.append(f"stays drained on the gateway ({', '.join(gw.name for gw in gateways)})")
     run.disconnect()
     return run.report("apply")
 
 
-def _rolling_apply(hosts: list[HostSettings], options: RunOptions, smoke: bool, rollout: Rollout) -> RunReport:
+def _rolling_apply(
+    hosts: list[HostSettings],
+    options: RunOptions,
+    smoke: bool,
+    rollout: Rollout,
+    gateways: tuple[HostSettings, ...] = (),
+) -> RunReport:
     by_name = {host.name: host for host in hosts}
     waves = plan_waves(list(by_name), rollout)
     say = options.progress or (lambda message: None)
@@ -104,7 +185,7 @@ def _rolling_apply(hosts: list[HostSettings], options: RunOptions, smoke: bool, 
         unchecked = [name for name in wave.hosts if smoke and not by_name[name].smoke.enabled]
         if unchecked:
             say(f"   {', '.join(unchecked)}: smoke test disabled in the spec; only the apply gates this wave")
-        report = _apply_hosts([by_name[name] for name in wave.hosts], options, smoke)
+        report = _apply_hosts([by_name[name] for name in wave.hosts], options, smoke, gateways)
         failed = [host.name for host in report.hosts if host.failed or host.aborted]
         for host in report.hosts:
             host.wave = wave.label
@@ -140,6 +221,9 @@ def _smoke_only(host: Host, settings: HostSettings) -> None:
     from sd35_provision.runner import current_run_outcome
     from sd35_provision.smoketest import run_smoke
 
+    if settings.runs_gateway:
+        current_run_outcome(host).notes.append("runs the gateway: no smoke test of its own")
+        return
     result = run_smoke(host, settings)
     current_run_outcome(host).smoke = asdict(result)
     if not result.ok:
@@ -182,8 +266,8 @@ def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
     if outcome.aborted:
         _roll_back_aborted(host, settings)
         return
-    if not settings.smoke.enabled:
-        return
+    if not settings.smoke.enabled or settings.runs_gateway:
+        return  # a gateway host serves no model of its own
     result = run_smoke(host, settings)
     outcome.smoke = asdict(result)
     if result.ok:

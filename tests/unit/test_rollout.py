@@ -70,7 +70,7 @@ class Recorder:
         self.failing, self.smoke_reason = failing, smoke_reason
         self.waves: list[list[str]] = []
 
-    def __call__(self, hosts, options, smoke):
+    def __call__(self, hosts, options, smoke, gateways=()):
         self.waves.append([host.name for host in hosts])
         outcomes = []
         for host in hosts:
