@@ -103,8 +103,7 @@ def openai_error(message: str, kind: str, code: str) -> str:
 # What the access log keeps: no header at all (the Authorization header never reaches the log),
 # the client key's name instead of the key.
 LOG_FORMAT = (
-    "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq "
-    "key=%[var(txn.client)] %{+Q}r"
+    "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq key=%[var(txn.client)] %{+Q}r"
 )
 
 
@@ -124,6 +123,7 @@ def render_haproxy_config(
     too_large = openai_error(
         f"The request body is larger than {gateway.max_body_mb} MiB", "invalid_request_error", "request_too_large"
     )
+    no_length = openai_error("Send the request body with a Content-Length", "invalid_request_error", "length_required")
     unavailable = openai_error(
         "No instance can take the request now; retry later", "server_error", "service_unavailable"
     )
@@ -180,8 +180,7 @@ def render_haproxy_config(
         f"    http-request return status 413 content-type application/json string '{too_large}' "
         f"if {{ req.hdr_val(content-length) gt {body_limit} }}",
         # A body without a length could be of any size: refused rather than counted.
-        "    http-request return status 411 content-type application/json "
-        f"string '{openai_error('Send the request body with a Content-Length', 'invalid_request_error', 'length_required')}' "
+        f"    http-request return status 411 content-type application/json string '{no_length}' "
         "if { req.hdr_cnt(transfer-encoding) gt 0 }",
         f"    http-error status 503 content-type application/json string '{unavailable}'",
         f"    default_backend {layout.GATEWAY_BACKEND}",

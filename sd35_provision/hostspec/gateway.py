@@ -86,7 +86,7 @@ def gateway_settings(
         if key in seen:
             problem(("keys", name, "file"), f"holds the same key as keys.{seen[key]}; each client needs its own")
         elif backend_key is not None and key == backend_key:
-            problem(("keys", name, "file"), "holds the serving hosts' service.api_key_file key, which clients never see")
+            problem(("keys", name, "file"), "holds the backends' key (service.api_key_file), which clients never see")
         seen.setdefault(key, name)
 
     tls = None
