@@ -64,12 +64,13 @@ class GatewayPlan:
 
 
 def gateway_servers(serving: tuple[HostSettings, ...], plans: Mapping[str, HostPlan]) -> tuple[Server, ...]:
-    """One server per instance of every serving host, in spec order, reached at the host's address."""
+    """One server per instance of every serving host, in spec order, reached where the service binds
+    (the host's address when it binds every address)."""
     return tuple(
         Server(
             name=layout.gateway_server_name(host.name, instance.index),
             host=host.name,
-            address=host.address,
+            address=host.address if host.service.bind in ("0.0.0.0", "::") else host.service.bind,
             port=instance.port,
         )
         for host in serving

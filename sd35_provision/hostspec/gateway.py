@@ -121,7 +121,8 @@ def _serving_problems(serving: list[HostSettings], problem) -> str | None:
     """The serving hosts must be reachable and share one backend key; returns that key (None: unknown)."""
     keys: dict[str, list[str]] = {}
     for host in serving:
-        if is_loopback(host.service.bind):
+        # Loopback is fine only where it is the host's own address (a test fleet on 127.0.X.Y).
+        if is_loopback(host.service.bind) and host.service.bind != host.address:
             problem(
                 (),
                 f"host {host.name} binds its service to {host.service.bind}, which the gateway cannot reach; "
