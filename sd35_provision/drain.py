@@ -167,6 +167,16 @@ def set_state(api: RuntimeApi, hosts: Sequence[str], state: str) -> list[str]:
     return servers
 
 
+def wait_up(api: RuntimeApi, hosts: Sequence[str], timeout_s: float) -> list[ServerStat]:
+    """Wait until the servers of ``hosts`` pass their health checks again; those that did not in ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        down = [stat for stat in servers_of(api.stats(), hosts) if not stat.status.startswith("UP")]
+        if not down or time.monotonic() >= deadline:
+            return down
+        time.sleep(POLL_S)
+
+
 def wait_idle(api: RuntimeApi, hosts: Sequence[str], timeout_s: float) -> tuple[bool, list[ServerStat]]:
     """Wait until the servers of ``hosts`` answer no request (True), or ``timeout_s`` passed (False)."""
     deadline = time.monotonic() + timeout_s
@@ -210,10 +220,18 @@ def drained(gateways: Sequence[HostSettings], hosts: Sequence[str], say: Say | N
     finally:
         back = [host for host in hosts if host not in drain.kept]
         for gateway in drained_on:
+            settings = gateway.gateway
+            # Until they take requests again (or not: their health checks say why), so that the
+            # next wave is not drained while these are still coming back.
+            up_within = 10 + 4 * (settings.health_check_interval_s if settings else 2)
             try:
                 with RuntimeApi(gateway) as api:
                     if back:
                         set_state(api, back, "ready")
+                        late = wait_up(api, back, up_within)
+                        if late:
+                            names = ", ".join(f"{stat.server} ({stat.status})" for stat in late)
+                            tell(f"{gateway.name}: ready again but not passing health checks yet: {names}")
             except GatewayUnavailable as error:
                 tell(f"{gateway.name}: gateway: cannot set {', '.join(back)} ready: {error}")
             if drain.kept:

@@ -334,3 +334,92 @@ def test_drained_keeps_failed_hosts_out(monkeypatch):
         "set server sd35/gpu1:0 state ready",
     ]
     assert said == ["lb1: draining gpu1:0, gpu2:0", "lb1: gpu2 stay drained (their change failed)"]
+
+
+# -- the gateway layer, on recorded facts ----------------------------------------------------------
+
+
+def gateway_facts(plan, files: dict[str, str | None]):
+    from tests.pyinfra_fakes import existing_files, merge_facts
+
+    unit = layout.HAPROXY_UNIT
+    absent: dict[str, str | None] = {f"{path}.new": None for path in files}
+    absent[f"{layout.GATEWAY_DIR}/check.cfg"] = None
+    return merge_facts(
+        existing_files(absent),
+        existing_files(files, mode=600),
+        {
+            "DebPackages": {"haproxy": ["2.6.12-1+deb12u3"], "socat": ["1.7.4.4-2"]},
+            "Directory": {f"path={layout.GATEWAY_DIR}": {"mode": 700, "user": "root", "group": "root"}},
+            "SystemdStatus": {f"machine=None, services=['{unit}'], user_mode=False, user_name=None": {unit: True}},
+            "SystemdEnabled": {f"machine=None, services=['{unit}'], user_mode=False, user_name=None": {unit: True}},
+        },
+    )
+
+
+def wanted_files(plan) -> dict[str, str]:
+    from sd35_provision.deploys.gateway import gateway_files
+
+    return {item.path: item.content for item in gateway_files(plan)}
+
+
+def test_the_layer_changes_nothing_on_a_gateway_that_runs_the_spec(tmp_path):
+    from sd35_provision.deploys.gateway import gateway_layer
+    from tests.pyinfra_fakes import run_deploy
+
+    plan = plan_of(tmp_path)
+    run = run_deploy(gateway_layer, gateway_facts(plan, wanted_files(plan)), plan=plan)
+    assert run.changes == [] and run.diffs == []
+
+
+def test_a_changed_config_is_checked_by_haproxy_before_it_replaces_the_running_one(tmp_path):
+    from sd35_provision.deploys.gateway import gateway_layer
+    from tests.pyinfra_fakes import run_deploy
+
+    plan = plan_of(tmp_path)
+    files = wanted_files(plan)
+    old_config = files[layout.HAPROXY_CONFIG].replace("server gpu2:0 10.0.0.2:8700\n", "")
+    run = run_deploy(
+        gateway_layer,
+        gateway_facts(plan, {**files, layout.HAPROXY_CONFIG: old_config, layout.GATEWAY_CLIENT_KEYS: "old\n"}),
+        plan=plan,
+    )
+    [change] = run.changes
+    assert change.name == "Gateway | Gateway config (checked by haproxy -c, then reloaded)"
+    # The diff: the config's lines, the secret file as changed without content.
+    [diff] = run.diffs
+    assert "+    server gpu2:0 10.0.0.2:8700" in diff
+    keys = layout.GATEWAY_CLIENT_KEYS
+    assert f"--- {keys}\n+++ {keys}\n(secret file: content not shown)" in diff
+    # Every file goes up as .new (0600 for the secrets), then one script checks and switches.
+    uploads = [command for command in change.commands if isinstance(command, list) and command[0] == "upload"]
+    assert [command[2] for command in uploads] == [
+        f"{layout.GATEWAY_CLIENT_KEYS}.new",
+        f"{layout.GATEWAY_BACKEND_KEY}.new",
+        f"{layout.GATEWAY_PEM}.new",
+        f"{layout.HAPROXY_CONFIG}.new",
+        f"{layout.GATEWAY_DIR}/check.cfg",
+    ]
+    assert uploads[-1][1] == plan.candidate_config
+    script = change.commands[-1]
+    assert isinstance(script, str)
+    check = script.index(f"haproxy -c -f {layout.GATEWAY_DIR}/check.cfg")
+    assert check < script.index(f"mv -f {layout.HAPROXY_CONFIG}.new {layout.HAPROXY_CONFIG}")
+    assert script.index("mv -f") < script.index(f"systemctl reload {layout.HAPROXY_UNIT}")
+    assert "systemctl restart" in script  # only when HAProxy is not running at all
+    for secret in (BACKEND_KEY, "alice-key-0123456789abcdef", "ci-key-0123456789abcdef0"):
+        assert all(secret not in str(command) for command in change.commands if not isinstance(command, list))
+        assert secret not in diff
+
+
+def test_haproxy_is_installed_from_the_distribution_when_missing(tmp_path):
+    from sd35_provision.deploys.gateway import gateway_layer
+    from tests.pyinfra_fakes import run_deploy
+
+    plan = plan_of(tmp_path)
+    facts = gateway_facts(plan, wanted_files(plan))
+    facts["DebPackages"] = {}
+    run = run_deploy(gateway_layer, facts, plan=plan)
+    commands = run.commands("Install haproxy and socat")
+    assert commands[0] == "apt-get update"
+    assert "install haproxy socat" in commands[1]
