@@ -220,6 +220,24 @@ def test_apply_serves_through_the_gateway_and_reapply_is_a_no_op(fleet, states):
         "generate", str(spec), "--prompt", "a boat", "--size", "64x64", "--steps", "2", "-o", str(out), check_exit=0
     )
     assert "gateway node4" in made_by_cli.stdout and out.read_bytes().startswith(b"\x89PNG")
+    # One host's instance: the fleet binds it to the host's loopback address, so through an SSH tunnel.
+    out.unlink()
+    from_host = cli(
+        "generate",
+        str(spec),
+        "--prompt",
+        "a boat",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "-o",
+        str(out),
+        "--host",
+        "node2",
+        check_exit=0,
+    )
+    assert "node2 (SSH tunnel)" in from_host.stdout and out.read_bytes().startswith(b"\x89PNG")
     states.are(spec)
 
 
@@ -261,6 +279,10 @@ def test_a_stopped_instance_is_routed_around_named_by_drift_and_started_by_apply
 def test_a_bad_tls_pair_is_refused_by_haproxy_and_the_running_gateway_keeps_serving(fleet, states, spec):
     config_before = sh(fleet, GATEWAY, "sha256sum /etc/haproxy/haproxy.cfg /etc/haproxy/sd35/gateway.pem")
     bad = write_spec(fleet, "gateway-bad-tls.yaml", tls_key="other.key")
+    planned = cli("plan", str(bad), "--limit", GATEWAY, check_exit=0)
+    assert f"{GATEWAY}: 1 operation(s) would change" in planned.stdout, planned.stdout
+    assert "/etc/haproxy/sd35/gateway.pem\n" in planned.stdout and "(secret file: content not shown)" in planned.stdout
+    assert "PRIVATE KEY" not in planned.stdout + planned.stderr
     refused = cli("apply", str(bad), "--limit", GATEWAY, check_exit=1)
     output = refused.stdout + refused.stderr
     assert "haproxy -c refused the new gateway config" in output, output

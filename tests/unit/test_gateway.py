@@ -423,3 +423,123 @@ def test_haproxy_is_installed_from_the_distribution_when_missing(tmp_path):
     commands = run.commands("Install haproxy and socat")
     assert commands[0] == "apt-get update"
     assert "install haproxy socat" in commands[1]
+
+
+# -- generate ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_service():
+    """A local stand-in for the images API: answers what the test sets, records what it got."""
+    import base64
+    import http.server
+    import json
+    import threading
+
+    got: list[dict] = []
+    answer: dict = {"status": 200, "body": {"created": 1, "data": [{"b64_json": ""}]}}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            length = int(self.headers["Content-Length"])
+            got.append(
+                {"path": self.path, "auth": self.headers["Authorization"], "body": json.loads(self.rfile.read(length))}
+            )
+            payload = json.dumps(answer["body"]).encode()
+            self.send_response(answer["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    png = b"\x89PNG\r\n\x1a\n" + b"rest"
+    answer["body"]["data"][0]["b64_json"] = base64.b64encode(png).decode()
+    yield server.server_address[1], got, answer, png
+    server.shutdown()
+
+
+def test_generate_writes_the_png_and_sends_the_key_as_a_header(tmp_path, fake_service, monkeypatch):
+    from sd35_provision.generate import Request, Target, generate
+
+    port, got, _, png = fake_service
+    out = tmp_path / "out.png"
+    result = generate(Target("gateway lb1", "127.0.0.1", port, "k" * 20), Request("a boat", "64x64", 2, 7), out)
+    assert out.read_bytes() == png and result["where"] == "gateway lb1"
+    assert got == [
+        {
+            "path": "/v1/images/generations",
+            "auth": f"Bearer {'k' * 20}",
+            "body": {
+                "prompt": "a boat",
+                "size": "64x64",
+                "n": 1,
+                "response_format": "b64_json",
+                "num_inference_steps": 2,
+                "seed": 7,
+            },
+        }
+    ]
+
+
+def test_generate_says_a_refusal_in_one_line(tmp_path, fake_service):
+    from sd35_provision.generate import GenerateError, Request, Target, generate
+
+    port, _, answer, _ = fake_service
+    answer.update(
+        status=429, body={"error": {"message": "Rate limit reached for key ci", "code": "rate_limit_exceeded"}}
+    )
+    with pytest.raises(GenerateError) as caught:
+        generate(Target("gateway lb1", "127.0.0.1", port, "k" * 20), Request("x"), tmp_path / "out.png")
+    assert str(caught.value) == "gateway lb1: HTTP 429: Rate limit reached for key ci"
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_generate_takes_the_gateway_key_from_the_environment_or_the_named_key_file(tmp_path, monkeypatch):
+    from sd35_provision.generate import KEY_ENV, GenerateError, gateway_target, host_target
+
+    spec = load_spec(write(tmp_path))
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    target = gateway_target(spec)
+    assert (target.where, target.address, target.port, target.key) == (
+        "gateway lb1",
+        "10.0.0.9",
+        8443,
+        "alice-key-0123456789abcdef",
+    )
+    assert target.tls_trust == tmp_path / "gw.crt"
+    assert gateway_target(spec, "ci").key == "ci-key-0123456789abcdef0"
+    with pytest.raises(GenerateError, match=r"gateway.keys has no key 'bob' \(keys: alice, ci\)"):
+        gateway_target(spec, "bob")
+    monkeypatch.setenv(KEY_ENV, "from-the-environment-0123")
+    assert gateway_target(spec, "ci").key == "from-the-environment-0123"
+    with pytest.raises(GenerateError, match="lb1 runs the gateway and serves no model"):
+        host_target(spec, "lb1")
+    assert host_target(spec, "gpu2").port == 8700 and host_target(spec, "gpu2").tunnel_through is None
+
+
+def test_generate_tunnels_to_a_service_bound_to_loopback(tmp_path, monkeypatch):
+    from sd35_provision.generate import KEY_ENV, host_target
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    text = SPEC.replace("\ngateway:", "\nignored:").split("\nignored:")[0] + "\n"
+    text = text.replace("bind: 0.0.0.0", "bind: 127.0.0.1")
+    spec = load_spec(write(tmp_path, text))
+    target = host_target(spec, "gpu1")
+    assert target.tunnel_through is spec.host("gpu1") and (target.address, target.port) == ("127.0.0.1", 8600)
+    assert target.key == BACKEND_KEY
+
+
+def test_generate_on_the_command_line_refuses_host_and_gateway_together(tmp_path):
+    from click.testing import CliRunner
+
+    from sd35_provision.cli import cli
+
+    path = write(tmp_path)
+    result = CliRunner().invoke(cli, ["generate", str(path), "--prompt", "x", "--host", "gpu1", "--gateway"])
+    assert result.exit_code == 64 and "--host and --gateway: choose one" in result.output
