@@ -35,7 +35,7 @@ TINY_KEY = "gateway-test-client-tiny-key-4567"
 SERVING = ("node1", "node2", "node3")
 GATEWAY = "node4"
 PORT = 8443
-UNIT = "sd35-inference.service"
+UNIT = "sd35-inference@0.service"  # the one instance of a CPU host (service.instances: auto)
 TINY_RATE = 3
 
 
@@ -270,7 +270,7 @@ def test_a_stopped_instance_is_routed_around_named_by_drift_and_started_by_apply
     assert re.search(r"^sd35,node2:0,.*,DOWN,", status, re.MULTILINE), status
 
     drift = cli("drift", str(spec), check_exit=2)
-    assert re.search(r"node2:.*\n.*sd35-inference.service enabled and running", drift.stdout), drift.stdout
+    assert re.search(rf"node2:.*\n.*{re.escape(UNIT)} enabled and running", drift.stdout), drift.stdout
     cli("apply", str(spec), check_exit=0)
     assert sh(fleet, "node2", f"systemctl is-active {UNIT}") == "active"
     states.are(spec)
