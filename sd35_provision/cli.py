@@ -600,6 +600,59 @@ def prometheus(spec: Path, output: Path, limit: tuple[str, ...]) -> None:
     click.echo(f"wrote {output}: {len(targets)} target(s){needs_key}")
 
 
+def _size_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    width, _, height = value.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT (e.g. 512x512)")
+    return value
+
+
+@cli.command()
+@spec_argument
+@click.option("--prompt", required=True, help="What to draw.")
+@click.option("--size", default="512x512", show_default=True, callback=_size_option, metavar="WxH")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Inference steps (default: the service's).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed, for the same image again.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("out.png"), show_default=True
+)
+@click.option("--host", "host_name", metavar="H", default=None, help="Ask host H's service (SSH tunnel if loopback).")
+@click.option("--gateway", "via_gateway", is_flag=True, help="Ask through the gateway (the default with one).")
+@click.option(
+    "--key",
+    "key_name",
+    metavar="NAME",
+    default=None,
+    help="Which gateway.keys entry to send (default: the first); SD35_API_KEY in the environment wins.",
+)
+def generate(
+    spec: Path,
+    prompt: str,
+    size: str,
+    steps: int | None,
+    seed: int | None,
+    output: Path,
+    host_name: str | None,
+    via_gateway: bool,
+    key_name: str | None,
+) -> None:
+    """One image through the gateway, or from one host's service; writes the PNG."""
+    from sd35_provision import generate as generating
+
+    if host_name and via_gateway:
+        raise click.UsageError("--host and --gateway: choose one")
+    fleet = _load(spec)
+    if host_name is None and not via_gateway and fleet.gateway is None:
+        raise click.UsageError("the spec has no gateway: name a host with --host H")
+    target = (
+        generating.host_target(fleet, host_name)
+        if host_name is not None
+        else generating.gateway_target(fleet, key_name)
+    )
+    result = generating.generate(target, generating.Request(prompt, size, steps, seed), output)
+    click.echo(f"{result['output']}: {result['bytes']} bytes from {result['where']}")
+
+
 @cli.command("import-ansible")
 @click.argument("inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

@@ -222,3 +222,25 @@ def previous_link(install_root: str) -> str:
 def apt_bundle_dir(release: str, arch: str) -> str:
     """Where the apt bundle of ``release``/``arch`` is pushed (sd35_provision/aptbundle.py)."""
     return f"{APT_BUNDLES}/{release}-{arch}"
+
+
+# -- the gateway (HAProxy from the distribution's packages) ------------------------------
+
+HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
+HAPROXY_UNIT = "haproxy.service"
+GATEWAY_DIR = "/etc/haproxy/sd35"  # 0700 root: the secrets the config names
+GATEWAY_PEM = f"{GATEWAY_DIR}/gateway.pem"  # tls.cert_file + tls.key_file, 0600
+GATEWAY_CLIENT_KEYS = f"{GATEWAY_DIR}/client-keys.map"  # "<key> <name>" per client key, 0600
+GATEWAY_BACKEND_KEY = f"{GATEWAY_DIR}/backend-key.map"  # "backend <serving hosts' key>", 0600
+HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"  # the runtime API: drain and ready during rollouts
+GATEWAY_BACKEND = "sd35"  # the HAProxy backend holding one server per instance
+
+
+def gateway_server_name(host: str, instance: int) -> str:
+    """An instance's server name in the gateway's backend: ``node1:0`` (host names never hold ':')."""
+    return f"{host}:{instance}"
+
+
+def gateway_server_host(server: str) -> str:
+    """The host of a server name (``gateway_server_name``'s inverse)."""
+    return server.rpartition(":")[0]

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gevent.pool
 from pyinfra.api import Config, State
@@ -40,7 +41,7 @@ from sd35_provision.report import HostOutcome, OperationOutcome, RunReport
 
 logger = logging.getLogger(__name__)
 
-Layer = Callable[[HostPlan, HostRecorder], None]
+Layer = Callable[[Any, HostRecorder], None]  # takes a HostPlan (a gateway layer: a GatewayPlan)
 ProgressSink = Callable[[str], None]
 
 
@@ -226,14 +227,15 @@ class FleetRun:
 
     def prepare(
         self,
-        layers: Iterable[Layer],
-        plans: Mapping[str, HostPlan],
+        layers: Iterable[Layer] | Mapping[str, Iterable[Layer]],
+        plans: Mapping[str, Any],
         reads: Callable[[HostPlan], Sequence[FactRead]] | None = None,
     ) -> None:
         """Work out every operation's commands from current facts (the dry run).
 
-        Each layer gets the host's plan and recorder (its diffs and notes).
-        ``reads``: the facts the layers will read, read first in one round trip (sd35_provision/onepass.py).
+        Each layer gets the host's plan and recorder (its diffs and notes);
+        ``layers`` is one list for every host, or a list per host name.
+        ``reads``: the facts a host's layers will read, read first in one round trip (sd35_provision/onepass.py).
 
         Hosts are prepared in parallel greenlets, each through all layers in
         order: reading facts is mostly waiting on SSH. In pyinfra's API mode an
@@ -243,19 +245,21 @@ class FleetRun:
         self.state.set_stage(StateStage.Prepare)
         if self._stopped("prepare"):
             return
-        layers = list(layers)
+        per_host = {name: list(some) for name, some in layers.items()} if isinstance(layers, Mapping) else None
+        shared = list(layers) if per_host is None else []
 
         def one(host: Host) -> None:
-            service_plan = plans[host.name].service_plan if host.name in plans else None
+            plan = plans.get(host.name)
+            service_plan = getattr(plan, "service_plan", None)  # a gateway host's plan has none
             if service_plan is not None:
                 self.outcomes[host.name].service_plan = {**service_plan.to_json(), "line": service_plan.line()}
-            if reads is not None:
+            if reads is not None and isinstance(plan, HostPlan):
                 try:
-                    read_facts(host, reads(plans[host.name]))
+                    read_facts(host, reads(plan))
                 except HostError as error:
                     self._fail(host, error.step, error.message)
                     return
-            for layer in layers:
+            for layer in per_host[host.name] if per_host is not None else shared:
                 step = getattr(layer, "deploy_name", layer.__name__)
                 try:
                     with self._step(host, f"reading what {step} would change"):

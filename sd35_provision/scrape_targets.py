@@ -136,6 +136,8 @@ def fleet_targets(
     found: dict[str, list[ScrapeTarget]] = {}
 
     def read(host: Host, settings: HostSettings) -> None:
+        if settings.runs_gateway:
+            return  # it serves no model: no instance to scrape
         found[host.name] = instance_targets(settings, plan_instances(settings, read_plan_facts(host, settings)))
 
     run = FleetRun(hosts, options)

@@ -29,8 +29,10 @@ def connect(
     key: Path | None = None,
     password: str | None = None,
     timeout: float = 10,
+    default_keys: bool = False,
 ) -> paramiko.SSHClient:
-    """Log in to ``address`` with ``key`` or ``password`` (never an agent or ~/.ssh keys)."""
+    """Log in to ``address`` with ``key`` or ``password``; the agent and ~/.ssh keys only with ``default_keys``
+    (a spec host without ``ssh.key`` logs in with them, as pyinfra does for its runs)."""
     client = paramiko.SSHClient()
     client.get_host_keys().load(str(known_hosts))  # read only: never written back
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -41,8 +43,8 @@ def connect(
             username=user,
             password=password,
             key_filename=str(key) if key else None,
-            allow_agent=False,
-            look_for_keys=False,
+            allow_agent=default_keys,
+            look_for_keys=default_keys,
             timeout=timeout,
             banner_timeout=timeout,
             auth_timeout=timeout,

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
+from typing import Any
 
 from pyinfra.api.host import Host
 
+from sd35_provision.drain import drained_unless_failed
 from sd35_provision.errors import HostError, PreflightError
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.hostspec.settings import FleetSpec, HostSettings
 from sd35_provision.inventory import select_hosts
-from sd35_provision.reboots import RebootOptions, SshHost, reboot_host, reboot_reason, required_note
+from sd35_provision.reboots import RebootOptions, SshHost, no_gateway, reboot_host, reboot_reason, required_note
 from sd35_provision.report import HostOutcome, RunReport
 from sd35_provision.rollout import Rollout, plan_waves, stop_reason
 from sd35_provision.runner import FleetRun, ProgressSink, RunOptions
 
 
-def _layers():
+def _layers(run: FleetRun) -> dict[str, list]:
+    """Each host's layers: the serving stack, or only the gateway on a gateway host."""
     # Imported late: deploys import pyinfra's operation machinery.
+    from sd35_provision.deploys.gateway import gateway_layer
     from sd35_provision.deploys.layers import LAYERS
 
-    return LAYERS
+    return {name: [gateway_layer] if settings.runs_gateway else LAYERS for name, settings in run.hosts.items()}
 
 
 def _preflight_and_plan(
@@ -30,12 +35,15 @@ def _preflight_and_plan(
 
     With ``reboot_notes`` (plan, drift) a host that needs a reboot gets a note saying so. With
     ``reboots`` (apply) a host it may reboot passes preflight though its driver waits for a reboot.
+    A gateway host has neither: its plan needs the plans of the hosts behind it (``_gateway_plans``).
     """
     from sd35_provision.deploys.plan import plan_host
     from sd35_provision.facts import gather_host_facts
     from sd35_provision.preflight import check_preflight
 
     def one(host: Host, settings: HostSettings) -> None:
+        if settings.runs_gateway:
+            return
         facts = gather_host_facts(host, settings)
         failures = check_preflight(settings, facts, rebooting=reboots is not None and reboots.allowed_for(settings))
         if failures:
@@ -75,7 +83,54 @@ def prepare_changes(run: FleetRun, reboot_notes: bool = False, reboots: RebootOp
 
     plans: dict[str, HostPlan] = {}
     run.for_each_active_host("preflight", _preflight_and_plan(plans, run, reboot_notes, reboots))
-    run.prepare(_layers(), plans, layer_reads)
+    all_plans: dict[str, Any] = dict(plans)
+    gateways = [run.hosts[host.name] for host in run.state.inventory.get_active_hosts()]
+    gateways = [settings for settings in gateways if settings.gateway is not None]
+    if gateways:
+        run.for_each_active_host("gateway plan", _gateway_plans(plans, all_plans, gateways, run.options))
+    run.prepare(_layers(run), all_plans, layer_reads)
+
+
+def _gateway_plans(plans: dict[str, HostPlan], into: dict[str, Any], gateways: list[HostSettings], options: RunOptions):
+    """Per gateway host: its plan, from the plans of the hosts behind it.
+
+    Those not in this run (``--limit``, a rollout's other waves) are read first,
+    without their lock: only their facts, for their instances.
+    """
+    from sd35_provision.gatewayplan import build_gateway_plan
+
+    missing = {serving.name: serving for gateway in gateways for serving in gateway.gateway.serving}  # type: ignore[union-attr]
+    unknown: HostError | None = None
+    try:
+        plans = {**_read_plans([host for name, host in missing.items() if name not in plans], options), **plans}
+    except HostError as error:
+        unknown = error
+
+    def one(host: Host, settings: HostSettings) -> None:
+        if settings.gateway is None:
+            return
+        if unknown is not None:
+            raise HostError(host.name, unknown.step, unknown.message)
+        into[host.name] = build_gateway_plan(settings, plans)
+
+    return one
+
+
+def _read_plans(hosts: list[HostSettings], options: RunOptions) -> dict[str, HostPlan]:
+    """The plans of ``hosts``, read over their own connections (changes nothing); a HostError if one fails."""
+    read: dict[str, HostPlan] = {}
+    if not hosts:
+        return read
+    quiet = RunOptions(accept_new_host_keys=options.accept_new_host_keys, parallel=options.parallel)
+    run = FleetRun(hosts, quiet)
+    run.connect()
+    run.for_each_active_host("preflight", _preflight_and_plan(read, run, reboot_notes=False))
+    run.disconnect()
+    failed = [outcome for outcome in run.outcomes.values() if outcome.failed]
+    if failed:
+        reasons = "; ".join(f"{outcome.name}: {(outcome.error or '').splitlines()[0]}" for outcome in failed)
+        raise HostError("gateway", "gateway plan", f"the instances of hosts behind the gateway are unknown ({reasons})")
+    return read
 
 
 def plan(spec: FleetSpec, limit: tuple[str, ...] = (), options: RunOptions | None = None) -> RunReport:
@@ -101,17 +156,43 @@ def apply(
     (or their spec) allows it, else reported (see ``sd35_provision/reboots.py``).
     """
     reboots = reboots or RebootOptions()
+    gateways = spec.gateway_hosts
+    if gateways and reboots.drain is no_gateway:
+        reboots = replace(
+            reboots, drain=partial(drained_unless_failed, gateways, say=(options or RunOptions()).progress)
+        )
     if rollout is not None and rollout.staged:
-        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout, reboots)
-    return _apply_hosts(select_hosts(spec, limit), options, smoke, reboots)
+        return _rolling_apply(select_hosts(spec, limit), options or RunOptions(), smoke, rollout, reboots, gateways)
+    return _apply_hosts(select_hosts(spec, limit), options, smoke, reboots, gateways)
 
 
 def _apply_hosts(
-    hosts: list[HostSettings], options: RunOptions | None, smoke: bool, reboots: RebootOptions
+    hosts: list[HostSettings],
+    options: RunOptions | None,
+    smoke: bool,
+    reboots: RebootOptions,
+    gateways: tuple[HostSettings, ...] = (),
 ) -> RunReport:
+    """Apply ``hosts``; those behind ``gateways`` that change are drained there meanwhile (drain.py).
+
+    Then those that need a reboot and may get one are rebooted, drained again for it.
+    """
+    from sd35_provision.drain import drained
+
     run = _prepared_run(hosts, options, lock="apply", reboots=reboots)
-    run.execute()
-    run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
+    changing = [
+        name
+        for name, outcome in run.outcomes.items()
+        if not run.hosts[name].runs_gateway and not outcome.failed and outcome.changes
+    ]
+    with drained(gateways, changing, run.options.progress) as drain:
+        run.execute()
+        run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
+        for name in changing:
+            if run.outcomes[name].failed or run.outcomes[name].aborted:
+                drain.keep(name)
+    for name in drain.kept:
+        run.outcomes[name].notes.append(f"stays drained on the gateway ({', '.join(gw.name for gw in gateways)})")
     run.for_each_active_host("reboot", _reboot_if_needed(reboots, run.options.progress))
     run.disconnect()
     return run.report("apply")
@@ -146,7 +227,12 @@ def _reboot_if_needed(reboots: RebootOptions, progress: ProgressSink | None):
 
 
 def _rolling_apply(
-    hosts: list[HostSettings], options: RunOptions, smoke: bool, rollout: Rollout, reboots: RebootOptions
+    hosts: list[HostSettings],
+    options: RunOptions,
+    smoke: bool,
+    rollout: Rollout,
+    reboots: RebootOptions,
+    gateways: tuple[HostSettings, ...] = (),
 ) -> RunReport:
     by_name = {host.name: host for host in hosts}
     waves = plan_waves(list(by_name), rollout)
@@ -164,7 +250,7 @@ def _rolling_apply(
         unchecked = [name for name in wave.hosts if smoke and not by_name[name].smoke.enabled]
         if unchecked:
             say(f"   {', '.join(unchecked)}: smoke test disabled in the spec; only the apply gates this wave")
-        report = _apply_hosts([by_name[name] for name in wave.hosts], options, smoke, reboots)
+        report = _apply_hosts([by_name[name] for name in wave.hosts], options, smoke, reboots, gateways)
         failed = [host.name for host in report.hosts if host.failed or host.aborted]
         for host in report.hosts:
             host.wave = wave.label
@@ -200,6 +286,9 @@ def _smoke_only(host: Host, settings: HostSettings) -> None:
     from sd35_provision.runner import current_run_outcome
     from sd35_provision.smoketest import run_smoke
 
+    if settings.runs_gateway:
+        current_run_outcome(host).notes.append("runs the gateway: no smoke test of its own")
+        return
     result = run_smoke(host, settings)
     current_run_outcome(host).smoke = asdict(result)
     if not result.ok:
@@ -242,8 +331,8 @@ def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
     if outcome.aborted:
         _roll_back_aborted(host, settings)
         return
-    if not settings.smoke.enabled:
-        return
+    if not settings.smoke.enabled or settings.runs_gateway:
+        return  # a gateway host serves no model of its own
     result = run_smoke(host, settings)
     outcome.smoke = asdict(result)
     if result.ok:

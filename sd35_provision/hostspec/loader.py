@@ -23,6 +23,7 @@ from jsonschema.exceptions import ValidationError
 
 from sd35_provision.errors import SpecError
 from sd35_provision.hostspec import rules
+from sd35_provision.hostspec.gateway import gateway_settings
 from sd35_provision.hostspec.merge import deep_merge
 from sd35_provision.hostspec.renamed import rename_deprecated_keys
 from sd35_provision.hostspec.settings import (
@@ -133,6 +134,8 @@ def load_spec(
     host_count = len(document.data["hosts"])
     for (origin, message), names in setting_problems.items():
         problems.append(document.problem(origin, f"{message} ({_hosts_phrase(names, host_count)})"))
+    hosts, gateway, gateway_problems = gateway_settings(document, hosts, check_local_files)
+    problems += gateway_problems
     if problems:
         raise SpecError(problems)
 
@@ -140,7 +143,14 @@ def load_spec(
     for host in hosts:
         for group in host.groups:
             groups[group] = (*groups[group], host.name)
-    return FleetSpec(path=spec_path, hosts=tuple(hosts), groups=groups, raw=document.data, warnings=tuple(warnings))
+    return FleetSpec(
+        path=spec_path,
+        hosts=tuple(hosts),
+        groups=groups,
+        raw=document.data,
+        warnings=tuple(warnings),
+        gateway=gateway,
+    )
 
 
 def schema_problems(document: SourceDocument) -> list[str]:

@@ -130,6 +130,45 @@ class SystemSettings:
 
 
 @dataclass(frozen=True)
+class GatewayKey:
+    """One client's API key: its name (in logs and limits) and the local file holding it."""
+
+    name: str
+    file: Path
+    rate_per_minute: int = 60
+
+
+@dataclass(frozen=True)
+class GatewayTls:
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The spec's ``gateway:`` section: HAProxy on ``hosts`` in front of every other host's instances."""
+
+    hosts: tuple[str, ...]  # the hosts that run it (``gateway.hosts`` and ``gateway.group``), in spec order
+    keys: tuple[GatewayKey, ...]
+    bind: str = "0.0.0.0"
+    port: int = 8443
+    tls: GatewayTls | None = None
+    max_body_mb: int = 25
+    connect_timeout_s: int = 5
+    request_timeout_s: int = 600
+    queue_timeout_s: int = 60
+    health_check_interval_s: int = 2
+    drain_timeout_s: int = 900
+    # The hosts that serve behind it (every other host of the spec), in spec order.
+    serving: tuple[HostSettings, ...] = field(default=(), repr=False)
+
+    @property
+    def backend_key_file(self) -> Path | None:
+        """The serving hosts' ``service.api_key_file`` (one for all: the loader checks it)."""
+        return self.serving[0].service.api_key_file if self.serving else None
+
+
+@dataclass(frozen=True)
 class HostSettings:
     """Everything one host should look like, after defaults < groups < host."""
 
@@ -144,6 +183,12 @@ class HostSettings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     smoke: SmokeSettings = field(default_factory=SmokeSettings)
     system: SystemSettings = field(default_factory=SystemSettings)
+    # Set on the hosts that run the gateway (and only there): such a host serves no model.
+    gateway: GatewaySettings | None = field(default=None, repr=False)
+
+    @property
+    def runs_gateway(self) -> bool:
+        return self.gateway is not None
 
 
 @dataclass(frozen=True)
@@ -157,6 +202,12 @@ class FleetSpec:
     # "FILE:LINE: python.venv_root is deprecated: use python.install_root", one per old key
     # in the file; every command that loads a spec prints them on stderr.
     warnings: tuple[str, ...] = ()
+    gateway: GatewaySettings | None = None
+
+    @property
+    def gateway_hosts(self) -> tuple[HostSettings, ...]:
+        """The hosts that run the gateway (none without a ``gateway:`` section)."""
+        return tuple(host for host in self.hosts if host.runs_gateway)
 
     def host(self, name: str) -> HostSettings:
         for host in self.hosts:

@@ -255,11 +255,13 @@ def test_a_driver_upgraded_under_its_loaded_module() -> None:
 def test_every_reason_at_once_and_the_driver_layers_fact() -> None:
     mismatch = "nvidia-smi: Driver/library version mismatch"
     both = replace(signals(module_loaded="550.127.05", library="570.133.20"), required_file=True)
+    # The driver facts compare the same versions: said once, by the module/library comparison.
     assert reboot_needed(both, driver_mismatch=mismatch) == (
-        "/var/run/reboot-required exists; NVIDIA kernel module 550.127.05 is loaded, its library is 570.133.20; "
-        f"{mismatch}"
+        "/var/run/reboot-required exists; NVIDIA kernel module 550.127.05 is loaded, its library is 570.133.20"
     )
     assert reboot_needed(signals(), driver_mismatch=mismatch) == mismatch
+    flagged = replace(signals(), required_file=True)
+    assert reboot_needed(flagged, driver_mismatch=mismatch) == f"/var/run/reboot-required exists; {mismatch}"
 
 
 # -- the host-side commands, run here ---------------------------------------------------------------

@@ -73,7 +73,7 @@ class Recorder:
         self.waves: list[list[str]] = []
         self.reboots: list[RebootOptions] = []
 
-    def __call__(self, hosts, options, smoke, reboots):
+    def __call__(self, hosts, options, smoke, reboots, gateways=()):
         self.waves.append([host.name for host in hosts])
         self.reboots.append(reboots)
         outcomes = []
