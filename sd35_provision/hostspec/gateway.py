@@ -23,9 +23,7 @@ SECTION = "gateway"
 
 
 def _defaults() -> dict[str, Any]:
-    from sd35_provision.hostspec.loader import load_schema
-
-    properties = load_schema()["$defs"][SECTION]["properties"]
+    properties = rules.load_schema()["$defs"][SECTION]["properties"]
     return {key: value["default"] for key, value in properties.items() if "default" in value}
 
 
@@ -160,6 +158,4 @@ def _file_problem(path: Path) -> str | None:
 
 
 def _is_address(text: str) -> bool:
-    from sd35_provision.hostspec.loader import is_valid_address
-
-    return is_valid_address(text)
+    return rules.is_valid_address(text)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import ipaddress
-import json
 import math
 import re
 from dataclasses import fields
@@ -26,6 +24,7 @@ from sd35_provision.hostspec import rules
 from sd35_provision.hostspec.gateway import gateway_settings
 from sd35_provision.hostspec.merge import deep_merge
 from sd35_provision.hostspec.renamed import rename_deprecated_keys
+from sd35_provision.hostspec.rules import is_valid_address, load_schema
 from sd35_provision.hostspec.settings import (
     SECTIONS,
     CacheSettings,
@@ -49,8 +48,6 @@ from sd35_provision.hostspec.yamlsource import (
 from sd35_provision.locks import LockError, parse_lock
 from sd35_provision.service.config import is_loopback
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
-
 # Settings that name files on the control machine: resolved relative to the spec.
 LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "ssh": ("key", "known_hosts"),
@@ -61,7 +58,6 @@ LOCAL_PATH_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 _FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 # Settings that name local directories; the other LOCAL_PATH_FIELDS name files.
@@ -95,10 +91,6 @@ _TYPE_NAMES = {
 
 
 @lru_cache(maxsize=1)
-def load_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-
-
 def load_spec(
     path: str | Path, *, check_local_files: bool = True, known_hosts_may_be_missing: bool = False
 ) -> FleetSpec:
@@ -295,20 +287,6 @@ def _endpoint_problems(
         elif owner is None and on_address:
             seen[endpoint] = (name, "bound")
     return problems
-
-
-def is_valid_address(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-        return True
-    except ValueError:
-        pass
-    if len(address) > 253 or address.endswith("."):
-        return False
-    labels = address.split(".")
-    if all(label.isdigit() for label in labels):
-        return False  # looks like a broken IPv4 address, e.g. 10.0.0.300
-    return all(_HOSTNAME_LABEL.match(label) for label in labels)
 
 
 def merged_host_settings(document: SourceDocument, name: str) -> tuple[dict[str, Any], list[str]]:

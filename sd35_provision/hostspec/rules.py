@@ -11,12 +11,35 @@ puts the file and line of wherever the value was set in front.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from sd35_provision.service.config import MIN_API_KEY_CHARS, Limits, ServiceConfig
 from sd35_provision.service.policy import CUDA_ONLY_PRECISIONS
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "host-spec.schema.json"
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def is_valid_address(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        pass
+    if len(address) > 253 or address.endswith("."):
+        return False
+    labels = address.split(".")
+    if all(label.isdigit() for label in labels):
+        return False  # looks like a broken IPv4 address, e.g. 10.0.0.300
+    return all(_HOSTNAME_LABEL.match(label) for label in labels)
+
 
 Problem = tuple[str, str, str]  # (section, key, message)
 

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 
 from .api import CapacityError, GenerationJob, ModelLimits, RequestError, parse_generation_request
 from .config import Limits, ServiceConfig
+from .drawing import encode_png, seeded_generators
 from .responses import error_response, gpu_busy_response, not_ready_response
 from .worker import QueueFull
 
@@ -287,8 +288,6 @@ class ImageEditor:
     def edit(self, job: EditJob) -> list[bytes]:
         import torch
 
-        from .pipeline import _generators, encode_png
-
         g = job.generation
         # One copy per image: with one generator per image, diffusers encodes image[i] for each.
         inputs: dict[str, Any] = {"image": [job.image] * g.n}
@@ -304,7 +303,7 @@ class ImageEditor:
                 height=g.height,
                 width=g.width,
                 num_images_per_prompt=g.n,
-                generator=_generators(g.seed, g.n),
+                generator=seeded_generators(g.seed, g.n),
                 **inputs,
             )
         except torch.cuda.OutOfMemoryError:

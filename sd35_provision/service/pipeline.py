@@ -5,7 +5,6 @@ Everything here runs on the GPU worker thread (see worker.py).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 from .api import CapacityError, EngineLoader, GenerationJob, LoadedEngine, ModelLimits
 from .config import ServiceConfig
+from .drawing import encode_png, seeded_generators
 from .precision import (
     T5_WEIGHTS,
     DeviceInfo,
@@ -212,13 +212,6 @@ def model_limits(pipe: Any) -> ModelLimits:
     return ModelLimits(default_width=native, default_height=native, size_multiple=multiple, max_side=max_side)
 
 
-def _generators(seed: int, n: int) -> list[Any]:
-    import torch
-
-    # CPU generators: the same seed gives the same noise whatever the device.
-    return [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(n)]
-
-
 def run_pipeline(pipe: Any, job: GenerationJob) -> list[Any]:
     """Draw ``job.n`` images; returns PIL images."""
     return run_batch(pipe, [job])[0]
@@ -244,7 +237,7 @@ def run_batch(pipe: Any, jobs: list[GenerationJob]) -> list[list[Any]]:
             raise ValueError("a batch takes jobs of one size, step count and guidance only")
         prompts += [job.prompt] * job.n
         negatives += [job.negative_prompt or ""] * job.n
-        generators += _generators(job.seed, job.n)
+        generators += seeded_generators(job.seed, job.n)
     result = pipe(
         prompt=prompts,
         negative_prompt=negatives,
@@ -261,12 +254,6 @@ def run_batch(pipe: Any, jobs: list[GenerationJob]) -> list[list[Any]]:
         out.append(images[: job.n])
         images = images[job.n :]
     return out
-
-
-def encode_png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def warmup_plan(

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from sd35_provision.errors import SpecError
 from sd35_provision.hostspec import load_spec
-from sd35_provision.hostspec.loader import SCHEMA_PATH
+from sd35_provision.hostspec.rules import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 
