@@ -573,6 +573,7 @@ def prometheus(spec: Path, output: Path, limit: tuple[str, ...]) -> None:
     """
     from sd35_provision.report import render_failures
     from sd35_provision.scrape_targets import (
+        GATEWAY_JOB,
         check_output,
         fleet_targets,
         render_targets,
@@ -589,14 +590,13 @@ def prometheus(spec: Path, output: Path, limit: tuple[str, ...]) -> None:
         sys.exit(EXIT_FAILED)
     write_targets(output, render_targets(targets))
     for settings in fleet.hosts:
-        if any(target.labels.get("host") == settings.name for target in targets) and unreachable_from_outside(settings):
-            click.echo(
-                f"{settings.name}: service.bind is {settings.service.bind}: only a Prometheus on the host "
-                "itself can scrape it",
-                err=True,
-            )
+        unreachable = unreachable_from_outside(settings)
+        if unreachable and any(target.labels.get("host") == settings.name for target in targets):
+            click.echo(f"{settings.name}: {unreachable}: only a Prometheus on the host itself can scrape it", err=True)
     keys = sorted({str(target.api_key_file) for target in targets if target.api_key_file is not None})
     needs_key = f"; /metrics wants the bearer key in {', '.join(keys)} (authorization.credentials_file)" if keys else ""
+    if any(target.labels["job"] == GATEWAY_JOB for target in targets):
+        needs_key += f"; the gateways' /metrics want one of gateway.keys (job {GATEWAY_JOB})"
     click.echo(f"wrote {output}: {len(targets)} target(s){needs_key}")
 
 

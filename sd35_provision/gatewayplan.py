@@ -128,6 +128,12 @@ def render_haproxy_config(
     unavailable = openai_error(
         "No instance can take the request now; retry later", "server_error", "service_unavailable"
     )
+    key_check = [
+        # The client's key names it (a map of key -> name); no known key, no name.
+        f"    http-request set-var(txn.client) http_auth_bearer,map_str({files.client_keys})",
+        "    http-request return status 401 content-type application/json hdr WWW-Authenticate Bearer "
+        f"string '{unauthorized}' unless {{ var(txn.client) -m found }}",
+    ]
     lines = [
         "# Managed by sd35-provision (the spec's gateway: section); edits are reverted on the next apply.",
         "global",
@@ -160,10 +166,7 @@ def render_haproxy_config(
         "frontend sd35",
         f"    bind {address}:{gateway.port}{tls}",
         "    stick-table type string len 64 size 10k expire 2m store http_req_rate(60s)",
-        # The client's key names it (a map of key -> name); no known key, no name.
-        f"    http-request set-var(txn.client) http_auth_bearer,map_str({files.client_keys})",
-        "    http-request return status 401 content-type application/json hdr WWW-Authenticate Bearer "
-        f"string '{unauthorized}' unless {{ var(txn.client) -m found }}",
+        *key_check,
         "    http-request track-sc0 var(txn.client)",
     ]
     for key in gateway.keys:
@@ -186,6 +189,19 @@ def render_haproxy_config(
         f"    http-error status 503 content-type application/json string '{unavailable}'",
         f"    default_backend {layout.GATEWAY_BACKEND}",
         "",
+    ]
+    if gateway.metrics_port:
+        # HAProxy's own Prometheus exporter (Debian builds it in): where the API listens, with its TLS,
+        # behind the same client keys (not rate-counted: scrapes are not requests to the fleet).
+        lines += [
+            "frontend metrics",
+            f"    bind {address}:{gateway.metrics_port}{tls}",
+            *key_check,
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+            "    http-request deny deny_status 404",
+            "",
+        ]
+    lines += [
         f"backend {layout.GATEWAY_BACKEND}",
         "    balance leastconn",
         "    option httpchk",

@@ -1,9 +1,10 @@
 """``sd35-provision prometheus``: a Prometheus file_sd targets file for the fleet's services.
 
 One target per service instance (``address:port``, its metrics at ``/metrics``)
-and per gateway, each with the labels ``job``, ``host``, ``group`` and
-``instance`` (``gpu`` too on NVIDIA hosts), so a stock Prometheus scrapes the
-fleet with ``file_sd_configs`` (README, "Monitoring").
+and per gateway host (HAProxy's exporter on ``gateway.metrics_port``), each
+with the labels ``job``, ``host``, ``group`` and ``instance`` (``gpu`` too on
+NVIDIA hosts), so a stock Prometheus scrapes the fleet with
+``file_sd_configs`` (README, "Monitoring").
 
 Which instances a host has is the plan's answer (``hostplan.plan_instances``),
 worked out from the host's facts as ``apply`` works it out: read over SSH, so a
@@ -89,13 +90,24 @@ def instance_targets(settings: HostSettings, instances: Sequence[Instance]) -> l
 
 
 def gateway_targets(spec: FleetSpec, hosts: Sequence[HostSettings]) -> list[ScrapeTarget]:
-    """The gateways' targets (job ``sd35-gateway``).
-
-    The spec has no ``gateway:`` section yet: when it gets one, each gateway of
-    ``hosts`` becomes a target here (its address and metrics port, labels host,
-    group, instance), and the tests of this module name it.
-    """
-    return []
+    """The targets of the gateways among ``hosts`` (job ``sd35-gateway``): HAProxy's own exporter on
+    ``gateway.metrics_port``, where the gateway listens (the host's address when it listens on every
+    address), over HTTPS when the gateway terminates TLS. Its ``/metrics`` wants one of ``gateway.keys``."""
+    if spec.gateway is None or not spec.gateway.metrics_port:
+        return []
+    gateway = spec.gateway
+    targets = []
+    for settings in hosts:
+        if not settings.runs_gateway:
+            continue
+        labels = {"job": GATEWAY_JOB, "host": settings.name, "instance": f"{settings.name}:{gateway.metrics_port}"}
+        if settings.groups:
+            labels["group"] = ",".join(settings.groups)
+        if gateway.tls is not None:
+            labels["__scheme__"] = "https"  # file_sd sets the scheme per target
+        address = settings.address if gateway.bind in ("0.0.0.0", "::") else gateway.bind
+        targets.append(ScrapeTarget(scrape_address(address, gateway.metrics_port), labels))
+    return targets
 
 
 def render_targets(targets: Sequence[ScrapeTarget]) -> str:
@@ -148,9 +160,14 @@ def fleet_targets(
     return [*targets, *gateway_targets(spec, hosts)], run.report("prometheus")
 
 
-def unreachable_from_outside(settings: HostSettings) -> bool:
-    """Whether the service listens on loopback only (a Prometheus elsewhere cannot scrape it)."""
+def unreachable_from_outside(settings: HostSettings) -> str | None:
+    """The setting that keeps a Prometheus elsewhere from scraping ``settings``'s targets, as
+    ``field is value`` (a service, or a gateway, that listens on loopback only); None: none does."""
+    field_name, bind = (
+        ("gateway.bind", settings.gateway.bind) if settings.gateway else ("service.bind", settings.service.bind)
+    )
     try:
-        return ipaddress.ip_address(settings.service.bind.strip("[]")).is_loopback
+        loopback = ipaddress.ip_address(bind.strip("[]")).is_loopback
     except ValueError:
-        return settings.service.bind == "localhost"
+        loopback = bind == "localhost"
+    return f"{field_name} is {bind}" if loopback else None

@@ -64,6 +64,9 @@ def gateway_settings(
     values = {**_defaults(), **raw}
     if values["bind"] not in ("0.0.0.0", "::") and not _is_address(values["bind"]):
         problem(("bind",), f"{values['bind']!r} is not an IP address or host name")
+    metrics_port = values["metrics_port"] or None  # 0 and null: no metrics port
+    if metrics_port == values["port"]:
+        problem(("metrics_port",), f"{metrics_port} is gateway.port; the metrics need a port of their own")
 
     backend_key = _serving_problems(serving, problem)
     keys: list[GatewayKey] = []
@@ -102,6 +105,7 @@ def gateway_settings(
         keys=tuple(keys),
         bind=values["bind"],
         port=values["port"],
+        metrics_port=metrics_port,
         tls=tls,
         max_body_mb=values["max_body_mb"],
         connect_timeout_s=values["connect_timeout_s"],

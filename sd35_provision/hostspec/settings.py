@@ -152,6 +152,7 @@ class GatewaySettings:
     keys: tuple[GatewayKey, ...]
     bind: str = "0.0.0.0"
     port: int = 8443
+    metrics_port: int | None = 8405  # HAProxy's Prometheus exporter; None: off (the spec's 0 or null)
     tls: GatewayTls | None = None
     max_body_mb: int = 25
     connect_timeout_s: int = 5

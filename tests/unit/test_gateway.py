@@ -232,6 +232,49 @@ def test_without_tls_the_gateway_binds_plain_http(tmp_path):
     assert "    bind 0.0.0.0:8443\n" in config and "ssl crt" not in config
 
 
+def test_the_gateway_serves_its_metrics_behind_the_client_keys_on_its_own_port(tmp_path):
+    config = plan_of(tmp_path).config
+    metrics = lines_of(config, "frontend metrics")
+    # Where the API listens, with its TLS: on loopback only when the gateway itself listens there.
+    assert metrics[0] == f"bind 0.0.0.0:8405 ssl crt {layout.GATEWAY_PEM} alpn http/1.1"
+    # The same key check as the API's frontend, before the exporter answers; no rate counting.
+    api = lines_of(config, "frontend sd35")
+    key_check = [line for line in api if "txn.client" in line and "track-sc0" not in line and "status 429" not in line]
+    assert len(key_check) == 2 and metrics[1:3] == key_check
+    assert metrics[3:] == [
+        "http-request use-service prometheus-exporter if { path /metrics }",
+        "http-request deny deny_status 404",
+    ]
+    assert not any("track-sc0" in line or "stick-table" in line for line in metrics)
+
+
+@pytest.mark.parametrize("setting", ["metrics_port: 0", "metrics_port: null"])
+def test_metrics_port_0_or_null_renders_no_metrics_frontend(tmp_path, setting):
+    spec = load_spec(write(tmp_path, SPEC + f"  {setting}\n"))
+    assert spec.gateway is not None and spec.gateway.metrics_port is None
+    config = render_haproxy_config(spec.gateway, (Server("gpu1:0", "gpu1", "10.0.0.1", 8600),))
+    assert "frontend metrics" not in config and "prometheus-exporter" not in config
+
+
+def test_a_gateway_on_loopback_serves_its_metrics_on_loopback(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC + "  bind: 127.0.0.1\n  metrics_port: 9101\n"))
+    assert spec.gateway is not None
+    config = render_haproxy_config(spec.gateway, (Server("gpu1:0", "gpu1", "10.0.0.1", 8600),))
+    assert lines_of(config, "frontend metrics")[0].startswith("bind 127.0.0.1:9101 ssl crt ")
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("metrics_port: 8443", r"fleet.yaml:16: gateway.metrics_port: 8443 is gateway.port; the metrics need a port"),
+        ("metrics_port: 70000", r"fleet.yaml:16: gateway.metrics_port: 70000 is above 65535"),
+    ],
+)
+def test_a_bad_metrics_port_is_named_at_its_line(tmp_path, setting, expected):
+    found = problems(tmp_path, SPEC + f"  {setting}\n")
+    assert any(re.search(expected, problem) for problem in found), found
+
+
 def test_the_access_log_never_holds_a_header(tmp_path):
     config = plan_of(tmp_path).config
     assert f'log-format "{LOG_FORMAT}"' in config

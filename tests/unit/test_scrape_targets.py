@@ -14,6 +14,7 @@ from sd35_provision.hostspec import load_spec
 from sd35_provision.report import HostOutcome, RunReport
 from sd35_provision.scrape_targets import (
     TargetsFileError,
+    gateway_targets,
     instance_targets,
     render_targets,
     scrape_address,
@@ -123,10 +124,10 @@ def fake_hosts(monkeypatch):
         targets = [
             t
             for h in hosts
-            if h.name not in failing
+            if h.name not in failing and not h.runs_gateway  # as fleet_targets: a gateway serves no model
             for t in scrape_targets.instance_targets(h, plan_instances(h, PlanFacts(pythons=())))
         ]
-        return targets, RunReport(mode="prometheus", hosts=outcomes)
+        return [*targets, *scrape_targets.gateway_targets(fleet, hosts)], RunReport(mode="prometheus", hosts=outcomes)
 
     monkeypatch.setattr(scrape_targets, "fleet_targets", fleet_targets)
     monkeypatch.setattr("gevent.monkey.patch_all", lambda *a, **k: None)
@@ -183,3 +184,81 @@ def test_command_line_mistakes_are_one_line(spec, tmp_path, fake_hosts, args, co
 def test_output_is_required():
     result = CliRunner().invoke(cli, ["prometheus", "x.yaml"])
     assert result.exit_code == EXIT_USAGE and "Missing option '-o'" in result.output
+
+
+GATEWAY_SPEC = f"""\
+defaults:
+  model: {{source: hf, repo: stabilityai/stable-diffusion-3.5-large, revision: {REVISION}}}
+  service: {{bind: 0.0.0.0, api_key_file: api-key}}
+groups:
+  edge: {{}}
+hosts:
+  gpu-a1: {{address: 10.0.0.1}}
+  lb1: {{address: 10.0.0.9, groups: [edge]}}
+  lb2: {{address: "fd00::9", groups: [edge]}}
+gateway:
+  group: edge
+  keys:
+    prometheus: {{file: prometheus.key}}
+"""
+
+
+def gateway_spec(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "api-key").write_text("k" * 32 + "\n")
+    (tmp_path / "prometheus.key").write_text("p" * 32 + "\n")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(GATEWAY_SPEC + extra)
+    return path
+
+
+def test_each_gateway_host_is_a_target_of_its_own_job(tmp_path):
+    fleet = load_spec(gateway_spec(tmp_path))
+    assert json.loads(render_targets(gateway_targets(fleet, fleet.hosts))) == [
+        {
+            "targets": ["10.0.0.9:8405"],
+            "labels": {"job": "sd35-gateway", "host": "lb1", "instance": "lb1:8405", "group": "edge"},
+        },
+        {
+            "targets": ["[fd00::9]:8405"],
+            "labels": {"job": "sd35-gateway", "host": "lb2", "instance": "lb2:8405", "group": "edge"},
+        },
+    ]
+    assert gateway_targets(fleet, [fleet.host("gpu-a1"), fleet.host("lb2")])[0].labels["host"] == "lb2"  # --limit
+
+
+def test_a_gateway_with_tls_is_scraped_over_https_where_it_listens(tmp_path):
+    (tmp_path / "gw.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "gw.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    extra = "  tls: {cert_file: gw.crt, key_file: gw.key}\n  bind: 10.1.1.1\n  metrics_port: 9101\n"
+    fleet = load_spec(gateway_spec(tmp_path, extra))
+    (first, _) = gateway_targets(fleet, fleet.hosts)
+    assert first.address == "10.1.1.1:9101" and first.labels["__scheme__"] == "https"
+
+
+def test_no_gateway_target_without_a_metrics_port(tmp_path):
+    fleet = load_spec(gateway_spec(tmp_path, "  metrics_port: 0\n"))
+    assert gateway_targets(fleet, fleet.hosts) == []
+    serving_only = load_spec(gateway_spec(tmp_path))
+    assert gateway_targets(serving_only, [serving_only.host("gpu-a1")]) == []  # --limit without the gateways
+
+
+def test_the_command_writes_the_gateways_beside_the_instances(tmp_path, fake_hosts):
+    spec, out = gateway_spec(tmp_path, "  bind: 127.0.0.1\n"), tmp_path / "targets.json"
+    result = CliRunner().invoke(cli, ["prometheus", str(spec), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [
+        (entry["labels"]["job"], entry["labels"]["host"], entry["targets"]) for entry in json.loads(out.read_text())
+    ] == [
+        ("sd35", "gpu-a1", ["10.0.0.1:8000"]),
+        ("sd35-gateway", "lb1", ["127.0.0.1:8405"]),
+        ("sd35-gateway", "lb2", ["127.0.0.1:8405"]),
+    ]
+    assert result.stderr.splitlines() == [
+        f"{name}: gateway.bind is 127.0.0.1: only a Prometheus on the host itself can scrape it"
+        for name in ("lb1", "lb2")
+    ]
+    assert result.stdout == (
+        f"wrote {out}: 3 target(s); /metrics wants the bearer key in {tmp_path}/api-key "
+        "(authorization.credentials_file); the gateways' /metrics want one of gateway.keys (job sd35-gateway)\n"
+    )
+    assert "p" * 32 not in result.output
