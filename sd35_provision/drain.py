@@ -17,9 +17,6 @@ requests in flight, never a reason to stop a rollout.
 
 from __future__ import annotations
 
-import csv
-import io
-import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,51 +25,11 @@ from dataclasses import dataclass, field
 import paramiko
 
 from sd35_provision import layout, sshlogin
+from sd35_provision.facts.gateway import ServerStat, parse_show_stat, runtime_shell
 from sd35_provision.hostspec.settings import HostSettings
 
 Say = Callable[[str], None]
 POLL_S = 1.0
-
-
-@dataclass(frozen=True)
-class ServerStat:
-    """One server's line of ``show stat``."""
-
-    backend: str
-    server: str
-    sessions: int  # scur: requests being answered now
-    queued: int  # qcur: requests waiting for this server
-    status: str  # UP, DOWN, DRAIN, MAINT, "UP 1/2"...
-
-    @property
-    def host(self) -> str:
-        return layout.gateway_server_host(self.server)
-
-    @property
-    def busy(self) -> int:
-        return self.sessions + self.queued
-
-
-def parse_show_stat(text: str) -> list[ServerStat]:
-    """The server lines of ``show stat`` (CSV, header ``# pxname,svname,...``); frontends and backends skipped."""
-    lines = text.strip().splitlines()
-    if not lines or not lines[0].startswith("# "):
-        raise ValueError(f"not the output of show stat: {text.strip()[:200]!r}")
-    rows = csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]])))
-    stats = []
-    for row in rows:
-        if row.get("svname") in ("FRONTEND", "BACKEND", None):
-            continue
-        stats.append(
-            ServerStat(
-                backend=row["pxname"],
-                server=row["svname"],
-                sessions=int(row.get("scur") or 0),
-                queued=int(row.get("qcur") or 0),
-                status=row.get("status", ""),
-            )
-        )
-    return stats
 
 
 def servers_of(stats: Sequence[ServerStat], hosts: Sequence[str]) -> list[ServerStat]:
@@ -86,13 +43,6 @@ def set_state_command(server: str, state: str) -> str:
     if state not in ("ready", "drain", "maint"):
         raise ValueError(state)
     return f"set server {layout.GATEWAY_BACKEND}/{server} state {state}"
-
-
-def runtime_shell(commands: Sequence[str], sudo: bool = False) -> str:
-    """A shell line that sends ``commands`` to the admin socket and prints the answers."""
-    text = ";".join(commands)  # the runtime API takes several commands on one line, separated by ';'
-    socat = f"socat -t 10 stdio UNIX-CONNECT:{layout.HAPROXY_ADMIN_SOCKET}"
-    return f"printf '%s\\n' {shlex.quote(text)} | {'sudo -n ' if sudo else ''}{socat}"
 
 
 class GatewayUnavailable(Exception):

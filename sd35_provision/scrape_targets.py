@@ -93,20 +93,21 @@ def gateway_targets(spec: FleetSpec, hosts: Sequence[HostSettings]) -> list[Scra
     """The targets of the gateways among ``hosts`` (job ``sd35-gateway``): HAProxy's own exporter on
     ``gateway.metrics_port``, where the gateway listens (the host's address when it listens on every
     address), over HTTPS when the gateway terminates TLS. Its ``/metrics`` wants one of ``gateway.keys``."""
-    if spec.gateway is None or not spec.gateway.metrics_port:
-        return []
     gateway = spec.gateway
+    if gateway is None or not gateway.metrics_port:
+        return []
+    port = gateway.metrics_port
     targets = []
     for settings in hosts:
         if not settings.runs_gateway:
             continue
-        labels = {"job": GATEWAY_JOB, "host": settings.name, "instance": f"{settings.name}:{gateway.metrics_port}"}
+        labels = {"job": GATEWAY_JOB, "host": settings.name, "instance": f"{settings.name}:{port}"}
         if settings.groups:
             labels["group"] = ",".join(settings.groups)
         if gateway.tls is not None:
             labels["__scheme__"] = "https"  # file_sd sets the scheme per target
         address = settings.address if gateway.bind in ("0.0.0.0", "::") else gateway.bind
-        targets.append(ScrapeTarget(scrape_address(address, gateway.metrics_port), labels))
+        targets.append(ScrapeTarget(scrape_address(address, port), labels))
     return targets
 
 

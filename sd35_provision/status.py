@@ -10,6 +10,11 @@ Per service instance (``instances``): its unit, port, device, systemd state,
 /readyz and last smoke test; the host's SERVICE column sums them up (the first
 instance that is not active and ready, else instance 0). When a host runs more
 than one instance, the table is followed by one row per instance.
+
+A gateway host (the spec's ``gateway:``) serves no model: its row says HAProxy's
+state instead (``haproxy active 5/6 up``: systemd's state of ``haproxy.service``
+and the backend servers up, from ``show stat`` over the admin socket), with no
+GPU, driver, release or smoke test to read.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from pyinfra.api.host import Host
 
 from sd35_provision import layout
+from sd35_provision.facts.gateway import GatewayState, HaproxyState
 from sd35_provision.facts.nvidia import MigDevice, NvidiaMigDevices
 from sd35_provision.facts.service import (
     NO_SERVICE,
@@ -74,6 +80,7 @@ class HostStatus:
     drift: bool | None = None  # None: could not be worked out (see error)
     drift_operations: list[str] = field(default_factory=list)
     instances: list[InstanceStatus] = field(default_factory=list)
+    gateway: HaproxyState | None = None  # a gateway host's HAProxy (its service is haproxy.service); None: not one
     smoke_stale: str | None = None  # why the last smoke result says nothing of what runs now (None: it does)
     reboot_required: str | None = None  # why the host needs a reboot (facts.reboot.reboot_needed); None: it does not
     error: str | None = None  # "step: reason" when something could not be read
@@ -81,6 +88,9 @@ class HostStatus:
 
     @property
     def service(self) -> str:
+        if self.gateway is not None:
+            servers = "" if self.gateway.servers is None else f" {self.gateway.servers_up}/{self.gateway.servers} up"
+            return f"haproxy {self.gateway.active or 'not installed'}{servers}"
         if not self.service_active:
             return "-"
         return f"{self.service_active}/{self.service_ready}" if self.service_ready else self.service_active
@@ -198,6 +208,9 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     from sd35_provision.facts.table import facts_row
 
     row.reachable = True
+    if settings.runs_gateway:
+        _read_gateway(host, row)
+        return
     facts = gather_host_facts(host, settings)
     _, os_name, gpu, driver, _, _, _, _ = facts_row(host.name, facts)
     row.os, row.gpu, row.driver = os_name, gpu, None if driver == "-" else driver
@@ -242,6 +255,19 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     row.model_revision = states[0].model_revision
     row.smoke = states[0].smoke
     row.smoke_stale = smoke_staleness(states[0].smoke, states[0].release_id, states[0].active)
+
+
+def _read_gateway(host: Host, row: HostStatus) -> None:
+    """A gateway host's row: its OS, HAProxy (systemd and the runtime API), a reboot it waits for."""
+    from pyinfra.facts.server import LinuxDistribution
+
+    from sd35_provision.facts.host import os_name_version
+
+    distro = host.get_fact(LinuxDistribution) or LinuxDistribution.default()
+    row.os = " ".join(os_name_version(distro)).strip()
+    row.gateway = host.get_fact(GatewayState)
+    row.service_active = row.gateway.active
+    row.reboot_required = reboot_reason(host)
 
 
 def _ready(state: ServiceStatus) -> str | None:

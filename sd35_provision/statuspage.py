@@ -79,6 +79,9 @@ def _cell_class(column: str, value: str, row: HostStatus) -> str:
     if column == "SERVICE":
         if value == "-":
             return "unknown"
+        if row.gateway is not None:  # haproxy active, every server up
+            gateway = row.gateway
+            return "good" if gateway.active == "active" and gateway.servers and not gateway.not_up else "bad"
         return "good" if value == "active/ready" else "bad"
     if column == "LAST SMOKE":
         return "unknown" if value == "-" else ("good" if value.startswith("ok") else "bad")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sd35_provision.facts.disk import DiskInfo, FreeSpace, FreeSpaceInfo, StorageInfo, StorageKind
 from sd35_provision.facts.driver import AptHolds, DriverState, NvidiaDriverState
+from sd35_provision.facts.gateway import GatewayState, HaproxyState
 from sd35_provision.facts.host import HostFacts, gather_host_facts
 from sd35_provision.facts.nvidia import (
     FP8_MIN_CAPABILITY,
@@ -35,7 +36,9 @@ __all__ = [
     "DriverState",
     "FreeSpace",
     "FreeSpaceInfo",
+    "GatewayState",
     "GpuInfo",
+    "HaproxyState",
     "HostFacts",
     "MigDevice",
     "NvidiaDriverState",

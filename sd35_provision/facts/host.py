@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pyinfra.api.host import Host
-from pyinfra.facts.server import KernelVersion, LinuxDistribution
+from pyinfra.facts.server import KernelVersion, LinuxDistribution, LinuxDistributionDict
 
 from sd35_provision.cuda_compat import version_tuple
 from sd35_provision.facts.disk import FreeSpace, FreeSpaceInfo, StorageInfo, StorageKind
@@ -99,6 +99,14 @@ def preflight_reads(settings: HostSettings) -> list[FactRead]:
     ]
 
 
+def os_name_version(distro: LinuxDistributionDict) -> tuple[str, str]:
+    """("Ubuntu", "24.04") from pyinfra's ``LinuxDistribution`` fact."""
+    release = distro.get("release_meta") or {}
+    return distro.get("name") or release.get("NAME") or "unknown", release.get("VERSION_ID") or str(
+        distro.get("major") or ""
+    )
+
+
 def gather_host_facts(host: Host, settings: HostSettings) -> HostFacts:
     """Read every fact preflight needs from ``host`` (pyinfra facts; changes nothing)."""
     read_facts(host, preflight_reads(settings))
@@ -114,10 +122,11 @@ def gather_host_facts(host: Host, settings: HostSettings) -> HostFacts:
     nvidia = host.get_fact(NvidiaGpus)
     nvidia_pci: list[PciDevice] = host.get_fact(NvidiaPciDevices)
     driver = host.get_fact(NvidiaDriverState) if settings.gpu.accelerator == "nvidia" else NO_DRIVER
+    os_name, os_version = os_name_version(distro)
     return HostFacts(
         os_id=(release.get("ID") or "").lower(),
-        os_name=distro.get("name") or release.get("NAME") or "unknown",
-        os_version=release.get("VERSION_ID") or str(distro.get("major") or ""),
+        os_name=os_name,
+        os_version=os_version,
         os_codename=release.get("VERSION_CODENAME") or "",
         kernel=kernel,
         pythons=tuple(pythons),

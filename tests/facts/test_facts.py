@@ -67,6 +67,7 @@ def test_fact_parses_recorded_output(case_path: Path) -> None:
         (facts.NvidiaPciDevices, {}),
         (facts.NvidiaKernelModule, {}),
         (facts.RebootState, {}),
+        (facts.GatewayState, {}),
     ],
 )
 def test_commands_run_under_sh_here(tmp_path: Path, fact_class: type, arg: dict[str, str]) -> None:

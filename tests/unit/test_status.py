@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 from sd35_provision.facts.service import NO_SERVICE, ServiceState, parse_service_state
+from sd35_provision.hostspec import load_spec
 from sd35_provision.jsonreport import status_json
 from sd35_provision.report import HostOutcome, OperationOutcome
 from sd35_provision.status import HostStatus, _add_outcome, render_status_table, smoke_staleness, status_ok
@@ -213,3 +215,73 @@ def test_a_host_that_needs_a_reboot_says_why_under_the_table_and_in_json():
     assert len(table) == 4  # header, two rows, the one line: nothing about gpu-2
     data = json.loads(status_json([waiting, fine]))["hosts"]
     assert [row["reboot_required"] for row in data] == ["/var/run/reboot-required exists", None]
+
+
+# -- a gateway host ---------------------------------------------------------------------------
+
+FACT_CASES = Path(__file__).parent.parent / "facts"
+
+
+def recorded(fact: str, case: str) -> list[str]:
+    return json.loads((FACT_CASES / fact / f"{case}.json").read_text())["output"]
+
+
+class RecordedHost:
+    """A host answering each fact from its recorded output (parsed by the fact); any other fact fails."""
+
+    name = "lb1"
+
+    def __init__(self, outputs: dict[str, list[str]]):
+        self.outputs, self.asked = outputs, []
+
+    def get_fact(self, fact, **kwargs):
+        self.asked.append(fact.__name__)
+        if fact.__name__ == "LinuxDistribution":
+            return {"name": "Debian", "major": 12, "minor": None, "release_meta": {"VERSION_ID": "12"}}
+        return fact().process(self.outputs[fact.__name__])
+
+
+def gateway_row(tmp_path: Path, case: str) -> tuple[HostStatus, RecordedHost]:
+    from sd35_provision.status import _read_host
+    from tests.unit.test_gateway import SPEC, write
+
+    settings = load_spec(write(tmp_path, SPEC)).host("lb1")
+    host = RecordedHost(
+        {"GatewayState": recorded("GatewayState", case), "RebootState": recorded("RebootState", "cpu_host")}
+    )
+    row = HostStatus("lb1", settings.address, False)
+    _read_host(host, settings, row)  # type: ignore[arg-type]
+    _add_outcome(row, HostOutcome("lb1"))
+    return row, host
+
+
+def test_a_gateway_host_shows_haproxy_and_its_servers_not_a_gpu_service(tmp_path):
+    row, host = gateway_row(tmp_path, "serving_one_down_one_drained")
+    assert host.asked == ["LinuxDistribution", "GatewayState", "RebootState"]  # no GPU, driver, service or smoke read
+    assert row.row() == ("lb1", "yes", "Debian 12", "-", "-", "-", "haproxy active 1/3 up", "-", "-", "-", "no")
+    assert status_ok([row])  # a server down is the gateway's business (health checks), not a status failure
+
+    document = check(status_json([row]))
+    (data,) = document["hosts"]
+    assert data["service"] == {"active": "active", "ready": None}
+    assert data["gateway"] == {
+        "active": "active",
+        "servers": 3,
+        "servers_up": 1,
+        "not_up": ["gpu1:0 DOWN", "gpu2:0 DRAIN"],
+    }
+    assert data["instances"] == [] and data["smoke"] is None and data["gpu"] is None and data["release"] is None
+
+
+def test_a_gateway_before_its_first_apply_or_stopped_says_so(tmp_path):
+    fresh, _ = gateway_row(tmp_path, "not_installed")
+    assert fresh.service == "haproxy not installed"
+    stopped, _ = gateway_row(tmp_path, "stopped")
+    assert stopped.service == "haproxy failed"  # no servers count: the runtime API did not answer
+    assert check(status_json([stopped]))["hosts"][0]["gateway"]["servers"] is None
+
+
+def test_serving_hosts_carry_no_gateway_in_json():
+    row = HostStatus("gpu-1", "10.0.0.1", True)
+    _add_outcome(row, HostOutcome("gpu-1"))
+    assert check(status_json([row]))["hosts"][0]["gateway"] is None

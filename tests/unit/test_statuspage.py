@@ -228,3 +228,16 @@ def test_status_html_to_a_missing_directory_fails_before_any_host_is_asked(tmp_p
     assert result.returncode == 1, result.stderr
     assert f"status --html {tmp_path / 'gone' / 's.html'}: {tmp_path / 'gone'} is not a directory" in result.stderr
     assert result.stdout == ""  # no table: no host was asked
+
+
+def test_a_gateway_is_green_only_with_haproxy_active_and_every_server_up() -> None:
+    from sd35_provision.facts.gateway import HaproxyState
+
+    def service_cell(state: HaproxyState) -> str:
+        row = HostStatus("lb1", "10.0.0.9", True, gateway=state, service_active=state.active)
+        page = render_status_page([row], {}, "t", 0)
+        return page.split('id="host-lb1">', 1)[1].split("</td>")[6]
+
+    assert service_cell(HaproxyState("active", 4, 4)) == '<td class="good">haproxy active 4/4 up'
+    assert service_cell(HaproxyState("active", 4, 3, ("gpu2:1 DRAIN",))) == '<td class="bad">haproxy active 3/4 up'
+    assert service_cell(HaproxyState("inactive", None, None)) == '<td class="bad">haproxy inactive'
