@@ -199,6 +199,19 @@ def test_apply_serves_through_the_gateway_and_reapply_is_a_no_op(fleet, states):
         assert re.search(rf"^{host}\s+unchanged\s+0", again.stdout, re.MULTILINE), again.stdout
     cli("drift", str(spec), check_exit=0)
 
+    # The gateway's own row: HAProxy's state and its servers up; its metrics need a client key.
+    [gateway] = [
+        h for h in json.loads(cli("status", str(spec), "--json", check_exit=0).stdout)["hosts"] if h["gateway"]
+    ]
+    assert gateway["name"] == GATEWAY and gateway["gateway"]["active"] == "active", gateway
+    assert (gateway["gateway"]["servers"], gateway["gateway"]["servers_up"]) == (len(backends), len(backends))
+    metrics_url = f"https://{fleet.host(GATEWAY).address}:8405/metrics"
+    with client(fleet, key=None) as anonymous:
+        assert anonymous.get(metrics_url).status_code == 401
+    with client(fleet) as scraper:
+        scraped = scraper.get(metrics_url)
+    assert scraped.status_code == 200 and "haproxy_backend_" in scraped.text, scraped.text[:300]
+
     before = served_per_server(fleet)
     stock = openai.OpenAI(
         base_url=f"{base_url(fleet)}/v1",
