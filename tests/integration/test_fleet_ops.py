@@ -361,8 +361,9 @@ def test_a_failing_canary_is_rolled_back_and_stops_the_rollout(fleet, states):
     assert sh(fleet, "node1", "readlink /opt/sd35/current") == serving
     assert sh(fleet, "node1", "cat /etc/sd35/service.env") == settings_before
     assert sh(fleet, "node1", f"systemctl is-active {UNIT}") == "active"
-    assert_smoke_ok = cli("smoke", str(good), "--limit", "node1", check_exit=0)
-    assert re.search(r"^node1\s+unchanged\s+0\s+smoke ok in", assert_smoke_ok.stdout, re.M)
+    smoked = cli("smoke", str(good), "--limit", "node1", check_exit=0)
+    # One row per instance: HOST INSTANCE PORT DEVICE STATUS DETAIL.
+    assert re.search(r"^node1\s+0\s+\d+\s+cpu\s+ok\s+smoke ok in", smoked.stdout, re.M), smoked.stdout
     # ... and drift names the spec's update as still to do.
     assert "Switch current to release" in cli("drift", str(bad), "--limit", "node1", check_exit=2).stdout
     states.are(PROVISIONED, "node1")
