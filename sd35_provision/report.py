@@ -75,11 +75,16 @@ class RunReport:
 _JOURNAL_PREFIX = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ \S+?(\[\d+\])?: ")
 # What a line that says why looks like, most telling first: the service's own status line (systemd's
 # `Status: "..."`, set by the service with the cause), an exception, apt/git/pip errors, a mirror not reached.
+_MIRROR = re.compile(
+    r"^(?P<cause>.*\b(Could not resolve|Temporary failure resolving|Failed to fetch|Unable to connect).*)"
+)
 _CAUSES = (
+    # Our host scripts' own verdict, written last after the tool's lines (hostside/venv-build.sh).
+    re.compile(r"^(?P<cause>venv \S+ not built, .+)"),
     re.compile(r'^\s*Status: "(?P<cause>.*(fail|error|need|cannot|not ).*)"', re.I),
     re.compile(r"(?P<cause>model load failed: .+)"),
     re.compile(r"^(?P<cause>[\w.]*(Error|Exception): .+)"),
-    re.compile(r"^(?P<cause>.*\b(Could not resolve|Temporary failure resolving|Failed to fetch|Unable to connect).*)"),
+    _MIRROR,
     re.compile(r"^(?P<cause>(E|ERROR|error|fatal): .+)"),
 )
 # Lines a later stage adds to a host's error ("rollback: rolled back to X"): shown after the cause.
@@ -102,7 +107,7 @@ def failure_cause(error: str | None, fallback: bool = True) -> str:
     found: list[str] = []
     for pattern in _CAUSES:
         matches = [match.group("cause") for line in own if (match := pattern.search(line))]
-        if matches and pattern is _CAUSES[3]:  # the mirror line (the one naming the URL) first, then the error
+        if matches and pattern is _MIRROR:  # the mirror line (the one naming the URL) first, then the error
             found.append(max(matches, key=len))
             continue
         if matches:

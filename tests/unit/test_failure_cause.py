@@ -67,3 +67,22 @@ def test_the_table_of_a_failed_canary_names_the_cause():
         "Service | Restart sd35-inference.service: model load failed: fp8-dynamic needs a CUDA GPU; "
         "this device (cpu) is a CPU; rollback: rolled back to 3f2a9c0d1e2b-5a6b"
     ), table
+
+
+# hostside/venv-build.sh on a lock whose pillow hash is wrong: pip's lines, then the script's verdict
+# (the shape tests/integration/test_python_env_fleet.py gets from a real host).
+VENV_HASH_MISMATCH = """\
+ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated the package versions, \
+please update the hashes. Otherwise, examine the package contents carefully; someone may have tampered with them.
+    pillow==13.0.0 from http://127.0.2.254:40401/pillow-13.0.0-cp311-cp311-manylinux_2_28_x86_64.whl:
+        Expected sha256 0000000000000000000000000000000000000000000000000000000000000000
+             Got        5c1d9c5f3d1e2b0a9f8e7d6c5b4a39281706f5e4d3c2b1a0918273645546372
+venv custom-b290bfb9d4fe not built, wheels do not match the lock's hashes: pillow==13.0.0; \
+the running environment is unchanged"""
+
+
+def test_a_failed_venv_build_shows_the_scripts_verdict_not_pips_banner():
+    assert failure_cause(VENV_HASH_MISMATCH) == (
+        "venv custom-b290bfb9d4fe not built, wheels do not match the lock's hashes: pillow==13.0.0; "
+        "the running environment is unchanged"
+    )
