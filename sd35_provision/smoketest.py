@@ -18,7 +18,7 @@ from typing import Any
 from pyinfra.api.host import Host
 
 from sd35_provision import layout
-from sd35_provision.facts.service import InstalledInstances, parse_installed_instances
+from sd35_provision.facts.service import InstalledInstances, ServiceInstallation, parse_installed_instances
 from sd35_provision.hostspec.settings import HostSettings
 
 API_KEY_PATH = layout.API_KEY_FILE
@@ -100,13 +100,21 @@ def smoke_targets(host: Host, settings: HostSettings) -> list[SmokeTarget]:
     """
     command = InstalledInstances().command(layout.INSTANCES_DIR, layout.SERVICE_TEMPLATE, layout.LEGACY_UNIT)
     _, output = host.run_shell_command(command, print_output=False, **_as_root(host))
-    installed = parse_installed_instances(output.stdout_lines)
-    targets = [
+    return installed_targets(parse_installed_instances(output.stdout_lines)) or [legacy_target(settings)]
+
+
+def installed_targets(installed: ServiceInstallation) -> list[SmokeTarget]:
+    """The instances the host has set up (a settings file with a port), in order."""
+    return [
         SmokeTarget(each.index, each.port, each.device, layout.instance_unit(each.index))
         for each in installed.instances
         if each.port is not None
     ]
-    return targets or [SmokeTarget(0, settings.service.port, None, layout.LEGACY_UNIT)]
+
+
+def legacy_target(settings: HostSettings) -> SmokeTarget:
+    """The single unit of before instances, on ``service.port``: what a host without instances is asked about."""
+    return SmokeTarget(0, settings.service.port, None, layout.LEGACY_UNIT)
 
 
 def run_smoke(host: Host, settings: HostSettings) -> SmokeOutcome:

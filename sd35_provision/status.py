@@ -42,7 +42,7 @@ from sd35_provision.inventory import select_hosts
 from sd35_provision.reboots import reboot_reason, required_note
 from sd35_provision.report import HostOutcome, failure_cause
 from sd35_provision.runner import FleetRun, RunOptions
-from sd35_provision.smoketest import API_KEY_PATH, SmokeTarget, service_url
+from sd35_provision.smoketest import API_KEY_PATH, SmokeTarget, installed_targets, legacy_target, service_url
 from sd35_provision.texttable import render_rows
 
 HEADER = ("HOST", "REACHABLE", "OS", "GPU", "DRIVER", "FP8", "SERVICE", "RELEASE", "MODEL REV", "LAST SMOKE", "DRIFT")
@@ -222,16 +222,12 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
         template=layout.SERVICE_TEMPLATE,
         legacy_unit=layout.LEGACY_UNIT,
     )
-    targets = [
-        SmokeTarget(each.index, each.port, each.device, layout.instance_unit(each.index))
-        for each in installed.instances
-        if each.port is not None
-    ]
+    targets = installed_targets(installed)
     migs: tuple[MigDevice, ...] = host.get_fact(NvidiaMigDevices) if facts.nvidia.working else ()
     labels = {device.uuid: device.label for device in host_devices(facts.nvidia, migs)}
     states: list[ServiceStatus] = []
     # A host still on the single unit of before instances (or with none yet) is asked about that unit.
-    for target in targets or [SmokeTarget(0, settings.service.port, None, layout.LEGACY_UNIT)]:
+    for target in targets or [legacy_target(settings)]:
         state = _service_state(host, settings, target)
         states.append(state)
         if targets or installed.legacy_unit:
