@@ -130,6 +130,16 @@ def sh(fleet, host: str, command: str) -> str:
     return result.stdout.strip()
 
 
+def haproxy_stat_once_down(fleet, server: str, within_s: float) -> str:
+    """The gateway's server table as soon as `server` shows DOWN there, or the last one read after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        status = sh(fleet, GATEWAY, "echo 'show stat -1 4 -1' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock")
+        if re.search(rf"^sd35,{re.escape(server)},.*,DOWN,", status, re.MULTILINE) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
 def served_per_server(fleet) -> dict[str, int]:
     """Requests each instance answered, from the gateway's own counters (``show stat``: stot)."""
     text = sh(fleet, GATEWAY, "echo 'show stat -1 4 -1' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock")
@@ -278,9 +288,11 @@ def test_a_stopped_instance_is_routed_around_named_by_drift_and_started_by_apply
     with LoadLoop(fleet, in_flight=2) as loop:
         loop.wait_for(2)
         sh(fleet, "node2", f"systemctl stop {UNIT}")
+        # HAProxy marks the server DOWN after CHECK_FALL failed checks (1 s apart here); until then a request
+        # that meets the stopped port is redispatched. Both must hold: no request fails, and it goes DOWN.
+        status = haproxy_stat_once_down(fleet, "node2:0", within_s=30)
         loop.wait_for(sum(loop.results.values()) + 6)
     assert not loop.failures, loop.failures
-    status = sh(fleet, GATEWAY, "echo 'show stat -1 4 -1' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock")
     assert re.search(r"^sd35,node2:0,.*,DOWN,", status, re.MULTILINE), status
 
     drift = cli("drift", str(spec), check_exit=2)
