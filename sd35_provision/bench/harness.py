@@ -48,9 +48,6 @@ class Mode:
     lean: bool = False
     reuse: bool = False  # the previous mode's transformer, as it is (same precision, already compiled)
     attention: str | None = None  # an SDPA backend forced for the whole mode; None: PyTorch's choice
-    fp8_attention: bool = False  # cuDNN's FP8 SDPA (service/fp8_attention.py) in place of SDPA
-    fuse_qkv: bool = False  # the attention's q, k and v projections as one linear (diffusers' fuse_qkv_projections)
-    compile_mode: str | None = None  # torch.compile's mode ("reduce-overhead": CUDA graphs); None: its default
 
 
 # In the order they run. The issue's four modes and the lean plan by default;
@@ -63,19 +60,6 @@ MODES = (
     Mode("fp8-storage", "FP8 storage (layerwise cast)", "fp8-storage", False),
     Mode("fp8-dynamic-eager", "FP8 dynamic, no compile", "fp8-dynamic", False),
     Mode("fp8-dynamic", "FP8 dynamic + compile", "fp8-dynamic", True),
-    Mode("fp8-dynamic-fp8attn", "FP8 dynamic + compile, cuDNN FP8 attention", "fp8-dynamic", True, fp8_attention=True),
-    Mode("fp8-dynamic-qkv", "FP8 dynamic + compile, fused QKV", "fp8-dynamic", True, fuse_qkv=True),
-    Mode(
-        "fp8-dynamic-graphs", "FP8 dynamic + compile, CUDA graphs", "fp8-dynamic", True, compile_mode="reduce-overhead"
-    ),
-    Mode(
-        "fp8-dynamic-fp8attn-graphs",
-        "FP8 dynamic + compile, cuDNN FP8 attention, CUDA graphs",
-        "fp8-dynamic",
-        True,
-        fp8_attention=True,
-        compile_mode="reduce-overhead",
-    ),
     Mode("fp8-dynamic-lean", "FP8 dynamic + compile, lean memory", "fp8-dynamic", True, lean=True, reuse=True),
 )
 MODE_KEYS = tuple(m.key for m in MODES)
@@ -628,17 +612,8 @@ def run_benchmark(
                     else build_pipeline(spec, device, dtype).transformer
                 )
                 pipe.transformer = transformer
-                if mode.fuse_qkv:
-                    transformer.fuse_qkv_projections()
-                if mode.fp8_attention:
-                    from sd35_provision.service.fp8_attention import use_fp8_attention
-
-                    use_fp8_attention(transformer)
-                compile_now = mode.compile and mode.compile_mode is None
-                choice = prec.PrecisionChoice(mode.precision, dtype, compile_now, "benchmark", compile_scope)
+                choice = prec.PrecisionChoice(mode.precision, dtype, mode.compile, "benchmark", compile_scope)
                 prec.apply_precision(pipe, choice)
-                if mode.compile and not compile_now:
-                    prec.compile_transformer(transformer, compile_scope, mode=mode.compile_mode)
             if mode.lean and not lean_applied:
                 prec.apply_memory_plan(pipe, prec.MemoryPlan(True, True, "benchmark"))
                 lean_applied = True

@@ -203,25 +203,22 @@ def convert_transformer(transformer: torch.nn.Module, choice: PrecisionChoice) -
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=choice.compute_dtype)
 
 
-def compile_transformer(
-    transformer: torch.nn.Module, scope: str = "blocks", fullgraph: bool = True, mode: str | None = None
-) -> int:
+def compile_transformer(transformer: torch.nn.Module, scope: str = "blocks", fullgraph: bool = True) -> int:
     """torch.compile ``transformer`` in place; returns how many modules were compiled.
 
     In place (``nn.Module.compile``), so ``pipe.transformer`` stays the same
     object and its .config, .dtype and hooks keep working. With ``scope``
     "blocks", each of ``transformer_blocks`` is compiled and the rest (patch and
     time embedding, final projection: a few small layers) stays eager; a model
-    without such blocks is compiled whole. ``mode`` is torch.compile's
-    (``"reduce-overhead"``: CUDA graphs).
+    without such blocks is compiled whole.
     """
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"compile scope {scope!r} is not one of {', '.join(COMPILE_SCOPES)}")
     blocks = list(getattr(transformer, "transformer_blocks", None) or ()) if scope == "blocks" else []
     for block in blocks:
-        block.compile(fullgraph=fullgraph, mode=mode)
+        block.compile(fullgraph=fullgraph)
     if not blocks:
-        transformer.compile(fullgraph=fullgraph, mode=mode)
+        transformer.compile(fullgraph=fullgraph)
     return len(blocks) or 1
 
 
