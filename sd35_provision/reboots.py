@@ -30,6 +30,7 @@ from pyinfra.api.host import Host
 from pyinfra.connectors.util import clear_askpass_cache
 
 from sd35_provision.errors import HostError
+from sd35_provision.facts.driver import DriverState, NvidiaDriverState
 from sd35_provision.facts.nvidia import NvidiaGpus
 from sd35_provision.facts.reboot import RebootState, reboot_needed
 from sd35_provision.hostspec.settings import HostSettings
@@ -68,13 +69,18 @@ class RebootOptions:
         return self.timeout_s if self.timeout_s is not None else settings.gpu.driver.reboot_timeout_s
 
 
-def reboot_reason(host: Host, driver_mismatch: str | None = None) -> str | None:
+def reboot_reason(host: Host, settings: HostSettings, driver: DriverState | None = None) -> str | None:
     """Why ``host`` needs a reboot now (None: it does not): the one place plan, apply and status ask.
 
-    ``driver_mismatch``: the driver facts' reason (``DriverState.reboot_reason``:
-    NVML's "Driver/library version mismatch" and the module/library versions).
+    On an NVIDIA host the driver facts' reason counts too (``DriverState.reboot_reason``: NVML's
+    "Driver/library version mismatch", which a host may show without a library the reboot fact finds).
+    ``driver``: those facts when the caller has read them already; read here when not. A gateway
+    host has no driver facts of its own (its plan reads none).
     """
-    return reboot_needed(host.get_fact(RebootState), driver_mismatch)
+    if settings.gpu.accelerator == "nvidia" and not settings.runs_gateway:
+        driver = driver if driver is not None else host.get_fact(NvidiaDriverState)
+        return reboot_needed(host.get_fact(RebootState), driver.reboot_reason)
+    return reboot_needed(host.get_fact(RebootState))
 
 
 def required_note(reason: str) -> str:

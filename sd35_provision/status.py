@@ -209,13 +209,13 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
 
     row.reachable = True
     if settings.runs_gateway:
-        _read_gateway(host, row)
+        _read_gateway(host, settings, row)
         return
     facts = gather_host_facts(host, settings)
     _, os_name, gpu, driver, _, _, _, _ = facts_row(host.name, facts)
     row.os, row.gpu, row.driver = os_name, gpu, None if driver == "-" else driver
     row.fp8_capable = facts.fp8_capable if facts.gpus else None
-    row.reboot_required = reboot_reason(host, facts.driver.reboot_reason)
+    row.reboot_required = reboot_reason(host, settings, facts.driver)
     installed: ServiceInstallation = host.get_fact(
         InstalledInstances,
         instances_dir=layout.INSTANCES_DIR,
@@ -253,7 +253,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     row.smoke_stale = smoke_staleness(states[0].smoke, states[0].release_id, states[0].active)
 
 
-def _read_gateway(host: Host, row: HostStatus) -> None:
+def _read_gateway(host: Host, settings: HostSettings, row: HostStatus) -> None:
     """A gateway host's row: its OS, HAProxy (systemd and the runtime API), a reboot it waits for."""
     from pyinfra.facts.server import LinuxDistribution
 
@@ -263,7 +263,7 @@ def _read_gateway(host: Host, row: HostStatus) -> None:
     row.os = " ".join(os_name_version(distro)).strip()
     row.gateway = host.get_fact(GatewayState)
     row.service_active = row.gateway.active
-    row.reboot_required = reboot_reason(host)
+    row.reboot_required = reboot_reason(host, settings)
 
 
 def _ready(state: ServiceStatus) -> str | None:

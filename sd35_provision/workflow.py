@@ -50,7 +50,7 @@ def _preflight_and_plan(
             raise PreflightError(host.name, "preflight", "\n".join(failures))
         plans[host.name] = plan_host(host, settings, facts)
         if reboot_notes:
-            reason = reboot_reason(host, facts.driver.reboot_reason)
+            reason = reboot_reason(host, settings, facts.driver)
             if reason and settings.gpu.driver.allow_reboot:
                 run.recorders[host.name].note(f"reboot after apply (gpu.driver.allow_reboot): {reason}")
             elif reason:
@@ -203,7 +203,7 @@ def _reboot_if_needed(reboots: RebootOptions, progress: ProgressSink | None):
     from sd35_provision.runner import current_run_outcome
 
     def one(host: Host, settings: HostSettings) -> None:
-        reason = reboot_reason(host)
+        reason = reboot_reason(host, settings)
         if reason is None:
             return
         outcome = current_run_outcome(host)

@@ -8,14 +8,18 @@ tests/integration/test_fleet_ops.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from sd35_provision.errors import HostError
+from sd35_provision.facts.driver import NvidiaDriverState
 from sd35_provision.facts.reboot import RebootSignals, RebootState, reboot_needed
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.reboots import (
@@ -23,9 +27,12 @@ from sd35_provision.reboots import (
     RebootFailed,
     RebootOptions,
     reboot_host,
+    reboot_reason,
     required_note,
     wait_active_command,
 )
+from sd35_provision.report import HostOutcome
+from sd35_provision.workflow import _reboot_if_needed
 
 OLD, NEW = "11111111-old", "22222222-new"
 
@@ -286,3 +293,74 @@ def test_waiting_for_a_unit_gives_up_at_its_bound_with_its_state() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "sd35-inference.service is failed 1s after the reboot"
+
+
+# -- the one question plan, apply and status ask: reboot_reason on recorded facts ----------------
+
+FACT_CASES = Path(__file__).parent.parent / "facts"
+H200_MODULE = (  # tests/fixtures/h200/driver-facts.txt: the open module, no modinfo, no libnvidia-ml under ldconfig
+    "module=NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)  "
+)
+
+
+def recorded(fact: str, case: str) -> list[str]:
+    return json.loads((FACT_CASES / fact / f"{case}.json").read_text())["output"]
+
+
+def h200_nvml_mismatch() -> dict[str, list[str]]:
+    """The lent H200 VM with its library upgraded under the loaded module: only nvidia-smi's NVML error shows it
+    (no library the reboot fact finds, no modinfo), as the driver fact records it."""
+    driver = [line for line in recorded("NvidiaDriverState", "two_h200_vm") if not line.startswith("fabric=")]
+    return {
+        "RebootState": ["boot_id=" + NEW, "required=", H200_MODULE, "installed=", "library="],
+        "NvidiaDriverState": [*driver, "nvml=Failed to initialize NVML: Driver/library version mismatch"],
+    }
+
+
+@dataclass
+class RecordedHost:
+    """A pyinfra host answering facts from recorded output (parsed by the fact), in a run with one outcome."""
+
+    outputs: dict[str, list[str]]
+    name: str = "gpu-a1"
+    asked: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.state = SimpleNamespace(sd35_run=SimpleNamespace(outcomes={self.name: HostOutcome(name=self.name)}))
+
+    def get_fact(self, fact, **kwargs):
+        self.asked.append(fact.__name__)
+        return fact().process(self.outputs[fact.__name__])
+
+
+MISMATCH_REASON = (
+    "NVIDIA driver/library version mismatch: nvidia module 580.159.04 loaded, library another version installed"
+)
+
+
+def test_a_mismatch_only_nvml_shows_is_a_reboot_for_plan_status_and_after_apply_alike() -> None:
+    settings = HostSettings(name="gpu-a1", address="127.0.0.1")
+    host = RecordedHost(h200_nvml_mismatch())
+    # The reboot fact alone sees nothing: the module's library is not where ldconfig looks.
+    assert reboot_needed(RebootState().process(host.outputs["RebootState"])) is None
+    # plan and status pass the driver facts they read; apply's after-apply check reads them itself.
+    driver = NvidiaDriverState().process(host.outputs["NvidiaDriverState"])
+    assert reboot_reason(host, settings, driver) == MISMATCH_REASON  # type: ignore[arg-type]
+    assert reboot_reason(host, settings) == MISMATCH_REASON  # type: ignore[arg-type]
+
+    after_apply = RecordedHost(h200_nvml_mismatch())
+    _reboot_if_needed(RebootOptions(), None)(after_apply, settings)  # type: ignore[arg-type]
+    assert after_apply.asked == ["NvidiaDriverState", "RebootState"]
+    assert after_apply.state.sd35_run.outcomes["gpu-a1"].notes == [required_note(MISMATCH_REASON)]
+
+
+def test_a_cpu_host_or_a_gateway_asks_no_driver_facts() -> None:
+    settings = HostSettings(name="gpu-a1", address="127.0.0.1")
+    cpu = replace(settings, gpu=replace(settings.gpu, accelerator="cpu"))
+    host = RecordedHost({"RebootState": recorded("RebootState", "kernel_update_pending")})
+    reason = "/var/run/reboot-required exists (for linux-image-6.1.0-28-amd64, libc6)"
+    assert reboot_reason(host, cpu) == reason  # type: ignore[arg-type]
+    assert host.asked == ["RebootState"]
+    healthy = RecordedHost({"RebootState": recorded("RebootState", "cpu_host")})
+    _reboot_if_needed(RebootOptions(), None)(healthy, cpu)  # type: ignore[arg-type]
+    assert healthy.state.sd35_run.outcomes["gpu-a1"].notes == []
