@@ -246,10 +246,13 @@ class SshHost:
             client.close()  # pyinfra's disconnect keeps the paramiko client open
 
     def driver_problem(self) -> str | None:
+        # The driver layer's own verdict (it works, new enough for torch), so a new driver the
+        # layer installed (gpu.driver.allow_reboot) is checked as it was by the layer itself.
+        from sd35_provision.deploys.nvidia import driver_problem, torch_flavours
+
         fact = NvidiaGpus()
         _, out, err = self._run(fact.command(), timeout=120)
-        status = fact.process((out + err).splitlines())
-        return None if status.working else status.problem
+        return driver_problem(fact.process((out + err).splitlines()), torch_flavours(self.settings))
 
     def service_problem(self, timeout_s: float) -> str | None:
         from sd35_provision.smoketest import smoke_targets

@@ -14,9 +14,11 @@
   contrib/non-free/non-free-firmware enabled in its sources and
   ``nvidia-driver firmware-misc-nonfree linux-headers-<flavour>``, in the
   branch Debian ships (the pin cannot be honoured there, a note says so).
-  A new driver needs the new kernel module loaded: with gpu.driver.allow_reboot
-  the host reboots (and the driver is checked after it), otherwise the report
-  says "reboot required" on every run until it happens.
+  A new driver needs the new kernel module loaded: the layer only says so, and
+  with gpu.driver.allow_reboot (or ``apply --reboot``) the run reboots the host
+  after its apply (drained, its driver, service and smoke test checked after
+  it: sd35_provision/reboots.py), otherwise the report says "reboot required"
+  on every run until it happens.
 - skip: nothing.
 
 Around a working driver (verify and install): its packages are held
@@ -188,16 +190,6 @@ def _enable_debian_components(codename: str, recorder: HostRecorder) -> None:
                 f"{' '.join(DEBIAN_COMPONENTS)} for it by hand, then run again"
             ),
         )
-
-
-def _check_after_reboot(flavours: tuple[str, ...]) -> str:
-    minimum = min((driver for f in flavours if (driver := min_driver_for(f))), key=version_tuple, default="0")
-    return (
-        "v=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 | head -n 1); "
-        'case "$v" in [0-9]*) ;; *) echo "NVIDIA driver not working after the reboot: $v" >&2; exit 1;; esac; '
-        f'[ "$(printf \'%s\\n\' {minimum} "$v" | sort -V | head -n 1)" = {minimum} ] || '
-        f'{{ echo "NVIDIA driver $v is running; torch needs {minimum}+" >&2; exit 1; }}'
-    )
 
 
 def render_upgrade_blacklist(packages: list[str]) -> str:
@@ -413,7 +405,7 @@ def nvidia_driver(plan: HostPlan, recorder: HostRecorder) -> None:
                 f"{module.loaded or 'none'} is loaded: see dmesg (Secure Boot may refuse an unsigned DKMS module)"
             ),
         )
-    _reboot(settings, flavours, reason, recorder)
+    _needs_reboot(settings, reason, recorder)
 
 
 def _change_branch(
@@ -446,16 +438,19 @@ def _change_branch(
             f"{fabric_manager_package(driver.branch)} of the new driver's version is installed by the run "
             "after the reboot"
         )
-    _reboot(settings, torch_flavours(settings), reason, recorder)
+    _needs_reboot(settings, reason, recorder)
 
 
-def _reboot(settings: HostSettings, flavours: tuple[str, ...], reason: str, recorder: HostRecorder) -> None:
-    """Reboot into the new driver with gpu.driver.allow_reboot, else say "reboot required" (and why)."""
-    driver = settings.gpu.driver
-    if driver.allow_reboot:
-        recorder.note(f"rebooting: {reason}")
-        server.reboot(name="Reboot to load the NVIDIA driver", reboot_timeout=driver.reboot_timeout_s)
-        server.shell(name="Check the NVIDIA driver after the reboot", commands=[_check_after_reboot(flavours)])
+def _needs_reboot(settings: HostSettings, reason: str, recorder: HostRecorder) -> None:
+    """Say that the new driver loads only after a reboot; the layer never reboots itself.
+
+    The reboot fact sees what the install left (module installed but not loaded, a library not the
+    loaded module's), so the run's after-apply reboot (``sd35_provision/reboots.py``) reboots the host
+    when gpu.driver.allow_reboot or ``apply --reboot`` allows it: drained, under the run's lock, its
+    driver, service and smoke test checked after it.
+    """
+    if settings.gpu.driver.allow_reboot:
+        recorder.note(f"reboot after apply (gpu.driver.allow_reboot): {reason}")
     else:
         recorder.note(
             f"reboot required: {reason}; the new driver works only after a reboot (gpu.driver.allow_reboot is false)"

@@ -170,7 +170,7 @@ def test_ubuntu_installs_the_pinned_branch_and_running_kernels_headers(os, drive
     ]
 
 
-def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
+def test_ubuntu_install_with_allow_reboot_leaves_the_reboot_to_the_run():
     run = deploy(
         spec(driver_flavour="server-open", allow_reboot=True),
         os="ubuntu-24.04",
@@ -178,20 +178,19 @@ def test_ubuntu_install_reboots_and_checks_the_driver_when_allowed():
         module="installed_nouveau_running",
         packages=BASE_PACKAGES + (("nvidia-driver-535", "535.216.01"),),
     )
+    # No reboot inside the layer: the run's after-apply reboot does it, drained and under its lock
+    # (sd35_provision/reboots.py); the reboot fact sees the module installed but not loaded.
     assert [op.name for op in run.changes] == [
         "NVIDIA driver | Install nvidia-driver-570-server-open linux-headers-6.8.0-49-generic",
         "NVIDIA driver | Hold nvidia-driver-570-server-open libnvidia-compute-570-server nvidia-utils-570-server "
         "nvidia-dkms-570-server-open",
         KEEP_OUT,
-        "NVIDIA driver | Reboot to load the NVIDIA driver",
-        "NVIDIA driver | Check the NVIDIA driver after the reboot",
     ]
-    reboot = run.commands("Reboot to load")
-    assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in reboot
-    assert ["function", "wait_and_reconnect"] in reboot
-    [check] = run.commands("Check the NVIDIA driver")
-    assert "sort -V" in check and "570.26" in check  # auto: the oldest driver any shipped build accepts
-    assert run.notes == ["rebooting: NVIDIA driver newly installed; no nvidia module loaded now"]
+    assert not [op.name for op in run.operations if "reboot" in op.name.lower()]
+    assert not [command for command in run.commands() if "reboot" in str(command)]
+    assert run.notes == [
+        "reboot after apply (gpu.driver.allow_reboot): NVIDIA driver newly installed; no nvidia module loaded now"
+    ]
 
 
 def test_debian_12_enables_contrib_non_free_and_installs_debians_driver():
@@ -443,9 +442,9 @@ def test_installed_but_not_rebooted_holds_and_says_reboot_required():
         module="upgraded_not_rebooted",
         packages=installed,
     )
-    assert [op.name for op in rebooting.changes][2:] == [
-        "NVIDIA driver | Reboot to load the NVIDIA driver",
-        "NVIDIA driver | Check the NVIDIA driver after the reboot",
+    assert [op.name for op in rebooting.changes] == [op.name for op in run.changes]  # the same, and no reboot
+    assert rebooting.notes == [
+        "reboot after apply (gpu.driver.allow_reboot): nvidia module 570.133.20 installed, 550.127.05 loaded"
     ]
 
 

@@ -26,6 +26,7 @@ from sd35_provision.reboots import (
     Clock,
     RebootFailed,
     RebootOptions,
+    SshHost,
     reboot_host,
     reboot_reason,
     required_note,
@@ -364,3 +365,72 @@ def test_a_cpu_host_or_a_gateway_asks_no_driver_facts() -> None:
     healthy = RecordedHost({"RebootState": recorded("RebootState", "cpu_host")})
     _reboot_if_needed(RebootOptions(), None)(healthy, cpu)  # type: ignore[arg-type]
     assert healthy.state.sd35_run.outcomes["gpu-a1"].notes == []
+
+
+# -- gpu.driver.allow_reboot: the driver layer only says so; the after-apply path reboots -----------
+
+
+def allow_reboot(settings: HostSettings) -> HostSettings:
+    return replace(settings, gpu=replace(settings.gpu, driver=replace(settings.gpu.driver, allow_reboot=True)))
+
+
+def just_installed() -> dict[str, list[str]]:
+    """What the facts read after the driver layer installed 570 under a loaded 550 (recorded cases)."""
+    return {
+        "RebootState": recorded("RebootState", "driver_upgraded_under_loaded_module"),
+        "NvidiaDriverState": recorded("NvidiaDriverState", "upgraded_not_rebooted"),
+    }
+
+
+def test_allow_reboot_reboots_after_the_apply_drained_and_with_its_timeout(monkeypatch) -> None:
+    import sd35_provision.workflow as workflow
+
+    calls: list[dict] = []
+
+    def reboot_host(target, reason, **kwargs) -> str:
+        calls.append({"host": target.name, "reason": reason, **kwargs})
+        return f"rebooted ({reason})"
+
+    monkeypatch.setattr(workflow, "reboot_host", reboot_host)
+    drain = recording_drain([])
+    settings = allow_reboot(HostSettings(name="gpu-a1", address="127.0.0.1"))
+    host = RecordedHost(just_installed())
+    _reboot_if_needed(RebootOptions(drain=drain), None)(host, settings)  # type: ignore[arg-type]
+    reason = "NVIDIA kernel module 550.127.05 is loaded, its library is 570.133.20"
+    assert calls == [{"host": "gpu-a1", "reason": reason, "timeout_s": 600, "gpu": True, "drain": drain, "say": None}]
+    assert host.state.sd35_run.outcomes["gpu-a1"].notes == [f"rebooted ({reason})"]
+
+    # Neither allow_reboot nor --reboot: said, not done; --reboot alone does it too.
+    plain = HostSettings(name="gpu-a1", address="127.0.0.1")
+    calls.clear()
+    said = RecordedHost(just_installed())
+    _reboot_if_needed(RebootOptions(), None)(said, plain)  # type: ignore[arg-type]
+    assert calls == [] and said.state.sd35_run.outcomes["gpu-a1"].notes == [required_note(reason)]
+    _reboot_if_needed(RebootOptions(allowed=True, timeout_s=90), None)(RecordedHost(just_installed()), plain)  # type: ignore[arg-type]
+    assert [(call["reason"], call["timeout_s"]) for call in calls] == [(reason, 90)]
+
+
+@dataclass
+class CommandHost:
+    """A pyinfra host whose one shell command answers with a recorded nvidia-smi output."""
+
+    output: list[str]
+    name: str = "gpu-a1"
+    data: dict = field(default_factory=dict)
+
+    def run_shell_command(self, command, print_output=False, _timeout=None, **kwargs):
+        return True, SimpleNamespace(stdout="\n".join(self.output) + "\n", stderr="")
+
+
+def test_the_driver_check_after_a_reboot_wants_it_working_and_new_enough_for_torch() -> None:
+    settings = HostSettings(name="gpu-a1", address="127.0.0.1")
+    cu128 = replace(settings, python=replace(settings.python, torch_flavour="cu128"))
+    cu130 = replace(settings, python=replace(settings.python, torch_flavour="cu130"))
+    h200 = recorded("NvidiaGpus", "two_h200_recorded")  # driver 580.x: enough for both
+    a100 = recorded("NvidiaGpus", "two_a100_driver_535")
+    assert SshHost(CommandHost(h200), cu130).driver_problem() is None  # type: ignore[arg-type]
+    assert SshHost(CommandHost(a100), cu128).driver_problem() == (  # type: ignore[arg-type]
+        "NVIDIA driver 535.183.01 is too old for torch (cu128 needs 570.26+)"
+    )
+    mismatch = SshHost(CommandHost(recorded("NvidiaGpus", "driver_library_mismatch")), cu128).driver_problem()  # type: ignore[arg-type]
+    assert mismatch and "mismatch" in mismatch
