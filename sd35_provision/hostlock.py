@@ -29,7 +29,11 @@ ANSWER_GRACE_S = 60
 
 
 class HostLocked(HostError):
-    """Another run holds this host's lock."""
+    """Another run holds this host's lock (``holder``: who, as its lock file says; None when unknown)."""
+
+    def __init__(self, host: str, step: str, message: str, holder: str | None = None):
+        super().__init__(host, step, message)
+        self.holder = holder
 
 
 def holder_text(mode: str, now: float | None = None) -> str:
@@ -79,15 +83,17 @@ def refusal(host: str, answer: LockAnswer, wait_s: int) -> str:
     return f"{host}: locked by {holder}; --wait-lock S to wait"
 
 
-def take_run_lock(host: Any, mode: str, wait_s: int, sudo: bool, say=None) -> Any:
+def take_run_lock(host: Any, mode: str, wait_s: int, sudo: bool, say=None, holder: str | None = None) -> Any:
     """Take the run lock of a connected pyinfra ``host``; returns the channel that holds it (close to release).
 
-    Raises ``HostLocked`` naming the holder when another run keeps it (beyond ``wait_s`` seconds).
+    ``holder``: what the lock file says of this run (default ``holder_text(mode)``; a run taking its
+    lock back after its own reboot says what it said before). Raises ``HostLocked`` naming the holder
+    when another run keeps it (beyond ``wait_s`` seconds).
     """
     transport = host.connector.client.get_transport()
     channel = transport.open_session()
     channel.settimeout(wait_s + ANSWER_GRACE_S)
-    channel.exec_command(lock_command(holder_text(mode), wait_s, sudo))
+    channel.exec_command(lock_command(holder or holder_text(mode), wait_s, sudo))
     output = channel.makefile("r")
     lines: list[str] = []
     try:
@@ -110,7 +116,12 @@ def take_run_lock(host: Any, mode: str, wait_s: int, sudo: bool, say=None) -> An
             f"could not take the run lock {layout.RUN_LOCK}" + (f": {detail.splitlines()[-1]}" if detail else ""),
         )
     channel.close()
-    raise HostLocked(host.name, STEP, refusal(host.name, answer, wait_s).removeprefix(f"{host.name}: "))
+    raise HostLocked(
+        host.name,
+        STEP,
+        refusal(host.name, answer, wait_s).removeprefix(f"{host.name}: "),
+        holder=answer.holder or answer.waited_for,
+    )
 
 
 def _stderr_of(channel: Any) -> str:

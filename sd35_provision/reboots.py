@@ -4,8 +4,10 @@ After a wave's apply and smoke test, each of its hosts that needs a reboot
 (``facts.reboot.reboot_needed``) goes through, in this order:
 
   drain (on the gateway, if there is one) -> reboot (detached, so the SSH
-  command returns) -> wait for SSH and a new boot id (bounded) -> the NVIDIA
-  driver loads (GPU hosts) -> the service is active -> smoke test -> undrain.
+  command returns) -> wait for SSH and a new boot id (bounded) -> the run's
+  lock taken back (it went with the boot; another run that took it meanwhile
+  stops this one here) -> the NVIDIA driver loads (GPU hosts) -> the service
+  is active -> smoke test -> undrain.
 
 A step that fails fails the host with ``reboot: <step>`` and one line saying
 what; the rollout stops as for any failed host of a wave, and hosts of later
@@ -33,11 +35,12 @@ from sd35_provision.errors import HostError
 from sd35_provision.facts.driver import DriverState, NvidiaDriverState
 from sd35_provision.facts.nvidia import NvidiaGpus
 from sd35_provision.facts.reboot import RebootState, reboot_needed
+from sd35_provision.hostlock import HostLocked
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.smoketest import SmokeOutcome, _as_root, run_smoke
 
 # The order a host goes through; the names are the steps a failure names.
-STEPS = ("drain", "reboot", "wait for SSH", "driver check", "service", "smoke test", "undrain")
+STEPS = ("drain", "reboot", "wait for SSH", "lock", "driver check", "service", "smoke test", "undrain")
 POLL_INTERVAL_S = 2.0
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # new on every boot
 # Detached, so the SSH command returns before the host goes down: a transient timer (its accuracy
@@ -109,6 +112,9 @@ class RebootableHost(Protocol):
     def disconnect(self) -> None:
         """Drop the connection (it dies with the reboot)."""
 
+    def lock_again(self) -> str | None:
+        """Take the run's lock back (it went with the reboot); why it could not (another run has it), or None."""
+
     def driver_problem(self) -> str | None:
         """Why the NVIDIA driver does not work now; None if it does."""
 
@@ -159,6 +165,11 @@ def reboot_host(
             step = "wait for SSH"
             _wait_for_new_boot(host, old_boot, started + timeout_s, timeout_s, clock)
             say(f"{host.name}: back after {clock.now() - started:.0f}s")
+            # Before anything is checked: a run started meanwhile must not work on the host beside this one.
+            step = "lock"
+            problem = host.lock_again()
+            if problem:
+                raise RebootFailed(host.name, step, f"{problem}; the driver check and smoke test did not run")
             if gpu:
                 step = "driver check"
                 problem = host.driver_problem()
@@ -208,11 +219,13 @@ def wait_active_command(unit: str, timeout_s: float) -> str:
 class SshHost:
     """``RebootableHost`` over a run's pyinfra host (its SSH connection, reconnected after the reboot)."""
 
-    def __init__(self, host: Host, settings: HostSettings):
+    def __init__(self, host: Host, settings: HostSettings, take_lock: Callable[[], None] | None = None):
+        """``take_lock``: takes the run's lock of the host again (``FleetRun.take_lock_again``); None: no lock."""
         self.host = host
         self.settings = settings
         self.name = host.name
         self.smoke: SmokeOutcome | None = None
+        self.take_lock = take_lock
 
     def _run(self, command: str, timeout: float | None = None) -> tuple[bool, str, str]:
         ok, output = self.host.run_shell_command(command, print_output=False, _timeout=timeout, **_as_root(self.host))
@@ -244,6 +257,17 @@ class SshHost:
         self.host.disconnect()
         if client is not None:
             client.close()  # pyinfra's disconnect keeps the paramiko client open
+
+    def lock_again(self) -> str | None:
+        if self.take_lock is None:
+            return None
+        try:
+            self.take_lock()
+        except HostLocked as error:
+            if error.holder:
+                return f"another run took the run lock while the host rebooted: {error.holder}"
+            return error.message
+        return None
 
     def driver_problem(self) -> str | None:
         # The driver layer's own verdict (it works, new enough for torch), so a new driver the

@@ -146,6 +146,7 @@ class FleetRun:
         self.recorders: dict[str, HostRecorder] = {name: HostRecorder() for name in self.hosts}
         self.aborted: str | None = None
         self.locks: dict[str, object] = {}  # host -> the SSH channel holding its run lock
+        self.lock_holder = ""  # what the run lock files say of this run (take_locks)
         self.state.sd35_run = self
         if self.options.on_start:
             self.options.on_start(self)
@@ -184,14 +185,29 @@ class FleetRun:
 
         A host another run holds is failed here, before anything is read or changed on it.
         """
-        from sd35_provision.hostlock import STEP, take_run_lock
+        from sd35_provision.hostlock import STEP, holder_text, take_run_lock
+
+        self.lock_holder = holder_text(mode)
 
         def lock(host: Host, settings: HostSettings) -> None:
             self.locks[host.name] = take_run_lock(
-                host, mode, self.options.wait_lock, settings.ssh.sudo, self.options.progress
+                host, mode, self.options.wait_lock, settings.ssh.sudo, self.options.progress, holder=self.lock_holder
             )
 
         self.for_each_active_host(STEP, lock)
+
+    def take_lock_again(self, host: Host, settings: HostSettings) -> None:
+        """After this run rebooted ``host``: its run lock went with the old boot (/run is a tmpfs); take
+        it back, saying what it said before, without waiting. A host whose lock this run never held is
+        left alone. Raises ``HostLocked`` naming the run that took the lock meanwhile.
+        """
+        from sd35_provision.hostlock import take_run_lock
+
+        old = self.locks.pop(host.name, None)
+        if old is None:
+            return
+        old.close()  # type: ignore[attr-defined]  # its connection died with the reboot; nothing to release
+        self.locks[host.name] = take_run_lock(host, "", 0, settings.ssh.sudo, holder=self.lock_holder)
 
     def for_each_active_host(self, step: str, action: Callable[[Host, HostSettings], None]) -> None:
         """Run ``action`` per active host, in parallel, in pyinfra's context; a raise fails only that host."""
@@ -426,9 +442,14 @@ class FleetRun:
             outcome.executed = executed
 
 
+def current_run(host: Host) -> FleetRun:
+    """The run ``host`` belongs to (inside ``for_each_*`` actions)."""
+    return host.state.sd35_run
+
+
 def current_run_outcome(host: Host) -> HostOutcome:
     """The outcome record of ``host`` in the run it belongs to (inside ``for_each_*`` actions)."""
-    return host.state.sd35_run.outcomes[host.name]
+    return current_run(host).outcomes[host.name]
 
 
 def _connection_lost(host: Host) -> bool:

@@ -200,7 +200,7 @@ def _apply_hosts(
 
 def _reboot_if_needed(reboots: RebootOptions, progress: ProgressSink | None):
     """After a host's apply: reboot it when it needs it and may (``reboots``), else say it needs one."""
-    from sd35_provision.runner import current_run_outcome
+    from sd35_provision.runner import current_run, current_run_outcome
 
     def one(host: Host, settings: HostSettings) -> None:
         reason = reboot_reason(host, settings)
@@ -210,7 +210,7 @@ def _reboot_if_needed(reboots: RebootOptions, progress: ProgressSink | None):
         if not reboots.allowed_for(settings):
             outcome.notes.append(required_note(reason))
             return
-        target = SshHost(host, settings)
+        target = SshHost(host, settings, take_lock=partial(current_run(host).take_lock_again, host, settings))
         note = reboot_host(
             target,
             reason,

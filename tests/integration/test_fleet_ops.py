@@ -438,6 +438,12 @@ def test_a_host_that_needs_a_reboot_is_reported_then_rebooted_alone(fleet, state
     assert boot_id(fleet, "node1") != boots["node1"] and boot_id(fleet, "node2") == boots["node2"]
     assert sh(fleet, "node1", "test -e /var/run/reboot-required || echo gone") == "gone"
     assert sh(fleet, "node1", f"systemctl is-active {UNIT}") == "active"
+    # The run took its lock back in node1's new boot (/run is a tmpfs): saying what it says on node2, which
+    # kept its boot, and released at the end as there.
+    lock = "/run/lock/sd35-provision.lock"
+    assert sh(fleet, "node1", f"head -n 1 {lock}") == sh(fleet, "node2", f"head -n 1 {lock}")
+    assert re.search(r" since \d\d:\d\d:\d\d UTC \(apply\)$", sh(fleet, "node1", f"head -n 1 {lock}"))
+    assert sh(fleet, "node1", f"flock -n {lock} true && echo free") == "free"
     assert "node1: rebooting: /var/run/reboot-required exists" in result.stderr.splitlines()
     states.are(spec, "node1", "node2")
     states.kept("node3", "node4")

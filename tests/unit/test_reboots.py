@@ -21,6 +21,7 @@ import pytest
 from sd35_provision.errors import HostError
 from sd35_provision.facts.driver import NvidiaDriverState
 from sd35_provision.facts.reboot import RebootSignals, RebootState, reboot_needed
+from sd35_provision.hostlock import HostLocked
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.reboots import (
     Clock,
@@ -61,6 +62,7 @@ class FakeHost:
     smoke: str | None = None
     name: str = "gpu-a1"
     rebooted: bool = False
+    lock: str | None = None  # why the run's lock could not be taken back (another run has it)
 
     def boot_id(self) -> str | None:
         self.clock.t += 1  # every attempt takes a while
@@ -76,6 +78,10 @@ class FakeHost:
 
     def disconnect(self) -> None:
         self.log.append("disconnect")
+
+    def lock_again(self) -> str | None:
+        self.log.append("lock")
+        return self.lock
 
     def driver_problem(self) -> str | None:
         self.log.append("driver check")
@@ -126,6 +132,7 @@ def test_a_gpu_host_is_drained_rebooted_checked_and_undrained_in_that_order() ->
         "boot id None",  # going down
         "boot id None",
         f"boot id {NEW}",
+        "lock",  # the run's lock went with the boot: taken back before anything is checked
         "driver check",
         f"service within {600 - 7:.0f}s",  # what is left of the bound (7 s gone), not a new one
         "smoke test",
@@ -186,6 +193,41 @@ def test_a_failed_check_after_the_reboot_names_host_and_step(broken: dict, step:
     assert str(failed.value) == f"gpu-a1: reboot: {step}: {message}"
     assert "\n" not in str(failed.value)
     assert "undrain gpu-a1" not in log
+
+
+def test_a_run_that_took_the_lock_during_the_reboot_stops_this_one_before_its_checks() -> None:
+    log: list[str] = []
+    holder = "bob@ctl2 pid 77 since 12:03:00 UTC (apply)"
+    host = FakeHost(log, FakeClock(), lock=f"another run took the run lock while the host rebooted: {holder}")
+    with pytest.raises(RebootFailed) as failed:
+        reboot(host)
+    assert str(failed.value) == (
+        f"gpu-a1: reboot: lock: another run took the run lock while the host rebooted: {holder}; "
+        "the driver check and smoke test did not run"
+    )
+    assert log[-2:] == ["lock", f"still drained: {failed.value}"]  # nothing checked, the host stays drained
+
+
+def test_the_ssh_host_takes_the_lock_back_and_names_who_has_it_instead() -> None:
+    settings = HostSettings(name="gpu-a1", address="127.0.0.1")
+    taken: list[str] = []
+    assert SshHost(CommandHost([]), settings).lock_again() is None  # type: ignore[arg-type]  # a run without a lock
+    assert SshHost(CommandHost([]), settings, take_lock=lambda: taken.append("again")).lock_again() is None  # type: ignore[arg-type]
+    assert taken == ["again"]
+
+    def refused() -> None:
+        holder = "bob@ctl2 pid 77 since 12:03:00 UTC (apply)"
+        raise HostLocked("gpu-a1", "lock", f"locked by {holder}; --wait-lock S to wait", holder=holder)
+
+    def broken() -> None:
+        raise HostLocked("gpu-a1", "lock", "could not take the run lock /run/lock/sd35-provision.lock: sudo: denied")
+
+    assert SshHost(CommandHost([]), settings, take_lock=refused).lock_again() == (  # type: ignore[arg-type]
+        "another run took the run lock while the host rebooted: bob@ctl2 pid 77 since 12:03:00 UTC (apply)"
+    )
+    assert SshHost(CommandHost([]), settings, take_lock=broken).lock_again() == (  # type: ignore[arg-type]
+        "could not take the run lock /run/lock/sd35-provision.lock: sudo: denied"
+    )
 
 
 def test_a_gateway_that_cannot_drain_stops_before_the_reboot() -> None:
@@ -327,7 +369,11 @@ class RecordedHost:
     asked: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.state = SimpleNamespace(sd35_run=SimpleNamespace(outcomes={self.name: HostOutcome(name=self.name)}))
+        run = SimpleNamespace(outcomes={self.name: HostOutcome(name=self.name)}, take_lock_again=self.take_lock_again)
+        self.state = SimpleNamespace(sd35_run=run)
+
+    def take_lock_again(self, host, settings) -> None:
+        self.asked.append("lock again")
 
     def get_fact(self, fact, **kwargs):
         self.asked.append(fact.__name__)
@@ -389,6 +435,7 @@ def test_allow_reboot_reboots_after_the_apply_drained_and_with_its_timeout(monke
 
     def reboot_host(target, reason, **kwargs) -> str:
         calls.append({"host": target.name, "reason": reason, **kwargs})
+        assert target.lock_again() is None  # the run's lock, taken back through the run
         return f"rebooted ({reason})"
 
     monkeypatch.setattr(workflow, "reboot_host", reboot_host)
@@ -399,6 +446,7 @@ def test_allow_reboot_reboots_after_the_apply_drained_and_with_its_timeout(monke
     reason = "NVIDIA kernel module 550.127.05 is loaded, its library is 570.133.20"
     assert calls == [{"host": "gpu-a1", "reason": reason, "timeout_s": 600, "gpu": True, "drain": drain, "say": None}]
     assert host.state.sd35_run.outcomes["gpu-a1"].notes == [f"rebooted ({reason})"]
+    assert host.asked[-1] == "lock again"
 
     # Neither allow_reboot nor --reboot: said, not done; --reboot alone does it too.
     plain = HostSettings(name="gpu-a1", address="127.0.0.1")
