@@ -171,13 +171,15 @@ def render_plan(report: RunReport) -> str:
             blocks.append(f"== {host.name}: {host.status} at {host.step}\n{host.error}")
             continue
         plan_line = [f"  {host.service_plan['line']}"] if host.service_plan else []
+        notes = [f"  note: {note}" for note in host.notes]
         if not host.changes:
-            blocks.append("\n".join([f"== {host.name}: no changes", *plan_line]))
+            # Notes too: what holds for a host that is up to date (another run holds it, a reboot it waits for).
+            blocks.append("\n".join([f"== {host.name}: no changes", *plan_line, *notes]))
             continue
         lines = [f"== {host.name}: {len(host.changes)} operation(s) {'changed' if host.executed else 'would change'}"]
         lines += plan_line
         lines += [f"  ~ {op.name}" for op in host.changes]
-        lines += [f"  note: {note}" for note in host.notes]
+        lines += notes
         for op in host.changes:
             if op.diff:
                 lines.append("")

@@ -29,6 +29,7 @@ from pyinfra.api.host import Host
 from sd35_provision import layout
 from sd35_provision.facts.gateway import GatewayState, HaproxyState
 from sd35_provision.facts.nvidia import MigDevice, NvidiaMigDevices
+from sd35_provision.facts.runlock import RunLockHolder, locked_note
 from sd35_provision.facts.service import (
     NO_SERVICE,
     InstalledInstances,
@@ -83,6 +84,7 @@ class HostStatus:
     gateway: HaproxyState | None = None  # a gateway host's HAProxy (its service is haproxy.service); None: not one
     smoke_stale: str | None = None  # why the last smoke result says nothing of what runs now (None: it does)
     reboot_required: str | None = None  # why the host needs a reboot (facts.reboot.reboot_needed); None: it does not
+    locked_by: str | None = None  # the run holding the host's run lock now, as its lock file says; None: none
     error: str | None = None  # "step: reason" when something could not be read
     status: str = "ok"  # or the run's word for what went wrong: unreachable, error, failed, aborted
 
@@ -208,6 +210,7 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     from sd35_provision.facts.table import facts_row
 
     row.reachable = True
+    row.locked_by = host.get_fact(RunLockHolder)  # read, never waited for: status takes no lock
     if settings.runs_gateway:
         _read_gateway(host, settings, row)
         return
@@ -302,10 +305,11 @@ def render_status_table(rows: list[HostStatus]) -> str:
     errors = [f"{row.name}: {row.error}" for row in rows if row.error]
     stale = [f"{row.name}: stale smoke result: {row.smoke_stale}" for row in rows if row.smoke_stale]
     reboots = [f"{row.name}: {required_note(row.reboot_required)}" for row in rows if row.reboot_required]
+    locked = [f"{row.name}: {locked_note(row.locked_by)}" for row in rows if row.locked_by]
     tables = [render_rows([HEADER, *(row.row() for row in rows)])]
     if any(len(row.instances) > 1 for row in rows):
         tables.append("\n" + render_rows([INSTANCE_HEADER, *(line for row in rows for line in row.instance_rows())]))
-    return "\n".join([*tables, *errors, *reboots, *stale])
+    return "\n".join([*tables, *errors, *locked, *reboots, *stale])
 
 
 def status_ok(rows: list[HostStatus]) -> bool:

@@ -33,15 +33,19 @@ def _preflight_and_plan(
 ):
     """Per host: preflight on the gathered facts, then the host's plan from the same facts (read once).
 
-    With ``reboot_notes`` (plan, drift) a host that needs a reboot gets a note saying so. With
+    With ``reboot_notes`` (plan, drift: runs without a lock of their own) a host that needs a reboot
+    gets a note saying so, and one that another run holds the lock of says who (not waiting). With
     ``reboots`` (apply) a host it may reboot passes preflight though its driver waits for a reboot.
     A gateway host has neither: its plan needs the plans of the hosts behind it (``_gateway_plans``).
     """
     from sd35_provision.deploys.plan import plan_host
     from sd35_provision.facts import gather_host_facts
+    from sd35_provision.facts.runlock import RunLockHolder, locked_note
     from sd35_provision.preflight import check_preflight
 
     def one(host: Host, settings: HostSettings) -> None:
+        if reboot_notes and (holder := host.get_fact(RunLockHolder)):
+            run.recorders[host.name].note(locked_note(holder))
         if settings.runs_gateway:
             return
         facts = gather_host_facts(host, settings)

@@ -27,6 +27,7 @@ from sd35_provision.facts.nvidia import (
 from sd35_provision.facts.python import PythonInterpreter, PythonVersions
 from sd35_provision.facts.reboot import RebootSignals, RebootState, reboot_needed
 from sd35_provision.facts.releases import ReleaseStoreContents
+from sd35_provision.facts.runlock import RunLockHolder
 from sd35_provision.facts.service import RunningService
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "RebootSignals",
     "RebootState",
     "ReleaseStoreContents",
+    "RunLockHolder",
     "RunningService",
     "StorageInfo",
     "StorageKind",

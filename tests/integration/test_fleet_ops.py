@@ -413,9 +413,24 @@ def test_a_host_that_needs_a_reboot_is_reported_then_rebooted_alone(fleet, state
     sh(fleet, "node1", "touch /var/run/reboot-required")  # what an update that needs a reboot leaves
     boots = {name: boot_id(fleet, name) for name in ("node1", "node2")}
 
-    rows = {row["name"]: row for row in json_report(cli("status", str(spec), *limits, "--json", check_exit=0))["hosts"]}
+    # Another run holds node2's lock meanwhile (by hand: the lock script's steps, one process): status names it.
+    holder = "tester@ctl pid 1 since 00:00:00 UTC (apply)"
+    lock = "/run/lock/sd35-provision.lock"
+    holding = sh(
+        fleet,
+        "node2",
+        f"setsid sh -c 'exec 9>>{lock}; flock -n 9 || exit 1; echo \"{holder}\" > {lock}; exec sleep 300' "
+        "</dev/null >/dev/null 2>&1 & echo $!; "
+        f'for i in $(seq 100); do grep -qF "{holder}" {lock} && break; sleep 0.1; done',  # it holds the lock now
+    )
+    try:
+        status = cli("status", str(spec), *limits, "--json", check_exit=0)
+    finally:
+        sh(fleet, "node2", f"kill {holding}")
+    rows = {row["name"]: row for row in json_report(status)["hosts"]}
     assert rows["node1"]["reboot_required"] == "/var/run/reboot-required exists"
     assert rows["node2"]["reboot_required"] is None
+    assert (rows["node1"]["locked_by"], rows["node2"]["locked_by"]) == (None, holder)
 
     # Without --reboot: said, never done.
     said = cli("apply", str(spec), "--limit", "node1", check_exit=0)
@@ -440,7 +455,6 @@ def test_a_host_that_needs_a_reboot_is_reported_then_rebooted_alone(fleet, state
     assert sh(fleet, "node1", f"systemctl is-active {UNIT}") == "active"
     # The run took its lock back in node1's new boot (/run is a tmpfs): saying what it says on node2, which
     # kept its boot, and released at the end as there.
-    lock = "/run/lock/sd35-provision.lock"
     assert sh(fleet, "node1", f"head -n 1 {lock}") == sh(fleet, "node2", f"head -n 1 {lock}")
     assert re.search(r" since \d\d:\d\d:\d\d UTC \(apply\)$", sh(fleet, "node1", f"head -n 1 {lock}"))
     assert sh(fleet, "node1", f"flock -n {lock} true && echo free") == "free"

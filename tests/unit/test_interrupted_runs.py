@@ -11,6 +11,7 @@ import pytest
 
 from sd35_provision.deploys.release import release_layer
 from sd35_provision.facts.releases import ReleaseStoreContents
+from sd35_provision.facts.runlock import RunLockHolder
 from sd35_provision.hostlock import (
     LockAnswer,
     holder_text,
@@ -174,6 +175,29 @@ def test_lock_script_refuses_naming_the_holder_waits_and_is_released_when_its_in
     assert Path(lock).read_text() == "carol@ctl pid 2 since 12:03:00 UTC (apply)\n"
     waiting.stdin.close()
     waiting.wait(timeout=10)
+
+
+def test_the_lock_holder_fact_sees_a_held_lock_without_taking_it(tmp_path):
+    """plan, drift and status read who holds the lock from /proc/locks, here against the real script."""
+    lock = str(tmp_path / "run.lock")
+    fact = RunLockHolder()
+
+    def holder() -> str | None:
+        result = subprocess.run(["sh", "-c", fact.command(lock_file=lock)], capture_output=True, text=True, check=True)
+        return fact.process(result.stdout.splitlines())
+
+    assert holder() is None  # no lock file yet
+    script = render_script(
+        "run-lock.sh", lock_file=lock, holder="alice@ctl pid 4242 since 12:01:03 UTC (apply)", wait_s="0"
+    )
+    run = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert run.stdout.readline() == "locked\n"
+    try:
+        assert holder() == "alice@ctl pid 4242 since 12:01:03 UTC (apply)"
+    finally:
+        run.stdin.close()
+        run.wait(timeout=10)
+    assert Path(lock).read_text() and holder() is None  # released: the file stays, naming the last run
 
 
 def test_lock_command_quotes_the_holder_and_uses_sudo_when_the_host_does():

@@ -184,6 +184,10 @@ def test_plan_shows_each_hosts_service_plan_in_text_and_json():
     assert blocks[0].splitlines()[:2] == ["== gpu-1: 1 operation(s) would change", "  " + service.line()]
     assert blocks[1].splitlines() == ["== gpu-2: no changes", "  " + service.line()]
     assert blocks[2] == "== cpu-1: no changes"
+    held = HostOutcome("cpu-2", notes=["locked by another run: alice@ctl pid 4242 since 12:01:03 UTC (apply)"])
+    assert render_plan(RunReport(mode="plan", hosts=[held])) == (
+        "== cpu-2: no changes\n  note: locked by another run: alice@ctl pid 4242 since 12:01:03 UTC (apply)"
+    )
     data = check(run_json(report))
     plan = data["hosts"][0]["service_plan"]
     assert (plan["precision"], plan["memory"], plan["t5"]) == ("fp8-dynamic", "resident", "8-bit")

@@ -247,7 +247,11 @@ def gateway_row(tmp_path: Path, case: str) -> tuple[HostStatus, RecordedHost]:
 
     settings = load_spec(write(tmp_path, SPEC)).host("lb1")
     host = RecordedHost(
-        {"GatewayState": recorded("GatewayState", case), "RebootState": recorded("RebootState", "cpu_host")}
+        {
+            "GatewayState": recorded("GatewayState", case),
+            "RebootState": recorded("RebootState", "cpu_host"),
+            "RunLockHolder": recorded("RunLockHolder", "free"),
+        }
     )
     row = HostStatus("lb1", settings.address, False)
     _read_host(host, settings, row)  # type: ignore[arg-type]
@@ -257,7 +261,8 @@ def gateway_row(tmp_path: Path, case: str) -> tuple[HostStatus, RecordedHost]:
 
 def test_a_gateway_host_shows_haproxy_and_its_servers_not_a_gpu_service(tmp_path):
     row, host = gateway_row(tmp_path, "serving_one_down_one_drained")
-    assert host.asked == ["LinuxDistribution", "GatewayState", "RebootState"]  # no GPU, driver, service or smoke read
+    # No GPU, driver, service or smoke read; the run lock, as on every host.
+    assert host.asked == ["RunLockHolder", "LinuxDistribution", "GatewayState", "RebootState"]
     assert row.row() == ("lb1", "yes", "Debian 12", "-", "-", "-", "haproxy active 1/3 up", "-", "-", "-", "no")
     assert status_ok([row])  # a server down is the gateway's business (health checks), not a status failure
 
@@ -285,3 +290,54 @@ def test_serving_hosts_carry_no_gateway_in_json():
     row = HostStatus("gpu-1", "10.0.0.1", True)
     _add_outcome(row, HostOutcome("gpu-1"))
     assert check(status_json([row]))["hosts"][0]["gateway"] is None
+
+
+def test_a_host_another_run_holds_is_named_with_its_holder_and_status_still_answers(tmp_path):
+    from sd35_provision.status import _read_host
+    from tests.unit.test_gateway import SPEC, write
+
+    settings = load_spec(write(tmp_path, SPEC)).host("lb1")
+    host = RecordedHost(
+        {
+            "GatewayState": recorded("GatewayState", "serving_one_down_one_drained"),
+            "RebootState": recorded("RebootState", "cpu_host"),
+            "RunLockHolder": recorded("RunLockHolder", "held_by_an_apply"),
+        }
+    )
+    row = HostStatus("lb1", settings.address, False)
+    _read_host(host, settings, row)  # type: ignore[arg-type]
+    _add_outcome(row, HostOutcome("lb1"))
+    holder = "alice@ctl pid 4242 since 12:01:03 UTC (apply)"
+    assert row.locked_by == holder
+    assert "lb1: locked by another run: alice@ctl pid 4242 since 12:01:03 UTC (apply)" in (
+        render_status_table([row]).splitlines()
+    )
+    assert status_ok([row])  # said, not a failure: the exit code stays what it was
+    assert check(status_json([row]))["hosts"][0]["locked_by"] == holder
+    free, _ = gateway_row(tmp_path, "serving_one_down_one_drained")
+    assert free.locked_by is None and "locked by" not in render_status_table([free])
+    assert check(status_json([free]))["hosts"][0]["locked_by"] is None
+
+
+def test_plan_and_drift_note_the_lock_holder_and_apply_does_not_look(tmp_path):
+    from types import SimpleNamespace
+
+    from sd35_provision.workflow import _preflight_and_plan
+    from tests.unit.test_gateway import SPEC, write
+
+    settings = load_spec(write(tmp_path, SPEC)).host("lb1")  # a gateway host: no facts beyond the lock read here
+    outputs = {"RunLockHolder": recorded("RunLockHolder", "held_by_an_apply")}
+
+    def recorder() -> SimpleNamespace:  # a HostRecorder's notes, outside pyinfra's context
+        notes: list[str] = []
+        return SimpleNamespace(notes=notes, note=notes.append)
+
+    run = SimpleNamespace(recorders={"lb1": recorder()})
+    planning = RecordedHost(outputs)
+    _preflight_and_plan({}, run, reboot_notes=True)(planning, settings)  # type: ignore[arg-type]
+    assert run.recorders["lb1"].notes == ["locked by another run: alice@ctl pid 4242 since 12:01:03 UTC (apply)"]
+
+    run = SimpleNamespace(recorders={"lb1": recorder()})
+    applying = RecordedHost(outputs)  # apply holds the lock itself: nothing to read
+    _preflight_and_plan({}, run, reboot_notes=False)(applying, settings)  # type: ignore[arg-type]
+    assert applying.asked == [] and run.recorders["lb1"].notes == []
