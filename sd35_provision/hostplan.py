@@ -40,7 +40,7 @@ from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.instances import Instance, InstanceSelectionError, select_instances
 from sd35_provision.locks import Lock, load_lock, load_lock_file
 from sd35_provision.modelstore import ModelSourceError, push_manifest
-from sd35_provision.service.policy import ServicePlan, gpu_device, plan_service
+from sd35_provision.service.policy import ServicePlan, gpu_device, mig_memory_mib, plan_service
 from sd35_provision.service.unit import render_unit
 from sd35_provision.service_settings import (
     render_instance_env,
@@ -128,9 +128,11 @@ class HostPlan:
     # The service processes, in order (sd35_provision/instances.py): each one's number, port, device, unit.
     instances: tuple[Instance, ...]
     instance_envs: Mapping[int, str] = field(repr=False)  # each instance's settings file, by its index
-    # The precision and memory plan the service will pick on the host's GPU (from its facts);
-    # None where no GPU facts were read (a CPU host, a pinned torch flavour).
+    # The precision and memory plan the service will pick on the host's GPU (from its facts): its
+    # first instance's; None where no GPU facts were read (a CPU host, a pinned torch flavour).
     service_plan: ServicePlan | None = None
+    # Each instance's own, by index: on its device, a MIG slice having only its share of the memory.
+    instance_plans: Mapping[int, ServicePlan] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -145,6 +147,16 @@ class HostPlan:
     def release_target(self) -> str:
         """What ``current`` points at once this plan's release is switched in."""
         return layout.release_target(self.release_id)
+
+    def differing_instance_plans(self) -> list[dict[str, Any]]:
+        """Each instance's plan as the report shows it, where they differ (MIG slices, mixed GPUs); else none."""
+        if len({each.line() for each in self.instance_plans.values()}) < 2:
+            return []
+        return [
+            {"instance": instance.index, "device": instance.gpu, "plan": {**each.to_json(), "line": each.line()}}
+            for instance in self.instances
+            if (each := self.instance_plans.get(instance.index)) is not None
+        ]
 
     def running_files_of(self, instance: Instance) -> dict[str, str]:
         """What ``instance`` states it read when it runs this plan (the API key's digest aside)."""
@@ -175,6 +187,7 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
     env, digest = render_service_env(settings), service_env_digest(settings)
     unit = render_service_unit(settings)
     instances = plan_instances(settings, facts)
+    plans = instance_service_plans(settings, facts, instances)
     release = release_manifest(lock, {"venv": venv, "app": app, "model": model_dir}, settings.model.revision, digest)
     return HostPlan(
         settings=settings,
@@ -203,24 +216,43 @@ def build_host_plan(settings: HostSettings, facts: PlanFacts) -> HostPlan:
         has_api_key=settings.service.api_key_file is not None,
         instances=instances,
         instance_envs={instance.index: render_instance_env(instance) for instance in instances},
-        service_plan=service_plan(settings, facts),
+        service_plan=(plans[instances[0].index] if plans else service_plan(settings, facts)),
+        instance_plans=plans,
     )
 
 
-def service_plan(settings: HostSettings, facts: PlanFacts) -> ServicePlan | None:
-    """What the service will run on the host's first GPU (every instance's on a host of one GPU model)."""
+def service_plan(settings: HostSettings, facts: PlanFacts, device: str | None = None) -> ServicePlan | None:
+    """What the service will run on ``device`` (a GPU or MIG UUID; None: the host's first GPU).
+
+    A MIG device has the compute capability of its GPU and only the memory its profile names.
+    """
     if facts.nvidia is None or not facts.nvidia.working:
         return None
-    gpu = facts.nvidia.gpus[0]
+    gpus = {gpu.uuid: gpu for gpu in facts.nvidia.gpus}
+    mig = next((each for each in facts.mig_devices if each.uuid == device), None)
+    gpu = gpus.get(mig.gpu_uuid if mig else device or "") or facts.nvidia.gpus[0]
+    name, memory_mib = gpu.name, gpu.memory_mib
+    if mig is not None:
+        name = f"{gpu.name} MIG {mig.profile}"
+        slice_mib = mig_memory_mib(mig.profile)
+        memory_mib = slice_mib if memory_mib is None or slice_mib is None else min(memory_mib, slice_mib)
     service = settings.service
     return plan_service(
         service.precision,
         service.compile,
-        gpu_device(gpu.name, gpu.compute_capability, gpu.memory_mib),
+        gpu_device(name, gpu.compute_capability, memory_mib),
         settings.model.repo,
         max(service.max_n, service.max_batch),
         gpu_memory_gib=service.gpu_memory_gib or None,
     )
+
+
+def instance_service_plans(
+    settings: HostSettings, facts: PlanFacts, instances: tuple[Instance, ...]
+) -> dict[int, ServicePlan]:
+    """Each GPU instance's plan on its own device, by index; empty without GPU facts."""
+    plans = {instance.index: service_plan(settings, facts, instance.device) for instance in instances}
+    return {index: plan for index, plan in plans.items() if plan is not None}
 
 
 def plan_instances(settings: HostSettings, facts: PlanFacts) -> tuple[Instance, ...]:

@@ -33,6 +33,9 @@ class HostOutcome:
     smoke: dict | None = None  # {ok, reason, latency_s, image} of the smoke test after apply
     # What the service will run on the host's GPU: policy.ServicePlan.to_json(), with its "line"
     service_plan: dict | None = None
+    # Where the host's instances plan differently (MIG slices, GPUs of several models): each one's,
+    # {"instance": index, "device": "GPU 0 MIG 1g.18gb #1", "plan": like service_plan}; else empty.
+    instance_plans: list[dict] = field(default_factory=list)
 
     @property
     def changes(self) -> list[OperationOutcome]:
@@ -171,6 +174,11 @@ def render_plan(report: RunReport) -> str:
             blocks.append(f"== {host.name}: {host.status} at {host.step}\n{host.error}")
             continue
         plan_line = [f"  {host.service_plan['line']}"] if host.service_plan else []
+        if host.instance_plans:
+            plan_line = [
+                f"  instance {each['instance']} ({each['device']}): {each['plan']['line']}"
+                for each in host.instance_plans
+            ]
         notes = [f"  note: {note}" for note in host.notes]
         if not host.changes:
             # Notes too: what holds for a host that is up to date (another run holds it, a reboot it waits for).

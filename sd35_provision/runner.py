@@ -269,6 +269,8 @@ class FleetRun:
             service_plan = getattr(plan, "service_plan", None)  # a gateway host's plan has none
             if service_plan is not None:
                 self.outcomes[host.name].service_plan = {**service_plan.to_json(), "line": service_plan.line()}
+            if isinstance(plan, HostPlan):
+                self.outcomes[host.name].instance_plans = plan.differing_instance_plans()
             if reads is not None and isinstance(plan, HostPlan):
                 try:
                     read_facts(host, reads(plan))

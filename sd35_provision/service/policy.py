@@ -17,6 +17,7 @@ What the measurements showed (docs/benchmarks.md) and how ``auto`` follows it:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The choices are the settings' own (config.py is stdlib only, like this module).
@@ -321,6 +322,19 @@ def memory_need(weight_bytes: int, batch: int, tiled: bool, total: int) -> int:
     """GPU memory a process needs for ``weight_bytes`` of weights drawing ``batch`` images per call."""
     decode = TILED_DECODE_BYTES if tiled else DECODE_BYTES
     return weight_bytes + decode + batch * DENOISE_BYTES_PER_IMAGE + CONTEXT_BYTES + int(total * SAFETY_FRACTION)
+
+
+_MIG_PROFILE = re.compile(r"^\d+g\.(\d+)gb(?:\+\S*)?$")  # "3g.40gb", "1g.18gb", "1g.20gb+me"
+
+
+def mig_memory_mib(profile: str) -> int | None:
+    """A MIG profile's memory in MiB as its name says ("1g.18gb": 18 GB); None for a name it does not parse.
+
+    The name rounds the slice's memory (a "7g.80gb" H100 slice has 79.25 GiB), so read as decimal GB,
+    which errs on the small side: a plan made for less memory than the slice has still fits it.
+    """
+    match = _MIG_PROFILE.match(profile)
+    return None if match is None else int(match.group(1)) * 10**9 >> 20
 
 
 def gpu_device(name: str, compute_capability: tuple[int, int] | None, memory_mib: int | None) -> DeviceInfo:

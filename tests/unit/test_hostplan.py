@@ -216,3 +216,65 @@ def test_a_precision_the_gpu_cannot_run_is_said_in_the_plan():
     assert a100 is not None and a100.precision == ""
     assert a100.line().startswith("service: precision fp8-dynamic cannot run: fp8-dynamic needs compute capability")
     assert a100.to_json()["precision"] is None
+
+
+def test_each_instance_is_planned_on_its_own_device_a_mig_slice_with_its_memory_only():
+    """tests/fixtures/constructed/h100-mig-L.txt: GPU 0 in MIG mode (3g.40gb, 2g.20gb, 2g.20gb), GPU 1 whole."""
+    from sd35_provision.facts.nvidia import NvidiaMigDevices
+    from sd35_provision.jsonreport import run_json
+    from sd35_provision.report import HostOutcome, RunReport, render_plan
+    from sd35_provision.service.policy import mig_memory_mib
+    from tests.unit.test_jsonreport import check
+
+    large = ModelSettings(source="hf", repo="stabilityai/stable-diffusion-3.5-large", revision=REV)
+    migs = NvidiaMigDevices().process(list(fact_case("NvidiaMigDevices", "h100_mig_constructed")))
+    facts = PlanFacts(pythons=(PY311,), nvidia=gpus("two_h100_one_in_mig_constructed"), mig_devices=migs)
+    plan = build_host_plan(host(model=large, gpu=GpuSettings(accelerator="nvidia")), facts)
+    assert [instance.gpu for instance in plan.instances] == [
+        "GPU 0 MIG 3g.40gb #0",
+        "GPU 0 MIG 2g.20gb #1",
+        "GPU 0 MIG 2g.20gb #2",
+        "GPU 1",
+    ]
+    by_index = plan.instance_plans
+    assert [by_index[i].gpu_memory_bytes for i in range(4)] == [
+        mig_memory_mib("3g.40gb") << 20,  # 40 GB as decimal GB: 37.25 GiB
+        20 * 10**9 >> 20 << 20,
+        20 * 10**9 >> 20 << 20,
+        81559 << 20,  # the whole card
+    ]
+    assert [by_index[i].gpu for i in range(4)] == [
+        "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
+        "NVIDIA H100 80GB HBM3 MIG 2g.20gb",
+        "NVIDIA H100 80GB HBM3 MIG 2g.20gb",
+        "NVIDIA H100 80GB HBM3",
+    ]
+    # A 2g.20gb slice cannot hold what the whole card holds resident.
+    assert (by_index[1].memory, by_index[3].memory) == ("lean", "resident")
+    # The host's plan is its first instance's (the 3g.40gb slice), not the whole first GPU's.
+    assert plan.service_plan == by_index[0]
+
+    entries = plan.differing_instance_plans()
+    assert [(each["instance"], each["device"]) for each in entries] == [
+        (0, "GPU 0 MIG 3g.40gb #0"),
+        (1, "GPU 0 MIG 2g.20gb #1"),
+        (2, "GPU 0 MIG 2g.20gb #2"),
+        (3, "GPU 1"),
+    ]
+    assert entries[1]["plan"]["gpu_memory_gib"] == 18.63
+    outcome = HostOutcome("gpu-a1", service_plan={**by_index[0].to_json(), "line": by_index[0].line()})
+    outcome.instance_plans = entries
+    text = render_plan(RunReport(mode="plan", hosts=[outcome])).splitlines()
+    assert text[0] == "== gpu-a1: no changes"
+    assert text[1:] == [f"  instance {i} ({plan.instances[i].gpu}): {by_index[i].line()}" for i in range(4)]
+    (data,) = check(run_json(RunReport(mode="plan", hosts=[outcome])))["hosts"]
+    assert [each["plan"]["memory"] for each in data["instance_plans"]] == ["resident", "lean", "lean", "resident"]
+
+
+def test_instances_that_plan_alike_show_one_plan():
+    large = ModelSettings(source="hf", repo="stabilityai/stable-diffusion-3.5-large", revision=REV)
+    facts = PlanFacts(pythons=(PY311,), nvidia=gpus("two_h200_recorded"))
+    plan = build_host_plan(host(model=large, gpu=GpuSettings(accelerator="nvidia")), facts)
+    assert len(plan.instances) == 2 and len(plan.instance_plans) == 2
+    assert plan.differing_instance_plans() == []
+    assert plan.service_plan is not None and plan.service_plan.gpu == "NVIDIA H200"
