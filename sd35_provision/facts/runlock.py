@@ -2,11 +2,13 @@
 
 ``plan``, ``drift`` and ``status`` take no lock, so they would not know a run is
 changing the host under them. Trying the flock (``flock -n``) would hold it for
-an instant, long enough to make an ``apply`` starting just then refuse the host;
-so this reads the kernel's list of held locks (/proc/locks, one line per lock:
-``1: FLOCK  ADVISORY  WRITE 4242 00:19:5678 0 EOF``, the file as
-major:minor:inode in hex, hex, decimal) and, when the lock file is in it, the
-holder the run wrote there (``alice@ctl pid 4242 since 12:01:03 UTC (apply)``).
+an instant, long enough to make an ``apply`` starting just then refuse the host.
+The kernel's /proc/locks does not do either: in a PID namespace (a container) it
+leaves out a flock whose taker has exited, as ``flock(1)`` has once the lock
+script holds its descriptor. So this asks which process has the lock file open
+(/proc/PID/fd): only a run's lock script keeps it open, for as long as it holds
+the lock (or waits for it, while another holds it). Then the holder it wrote
+there (``alice@ctl pid 4242 since 12:01:03 UTC (apply)``) says who.
 """
 
 from __future__ import annotations
@@ -23,13 +25,10 @@ class RunLockHolder(FactBase["str | None"]):
 
     def command(self, lock_file: str = layout.RUN_LOCK) -> str:
         lock = shlex.quote(lock_file)
-        # st_dev as the kernel prints it: major is bits 8-19, minor bits 0-7 and 20-31.
+        # The caller's own processes, or every one under sudo: as the lock script ran.
         return (
-            f"if [ -e {lock} ]; then d=$(stat -c %d {lock}); "
-            "id=$(printf '%02x:%02x:%s' $((d >> 8 & 0xfff)) $(( (d & 0xff) | ((d >> 12) & 0xfff00) )) "
-            f'"$(stat -c %i {lock})"); '
-            'if grep -q " FLOCK .* $id " /proc/locks 2>/dev/null; then '
-            f'echo "held $(head -n 1 {lock})"; fi; fi; true'
+            f"if [ -e {lock} ] && find /proc/[0-9]*/fd -maxdepth 1 -lname {lock} -print -quit 2>/dev/null "
+            f'| grep -q .; then echo "held $(head -n 1 {lock})"; fi; true'
         )
 
     def process(self, output: list[str]) -> str | None:
