@@ -210,11 +210,12 @@ def _read_host(host: Host, settings: HostSettings, row: HostStatus) -> None:
     from sd35_provision.facts.table import facts_row
 
     row.reachable = True
-    row.locked_by = host.get_fact(RunLockHolder)  # read, never waited for: status takes no lock
     if settings.runs_gateway:
+        row.locked_by = host.get_fact(RunLockHolder)  # read, never waited for: status takes no lock
         _read_gateway(host, settings, row)
         return
     facts = gather_host_facts(host, settings)
+    row.locked_by = host.get_fact(RunLockHolder)  # read with the preflight facts, in their one round trip
     _, os_name, gpu, driver, _, _, _, _ = facts_row(host.name, facts)
     row.os, row.gpu, row.driver = os_name, gpu, None if driver == "-" else driver
     row.fp8_capable = facts.fp8_capable if facts.gpus else None

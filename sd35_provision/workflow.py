@@ -43,12 +43,16 @@ def _preflight_and_plan(
     from sd35_provision.facts.runlock import RunLockHolder, locked_note
     from sd35_provision.preflight import check_preflight
 
-    def one(host: Host, settings: HostSettings) -> None:
+    def note_lock(host: Host) -> None:
         if reboot_notes and (holder := host.get_fact(RunLockHolder)):
             run.recorders[host.name].note(locked_note(holder))
+
+    def one(host: Host, settings: HostSettings) -> None:
         if settings.runs_gateway:
+            note_lock(host)
             return
         facts = gather_host_facts(host, settings)
+        note_lock(host)  # read with the preflight facts, in their one round trip
         failures = check_preflight(settings, facts, rebooting=reboots is not None and reboots.allowed_for(settings))
         if failures:
             raise PreflightError(host.name, "preflight", "\n".join(failures))

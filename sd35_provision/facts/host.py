@@ -13,6 +13,7 @@ from sd35_provision.facts.driver import NO_DRIVER, DriverState, NvidiaDriverStat
 from sd35_provision.facts.nvidia import GpuInfo, NvidiaGpus, NvidiaPciDevices, NvidiaStatus, PciDevice
 from sd35_provision.facts.python import PythonInterpreter, PythonVersions
 from sd35_provision.facts.reboot import RebootState
+from sd35_provision.facts.runlock import RunLockHolder
 from sd35_provision.hostspec.settings import HostSettings
 from sd35_provision.onepass import FactRead, read_facts
 
@@ -95,6 +96,7 @@ def preflight_reads(settings: HostSettings) -> list[FactRead]:
         FactRead(PREFLIGHT_STEP, NvidiaGpus),
         FactRead(PREFLIGHT_STEP, NvidiaPciDevices),
         FactRead(PREFLIGHT_STEP, RebootState),  # plan, drift and status say when a host needs a reboot
+        FactRead(PREFLIGHT_STEP, RunLockHolder),  # ... and when another run holds it (no round trip of its own)
         *([FactRead(PREFLIGHT_STEP, NvidiaDriverState)] if settings.gpu.accelerator == "nvidia" else []),
     ]
 
