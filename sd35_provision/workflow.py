@@ -195,7 +195,9 @@ def _apply_hosts(
     ]
     with drained(gateways, changing, run.options.progress) as drain:
         run.execute()
-        run.for_each_connected_host("smoke test", _smoke_or_roll_back if smoke else _roll_back_failed)
+        run.for_each_connected_host(
+            "smoke test", partial(_smoke_or_roll_back, reboots=reboots) if smoke else _roll_back_failed
+        )
         for name in changing:
             if run.outcomes[name].failed or run.outcomes[name].aborted:
                 drain.keep(name)
@@ -328,7 +330,21 @@ def _roll_back_aborted(host: Host, settings: HostSettings) -> None:
         outcome.notes.append(f"{what} (the run stopped before its new release was smoke-tested)")
 
 
-def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
+def driver_waits_for_reboot(host: Host, settings: HostSettings, reboots: RebootOptions) -> str | None:
+    """Why a host's smoke test waits for the reboot that follows its apply; None: it does not.
+
+    An NVIDIA driver that only a reboot loads (the driver layer just installed it) runs no GPU
+    instance before it: a smoke test then says nothing, and failing it would keep the host from the
+    reboot that mends it. The reboot's own smoke test (reboots.py) is the one that counts.
+    """
+    if settings.gpu.accelerator != "nvidia" or settings.runs_gateway or not reboots.allowed_for(settings):
+        return None
+    from sd35_provision.facts.driver import NvidiaDriverState
+
+    return host.get_fact(NvidiaDriverState).reboot_reason
+
+
+def _smoke_or_roll_back(host: Host, settings: HostSettings, reboots: RebootOptions | None = None) -> None:
     from sd35_provision.runner import current_run_outcome
     from sd35_provision.smoketest import roll_back, run_smoke, service_cause
 
@@ -341,6 +357,9 @@ def _smoke_or_roll_back(host: Host, settings: HostSettings) -> None:
         return
     if not settings.smoke.enabled or settings.runs_gateway:
         return  # a gateway host serves no model of its own
+    if reboots is not None and (why := driver_waits_for_reboot(host, settings, reboots)):
+        outcome.notes.append(f"smoke test after the reboot: {why}")
+        return
     result = run_smoke(host, settings)
     outcome.smoke = asdict(result)
     if result.ok:

@@ -482,3 +482,21 @@ def test_the_driver_check_after_a_reboot_wants_it_working_and_new_enough_for_tor
     )
     mismatch = SshHost(CommandHost(recorded("NvidiaGpus", "driver_library_mismatch")), cu128).driver_problem()  # type: ignore[arg-type]
     assert mismatch and "mismatch" in mismatch
+
+
+def test_a_driver_that_waits_for_the_reboot_is_smoke_tested_after_it_not_before() -> None:
+    from sd35_provision.workflow import _smoke_or_roll_back, driver_waits_for_reboot
+
+    settings = HostSettings(name="gpu-a1", address="127.0.0.1")
+    installed = RecordedHost(just_installed())
+    why = "NVIDIA driver/library version mismatch: nvidia module 550.127.05 loaded, library 570.133.20 installed"
+    assert driver_waits_for_reboot(installed, allow_reboot(settings), RebootOptions()) == why  # type: ignore[arg-type]
+    assert driver_waits_for_reboot(installed, settings, RebootOptions(allowed=True)) == why  # type: ignore[arg-type]
+    # Not rebooted by this run: its smoke test is the one it gets (and fails, as before).
+    assert driver_waits_for_reboot(installed, settings, RebootOptions()) is None  # type: ignore[arg-type]
+    working = RecordedHost({"NvidiaDriverState": recorded("NvidiaDriverState", "two_h200_vm")})
+    assert driver_waits_for_reboot(working, allow_reboot(settings), RebootOptions()) is None  # type: ignore[arg-type]
+
+    # The apply's smoke step leaves it to the reboot (a RecordedHost runs no smoke test: it would fail here).
+    _smoke_or_roll_back(installed, allow_reboot(settings), reboots=RebootOptions())  # type: ignore[arg-type]
+    assert installed.state.sd35_run.outcomes["gpu-a1"].notes == [f"smoke test after the reboot: {why}"]
