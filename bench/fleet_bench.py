@@ -8,8 +8,9 @@ interleaved, and reports medians. Round trips are counted on the hosts: sshd
 runs with ``LogLevel DEBUG1`` and every ``request exec`` / ``subsystem``
 (SFTP) in each host's journal during a run is one SSH command. With
 ``--latency-ms`` the fleet's packets also get a netem delay on ``lo`` (half
-each way, only packets to or from the fleet's block) and drift/no-op apply
-are timed again. The table goes into docs/benchmarks.md between markers.
+each way, only packets to or from the fleet's block), or where this kernel's
+tc has no netem every SSH connection goes through bench/delay_relay.py as its
+ProxyCommand, and drift/no-op apply are timed again. The table goes into docs/benchmarks.md between markers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -203,12 +205,40 @@ class Ansible:
     env = {"ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_NOCOLOR": "1"}
 
 
-@contextmanager
-def latency(first_address: str, ms: int):
-    """``ms`` more per round trip for packets to or from the fleet's /24 (half each way), only those.
+@dataclass
+class Delay:
+    """How the added latency is made: ``netem`` on lo, or ``relay`` (bench/delay_relay.py as ProxyCommand)."""
 
-    Yields why not when this kernel has no prio or netem qdisc (None when the delay is on)."""
-    block = first_address.rsplit(".", 1)[0] + ".0/24"
+    how: str
+    env: dict[str, str] = field(default_factory=dict)  # for sd35-provision (pyinfra reads ~/.ssh/config)
+    ssh_args: str = ""  # for Ansible's ssh
+
+
+def relay_command(ms: int) -> str:
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(REPO / 'bench/delay_relay.py'))} %h %p {ms}"
+
+
+@contextmanager
+def relayed(fleet: Fleet, ms: int):
+    """A ProxyCommand relay holding each chunk ms/2 each way, for pyinfra (a ~/.ssh/config) and Ansible (-o)."""
+    home = fleet.state_dir / "bench-home"
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    patterns = " ".join(host.address for host in fleet.hosts)
+    (home / ".ssh/config").write_text(f"Host {patterns}\n    ProxyCommand {relay_command(ms)}\n")
+    # Only HOME moves: pyinfra's ssh connector reads $HOME/.ssh/config; the local caches stay where they were.
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    yield Delay(
+        "relay",
+        env={"HOME": str(home), "XDG_CACHE_HOME": cache},
+        ssh_args=f"-o {shlex.quote('ProxyCommand=' + relay_command(ms))}",
+    )
+
+
+@contextmanager
+def latency(fleet: Fleet, ms: int):
+    """``ms`` more per round trip to and from the fleet's hosts, only those: a netem delay on lo (half each way,
+    packets of the fleet's /24) where this kernel has prio and netem qdiscs, else the ProxyCommand relay."""
+    block = fleet.hosts[0].address.rsplit(".", 1)[0] + ".0/24"
     tc = ["tc", "qdisc"]
     priomap = "1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1".split()
     added = subprocess.run(
@@ -218,7 +248,9 @@ def latency(first_address: str, ms: int):
         check=False,
     )
     if added.returncode != 0:
-        yield f"tc qdisc add dev lo root prio: {added.stderr.strip()}"
+        print(f"tc qdisc add dev lo root prio: {added.stderr.strip()}; using bench/delay_relay.py", file=sys.stderr)
+        with relayed(fleet, ms) as delay:
+            yield delay
         return
     try:
         netem = subprocess.run(
@@ -228,7 +260,10 @@ def latency(first_address: str, ms: int):
             check=False,
         )
         if netem.returncode != 0:
-            yield f"tc qdisc add ... netem: {netem.stderr.strip()}"
+            print(f"tc qdisc add ... netem: {netem.stderr.strip()}; using bench/delay_relay.py", file=sys.stderr)
+            subprocess.run([*tc, "del", "dev", "lo", "root"], check=False, capture_output=True)
+            with relayed(fleet, ms) as delay:
+                yield delay
             return
         for direction in ("dst", "src"):
             subprocess.run(
@@ -254,7 +289,7 @@ def latency(first_address: str, ms: int):
                 ],
                 check=True,
             )
-        yield None
+        yield Delay("netem")
     finally:
         subprocess.run([*tc, "del", "dev", "lo", "root"], check=False, capture_output=True)
 
@@ -271,12 +306,12 @@ def bench_fleet(
     ansible_runs: int,
     state_root: Path,
     reuse: Path | None = None,
+    ansible_latency: bool = False,
 ) -> list[dict]:
     """The rows of one fleet size; ``reuse``: a fleet already booted there and converged (no fresh apply)."""
     state_dir = reuse or state_root / f"fleet{count}"
     fleet = Fleet.load(reuse) if reuse else up(count, state_dir, first_address=free_block(count))
     count = len(fleet.hosts)
-    first = fleet.hosts[0].address
     rows: list[dict] = []
     try:
         log_ssh_requests(fleet)
@@ -286,40 +321,40 @@ def bench_fleet(
             rows.append(row(count, "fresh apply", "", [wall], [trips], rc))
         ansible = Ansible(fleet, spec, ansible_venv) if ansible_venv and ansible_runs else None
 
-        def measure(label: str, delay: str) -> None:
+        def measure(delay: Delay | None) -> None:
+            label = f"+{latency_ms} ms ({delay.how})" if delay else ""
+            env = delay.env if delay else {}
             for command in COMMANDS if not delay else ("drift", "apply"):
-                ours = [timed(fleet, [*CLI, command, str(spec)]) for _ in range(runs)]
+                ours = [timed(fleet, [*CLI, command, str(spec)], env) for _ in range(runs)]
                 rows.append(
                     row(
                         count,
                         command if command != "apply" else "no-op apply",
-                        delay,
+                        label,
                         [w for w, _, _ in ours],
                         [t for _, t, _ in ours],
                         ours[-1][2],
                     )
                 )
-            if ansible is not None and not delay:  # minutes a run on this machine: without latency only
-                theirs = [timed(fleet, ansible.argv(), ansible.env) for _ in range(ansible_runs)]
+            # Minutes a run on this machine: with latency only when asked (--ansible-latency).
+            if ansible is not None and (not delay or ansible_latency):
+                extra = {"ANSIBLE_SSH_EXTRA_ARGS": delay.ssh_args} if delay and delay.ssh_args else {}
+                theirs = [timed(fleet, ansible.argv(), {**ansible.env, **extra}) for _ in range(ansible_runs)]
                 rows.append(
                     row(
                         count,
                         "Ansible playbook, no-op",
-                        delay,
+                        label,
                         [w for w, _, _ in theirs],
                         [t for _, t, _ in theirs],
                         theirs[-1][2],
                     )
                 )
 
-        measure("", "")
+        measure(None)
         if latency_ms:
-            with latency(first, latency_ms) as why_not:
-                if why_not is None:
-                    measure("", f"+{latency_ms} ms")
-                else:
-                    print(f"no run with added latency: {why_not}", file=sys.stderr)
-                    NOTES.append(f"No rows with added latency: {why_not}.")
+            with latency(fleet, latency_ms) as delay:
+                measure(delay)
     finally:
         if not reuse:
             down(state_dir)
@@ -351,8 +386,10 @@ def table(rows: list[dict], command: str, load_before: tuple, load_after: tuple)
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after).",
         "- Wall seconds of the whole command (median of the runs, min-max), sd35-provision and the Ansible "
         "playbook (bench/ansible/site.yml, ansible-core, pipelining on) interleaved. SSH commands: per host (the "
-        "busiest), counted in each host's sshd log (`LogLevel DEBUG1`: `request exec`/`subsystem`). `+N ms`: a "
-        "netem delay on the fleet's packets (tc on lo), N ms per round trip.",
+        "busiest), counted in each host's sshd log (`LogLevel DEBUG1`: `request exec`/`subsystem`). `+N ms (netem)`: "
+        "a netem delay on the fleet's packets (tc on lo), N ms per round trip; `+N ms (relay)`: where this "
+        "kernel's tc has no netem, every SSH connection goes through bench/delay_relay.py (ProxyCommand: "
+        "pyinfra from a ~/.ssh/config, Ansible with -o), holding each chunk N/2 ms each way.",
         "",
         "| hosts | command | added latency | wall s median (min-max) | SSH commands per host | runs | exit |",
         "|---|---|---|---|---|---|---|",
@@ -383,6 +420,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=50, help="0: no run with added latency")
     parser.add_argument("--ansible-venv", type=Path, help="a venv with ansible-core (none: no Ansible rows)")
     parser.add_argument("--ansible-runs", type=int, default=1, help="runs of the playbook (default 1: minutes each)")
+    parser.add_argument(
+        "--ansible-latency", action="store_true", help="run the playbook with the added latency too (minutes more)"
+    )
     parser.add_argument("--reuse", type=Path, help="bench this converged test fleet's state dir as it is (no boot)")
     parser.add_argument("--state-dir", type=Path, default=Path("/var/tmp/sd35-fleet-bench"))
     parser.add_argument("--write", type=Path, help="put the table into this markdown file (docs/benchmarks.md)")
@@ -393,7 +433,14 @@ def main() -> None:
     counts = [0] if args.reuse else [int(n) for n in args.hosts.split(",")]
     for count in counts:
         rows += bench_fleet(
-            count, args.runs, args.latency_ms, args.ansible_venv, args.ansible_runs, args.state_dir, args.reuse
+            count,
+            args.runs,
+            args.latency_ms,
+            args.ansible_venv,
+            args.ansible_runs,
+            args.state_dir,
+            args.reuse,
+            args.ansible_latency,
         )
     text = table(rows, args.command_line or " ".join(sys.argv), load_before, os.getloadavg())
     print(text)
