@@ -110,6 +110,9 @@ class FactRead:
     step: str  # who needs it, for messages: "System", "Python environment", "preflight"
     fact: type[FactBase]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # A wider fact (no arguments) this read answers too while preparing: only for one whose readers look up
+    # nothing but the entries this read names (``server.user`` looks up its own user in ``Users``).
+    stands_in_for: type[FactBase] | None = None
 
     def describe(self) -> str:
         arguments = ", ".join(f"{name}={value}" for name, value in self.kwargs.items())
@@ -177,11 +180,14 @@ def _read_batch(host: Host, cache: dict[tuple, Any], batch: list[tuple[tuple, Fa
             continue  # read again on its own when needed: pyinfra's error handling
         if lines == [MISSING_COMMAND] or not lines:
             cache[key] = read.fact.default()
-            continue
-        try:
-            cache[key] = fact.process(lines)
-        except Exception as error:  # noqa: BLE001 - any parser's error, named
-            raise HostError(host.name, read.step, f"reading {read.describe()} failed: {error}") from error
+        else:
+            try:
+                cache[key] = fact.process(lines)
+            except Exception as error:  # noqa: BLE001 - any parser's error, named
+                raise HostError(host.name, read.step, f"reading {read.describe()} failed: {error}") from error
+        wider = fact_key(read.stands_in_for) if read.stands_in_for is not None else None
+        if wider is not None:
+            cache[wider] = cache[key]
 
 
 def _fact_command(fact: FactBase, kwargs: Mapping[str, Any]) -> str:

@@ -29,6 +29,7 @@ from sd35_provision.facts.gitlfs import GitLfsSystemInstalled
 from sd35_provision.facts.model import ModelFiles
 from sd35_provision.facts.releases import ReleaseStoreContents
 from sd35_provision.facts.service import InstalledInstances, RunningService
+from sd35_provision.facts.users import NamedUsers
 from sd35_provision.facts.venv import Venv, WheelHashes
 from sd35_provision.hostplan import HostPlan
 from sd35_provision.onepass import FactRead
@@ -43,7 +44,8 @@ def layer_reads(plan: HostPlan) -> list[FactRead]:
     reads = [
         FactRead(SYSTEM_STEP, DebPackages),
         FactRead(SYSTEM_STEP, GitLfsSystemInstalled),
-        FactRead(SYSTEM_STEP, Users),
+        # server.user looks up only the service user: its line, not every account's (sd35_provision/facts/users.py).
+        FactRead(SYSTEM_STEP, NamedUsers, {"users": (settings.service.user,)}, stands_in_for=Users),
         FactRead(SYSTEM_STEP, Groups),
         FactRead(SYSTEM_STEP, Os),
         *_directories(SYSTEM_STEP, *layout.cache_directories(settings.cache), layout.CONFIG_DIR),

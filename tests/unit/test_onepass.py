@@ -9,10 +9,11 @@ from pyinfra.api import Config, Inventory
 from pyinfra.api.state import StateStage
 from pyinfra.connectors.util import CommandOutput, OutputLine
 from pyinfra.facts.files import Directory, Sha256File
-from pyinfra.facts.server import Os
+from pyinfra.facts.server import Os, Users
 
 from sd35_provision.errors import HostError
 from sd35_provision.facts.model import ModelFiles
+from sd35_provision.facts.users import NamedUsers
 from sd35_provision.facts.venv import WheelHashes
 from sd35_provision.onepass import FactRead, OnePassState, fact_key, read_facts
 
@@ -114,3 +115,31 @@ def test_a_batch_too_long_for_one_argument_is_sent_in_several(monkeypatch: pytes
     assert read_facts(host, reads) == 2
     assert len(sent) == 2 and all(" 1 %d" not in text for text in sent)
     assert state.fact_cache["node1"][fact_key(Os)] == "Linux"
+
+
+def test_the_service_users_line_stands_in_for_every_accounts_while_preparing() -> None:
+    state = _state()
+    host = state.inventory.get_host("node1")
+    sent = _answer(
+        host,
+        [
+            "sd35:x:999:999:sd35 inference service:/srv/sd35:/usr/sbin/nologin|sd35|sd35||!",
+            "MARK 0 0",
+        ],
+    )
+    read = FactRead("System", NamedUsers, {"users": ("sd35",)}, stands_in_for=Users)
+    assert read_facts(host, [read]) == 1
+    assert "for i in sd35; do" in sent[0] and "/etc/passwd | cut" not in sent[0]
+    # What server.user asks: found without another command, parsed as pyinfra's Users parses it.
+    users = host.get_fact(Users)
+    assert users["sd35"]["home"] == "/srv/sd35" and users["sd35"]["shell"] == "/usr/sbin/nologin"
+    assert users["sd35"]["uid"] == 999 and users["sd35"]["groups"] == []
+    assert len(sent) == 1
+
+
+def test_an_absent_service_user_is_absent_from_the_stand_in() -> None:
+    state = _state()
+    host = state.inventory.get_host("node1")
+    _answer(host, ["||||", "MARK 0 0"])  # grep and id find nothing for a user that does not exist
+    read_facts(host, [FactRead("System", NamedUsers, {"users": ("sd35",)}, stands_in_for=Users)])
+    assert host.get_fact(Users) == {}
