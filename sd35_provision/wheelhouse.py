@@ -2,12 +2,16 @@
 
 A host with ``python.wheelhouse`` gets only the wheels whose sha256 is in its
 lock, pushed once, and pip installs offline from them. Hashing a 500 MB torch
-wheel takes a while, so hashes are remembered per (path, size, mtime).
+wheel takes a while (a CUDA wheelhouse is 3-4 GB, read again by every ``plan``
+and ``drift``), so a wheelhouse's hashes are kept between runs in a stat-keyed
+cache (size, mtime, ctime, inode: hostside/manifests.py's HashCache, as the
+model push keeps its own), under ``$XDG_CACHE_HOME/sd35-provision/wheel-hashes``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from pathlib import Path
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from sd35_provision.errors import Sd35Error
+from sd35_provision.hostside.manifests import HashCache
 from sd35_provision.locks import Lock
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
@@ -45,14 +50,32 @@ def sha256_of(path: Path) -> str:
     return _hash_cache[key]
 
 
+def hash_cache_path(directory: Path) -> Path:
+    """Where the hashes of ``directory``'s wheels are kept between runs."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd35-provision" / "wheel-hashes"
+    return base / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]}.json"
+
+
 def wheels_in(directory: Path) -> list[Wheel]:
+    cache_path = hash_cache_path(directory)
+    cache = HashCache(str(cache_path))
     wheels = []
     for path in sorted(directory.glob("*.whl")):
         try:
             name, version, _, _ = parse_wheel_filename(path.name)
         except InvalidWheelFilename:
             continue
-        wheels.append(Wheel(path, sha256_of(path), canonicalize_name(name), str(version)))
+        digest = cache.digests(path.name, str(path), path.stat(), ("sha256",))["sha256"]
+        wheels.append(Wheel(path, digest, canonicalize_name(name), str(version)))
+    present = {wheel.path.name for wheel in wheels}
+    if set(cache.entries) - present:  # wheels gone from the wheelhouse: forgotten
+        cache.entries = {name: entry for name, entry in cache.entries.items() if name in present}
+        cache.changed = True
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache.save()
+    except OSError:
+        pass  # an unwritable cache only costs the hashing again next run
     return wheels
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from sd35_provision import wheelhouse
 from sd35_provision.facts.venv import WheelHashes, wheel_hashes_program
 from sd35_provision.hostside import manifests, wheel_hashes
 
@@ -72,3 +74,29 @@ def test_the_fact_runs_the_program_as_hosts_do(tmp_path: Path) -> None:
         assert fact.process(result.stdout.splitlines()) == expected
     assert "wheel_hashes.py" in wheel_hashes_program()
     assert fact.process(["not json"]) == {}
+
+
+def test_the_control_sides_wheelhouse_is_hashed_once_across_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # wheels_for/wheels_in run in every plan and drift: a CUDA wheelhouse is 3-4 GB to read each time.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    a = _wheel(house, "a-1-py3-none-any.whl", b"a" * 1000)
+    b = _wheel(house, "b-2-py3-none-any.whl", b"b" * 10)
+    assert {w.path.name: w.sha256 for w in wheelhouse.wheels_in(house)} == {
+        "a-1-py3-none-any.whl": a,
+        "b-2-py3-none-any.whl": b,
+    }
+    with monkeypatch.context() as refusing:
+        _no_reading(refusing)
+        assert [w.sha256 for w in wheelhouse.wheels_in(house)] == [a, b]  # the next run: from the cache
+    # Changed in place, size and mtime put back: hashed again (ctime); a removed wheel is forgotten.
+    info = os.stat(house / "a-1-py3-none-any.whl")
+    changed = _wheel(house, "a-1-py3-none-any.whl", b"c" * 1000)
+    os.utime(house / "a-1-py3-none-any.whl", ns=(info.st_atime_ns, info.st_mtime_ns))
+    (house / "b-2-py3-none-any.whl").unlink()
+    assert [(w.path.name, w.sha256) for w in wheelhouse.wheels_in(house)] == [("a-1-py3-none-any.whl", changed)]
+    kept = json.loads(wheelhouse.hash_cache_path(house).read_text())["files"]
+    assert set(kept) == {"a-1-py3-none-any.whl"}
