@@ -365,4 +365,13 @@ def test_a_converged_host_is_checked_and_reapplied_in_few_ssh_round_trips(fleet,
     again = workflow.apply(loaded)
     assert again.ok and not again.drifted and again.hosts[0].smoke["ok"], again.hosts
     assert 1 <= len(commands) <= 20, "\n".join(command[:100] for command in commands)
+
+    # Only the service user's line is read (sd35_provision/facts/users.py): a change to it is still drift.
+    monkeypatch.undo()
+    fleet.run("node1", "usermod --shell /bin/bash sd35")
+    changed = workflow.plan(loaded)
+    assert [op.name for op in changed.hosts[0].changes] == ["System | Create service user sd35"], changed.hosts
+    fixed = workflow.apply(loaded, smoke=False)
+    assert fixed.ok and [op.name for op in fixed.hosts[0].changes] == ["System | Create service user sd35"]
+    assert fleet.run("node1", "getent passwd sd35").stdout.strip().endswith(":/usr/sbin/nologin")
     states.kept()
