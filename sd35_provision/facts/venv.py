@@ -65,7 +65,7 @@ class InterpreterEnvironment(FactBase[dict[str, str]]):
     """The PEP 508 marker values of ``interpreter`` (the lock's pins depend on them)."""
 
     def command(self, interpreter: str) -> str:
-        return f"{shlex.quote(interpreter)} -c {_probe()}"
+        return f"{shlex.quote(interpreter)} -c {_probe()} markers"
 
     def process(self, output: list[str]) -> dict[str, str]:
         try:

@@ -30,10 +30,38 @@ def marker_environment() -> dict[str, str]:
     }
 
 
-def installed() -> dict[str, str]:
-    """``{distribution name: version}`` of what this interpreter can import."""
-    return {d.metadata["Name"]: d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+def installed() -> dict[str, str | None]:
+    """``{distribution name: version}`` of what this interpreter can import.
+
+    Read from each distribution's header lines: ``Distribution.metadata`` parses
+    the whole file as an email, long descriptions included (torch's), ten times
+    slower, and a no-op ``drift`` runs this on every host.
+    """
+    found: dict[str, str | None] = {}
+    for distribution in importlib.metadata.distributions():
+        name, version = _name_and_version(distribution)
+        if name:
+            found[name] = version
+    return found
+
+
+def _name_and_version(distribution: importlib.metadata.Distribution) -> tuple[str | None, str | None]:
+    text = distribution.read_text("METADATA") or distribution.read_text("PKG-INFO") or ""
+    name = version = None
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end at the first blank line
+        key, _, value = line.partition(":")
+        if key == "Name" and name is None:
+            name = value.strip() or None
+        elif key == "Version" and version is None:
+            version = value.strip()
+    return name, version
 
 
 if __name__ == "__main__":
-    print(json.dumps({"environment": marker_environment(), "packages": installed()}))
+    # "markers": the interpreter's markers only (InterpreterEnvironment), not what is installed in it.
+    if sys.argv[1:] == ["markers"]:
+        print(json.dumps({"environment": marker_environment()}))
+    else:
+        print(json.dumps({"environment": marker_environment(), "packages": installed()}))

@@ -186,6 +186,14 @@ def test_venv_probe_speaks_pep_508_as_packaging_does() -> None:
         ["sh", "-c", InterpreterEnvironment().command(sys.executable)], capture_output=True, text=True, check=True
     )
     assert InterpreterEnvironment().process(shipped.stdout.splitlines()) == ours
+    assert json.loads(shipped.stdout) == {"environment": ours}  # the markers only: not what is installed
+
+
+def test_venv_probe_reads_names_and_versions_as_importlib_metadata_does() -> None:
+    # From the header lines only (a no-op drift runs it on every host): the same as the parsed metadata says.
+    parsed = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    assert len(parsed) > 20
+    assert venv_probe.installed() == parsed
 
 
 def test_storage_kind_script_runs_as_a_file(tmp_path: Path) -> None:
