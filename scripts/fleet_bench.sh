@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Times sd35-provision on 1 and 4 local test hosts (validate, plan, drift, status, no-op apply, fresh apply),
-# counting SSH round trips per host from the hosts' sshd logs, with and without 50 ms added latency, beside
-# the Ansible playbook in bench/ansible (ansible-core from PyPI, in its own venv made here), and writes the
-# table into docs/benchmarks.md. Needs root (the test fleet, tc). Arguments go to bench/fleet_bench.py:
+# Times sd35-provision on 1 and 4 (or 1,4,16) local test hosts (validate, plan, drift, status, no-op apply, fresh
+# apply), counting SSH round trips per host from the hosts' sshd logs, with and without 50 ms added latency (a netem
+# delay where tc has one, else bench/delay_relay.py as the SSH ProxyCommand), beside the Ansible playbook in
+# bench/ansible (ansible-core from PyPI, in its own venv made here), and writes the table into docs/benchmarks.md.
+# Needs root (the test fleet, tc). Arguments go to bench/fleet_bench.py:
 #   scripts/fleet_bench.sh --hosts 1,4,16 --runs 3 --latency-ms 50
+# 16 hosts: ~9 GB of memory with their services running, a 16-host converge ~15-25 min on 2 idle cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ANSIBLE_VENV=${ANSIBLE_VENV:-/var/cache/sd35-provision/bench-ansible}
