@@ -9,8 +9,10 @@ runs with ``LogLevel DEBUG1`` and every ``request exec`` / ``subsystem``
 (SFTP) in each host's journal during a run is one SSH command. With
 ``--latency-ms`` the fleet's packets also get a netem delay on ``lo`` (half
 each way, only packets to or from the fleet's block), or where this kernel's
-tc has no netem every SSH connection goes through bench/delay_relay.py as its
-ProxyCommand, and drift/no-op apply are timed again. The table goes into docs/benchmarks.md between markers.
+tc has no netem every SSH connection goes through bench/delay_relay.py (a
+listening relay per host for sd35-provision, Ansible's ProxyCommand), and
+drift/no-op apply are timed again. The table goes into docs/benchmarks.md
+between markers.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ SSH_REQUEST = re.compile(r"server_input_channel_req: channel \d+ request (exec|s
 
 def free_block(count: int) -> str:
     for block in range(230, 250):
-        if not any(port_in_use(f"127.0.{block}.{n}") for n in range(1, count + 1)):
+        # .n: the hosts' sshd; .(n+100): their latency relays (see relayed)
+        if not any(port_in_use(f"127.0.{block}.{n}") for n in [*range(1, count + 1), *range(101, count + 101)]):
             return f"127.0.{block}.1"
     raise SystemExit("no free 127.0.X.0/24 block among 230..249")
 
@@ -207,7 +210,7 @@ class Ansible:
 
 @dataclass
 class Delay:
-    """How the added latency is made: ``netem`` on lo, or ``relay`` (bench/delay_relay.py as ProxyCommand)."""
+    """How the added latency is made: ``netem`` on lo, or ``relay`` (bench/delay_relay.py)."""
 
     how: str
     env: dict[str, str] = field(default_factory=dict)  # for sd35-provision (pyinfra reads ~/.ssh/config)
@@ -218,26 +221,71 @@ def relay_command(ms: int) -> str:
     return f"{shlex.quote(sys.executable)} {shlex.quote(str(REPO / 'bench/delay_relay.py'))} %h %p {ms}"
 
 
+RELAY_OFFSET = 100  # the relay of 127.0.X.n listens on 127.0.X.(n+100), port 22
+
+
+def relay_address(address: str) -> str:
+    block, _, last = address.rpartition(".")
+    return f"{block}.{int(last) + RELAY_OFFSET}"
+
+
 @contextmanager
 def relayed(fleet: Fleet, ms: int):
-    """A ProxyCommand relay holding each chunk ms/2 each way, for pyinfra (a ~/.ssh/config) and Ansible (-o)."""
+    """bench/delay_relay.py holding each chunk ms/2 each way: Ansible's ssh runs it as its ProxyCommand (-o);
+    sd35-provision is pointed at a listening relay per host instead (a ``Hostname`` in a ~/.ssh/config of the
+    bench's own HOME, which pyinfra's ssh connector reads: a ``Port`` there loses to the spec's port), since
+    paramiko's ProxyCommand hangs under pyinfra's gevent. The hosts' keys are known at the relays' addresses
+    too for the time of the runs."""
     home = fleet.state_dir / "bench-home"
     (home / ".ssh").mkdir(parents=True, exist_ok=True)
-    patterns = " ".join(host.address for host in fleet.hosts)
-    (home / ".ssh/config").write_text(f"Host {patterns}\n    ProxyCommand {relay_command(ms)}\n")
-    # Only HOME moves: pyinfra's ssh connector reads $HOME/.ssh/config; the local caches stay where they were.
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    yield Delay(
-        "relay",
-        env={"HOME": str(home), "XDG_CACHE_HOME": cache},
-        ssh_args=f"-o {shlex.quote('ProxyCommand=' + relay_command(ms))}",
-    )
+    config = [f"Host {host.address}\n    Hostname {relay_address(host.address)}\n" for host in fleet.hosts]
+    (home / ".ssh/config").write_text("".join(config))
+    known_hosts = fleet.state_dir / "known_hosts"
+    known = known_hosts.read_text()
+    relayed_keys = []
+    for line in known.splitlines():
+        name, _, key = line.partition(" ")
+        if name in {host.address for host in fleet.hosts}:
+            relayed_keys.append(f"{relay_address(name)} {key}")
+    listeners = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "bench/delay_relay.py"),
+                "--listen",
+                f"{relay_address(host.address)}:22",
+                host.address,
+                "22",
+                str(ms),
+            ]
+        )
+        for host in fleet.hosts
+    ]
+    try:
+        known_hosts.write_text(known.rstrip("\n") + "\n" + "\n".join(relayed_keys) + "\n")
+        for host in fleet.hosts:  # listening before the first run
+            for _ in range(50):
+                if port_in_use(relay_address(host.address)):
+                    break
+                time.sleep(0.1)
+        # Only HOME moves: the local caches stay where they were.
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        yield Delay(
+            "relay",
+            env={"HOME": str(home), "XDG_CACHE_HOME": cache},
+            ssh_args=f"-o {shlex.quote('ProxyCommand=' + relay_command(ms))}",
+        )
+    finally:
+        for listener in listeners:
+            listener.terminate()
+            listener.wait()
+        known_hosts.write_text(known)
 
 
 @contextmanager
 def latency(fleet: Fleet, ms: int):
     """``ms`` more per round trip to and from the fleet's hosts, only those: a netem delay on lo (half each way,
-    packets of the fleet's /24) where this kernel has prio and netem qdiscs, else the ProxyCommand relay."""
+    packets of the fleet's /24) where this kernel has prio and netem qdiscs, else bench/delay_relay.py."""
     block = fleet.hosts[0].address.rsplit(".", 1)[0] + ".0/24"
     tc = ["tc", "qdisc"]
     priomap = "1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1".split()
@@ -388,8 +436,9 @@ def table(rows: list[dict], command: str, load_before: tuple, load_after: tuple)
         "playbook (bench/ansible/site.yml, ansible-core, pipelining on) interleaved. SSH commands: per host (the "
         "busiest), counted in each host's sshd log (`LogLevel DEBUG1`: `request exec`/`subsystem`). `+N ms (netem)`: "
         "a netem delay on the fleet's packets (tc on lo), N ms per round trip; `+N ms (relay)`: where this "
-        "kernel's tc has no netem, every SSH connection goes through bench/delay_relay.py (ProxyCommand: "
-        "pyinfra from a ~/.ssh/config, Ansible with -o), holding each chunk N/2 ms each way.",
+        "kernel's tc has no netem, every SSH connection goes through bench/delay_relay.py (Ansible: as "
+        "ProxyCommand; sd35-provision: a listening relay per host, named by a ~/.ssh/config Hostname), holding "
+        "each chunk N/2 ms each way.",
         "",
         "| hosts | command | added latency | wall s median (min-max) | SSH commands per host | runs | exit |",
         "|---|---|---|---|---|---|---|",

@@ -62,3 +62,33 @@ def test_round_trips_take_the_added_latency_and_data_arrive_intact_in_order():
     finally:
         relay.kill()
         server.close()
+
+
+def test_a_listening_relay_delays_each_connection_the_same_way():
+    # For pyinfra (paramiko's ProxyCommand hangs under gevent): the bench points it at a listening relay.
+    server = echo_server()
+    port = server.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen_port = probe.getsockname()[1]
+    ms = 200
+    relay = subprocess.Popen(
+        [sys.executable, str(RELAY), "--listen", f"127.0.0.1:{listen_port}", "127.0.0.1", str(port), str(ms)]
+    )
+    try:
+        for _ in range(100):
+            try:
+                client = socket.create_connection(("127.0.0.1", listen_port))
+                break
+            except OSError:
+                time.sleep(0.05)
+        with client:
+            for attempt in range(3):
+                message = f"ping {attempt}\n".encode()
+                began = time.monotonic()
+                client.sendall(message)
+                assert read_exactly(client.makefile("rb"), len(message)) == message
+                assert time.monotonic() - began >= ms / 1000
+    finally:
+        relay.kill()
+        server.close()
