@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sd35_provision import layout  # noqa: E402
 from sd35_provision.locks import load_lock  # noqa: E402
 from sd35_provision.testfleet import Fleet, down, up  # noqa: E402
 from sd35_provision.testfleet.system import port_in_use  # noqa: E402
@@ -130,21 +131,33 @@ class Ansible:
         self.fleet, self.venv = fleet, venv
         self.work = Path(tempfile.mkdtemp(prefix="ansible-", dir=fleet.state_dir))
         host = fleet.hosts[0].name
-        files = {
-            "/etc/sd35/env": ("root", "root", "0644"),
-            "/etc/profile.d/sd35.sh": ("root", "root", "0644"),
-            "/etc/sd35/service.env": ("root", "sd35", "0640"),
-            "/etc/systemd/system/sd35-inference.service": ("root", "root", "0644"),
-        }
+        # The files sd35-provision keeps, each with the owner, group and mode it gave it on the host.
+        instance_envs = fleet.run(host, f"ls {layout.INSTANCES_DIR}/*.env").stdout.split()
         lock = fleet.run(host, "ls /opt/sd35/locks/*.txt").stdout.split()[0]
         manifest = fleet.run(host, "ls /srv/sd35/manifests/*.json | grep -v hashes").stdout.split()[0]
-        files[lock] = ("root", "root", "0644")
-        files[manifest] = ("sd35", "sd35", "0640")
+        paths = [
+            layout.ENV_FILE,
+            layout.PROFILE_SNIPPET,
+            layout.SERVICE_ENV_FILE,
+            layout.UNIT_PATH,
+            *instance_envs,
+            lock,
+            manifest,
+        ]
+        files = {}
+        for path in paths:
+            owner, group, mode = fleet.run(host, f"stat -c '%U %G %a' {shlex.quote(path)}").stdout.split()
+            files[path] = (owner, group, mode.zfill(4))
+        units = [layout.instance_unit(Path(env).stem) for env in instance_envs]
+        # Each host's own copy: an instance's env names its host's address, so the bytes differ per host.
         entries = []
         for index, (path, (owner, group, mode)) in enumerate(files.items()):
-            local = self.work / f"file{index}"
-            local.write_text(fleet.run(host, f"cat {shlex.quote(path)}").stdout)
-            entries.append({"src": str(local), "dest": path, "owner": owner, "group": group, "mode": mode})
+            for each in fleet.hosts:
+                local = self.work / each.name / f"file{index}"
+                local.parent.mkdir(exist_ok=True)
+                local.write_text(fleet.run(each.name, f"cat {shlex.quote(path)}").stdout)
+            source = f"{self.work}/{{{{ inventory_hostname }}}}/file{index}"
+            entries.append({"src": source, "dest": path, "owner": owner, "group": group, "mode": mode})
         model_dir = fleet.run(host, "ls -d /srv/sd35/models/*").stdout.split()[0]
         venv_dir = fleet.run(host, "ls -d /opt/sd35/venvs/*").stdout.split()[0]
         directories = [
@@ -182,6 +195,7 @@ class Ansible:
             "remote_model": model_dir,
             "lock": lock,
             "venv": venv_dir,
+            "units": units,
         }
         (self.work / "vars.json").write_text(json.dumps(variables))
         inventory = ["[fleet]"] + [
