@@ -19,11 +19,9 @@ manifest kept outside it (paths: ``sd35_provision/layout.py``; format:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from pathlib import Path
 
+from sd35_provision import localcache
 from sd35_provision.errors import Sd35Error
 from sd35_provision.hostside import manifests
 from sd35_provision.hostspec.settings import HostSettings
@@ -59,11 +57,6 @@ def push_manifest(settings: HostSettings) -> tuple[dict, str]:
     assert directory is not None
     if not (directory / PIPELINE_INDEX).is_file():
         raise ModelSourceError(f"model.path {directory} has no {PIPELINE_INDEX}: not a diffusers pipeline directory")
-    manifest = manifests.directory_manifest(str(directory), str(_local_hash_cache(directory)))
+    manifest = manifests.directory_manifest(str(directory), str(localcache.hash_cache_path(directory, "push-hashes")))
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
     return manifest, text
-
-
-def _local_hash_cache(directory: Path) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd35-provision" / "push-hashes"
-    return base / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]}.json"

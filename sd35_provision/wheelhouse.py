@@ -10,8 +10,6 @@ model push keeps its own), under ``$XDG_CACHE_HOME/sd35-provision/wheel-hashes``
 
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,11 +17,10 @@ from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from sd35_provision import localcache
 from sd35_provision.errors import Sd35Error
 from sd35_provision.hostside.manifests import HashCache
 from sd35_provision.locks import Lock
-
-_hash_cache: dict[tuple[str, int, int], str] = {}
 
 
 class WheelhouseError(Sd35Error):
@@ -38,22 +35,9 @@ class Wheel:
     version: str
 
 
-def sha256_of(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
-
-
 def hash_cache_path(directory: Path) -> Path:
     """Where the hashes of ``directory``'s wheels are kept between runs."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd35-provision" / "wheel-hashes"
-    return base / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]}.json"
+    return localcache.hash_cache_path(directory, "wheel-hashes")
 
 
 def wheels_in(directory: Path) -> list[Wheel]:
@@ -72,7 +56,6 @@ def wheels_in(directory: Path) -> list[Wheel]:
         cache.entries = {name: entry for name, entry in cache.entries.items() if name in present}
         cache.changed = True
     try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache.save()
     except OSError:
         pass  # an unwritable cache only costs the hashing again next run

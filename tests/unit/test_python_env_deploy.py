@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,6 @@ from sd35_provision.deploys.python_env import EnvironmentNotReady, python_enviro
 from sd35_provision.deploys.release import release_layer
 from sd35_provision.hostspec.settings import GpuSettings, HostSettings, PythonSettings
 from sd35_provision.locks import load_lock
-from sd35_provision.wheelhouse import sha256_of
 from tests.pyinfra_fakes import Output, existing_files, fact_case, merge_facts, plan_for, run_deploy
 from tests.unit.test_locks import PY311
 
@@ -121,7 +121,7 @@ def wheelhouse(tmp_path_factory):
 
 
 def test_wheelhouse_pushes_only_what_the_host_lacks(wheelhouse, monkeypatch):
-    hashes = {path.name: sha256_of(path) for path in wheelhouse.glob("*.whl")}
+    hashes = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in wheelhouse.glob("*.whl")}
     text = "".join(
         f"{n}=={v} --hash=sha256:{hashes[f'{n}-{v}-py3-none-any.whl']}\n"
         for n, v in (("alpha", "1.0"), ("beta", "2.0"))
